@@ -1,0 +1,173 @@
+"""Falsifiers of contract-lifecycle-v1: the status rules hold for every input.
+
+Each check takes the implementation as an argument, so that
+``tests/test_falsifiers_catch_defects.py`` can hand it a defective one and watch it fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from provable.lifecycle import (
+    ContractStatus,
+    FalsifierStatus,
+    Outcome,
+    Transition,
+    bump_minor,
+    changelog_entry,
+    derive_contract_status,
+    promote,
+    semver_key,
+)
+
+statuses = st.sampled_from(list(FalsifierStatus))
+hosts = st.frozensets(st.sampled_from(["cpu", "cuda"]))
+required_hosts = st.frozensets(st.sampled_from(["cpu", "cuda"]), min_size=1)
+EXAMPLES = settings(max_examples=300, deadline=None, database=None)
+
+
+def check_skip_never_changes(promote_fn: Callable = promote) -> None:
+    @EXAMPLES
+    @given(
+        statuses, st.sampled_from([Outcome.SKIPPED, Outcome.NOT_RUN]), hosts, required_hosts, hosts
+    )
+    def prop(status, outcome, passed_on, required, before):
+        assert promote_fn(status, outcome, passed_on, required, before).status is status
+
+    prop()
+
+
+def check_failure_refutes(promote_fn: Callable = promote) -> None:
+    @EXAMPLES
+    @given(statuses, hosts, required_hosts, hosts)
+    def prop(status, passed_on, required, before):
+        result = promote_fn(status, Outcome.FAILED, passed_on, required, before)
+        assert result.status is FalsifierStatus.FALSIFIED
+
+    prop()
+
+
+def table(statuses_: list[FalsifierStatus]) -> ContractStatus:
+    """DESIGN §3, written independently of ``derive_contract_status``."""
+    if any(s is FalsifierStatus.FALSIFIED for s in statuses_):
+        return ContractStatus.FALSIFIED
+    if statuses_ and all(s is FalsifierStatus.DISCHARGED for s in statuses_):
+        return ContractStatus.DISCHARGED
+    if all(s is FalsifierStatus.PROPOSED for s in statuses_):
+        return ContractStatus.PROPOSED
+    return ContractStatus.PARTIAL_ALGORITHM_LEVEL
+
+
+def check_derivation(derive_fn: Callable = derive_contract_status) -> None:
+    @EXAMPLES
+    @given(
+        st.lists(statuses, max_size=12),
+        st.randoms(use_true_random=False),
+        st.sampled_from([None, *ContractStatus]),
+    )
+    def prop(falsifiers, rng, current):
+        shuffled = list(falsifiers)
+        rng.shuffle(shuffled)
+        expected = (
+            current
+            if current in (ContractStatus.SUPERSEDED, ContractStatus.RETIRED)
+            else table(falsifiers)
+        )
+        assert derive_fn(falsifiers, current) is expected
+        assert derive_fn(shuffled, current) is expected
+
+    prop()
+
+
+def check_host_gating(promote_fn: Callable = promote) -> None:
+    """Replay random run sequences against a plain model of accumulated coverage."""
+
+    @EXAMPLES
+    @given(
+        required_hosts,
+        st.lists(st.tuples(st.sampled_from(list(Outcome)), hosts), min_size=1, max_size=8),
+    )
+    def prop(required, runs):
+        status, passed_on = FalsifierStatus.PROPOSED, frozenset()
+        covered: set[str] = set()
+        for outcome, ran in runs:
+            result = promote_fn(status, outcome, ran, required, passed_on)
+            if outcome is Outcome.FAILED:
+                covered = set()
+                assert result.status is FalsifierStatus.FALSIFIED
+            elif outcome is Outcome.PASSED and ran:
+                covered = (
+                    covered
+                    if status in (FalsifierStatus.PARTIAL, FalsifierStatus.DISCHARGED)
+                    else set()
+                ) | ran
+                want = (
+                    FalsifierStatus.DISCHARGED if required <= covered else FalsifierStatus.PARTIAL
+                )
+                assert result.status is want, (status, outcome, ran, covered)
+            else:
+                assert result.status is status
+            status, passed_on = result.status, result.passed_on
+            if status is FalsifierStatus.DISCHARGED:
+                assert required <= passed_on
+
+    prop()
+
+
+def check_changelog(entry_fn: Callable = changelog_entry) -> None:
+    versions = st.tuples(*(st.integers(0, 40),) * 3).map(lambda t: "{}.{}.{}".format(*t))
+    transitions = st.lists(
+        st.builds(
+            Transition,
+            st.from_regex(r"FALSIFY-[A-Z]{2,5}-\d{3}", fullmatch=True),
+            statuses,
+            statuses,
+        ),
+        max_size=6,
+    )
+
+    @EXAMPLES
+    @given(versions, transitions)
+    def prop(version, changes):
+        entry = entry_fn(version, changes, "2026-01-01", "abc123", False)
+        changed = [t for t in changes if t.before is not t.after]
+        if not changed:
+            assert entry is None
+            return
+        new_version, record = entry
+        assert semver_key(new_version) > semver_key(version)
+        assert record["version"] == new_version
+        for t in changed:
+            assert f"{t.falsifier_id} {t.before.value} -> {t.after.value}" in record["change"]
+
+    prop()
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-001")
+def test_a_skip_never_changes_a_status():
+    check_skip_never_changes()
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-002")
+def test_a_failure_always_refutes():
+    check_failure_refutes()
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-003")
+def test_contract_status_is_the_design_table():
+    check_derivation()
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-004")
+def test_only_every_required_host_discharges():
+    check_host_gating()
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-005")
+def test_every_change_bumps_and_logs(evidence):
+    check_changelog()
+    evidence.record(example_bump=f"1.2.3 -> {bump_minor('1.2.3')}")

@@ -1,0 +1,168 @@
+"""``pv``: validate contracts, show their status, scaffold new ones.
+
+Imports stay inside the subcommands so that ``pv --help`` and ``pv validate one.yaml`` start
+fast; nothing here may import torch, triton or aprlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from provable import __version__
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pv",
+        description="Contract engine of provable: claims in YAML, falsifiers bound to tests.",
+    )
+    parser.add_argument("--version", action="version", version=f"pv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    v = sub.add_parser(
+        "validate",
+        help="check contract files against the schema and the status rules",
+        description="Check contracts: YAML, schema, IDs, statuses, evidence, dependencies. "
+        "Exit 0 with no errors, 1 with errors, 2 on usage errors.",
+    )
+    v.add_argument("paths", nargs="+", metavar="PATH", help="contract files, folders or globs")
+    v.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    v.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    s = sub.add_parser(
+        "status",
+        help="table of contracts and their falsifiers' statuses",
+        description="Show each contract's version and status and its falsifiers by status.",
+    )
+    s.add_argument(
+        "paths", nargs="*", metavar="PATH", help="contract files, folders or globs (contracts/)"
+    )
+    s.add_argument("--json", action="store_true", help="one JSON document (same as --format json)")
+    s.add_argument(
+        "--format", choices=("table", "json", "markdown"), default="table", help="output format"
+    )
+
+    c = sub.add_parser(
+        "check",
+        help="the main job: validate, run the falsifiers, show the status table",
+        description="Validate the contracts (--strict), run the falsifier tests with pytest "
+        "(which rewrites statuses and evidence), then print the status table. Exit 0 only "
+        "when validation and every falsifier passed.",
+    )
+    c.add_argument("--contracts", default="contracts", help="contracts folder (contracts/)")
+    c.add_argument("--falsifiers", default="falsifiers", help="falsifier tests (falsifiers/)")
+    c.add_argument(
+        "pytest_args",
+        nargs="*",
+        metavar="PYTEST_ARG",
+        help="passed to pytest after --, e.g. -- -n 2",
+    )
+
+    n = sub.add_parser(
+        "new",
+        help="scaffold a new contract that validates",
+        description="Write <dir>/<ID>.yaml with one equation, one obligation, one falsifier.",
+    )
+    n.add_argument("id", metavar="ID", help="contract id, e.g. tensor-layout-v1")
+    n.add_argument("--dir", type=Path, default=Path("contracts"), help="folder (contracts/)")
+    n.add_argument("--prefix", help="falsifier ID prefix (default: from the id, e.g. LAYOUT)")
+    n.add_argument("--description", help="one-line description")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        commands = {"validate": _validate, "status": _status, "new": _new, "check": _check}
+        return commands[args.command](args)
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    except BrokenPipeError:  # pragma: no cover - `pv status | head`
+        return EXIT_OK
+
+
+def _usage(message: str) -> int:
+    print(f"pv: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from provable.validate import UsageError, discover, validate_paths
+
+    try:
+        paths = discover(args.paths)
+    except UsageError as exc:
+        return _usage(str(exc))
+    report = validate_paths(paths, strict=args.strict)
+    print(report.render_json() if args.format == "json" else report.render_text())
+    return EXIT_FINDINGS if report.errors else EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from provable.status import collect, print_table, render_json, render_markdown
+    from provable.validate import UsageError, discover
+
+    try:
+        paths = discover(args.paths or ["contracts"])
+    except UsageError as exc:
+        return _usage(str(exc))
+    rows = collect(paths)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        print(render_json(rows))
+    elif fmt == "markdown":
+        print(render_markdown(rows))
+    else:
+        print_table(rows)
+    return EXIT_FINDINGS if any(r.error for r in rows) else EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from provable.status import collect, print_table
+    from provable.validate import UsageError, discover, validate_paths
+
+    try:
+        paths = discover([args.contracts])
+    except UsageError as exc:
+        return _usage(str(exc))
+    report = validate_paths(paths, strict=True)
+    print(report.render_text(), flush=True)
+    if report.errors:
+        print("pv check: contracts are invalid; falsifiers not run", file=sys.stderr)
+        return EXIT_FINDINGS
+    cmd = [sys.executable, "-m", "pytest", args.falsifiers, *args.pytest_args]
+    print(f"$ {' '.join(cmd[2:])}", flush=True)
+    tests = subprocess.run(cmd).returncode
+    print_table(collect(discover([args.contracts])))
+    return EXIT_OK if tests == 0 else EXIT_FINDINGS
+
+
+def _new(args: argparse.Namespace) -> int:
+    from provable.scaffold import new_contract
+
+    try:
+        path = new_contract(args.id, args.dir, prefix=args.prefix, description=args.description)
+    except FileExistsError:
+        print(
+            f"pv: {args.dir / (args.id + '.yaml')} already exists; not overwritten", file=sys.stderr
+        )
+        return EXIT_FINDINGS
+    except ValueError as exc:
+        return _usage(str(exc))
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Evidence: what a falsifier run measured, where, and at which commit.
+
+Two files per contract folder under ``evidence/<contract-id>/``:
+
+* ``<FALSIFY-ID>.json`` (committed) holds what matters and changes only when it changes:
+  the outcome, the tests, the values they recorded, the failure and its counterexample, the
+  host, and the commit at which this outcome was first observed. A repeat run with the same
+  outcome and values rewrites nothing, so ``git status`` stays clean.
+* ``history.jsonl`` (ignored by git) gets one line per falsifier per run, with durations and
+  a timestamp: everything that varies run to run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from provable.atomic import fsync_dir, write_atomic
+
+SCHEMA = "provable-evidence/1"
+EVIDENCE_PROPERTY = "provable.evidence"
+MAX_MESSAGE_CHARS = 6000
+_VOLATILE = ("commit", "dirty", "observed_at")
+
+
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """Make a measured value JSON-safe: numpy/torch scalars, NaN and inf as strings."""
+    if _depth > 20:
+        return repr(value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [json_safe(v, _depth + 1) for v in items]
+    if isinstance(value, Path):
+        return str(value)
+    item = getattr(value, "item", None)  # numpy and torch scalars, 0-d arrays
+    size = getattr(value, "size", None)
+    numel = size if isinstance(size, int) else getattr(value, "numel", lambda: None)()
+    if callable(item) and numel == 1:
+        return json_safe(item(), _depth + 1)
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist) and isinstance(numel, int) and numel <= 64:
+        return json_safe(tolist(), _depth + 1)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+    return repr(value)
+
+
+class Evidence:
+    """The ``evidence`` fixture: ``evidence.record(max_abs_diff=..., tolerance=...)``.
+
+    Values travel on the test report (``user_properties``), so they reach the controller
+    under ``pytest -n N`` like any other result.
+    """
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self.values: dict[str, Any] = {}
+
+    def record(self, **values: Any) -> None:
+        self.values.update({k: json_safe(v) for k, v in values.items()})
+        props = self._node.user_properties
+        props[:] = [p for p in props if p[0] != EVIDENCE_PROPERTY]
+        props.append((EVIDENCE_PROPERTY, dict(self.values)))
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def host_info() -> dict[str, Any]:
+    """The machine, without importing torch (a CPU-only run must not pay for it)."""
+    info: dict[str, Any] = {
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "torch": _version("torch"),
+        "triton": _version("triton"),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                info["cuda_device"] = torch.cuda.get_device_name(0)
+                info["cuda_runtime"] = torch.version.cuda
+                info["cuda_driver"] = _nvidia_driver()
+        except Exception:  # pragma: no cover - a broken CUDA setup must not stop the report
+            pass
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _nvidia_driver() -> str | None:  # pragma: no cover - GPU hosts only
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+@lru_cache(maxsize=8)
+def git_state(root: Path) -> tuple[str | None, bool]:
+    """(commit, dirty) of the repository at ``root``; (None, False) outside git.
+
+    Cached: asked once per project per session, not once per contract."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+        )
+        if head.returncode != 0:
+            return None, False
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+        )
+        return head.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_evidence(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def merge_record(
+    previous: dict[str, Any] | None,
+    new: dict[str, Any],
+    passed_kinds: list[str],
+    keep_previous_runs: bool,
+) -> dict[str, Any]:
+    """The evidence to write: ``new``'s fields, with per-host ``runs`` merged.
+
+    ``new["runs"]`` holds a section per host kind that ran now. Sections of other kinds are
+    kept from ``previous`` while its passes still count (``keep_previous_runs``); a section
+    whose content did not change keeps its original commit and time, so that a repeat run
+    writes identical bytes.
+    """
+    runs: dict[str, Any] = {}
+    old_runs = (previous or {}).get("runs") or {}
+    if keep_previous_runs:
+        runs.update({k: v for k, v in old_runs.items() if isinstance(v, dict)})
+    for kind, section in new["runs"].items():
+        old = old_runs.get(kind)
+        if isinstance(old, dict) and _stable(old) == _stable(section):
+            runs[kind] = old
+        else:
+            runs[kind] = section
+    record = {**new, "runs": dict(sorted(runs.items()))}
+    record["passed_on"] = sorted(set(passed_kinds))
+    return record
+
+
+def _stable(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in _VOLATILE}
+
+
+def write_evidence(
+    path: Path, record: dict[str, Any], previous: dict[str, Any] | None = None
+) -> bool:
+    """Write ``record`` atomically unless the file already holds exactly it.
+
+    ``previous`` is the file's parsed content when the caller has it: equal data is the
+    common repeat run and needs no serialising at all.
+    """
+    if previous is not None and previous == record:
+        return False
+    text = json.dumps(record, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text, sync_dir=False)  # the caller syncs the folder once
+    return True
+
+
+def sync_folder(folder: Path) -> None:
+    if folder.is_dir():
+        fsync_dir(folder)
+
+
+def append_history(folder: Path, lines: list[dict[str, Any]]) -> None:
+    if not lines:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "history.jsonl", "a", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")

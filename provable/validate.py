@@ -1,0 +1,225 @@
+"""``pv validate``: find contract files, check each, check them together, report."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provable.findings import ERROR, NOTE, WARNING, Finding, display_path
+from provable.model import Contract, contract_from_document, is_binding_registry
+from provable.rules import check_contract
+from provable.yamlsource import YamlSourceError, read_yaml
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class UsageError(Exception):
+    """A command-line argument that names nothing to validate (exit 2)."""
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    contracts: list[Contract] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def errors(self) -> int:
+        return sum(f.severity == ERROR for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        return sum(f.severity == WARNING for f in self.findings)
+
+    def summary(self) -> str:
+        def plural(n: int, word: str) -> str:
+            return f"{n} {word}{'' if n == 1 else 's'}"
+
+        files = plural(self.files, "file")
+        return f"{plural(self.errors, 'error')}, {plural(self.warnings, 'warning')} in {files}"
+
+    def render_text(self) -> str:
+        lines = [f.render() for f in self.findings]
+        lines.append(self.summary())
+        if not self.errors:
+            lines.append("Contract is valid." if self.files == 1 else "Contracts are valid.")
+        return "\n".join(lines)
+
+    def render_json(self) -> str:
+        return json.dumps(
+            {
+                "findings": [f.as_dict() for f in self.findings],
+                "summary": {
+                    "files": self.files,
+                    "contracts": len(self.contracts),
+                    "errors": self.errors,
+                    "warnings": self.warnings,
+                    "valid": self.errors == 0,
+                },
+            },
+            indent=2,
+        )
+
+
+def discover(arguments: Iterable[str]) -> list[Path]:
+    """Expand files, folders (recursively) and globs into YAML files, in a stable order."""
+    found: dict[Path, None] = {}
+    for arg in arguments:
+        path = Path(arg)
+        if path.is_dir():
+            for candidate in sorted(path.rglob("*")):
+                rel = candidate.relative_to(path).parts
+                if candidate.suffix in YAML_SUFFIXES and not any(p.startswith(".") for p in rel):
+                    found[candidate] = None
+        elif path.exists():
+            found[path] = None
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                raise UsageError(f"{arg}: no file matches this pattern")
+            for match in matches:
+                found[Path(match)] = None
+        else:
+            raise UsageError(f"{arg}: no such file or directory")
+    return list(found)
+
+
+def validate_paths(paths: Iterable[Path], strict: bool = False) -> Report:
+    report = Report()
+    for path in paths:
+        report.files += 1
+        shown = display_path(path)
+        try:
+            doc = read_yaml(path)
+        except YamlSourceError as exc:
+            report.findings.append(Finding(shown, exc.line, ERROR, exc.rule, exc.message))
+            continue
+        if is_binding_registry(doc.data):
+            count = len(doc.data["bindings"]) if isinstance(doc.data["bindings"], list) else 0
+            report.findings.append(
+                Finding(
+                    shown,
+                    1,
+                    NOTE,
+                    "binding-registry",
+                    f"binding registry ({count} bindings of contracts to code), "
+                    "not a contract: skipped",
+                )
+            )
+            continue
+        if not isinstance(doc.data, dict):
+            kind = "list" if isinstance(doc.data, list) else type(doc.data).__name__
+            report.findings.append(
+                Finding(shown, 1, ERROR, "top-level", f"top level is a {kind}, not a mapping")
+            )
+            continue
+        contract = contract_from_document(doc)
+        report.contracts.append(contract)
+        report.findings.extend(check_contract(contract))
+    report.findings.extend(check_together(report.contracts))
+    if strict:
+        report.findings = [f.strict() for f in report.findings]
+    report.findings.sort(key=lambda f: (f.path, f.line, f.rule))
+    return report
+
+
+def check_together(contracts: list[Contract]) -> list[Finding]:
+    """Rules that need every contract validated in the same run."""
+    findings: list[Finding] = []
+    declared_by: dict[str, list[Contract]] = defaultdict(list)
+    for c in contracts:
+        for fid in dict.fromkeys(f.id for f in c.falsifiers):
+            declared_by[fid].append(c)
+    for fid, owners in declared_by.items():
+        if len(owners) < 2:
+            continue
+        for c in owners:
+            others = ", ".join(o.shown_path for o in owners if o is not c)
+            f = c.falsifier(fid)
+            findings.append(
+                Finding(
+                    c.shown_path,
+                    f.line if f else 1,
+                    WARNING,
+                    "falsifier-id-shared",
+                    f"{fid} is also declared by {others}; tests must bind it qualified, "
+                    f"as '{c.id}:{fid}'",
+                )
+            )
+    findings.extend(_check_dependencies(contracts))
+    return findings
+
+
+def _check_dependencies(contracts: list[Contract]) -> list[Finding]:
+    findings: list[Finding] = []
+    by_id = {c.id: c for c in contracts}
+    stems_in: dict[Path, set[str]] = {}
+    for c in contracts:
+        folder = c.path.parent
+        if folder not in stems_in:
+            stems_in[folder] = {p.stem for p in folder.glob("*") if p.suffix in YAML_SUFFIXES}
+        siblings = stems_in[folder]
+        for dep in c.depends_on:
+            if dep not in by_id and dep not in siblings:
+                findings.append(
+                    Finding(
+                        c.shown_path,
+                        c.line_of("metadata", "depends_on"),
+                        ERROR,
+                        "depends-on",
+                        f"depends_on names {dep!r}, but no contract with that id exists "
+                        f"(looked beside this file and among the files validated)",
+                    )
+                )
+    for cycle in _cycles({c.id: [d for d in c.depends_on if d in by_id] for c in contracts}):
+        first = by_id[cycle[0]]
+        findings.append(
+            Finding(
+                first.shown_path,
+                first.line_of("metadata", "depends_on"),
+                ERROR,
+                "dependency-cycle",
+                "dependency cycle: " + " -> ".join([*cycle, cycle[0]]),
+            )
+        )
+    return findings
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Each cycle met by a depth-first walk, once, rotated to start at its smallest id.
+
+    Iterative, so a long chain of dependencies cannot hit Python's recursion limit.
+    """
+    seen_cycles: set[tuple[str, ...]] = set()
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+    for root in sorted(graph):
+        if root in done:
+            continue
+        stack: list[str] = [root]
+        on_stack = {root}
+        pending = [iter(graph.get(root, ()))]
+        while pending:
+            nxt = next(pending[-1], None)
+            if nxt is None:
+                finished = stack.pop()
+                on_stack.discard(finished)
+                done.add(finished)
+                pending.pop()
+                continue
+            if nxt in on_stack:
+                cycle = stack[stack.index(nxt) :]
+                start = cycle.index(min(cycle))
+                rotated = tuple(cycle[start:] + cycle[:start])
+                if rotated not in seen_cycles:
+                    seen_cycles.add(rotated)
+                    cycles.append(list(rotated))
+            elif nxt not in done:
+                stack.append(nxt)
+                on_stack.add(nxt)
+                pending.append(iter(graph.get(nxt, ())))
+    return cycles

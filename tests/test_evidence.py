@@ -1,0 +1,72 @@
+"""JSON-safe evidence values and the merge rules of evidence files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from provable.evidence import json_safe, merge_record, write_evidence
+
+
+def test_json_safe_scalars_nan_and_arrays():
+    values = {
+        "np_float": np.float32(0.25),
+        "np_int": np.int64(3),
+        "torch": torch.tensor(1.5),
+        "nan": float("nan"),
+        "inf": -np.inf,
+        "small": np.arange(3),
+        "big": np.zeros((100, 100)),
+        "tuple": (1, 2),
+        "set": {2, 1},
+        "nested": {"x": [np.float16(1)]},
+    }
+    safe = json_safe(values)
+    assert json.loads(json.dumps(safe, allow_nan=False)) == {
+        "np_float": 0.25,
+        "np_int": 3,
+        "torch": 1.5,
+        "nan": "nan",
+        "inf": "-inf",
+        "small": [0, 1, 2],
+        "big": {"shape": [100, 100], "dtype": "float64"},
+        "tuple": [1, 2],
+        "set": [1, 2],
+        "nested": {"x": [1.0]},
+    }
+
+
+def section(value, commit):
+    return {
+        "tests": [{"nodeid": "t", "outcome": "passed"}],
+        "recorded": {"t": {"v": value}},
+        "host": {"python": "3"},
+        "commit": commit,
+        "dirty": False,
+        "observed_at": commit,
+    }
+
+
+def record(runs, outcome="passed"):
+    return {"schema": "s", "outcome": outcome, "status": "PARTIAL", "runs": runs}
+
+
+def test_unchanged_section_keeps_its_first_commit(tmp_path):
+    first = merge_record(None, record({"cpu": section(1, "c1")}), ["cpu"], False)
+    again = merge_record(first, record({"cpu": section(1, "c2")}), ["cpu"], True)
+    assert again == first
+    path = tmp_path / "e.json"
+    assert write_evidence(path, first) is True
+    assert write_evidence(path, again) is False  # identical bytes: not rewritten
+    changed = merge_record(first, record({"cpu": section(2, "c3")}), ["cpu"], True)
+    assert changed["runs"]["cpu"]["commit"] == "c3"
+
+
+def test_other_host_sections_are_kept_only_while_their_passes_count():
+    cpu = merge_record(None, record({"cpu": section(1, "c1")}), ["cpu"], False)
+    both = merge_record(cpu, record({"cuda": section(1, "c2")}), ["cpu", "cuda"], True)
+    assert set(both["runs"]) == {"cpu", "cuda"} and both["passed_on"] == ["cpu", "cuda"]
+    failed = merge_record(both, record({"cpu": section(1, "c3")}, "failed"), [], False)
+    assert set(failed["runs"]) == {"cpu"} and failed["passed_on"] == []

@@ -1,0 +1,26 @@
+"""The README's two commands exist, and CI runs the test command verbatim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    return [line for block in blocks for line in block.strip().splitlines()]
+
+
+def test_readme_has_exactly_two_commands():
+    main_job, tests = readme_commands()
+    assert main_job.endswith("pv check")
+    assert tests.endswith("pytest")
+    assert "torch==2.13.0" in main_job and "torch==2.13.0" in tests
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert readme_commands()[1] in ci
