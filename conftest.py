@@ -1,3 +1,117 @@
-"""Shared fixtures for falsifiers and tests (tiny random models arrive with aprlib I/O)."""
+"""Shared fixtures: tiny random models, built from a config, saved as HF safetensors.
+
+Every tensor is random (HF initialises norms to 1 and biases to 0, which hides norm and
+bias bugs), the FFN is non-square, attention is GQA (kv heads < heads), and there are tied
+and untied variants, Qwen2 (q/k/v biases) and Llama (permuted q/k in GGUF).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 pytest_plugins = ["pytester"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+TINY = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+)
+
+
+@dataclass
+class TinyModel:
+    """A saved HF model: ``folder`` holds config.json and model.safetensors."""
+
+    folder: Path
+    model: Any  # the transformers module, in float32
+    architecture: str
+    tied: bool
+    dtype: str
+
+    @property
+    def safetensors(self) -> Path:
+        return self.folder / "model.safetensors"
+
+    def state(self) -> dict[str, Any]:
+        """Parameter values as float32 numpy arrays, by HF name (the independent oracle)."""
+        return {k: v.detach().float().numpy() for k, v in self.model.state_dict().items()}
+
+
+def build_tiny(
+    folder: Path,
+    architecture: str = "qwen2",
+    tied: bool = False,
+    dtype: str = "float32",
+    seed: int = 0,
+    **overrides: Any,
+) -> TinyModel:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    config_cls, model_cls = classes[architecture]
+    config = config_cls(**{**TINY, **overrides}, tie_word_embeddings=tied)
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # random everywhere; norms around 1 with spread, so a dropped norm shows
+            base = 1.0 if "norm" in name else 0.0
+            p.copy_(base + torch.randn_like(p) * (0.5 if "norm" in name else 0.08))
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+        with torch.no_grad():  # one weight the incident made famous: 7.5625 read as 7.0625
+            model.model.norm.weight[0] = 7.5625
+    elif dtype == "float16":
+        model = model.to(torch.float16)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    return TinyModel(folder, model.float(), architecture, tied, dtype)
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_factory(architecture, tied, dtype)`` → a cached TinyModel."""
+    cache: dict[tuple, TinyModel] = {}
+
+    def make(
+        architecture: str = "qwen2", tied: bool = False, dtype: str = "float32", **overrides: Any
+    ) -> TinyModel:
+        key = (architecture, tied, dtype, tuple(sorted(overrides.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(
+                f"{architecture}-{'tied' if tied else 'untied'}-{dtype}"
+            )
+            cache[key] = build_tiny(folder, architecture, tied, dtype, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tiny_factory) -> TinyModel:
+    return tiny_factory("qwen2", tied=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_tied(tiny_factory) -> TinyModel:
+    return tiny_factory("qwen2", tied=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_factory) -> TinyModel:
+    return tiny_factory("llama", tied=False)

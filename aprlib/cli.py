@@ -1,20 +1,174 @@
-"""``apr``: the model-file command line (inspect, convert, diff come with aprlib I/O)."""
+"""``apr``: inspect and convert model files (safetensors, GGUF, APR).
+
+Errors in the file are one line naming the file, the tensor and the field, and exit 1;
+usage errors exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import zlib
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from aprlib import __version__
 
+EXIT_OK, EXIT_BAD_FILE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apr", description="Model-file tools of provable.")
+    parser.add_argument("--version", action="version", version=f"apr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    i = sub.add_parser(
+        "inspect",
+        help="format, metadata and a table of tensors",
+        description="Show a model file's format, config and tensors (dtype, shape, bytes), "
+        "dtype totals and checksum status. The format is read from the magic bytes.",
+    )
+    i.add_argument("file", type=Path, help="safetensors file or folder, GGUF or APR file")
+    i.add_argument("--json", action="store_true", help="one JSON document")
+    c = sub.add_parser(
+        "convert",
+        help="convert between safetensors, APR and GGUF",
+        description="Convert SRC to DST (format from DST's suffix or --format). dtypes are "
+        "kept unless --dtype is given. A failed conversion leaves no output file.",
+    )
+    c.add_argument("src", type=Path)
+    c.add_argument("dst", type=Path)
+    c.add_argument("--dtype", help="f32, f16, bf16, q8_0 or q4_k")
+    c.add_argument("--format", choices=("apr", "gguf", "safetensors"), help="output format")
+    return parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="apr",
-        description="Model-file tools of provable. No subcommands are available yet: "
-        "inspect/convert arrive with aprlib I/O, diff after it.",
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from aprlib.config import ConfigError
+    from aprlib.errors import ConversionError, ModelFileError
+
+    try:
+        return {"inspect": _inspect, "convert": _convert}[args.command](args)
+    except (ModelFileError, ConversionError, ConfigError) as exc:
+        print(f"apr: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_FILE
+    except ValueError as exc:
+        print(f"apr: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+
+
+def inspect_model(path: Path) -> dict[str, Any]:
+    """Everything ``apr inspect`` shows, as plain data."""
+    from aprlib.errors import AprFormatError
+    from aprlib.io import open_model
+
+    with open_model(path) as model:
+        tensors, totals = [], {}
+        checksums = "verified" if model.format == "apr" else "none in this format"
+        for t in model:
+            if model.format == "apr":
+                try:
+                    t.raw()  # APR verifies each tensor's CRC32 on read
+                except AprFormatError:
+                    checksums = f"MISMATCH in {t.name}"
+            tensors.append(
+                {"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "bytes": t.nbytes}
+            )
+            totals[t.dtype.name] = totals.get(t.dtype.name, 0) + t.nbytes
+        return {
+            "path": str(path),
+            "format": model.format,
+            "config": model.config.to_dict() if model.config else None,
+            "tied": model.tied,
+            "metadata": {
+                k: v for k, v in model.metadata.items() if k not in ("config", "tokenizer")
+            },
+            "tokenizer": bool(model.tokenizer),
+            "tensors": tensors,
+            "dtype_totals": totals,
+            "checksums": checksums,
+            "fingerprint": f"{zlib.crc32(json.dumps(tensors).encode()):08x}",
+        }
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    info = inspect_model(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK if not info["checksums"].startswith("MISMATCH") else EXIT_BAD_FILE
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cfg = info["config"]
+    console.print(
+        f"[bold]{info['path']}[/]  format: {info['format']}  tensors: "
+        f"{len(info['tensors'])}  checksums: {info['checksums']}"
     )
-    parser.add_argument("--version", action="version", version=f"apr {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 2
+    if cfg:
+        console.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
+    table = Table(show_lines=False)
+    for col, just in (("tensor", "left"), ("dtype", "left"), ("shape", "left"), ("bytes", "right")):
+        table.add_column(col, justify=just)
+    for t in info["tensors"]:
+        table.add_row(t["name"], t["dtype"], "×".join(map(str, t["shape"])), f"{t['bytes']:,}")
+    console.print(table)
+    console.print(
+        "dtype totals: "
+        + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in info["dtype_totals"].items())
+    )
+    return EXIT_OK if not info["checksums"].startswith("MISMATCH") else EXIT_BAD_FILE
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from aprlib.convert import convert
+    from aprlib.dtypes import DType
+    from aprlib.io import open_model
+
+    dtype = DType.parse(args.dtype) if args.dtype else None
+    if args.src.resolve() == args.dst.resolve():
+        raise ValueError("source and destination are the same file")
+    progress = None
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        with open_model(args.src) as model:
+            total = sum(t.nbytes for t in model)
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            transient=True,
+        )
+        task = bar.add_task("converting", total=total)
+        bar.start()
+
+        def progress(name, done):
+            return bar.update(
+                task,
+                completed=done,
+                description=name[-40:],
+            )
+
+    try:
+        report = convert(args.src, args.dst, dtype=dtype, fmt=args.format, progress=progress)
+    finally:
+        if progress is not None:
+            bar.stop()
+    print(
+        f"{report.source} ({report.source_format}) -> {report.destination} "
+        f"({report.target_format}): {report.tensors} tensors, "
+        f"{report.bytes_written / 2**20:.1f} MiB"
+    )
+    for note in report.notes:
+        print(f"note: {note}")
+    return EXIT_OK

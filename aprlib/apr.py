@@ -1,0 +1,346 @@
+"""APR v2: the project's model file format (specified in docs/apr-format.md).
+
+Reading trusts nothing: every length, offset, count and code is checked against the file
+before it is used, so a truncated or hostile file raises ``AprFormatError`` naming the file,
+the tensor and the field, and never allocates beyond the file's own size. Writing streams
+tensor by tensor into a temporary file that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aprlib.dtypes import DType, nbytes
+from aprlib.errors import AprFormatError
+
+MAGIC = b"APR2"
+MAGIC_V1 = b"APRN"
+VERSION = (2, 0)
+ALIGN = 64
+HEADER = struct.Struct("<4sHHQQQQQQII")  # 64 bytes, see docs/apr-format.md
+assert HEADER.size == 64
+MAX_NDIM = 8
+MAX_DIM = 1 << 40
+_ENTRY_FIXED = struct.calcsize("<H") + struct.calcsize("<IB") + struct.calcsize("<QQI")
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    offset: int  # from the start of the data region
+    nbytes: int
+    crc32: int
+
+
+def _encode_index(entries: Iterable[TensorEntry]) -> bytes:
+    out = bytearray()
+    for e in entries:
+        name = e.name.encode("utf-8")
+        out += struct.pack("<H", len(name)) + name
+        out += struct.pack("<IB", int(e.dtype), len(e.shape))
+        out += struct.pack(f"<{len(e.shape)}Q", *e.shape)
+        out += struct.pack("<QQI", e.offset, e.nbytes, e.crc32)
+    return bytes(out)
+
+
+@dataclass
+class PlannedTensor:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+
+
+class AprWriter:
+    """Write an APR file from a plan, one tensor at a time (memory: one tensor).
+
+    ``with AprWriter(path, metadata, plan) as w: w.write(name, raw)`` in plan order. The
+    file appears at ``path`` only when every tensor was written; on any error nothing is
+    left behind.
+    """
+
+    def __init__(self, path: Path, metadata: dict[str, Any], plan: list[PlannedTensor]) -> None:
+        self.path = Path(path)
+        names = [p.name for p in plan]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"duplicate tensor name {dup!r} in the write plan")
+        self.metadata = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        offset = 0
+        self.entries: list[TensorEntry] = []
+        for p in plan:
+            size = nbytes(p.dtype, p.shape)
+            self.entries.append(TensorEntry(p.name, p.dtype, tuple(p.shape), offset, size, 0))
+            offset = _align(offset + size)
+        self.data_length = offset
+        self.index_offset = HEADER.size + len(self.metadata)
+        self.index_length = len(_encode_index(self.entries))
+        self.data_offset = _align(self.index_offset + self.index_length)
+        self._next = 0
+        self._fh: Any = None
+        self._tmp: str | None = None
+
+    def __enter__(self) -> AprWriter:
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        self._fh = os.fdopen(fd, "w+b")
+        self._fh.write(b"\0" * HEADER.size + self.metadata)
+        self._fh.write(b"\0" * (self.data_offset - self.index_offset))  # index comes last
+        return self
+
+    def write(self, name: str, raw: bytes | memoryview | np.ndarray) -> None:
+        if self._next >= len(self.entries):
+            raise ValueError(f"tensor {name!r} is not in the write plan (plan complete)")
+        entry = self.entries[self._next]
+        if name != entry.name:
+            raise ValueError(f"expected tensor {entry.name!r} next, got {name!r}")
+        view = memoryview(raw if not isinstance(raw, np.ndarray) else np.ascontiguousarray(raw))
+        view = view.cast("B")
+        if view.nbytes != entry.nbytes:
+            raise ValueError(
+                f"tensor {name!r}: {entry.dtype.name}{list(entry.shape)} needs "
+                f"{entry.nbytes} bytes, got {view.nbytes}"
+            )
+        self._fh.seek(self.data_offset + entry.offset)
+        self._fh.write(view)
+        self.entries[self._next] = TensorEntry(
+            entry.name, entry.dtype, entry.shape, entry.offset, entry.nbytes, zlib.crc32(view)
+        )
+        self._next += 1
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                if self._next != len(self.entries):
+                    missing = self.entries[self._next].name
+                    raise ValueError(f"tensor {missing!r} was planned but never written")
+                self._finish()
+        finally:
+            if self._fh is not None and not self._fh.closed:
+                self._fh.close()
+            if self._tmp is not None and os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+
+    def _finish(self) -> None:
+        fh = self._fh
+        fh.truncate(self.data_offset + self.data_length)
+        index = _encode_index(self.entries)
+        fh.seek(self.index_offset)
+        fh.write(index)
+        fields = (
+            MAGIC,
+            *VERSION,
+            HEADER.size,
+            len(self.metadata),
+            self.index_offset,
+            len(index),
+            self.data_offset,
+            self.data_length,
+            len(self.entries),
+        )
+        head = HEADER.pack(*fields, 0)
+        head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
+        fh.seek(0)
+        fh.write(head)
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self.path)
+
+
+class AprFile:
+    """A memory-mapped APR file; tensors are zero-copy views of the map."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fh = open(self.path, "rb")  # noqa: SIM115 - held open with the map, see close()
+        try:
+            size = os.fstat(self._fh.fileno()).st_size
+            if size < HEADER.size:
+                raise self._error(
+                    f"file is {size} bytes, shorter than the 64-byte header", field="header"
+                )
+            self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._parse(size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _error(
+        self, message: str, tensor: str | None = None, field: str | None = None
+    ) -> AprFormatError:
+        return AprFormatError(self.path, message, tensor=tensor, field=field)
+
+    def _parse(self, size: int) -> None:
+        m = self._map
+        magic = bytes(m[:4])
+        if magic == MAGIC_V1:
+            raise self._error(
+                "APR v1 file (magic APRN): v1 is not read any more, because its "
+                "dtype codes collide with GGML's; convert again from the source",
+                field="magic",
+            )
+        if magic != MAGIC:
+            raise self._error(
+                f"not an APR v2 file (magic {magic!r}, expected {MAGIC!r})", field="magic"
+            )
+        (
+            _,
+            major,
+            minor,
+            meta_off,
+            meta_len,
+            index_off,
+            index_len,
+            data_off,
+            data_len,
+            count,
+            crc,
+        ) = HEADER.unpack_from(m, 0)
+        if zlib.crc32(m[: HEADER.size - 4]) != crc:
+            raise self._error(
+                "header checksum mismatch (the header is damaged)", field="header_crc32"
+            )
+        if major != VERSION[0]:
+            raise self._error(
+                f"APR version {major}.{minor}; this reader reads {VERSION[0]}.x", field="version"
+            )
+        regions = (
+            ("metadata", meta_off, meta_len),
+            ("index", index_off, index_len),
+            ("data", data_off, data_len),
+        )
+        end_previous = HEADER.size
+        for name, off, length in regions:
+            if off < end_previous or off > size or length > size - off:
+                raise self._error(
+                    f"{name} region [{off}, +{length}) lies outside the file "
+                    f"({size} bytes) or overlaps the region before it",
+                    field=f"{name}_offset",
+                )
+            end_previous = off + length
+        if data_off % ALIGN:
+            raise self._error(
+                f"data offset {data_off} is not {ALIGN}-byte aligned", field="data_offset"
+            )
+        if count > index_len // _ENTRY_FIXED:
+            raise self._error(
+                f"tensor count {count} cannot fit in a {index_len}-byte index", field="tensor_count"
+            )
+        try:
+            self.metadata = json.loads(bytes(m[meta_off : meta_off + meta_len]).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._error(f"metadata is not UTF-8 JSON: {exc}", field="metadata") from None
+        if not isinstance(self.metadata, dict):
+            raise self._error("metadata is not a JSON object", field="metadata")
+        self._data_offset = data_off
+        self.entries = self._parse_index(index_off, index_len, count, data_len)
+
+    def _parse_index(
+        self, off: int, length: int, count: int, data_len: int
+    ) -> dict[str, TensorEntry]:
+        m, end, pos = self._map, off + length, off
+        entries: dict[str, TensorEntry] = {}
+
+        def take(fmt: str, what: str, tensor: str | None) -> tuple[Any, ...]:
+            nonlocal pos
+            size = struct.calcsize(fmt)
+            if pos + size > end:
+                raise self._error(
+                    f"index ends inside {what} of tensor #{len(entries)}", tensor=tensor, field=what
+                )
+            values = struct.unpack_from(fmt, m, pos)
+            pos += size
+            return values
+
+        for _ in range(count):
+            (name_len,) = take("<H", "name_length", None)
+            if pos + name_len > end:
+                raise self._error(
+                    f"name of tensor #{len(entries)} runs past the index", field="name"
+                )
+            try:
+                name = bytes(m[pos : pos + name_len]).decode("utf-8")
+            except UnicodeDecodeError:
+                raise self._error(
+                    f"name of tensor #{len(entries)} is not UTF-8", field="name"
+                ) from None
+            pos += name_len
+            code, ndim = take("<IB", "dtype", name)
+            try:
+                dtype = DType(code)
+            except ValueError:
+                raise self._error(
+                    f"unknown dtype code {code}", tensor=name, field="dtype"
+                ) from None
+            if ndim > MAX_NDIM:
+                raise self._error(
+                    f"{ndim} dimensions (at most {MAX_NDIM})", tensor=name, field="shape"
+                )
+            shape = take(f"<{ndim}Q", "shape", name)
+            if any(d > MAX_DIM for d in shape):
+                raise self._error(f"dimension {max(shape)} is absurd", tensor=name, field="shape")
+            offset, size, crc = take("<QQI", "offset", name)
+            try:
+                expected = nbytes(dtype, shape)
+            except ValueError as exc:
+                raise self._error(str(exc), tensor=name, field="shape") from None
+            if size != expected:
+                raise self._error(
+                    f"byte size {size} != {expected} for {dtype.name}{list(shape)}",
+                    tensor=name,
+                    field="nbytes",
+                )
+            if offset > data_len or size > data_len - offset:
+                raise self._error(
+                    f"data [{offset}, +{size}) runs past the data region ({data_len} bytes)",
+                    tensor=name,
+                    field="offset",
+                )
+            if name in entries:
+                raise self._error(
+                    "tensor name appears twice in the index", tensor=name, field="name"
+                )
+            entries[name] = TensorEntry(name, dtype, tuple(shape), offset, size, crc)
+        ordered = sorted(entries.values(), key=lambda e: e.offset)
+        for a, b in itertools.pairwise(ordered):
+            if a.offset + a.nbytes > b.offset:
+                raise self._error(f"data overlaps tensor {a.name!r}", tensor=b.name, field="offset")
+        return entries
+
+    def raw(self, name: str, verify: bool = True) -> np.ndarray:
+        """The tensor's bytes as a zero-copy uint8 view; checks the CRC32 when asked."""
+        e = self.entries[name]
+        view = np.frombuffer(
+            self._map, dtype=np.uint8, count=e.nbytes, offset=self._data_offset + e.offset
+        )
+        if verify and zlib.crc32(view) != e.crc32:
+            raise self._error(
+                "CRC32 mismatch: the tensor's bytes are damaged", tensor=name, field="crc32"
+            )
+        return view
+
+    def close(self) -> None:
+        m = getattr(self, "_map", None)
+        if m is not None:
+            with contextlib.suppress(BufferError):  # a view is alive: the map closes with it
+                m.close()
+        self._fh.close()

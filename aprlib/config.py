@@ -1,0 +1,175 @@
+"""Architecture config: HF ``config.json`` ↔ APR metadata ↔ GGUF keys, field by field.
+
+One table (``FIELDS``) says where each field lives in each format, so a field cannot be
+carried one way and forgotten the other. HF configs come in two styles: published configs
+carry ``rope_theta`` and ``torch_dtype`` at the top level; configs saved by transformers 5
+carry ``dtype`` and ``rope_parameters: {rope_theta, rope_type}``. Both are read; the
+published style is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+SUPPORTED_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str  # "qwen2" | "llama" (GGUF's general.architecture spelling)
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    head_dim: int | None = None
+    rope_type: str = "neox"  # HF rotate_half pairs the two halves: NeoX style
+    torch_dtype: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+#: (our field, HF key, GGUF key with {arch} placeholder or None, converter from GGUF)
+FIELDS: tuple[tuple[str, str, str | None], ...] = (
+    ("vocab_size", "vocab_size", "{arch}.vocab_size"),
+    ("hidden_size", "hidden_size", "{arch}.embedding_length"),
+    ("intermediate_size", "intermediate_size", "{arch}.feed_forward_length"),
+    ("num_hidden_layers", "num_hidden_layers", "{arch}.block_count"),
+    ("num_attention_heads", "num_attention_heads", "{arch}.attention.head_count"),
+    ("num_key_value_heads", "num_key_value_heads", "{arch}.attention.head_count_kv"),
+    ("rms_norm_eps", "rms_norm_eps", "{arch}.attention.layer_norm_rms_epsilon"),
+    ("rope_theta", "rope_theta", "{arch}.rope.freq_base"),
+    ("max_position_embeddings", "max_position_embeddings", "{arch}.context_length"),
+    ("tie_word_embeddings", "tie_word_embeddings", None),
+    ("head_dim", "head_dim", "{arch}.attention.key_length"),
+    ("bos_token_id", "bos_token_id", "tokenizer.ggml.bos_token_id"),
+    ("eos_token_id", "eos_token_id", "tokenizer.ggml.eos_token_id"),
+    ("torch_dtype", "torch_dtype", "aprlib.torch_dtype"),  # llama.cpp ignores it
+)
+
+
+class ConfigError(ValueError):
+    """A config that names an unsupported architecture or lacks a required field."""
+
+
+def from_hf(config: dict[str, Any]) -> ModelConfig:
+    """Read an HF ``config.json`` dict (either style)."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    arch = model_type if model_type in SUPPORTED_ARCHITECTURES else None
+    if arch is None:
+        for name, cls in SUPPORTED_ARCHITECTURES.items():
+            if cls in archs:
+                arch = name
+    if arch is None:
+        raise ConfigError(
+            f"unsupported architecture (model_type={model_type!r}, architectures={archs}); "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_theta = config.get("rope_theta", rope.get("rope_theta"))
+    missing = [
+        k
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+        )
+        if k not in config
+    ]
+    if rope_theta is None:
+        missing.append("rope_theta (or rope_parameters.rope_theta)")
+    if missing:
+        raise ConfigError(f"config lacks {', '.join(missing)}")
+    eos = config.get("eos_token_id")
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=int(config["vocab_size"]),
+        hidden_size=int(config["hidden_size"]),
+        intermediate_size=int(config["intermediate_size"]),
+        num_hidden_layers=int(config["num_hidden_layers"]),
+        num_attention_heads=int(config["num_attention_heads"]),
+        num_key_value_heads=int(config.get("num_key_value_heads", config["num_attention_heads"])),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(rope_theta),
+        max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        head_dim=int(
+            config.get("head_dim")
+            or int(config["hidden_size"]) // int(config["num_attention_heads"])
+        ),
+        torch_dtype=config.get("torch_dtype", config.get("dtype")),
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
+    )
+
+
+def to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The published style (what a hub ``config.json`` holds)."""
+    out: dict[str, Any] = {
+        "architectures": [SUPPORTED_ARCHITECTURES[cfg.architecture]],
+        "model_type": cfg.architecture,
+    }
+    for ours, hf, _ in FIELDS:
+        value = getattr(cfg, ours)
+        if value is not None:
+            out[hf] = value
+    out["hidden_act"] = "silu"
+    return out
+
+
+def to_gguf_kv(cfg: ModelConfig) -> dict[str, Any]:
+    """GGUF key/values following llama.cpp's conventions (``qwen2.block_count``, ...)."""
+    kv: dict[str, Any] = {"general.architecture": cfg.architecture}
+    for ours, _, key in FIELDS:
+        value = getattr(cfg, ours)
+        if key is not None and value is not None:
+            kv[key.format(arch=cfg.architecture)] = value
+    kv[f"{cfg.architecture}.attention.value_length"] = cfg.attention_head_dim
+    kv[f"{cfg.architecture}.attention.key_length"] = cfg.attention_head_dim
+    kv[f"{cfg.architecture}.rope.dimension_count"] = cfg.attention_head_dim
+    return kv
+
+
+def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
+    """Inverse of ``to_gguf_kv``; GGUF has no tie flag: a missing ``output.weight`` ties."""
+    arch = kv.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ConfigError(f"unsupported general.architecture {arch!r}")
+    values: dict[str, Any] = {"architecture": arch, "tie_word_embeddings": not has_output_tensor}
+    for ours, _, key in FIELDS:
+        if key is not None and key.format(arch=arch) in kv:
+            value = kv[key.format(arch=arch)]
+            if isinstance(value, float):  # GGUF holds float32: restore the short decimal
+                value = float(str(np.float32(value)))
+            values[ours] = value
+    if values.get("head_dim") is None and "num_attention_heads" in values:
+        values["head_dim"] = values.get("hidden_size", 0) // values["num_attention_heads"]
+    values.setdefault("max_position_embeddings", 2048)
+    values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
+    try:
+        return ModelConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"GGUF metadata lacks a required field: {exc}") from None

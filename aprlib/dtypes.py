@@ -1,0 +1,139 @@
+"""Tensor element types: codes, byte sizes, and decoding to float32.
+
+Codes are GGML's type ids, so a dtype code means the same thing in an APR file and in a
+GGUF file. (APR v1 used its own codes, where BF16 was 2: GGML's Q4_0. A format whose codes
+collide with GGML's invites exactly the mislabel this project hunts.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+
+class DType(IntEnum):
+    F32 = 0
+    F16 = 1
+    Q8_0 = 8
+    Q4_K = 12
+    BF16 = 30
+
+    @property
+    def info(self) -> DTypeInfo:
+        return _INFO[self]
+
+    @classmethod
+    def parse(cls, text: str) -> DType:
+        """``"bf16"``, ``"BF16"``, ``"q4_k"`` → DType; ValueError names the choices."""
+        key = text.strip().upper()
+        if key in cls.__members__:
+            return cls[key]
+        raise ValueError(
+            f"unknown dtype {text!r}; one of {', '.join(m.lower() for m in cls.__members__)}"
+        )
+
+
+@dataclass(frozen=True)
+class DTypeInfo:
+    block_elements: int  # elements per block (1 for plain floats)
+    block_bytes: int  # bytes per block
+    numpy: str | None  # numpy dtype of one element, for the plain floats
+
+    @property
+    def quantized(self) -> bool:
+        return self.block_elements > 1
+
+
+_INFO = {
+    DType.F32: DTypeInfo(1, 4, "<f4"),
+    DType.F16: DTypeInfo(1, 2, "<f2"),
+    DType.BF16: DTypeInfo(1, 2, None),
+    DType.Q8_0: DTypeInfo(32, 34, None),  # f16 scale + 32 x int8
+    DType.Q4_K: DTypeInfo(256, 144, None),  # f16 d, f16 dmin, 12 bytes scales, 128 bytes nibbles
+}
+
+#: safetensors' dtype strings ↔ ours (the ones a model file carries)
+SAFETENSORS_DTYPES = {"F32": DType.F32, "F16": DType.F16, "BF16": DType.BF16}
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def nbytes(dtype: DType, shape: tuple[int, ...]) -> int:
+    """Bytes of a row-major tensor; quantised rows must be whole blocks."""
+    info = dtype.info
+    if info.quantized:
+        row = shape[-1] if shape else 1
+        if row % info.block_elements:
+            raise ValueError(
+                f"{dtype.name} needs rows that are a multiple of {info.block_elements} "
+                f"elements; this tensor's rows have {row}"
+            )
+    return element_count(shape) // info.block_elements * info.block_bytes
+
+
+def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """BF16 is the high half of a float32: widen by shifting, never through float16."""
+    return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Round to nearest even, as torch and ml_dtypes do; NaN stays NaN."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
+    out = (rounded >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        out[nan] = ((bits[nan] >> 16) | np.uint32(0x40)).astype(np.uint16)
+    return out
+
+
+def to_float32(
+    raw: bytes | memoryview | np.ndarray, dtype: DType, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Decode raw little-endian bytes of ``dtype`` into a float32 array of ``shape``."""
+    buf = (
+        np.frombuffer(raw, dtype=np.uint8)
+        if not isinstance(raw, np.ndarray)
+        else raw.view(np.uint8).reshape(-1)
+    )
+    expected = nbytes(dtype, shape)
+    if buf.size != expected:
+        raise ValueError(f"{dtype.name}{list(shape)} needs {expected} bytes, got {buf.size}")
+    if dtype is DType.F32:
+        return buf.view("<f4").reshape(shape)
+    if dtype is DType.F16:
+        return buf.view("<f2").astype(np.float32).reshape(shape)
+    if dtype is DType.BF16:
+        return bf16_to_float32(buf).reshape(shape)
+    from gguf.quants import GGMLQuantizationType, dequantize
+
+    qtype = GGMLQuantizationType(int(dtype))
+    rows = buf.reshape(-1, nbytes(dtype, (shape[-1],))) if shape else buf.reshape(1, -1)
+    return dequantize(rows, qtype).astype(np.float32, copy=False).reshape(shape)
+
+
+def from_float32(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """Encode float32 values as raw bytes (uint8) of ``dtype``; rows are the last axis."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if dtype is DType.F32:
+        return values.view(np.uint8).reshape(-1)
+    if dtype is DType.F16:
+        return values.astype("<f2").view(np.uint8).reshape(-1)
+    if dtype is DType.BF16:
+        return float32_to_bf16(values).view(np.uint8).reshape(-1)
+    if dtype is DType.Q8_0:
+        from gguf.quants import GGMLQuantizationType, quantize
+
+        return quantize(values.reshape(-1, values.shape[-1]), GGMLQuantizationType.Q8_0).reshape(-1)
+    if dtype is DType.Q4_K:
+        from aprlib.q4k import quantize_q4_k
+
+        return quantize_q4_k(values.reshape(-1, values.shape[-1])).reshape(-1)
+    raise ValueError(f"cannot encode {dtype!r}")

@@ -1,0 +1,92 @@
+"""The one place that knows tensor names and orientation across formats.
+
+* HF and APR shapes are row-major ``[out, in]``; GGUF lists ``ne[]`` fastest-first, so a
+  GGUF shape is the reverse of the logical one.
+* HF names are canonical; GGUF names map to them through ``GGUF_TO_HF`` (explicit, and
+  checked against ``gguf.TensorNameMap`` in the tests).
+* llama.cpp's Llama graph rotates adjacent pairs, HF's ``rotate_half`` rotates the two
+  halves: GGUF files of the ``llama`` architecture carry q/k projection rows permuted
+  (``permute_qk``), ``qwen2`` files do not.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_GLOBAL = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_HF_BLOCK = {v: k for k, v in _BLOCK.items()}
+_HF_GLOBAL = {v: k for k, v in _GLOBAL.items()}
+_GGUF_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+_HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+#: architectures whose GGUF q/k rows are permuted for llama.cpp's pairwise rotation
+PERMUTED_QK_ARCHS = frozenset({"llama"})
+
+
+def gguf_to_hf(name: str) -> str | None:
+    """``blk.3.ffn_up.weight`` → ``model.layers.3.mlp.up_proj.weight``; None if unknown."""
+    if name in _GLOBAL:
+        return _GLOBAL[name]
+    m = _GGUF_BLOCK_RE.match(name)
+    if m and m.group(2) in _BLOCK:
+        return f"model.layers.{m.group(1)}.{_BLOCK[m.group(2)]}"
+    return None
+
+
+def hf_to_gguf(name: str) -> str | None:
+    if name in _HF_GLOBAL:
+        return _HF_GLOBAL[name]
+    m = _HF_BLOCK_RE.match(name)
+    if m and m.group(2) in _HF_BLOCK:
+        return f"blk.{m.group(1)}.{_HF_BLOCK[m.group(2)]}"
+    return None
+
+
+def gguf_shape_to_logical(ne: tuple[int, ...]) -> tuple[int, ...]:
+    """GGUF ``ne[]`` (fastest dimension first) → row-major ``[out, in]``."""
+    return tuple(reversed([int(d) for d in ne]))
+
+
+def logical_shape_to_gguf(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(reversed([int(d) for d in shape]))
+
+
+def qk_heads(name: str, n_head: int, n_head_kv: int) -> int | None:
+    """Heads of a q/k projection (weight or bias) named in HF style, else None."""
+    if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        return n_head
+    if name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        return n_head_kv
+    return None
+
+
+def permute_qk(rows: np.ndarray, heads: int) -> np.ndarray:
+    """HF half-rotation row order → llama.cpp pairwise order (as convert_hf_to_gguf.py)."""
+    shape = rows.shape
+    return rows.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def unpermute_qk(rows: np.ndarray, heads: int) -> np.ndarray:
+    """Inverse of ``permute_qk``."""
+    shape = rows.shape
+    return rows.reshape(heads, shape[0] // heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
