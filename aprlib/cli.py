@@ -41,6 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dst", type=Path)
     c.add_argument("--dtype", help="f32, f16, bf16, q8_0 or q4_k")
     c.add_argument("--format", choices=("apr", "gguf", "safetensors"), help="output format")
+    d = sub.add_parser(
+        "diff",
+        help="compare two model files and name the root cause in one line",
+        description="Compare A and B (any formats) tensor by tensor by canonical name, tag "
+        "each pair (IDENTICAL, EQUIVALENT, TRANSPOSED, DTYPE_MISLABEL, SCALED, SHIFTED, "
+        "PERMUTED, QUANT_NOISE, VALUE_DRIFT, SHAPE_MISMATCH, MISSING, EXTRA), compare configs, "
+        "and print one DIAGNOSIS line. Exit 0 when every pair is IDENTICAL or EQUIVALENT, 1 "
+        "when anything else was found, 2 on error.",
+    )
+    d.add_argument("a", type=Path)
+    d.add_argument("b", type=Path)
+    d.add_argument("--values", action="store_true", help="show first elements and statistics")
+    d.add_argument("--limit", type=int, default=20, help="table rows, worst first (20)")
+    d.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (SCALED/SHIFTED)")
+    d.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (SCALED/SHIFTED)")
+    d.add_argument("--json", action="store_true", help="one JSON document")
     return parser
 
 
@@ -53,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from aprlib.config import ConfigError
     from aprlib.errors import ConversionError, ModelFileError
 
+    bad_file = EXIT_USAGE if args.command == "diff" else EXIT_BAD_FILE  # diff: 1 = findings
     try:
-        return {"inspect": _inspect, "convert": _convert}[args.command](args)
+        return {"inspect": _inspect, "convert": _convert, "diff": _diff}[args.command](args)
     except (ModelFileError, ConversionError, ConfigError) as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_FILE
+        return bad_file
     except ValueError as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -172,3 +189,84 @@ def _convert(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from aprlib.diff import CLEAN, Tolerance, diff_models
+    from aprlib.io import open_model
+
+    with open_model(args.a) as a, open_model(args.b) as b:
+        report = diff_models(a, b, Tolerance(args.atol, args.rtol), values=args.values)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+        return EXIT_OK if report.clean else EXIT_BAD_FILE
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(width=200, highlight=False)
+    findings = sorted((p for p in report.pairs if p.tag not in CLEAN), key=lambda p: -p.score)
+    style = {
+        "TRANSPOSED": "red",
+        "DTYPE_MISLABEL": "red",
+        "SHAPE_MISMATCH": "red",
+        "MISSING": "red",
+        "EXTRA": "red",
+        "VALUE_DRIFT": "yellow",
+        "PERMUTED": "magenta",
+        "SCALED": "magenta",
+        "SHIFTED": "magenta",
+        "QUANT_NOISE": "cyan",
+    }
+    if findings:
+        table = Table(
+            title=f"{len(findings)} of {len(report.pairs)} tensors differ "
+            f"(worst first, {min(args.limit, len(findings))} shown)",
+            title_justify="left",
+        )
+        for col in ("tag", "tensor", "A", "B", "detail"):
+            table.add_column(col, overflow="fold")
+        if args.values:
+            table.add_column("A first values", overflow="fold")
+            table.add_column("B first values", overflow="fold")
+            table.add_column("stats", overflow="fold")
+        for p in findings[: args.limit]:
+            cells = [
+                f"[{style.get(p.tag, '')}]{p.tag}[/]",
+                p.name,
+                _side(p.a),
+                _side(p.b),
+                escape(p.detail),
+            ]
+            if args.values:
+                cells += [
+                    _first_values(p, "a"),
+                    _first_values(p, "b"),
+                    ", ".join(f"{k} {v:.3g}" for k, v in p.stats.items()),
+                ]
+            table.add_row(*cells)
+        console.print(table)
+    for c in report.config:
+        console.print(f"[red]CONFIG_MISMATCH[/] {c.field}: {c.a!r} vs {c.b!r}")
+    counts: dict[str, int] = {}
+    for p in report.pairs:
+        counts[p.tag] = counts.get(p.tag, 0) + 1
+    console.print(
+        f"{len(report.pairs)} tensors: "
+        + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    )
+    print(report.diagnosis["line"])
+    return EXIT_OK if report.clean else EXIT_BAD_FILE
+
+
+def _side(side: dict[str, Any] | None) -> str:
+    if side is None:
+        return "-"
+    text = f"{side['dtype']} {'x'.join(map(str, side['shape']))}"
+    return text + (" (tied)" if side.get("tied_to") else "")
+
+
+def _first_values(pair: Any, which: str) -> str:
+    return ", ".join(f"{v:.4g}" for v in pair.values.get(which, []))

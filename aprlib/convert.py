@@ -114,6 +114,18 @@ def convert(
     return report
 
 
+def write_model(
+    model: Model, dst: Path | str, fmt: str | None = None, dtype: DType | None = None
+) -> ConvertReport:
+    """Write an open (or in-memory) model: the writers of ``convert`` without the reading."""
+    dst = Path(dst)
+    fmt = target_format(dst, fmt)
+    report = ConvertReport(model.path, dst, model.format, fmt)
+    writer = {"apr": _write_apr, "gguf": _write_gguf, "safetensors": _write_safetensors}
+    writer[fmt](model, list(model.tensors.values()), dst, dtype, report, _streaming(model, None))
+    return report
+
+
 def _streaming(model: Model, progress: Progress | None) -> Progress:
     """Report progress, and release the source's mapped pages as the stream moves on."""
     last = [0]

@@ -117,6 +117,21 @@ class Model:
         self.close()
 
 
+def model_from_arrays(
+    tensors: dict[str, tuple[DType, tuple[int, ...], np.ndarray]],
+    config: ModelConfig | None,
+    path: Path | str = "<memory>",
+) -> Model:
+    """An in-memory model (dtype, shape, raw bytes per name), e.g. to write a variant."""
+    built = {}
+    for name, (dtype, shape, raw) in tensors.items():
+        raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
+        if raw.size != nbytes(dtype, shape):
+            raise ValueError(f"{name}: {raw.size} bytes for {dtype.name}{list(shape)}")
+        built[name] = Tensor(name, dtype, tuple(shape), name, lambda r=raw: r)
+    return Model(Path(path), "memory", built, config)
+
+
 def sniff(path: Path) -> str:
     """The format of ``path`` from its first bytes (a folder is a sharded safetensors)."""
     path = Path(path)

@@ -236,3 +236,20 @@ def test_failed_conversion_leaves_no_output(tiny_qwen2, tmp_path):
     with pytest.raises(ConversionError, match="config"):
         convert(lonely / "model.safetensors", tmp_path / "out.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lonely"]
+
+
+def test_cli_diff_exit_codes_and_json(tiny_qwen2, tiny_factory, tmp_path, capsys):
+    src = str(tiny_qwen2.safetensors)
+    convert(tiny_qwen2.safetensors, tmp_path / "m.gguf")
+    assert apr(["diff", src, str(tmp_path / "m.gguf")]) == 0
+    assert "DIAGNOSIS: Files identical tensor for tensor" in capsys.readouterr().out
+    other = tiny_factory("qwen2", seed=1)  # same shapes, other values: drift everywhere
+    assert apr(["diff", src, str(other.safetensors), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["diagnosis"]["class"] == "VALUE_DRIFT" and not doc["clean"]
+    assert {t["tag"] for t in doc["tensors"]} == {"VALUE_DRIFT"}
+    assert {"max_abs", "rms", "relative", "cosine"} <= set(doc["tensors"][0]["stats"])
+    assert apr(["diff", src, str(other.safetensors), "--values", "--limit", "3"]) == 1
+    out = capsys.readouterr().out
+    assert "3 shown" in out and "first values" in out
+    assert apr(["diff", src, str(tmp_path / "missing.apr")]) == 2

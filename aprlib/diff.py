@@ -1,0 +1,625 @@
+"""``apr diff``: compare two model files tensor by tensor and name the root cause.
+
+Each pair of tensors (matched by canonical name) gets exactly one tag, tried from the most
+specific explanation to the least: IDENTICAL, EQUIVALENT, DTYPE_MISLABEL, TRANSPOSED,
+SCALED, SHIFTED, PERMUTED, QUANT_NOISE, VALUE_DRIFT (and SHAPE_MISMATCH, MISSING, EXTRA
+when there is no pair to compare). Configs are compared field by field (CONFIG_MISMATCH).
+The DIAGNOSIS folds the findings into one line: the dominant class, the tensor group it
+hits (``mlp.{gate,up}_proj.weight in 24/24 layers``) and what it means.
+
+Values are read in row chunks from the memory maps, so two full models are never held in
+memory at once.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aprlib import layout
+from aprlib.dtypes import DType, nbytes, to_float32
+from aprlib.io import LM_HEAD, Model, Tensor
+
+CHUNK_ELEMENTS = 1 << 22  # per side per step: 16 MiB of float32
+FLOATS = (DType.F32, DType.F16, DType.BF16)
+PRECISION = {DType.F32: 5, DType.F16: 4, DType.BF16: 3, DType.Q8_0: 2, DType.Q4_K: 1}
+
+IDENTICAL, EQUIVALENT = "IDENTICAL", "EQUIVALENT"
+TRANSPOSED, DTYPE_MISLABEL = "TRANSPOSED", "DTYPE_MISLABEL"
+SCALED, SHIFTED, PERMUTED = "SCALED", "SHIFTED", "PERMUTED"
+QUANT_NOISE, VALUE_DRIFT = "QUANT_NOISE", "VALUE_DRIFT"
+SHAPE_MISMATCH, MISSING, EXTRA = "SHAPE_MISMATCH", "MISSING", "EXTRA"
+CONFIG_MISMATCH = "CONFIG_MISMATCH"
+CLEAN = frozenset({IDENTICAL, EQUIVALENT})
+#: ties in the ranking go to the class that breaks a model hardest
+SEVERITY = (
+    SHAPE_MISMATCH,
+    TRANSPOSED,
+    DTYPE_MISLABEL,
+    MISSING,
+    EXTRA,
+    PERMUTED,
+    SCALED,
+    SHIFTED,
+    VALUE_DRIFT,
+    CONFIG_MISMATCH,
+    QUANT_NOISE,
+)
+
+
+@dataclass
+class Pair:
+    name: str
+    tag: str
+    a: dict[str, Any] | None
+    b: dict[str, Any] | None
+    detail: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        """Worst first: by severity, then by size of the difference."""
+        return (
+            -SEVERITY.index(self.tag) * 1e9 + self.stats.get("max_abs", 0.0)
+            if self.tag in SEVERITY
+            else -1e18
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "tag": self.tag,
+            "a": self.a,
+            "b": self.b,
+            "detail": self.detail,
+        }
+        if self.stats:
+            out["stats"] = self.stats
+        if self.values:
+            out["values"] = self.values
+        return out
+
+
+@dataclass
+class ConfigFinding:
+    field: str
+    a: Any
+    b: Any
+
+
+@dataclass
+class DiffReport:
+    a: str
+    b: str
+    pairs: list[Pair]
+    config: list[ConfigFinding]
+    diagnosis: dict[str, Any]
+
+    @property
+    def clean(self) -> bool:
+        return all(p.tag in CLEAN for p in self.pairs) and not self.config
+
+    def as_dict(self) -> dict[str, Any]:
+        counts: dict[str, int] = defaultdict(int)
+        for p in self.pairs:
+            counts[p.tag] += 1
+        return {
+            "a": self.a,
+            "b": self.b,
+            "clean": self.clean,
+            "counts": dict(sorted(counts.items())),
+            "config": [{"field": c.field, "a": c.a, "b": c.b} for c in self.config],
+            "tensors": [p.as_dict() for p in self.pairs],
+            "diagnosis": self.diagnosis,
+        }
+
+
+# --- reading in chunks -------------------------------------------------------------------
+
+
+def _describe(t: Tensor) -> dict[str, Any]:
+    d = {"dtype": t.dtype.name, "shape": list(t.shape)}
+    if t.tied_to:
+        d["tied_to"] = t.tied_to
+    return d
+
+
+def _rows_per_chunk(t: Tensor) -> int:
+    row = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+    if t.dtype.info.quantized and len(t.shape) < 2:
+        return t.shape[0] if t.shape else 1
+    return max(1, CHUNK_ELEMENTS // max(row, 1))
+
+
+def _chunks(t: Tensor, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 rows) over the tensor, a chunk at a time."""
+    if not t.shape or (len(t.shape) == 1 and t.dtype.info.quantized):
+        yield 0, t.to_float32().reshape(t.shape or (1,))
+        return
+    raw = t.raw()
+    n = t.shape[0]
+    row_bytes = raw.size // n if n else 0
+    step = rows or _rows_per_chunk(t)
+    by_row = raw.reshape(n, row_bytes) if n else raw.reshape(0, 0)
+    for start in range(0, n, step):
+        part = by_row[start : start + step]
+        yield start, to_float32(part.reshape(-1), t.dtype, (part.shape[0], *t.shape[1:]))
+
+
+def _chunk_pairs(ta: Tensor, tb: Tensor) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    rows = min(_rows_per_chunk(ta), _rows_per_chunk(tb))
+    for (start, a), (_, b) in zip(_chunks(ta, rows), _chunks(tb, rows), strict=True):
+        yield start, a, b
+
+
+def _bytes_equal(ta: Tensor, tb: Tensor) -> bool:
+    ra, rb = ta.raw(), tb.raw()
+    if ra.size != rb.size:
+        return False
+    step = CHUNK_ELEMENTS * 4
+    return all(np.array_equal(ra[i : i + step], rb[i : i + step]) for i in range(0, ra.size, step))
+
+
+# --- the bound of the lower-precision side -----------------------------------------------
+
+
+def _noise_bound(values: np.ndarray, low: Tensor, start: int, rows: int) -> np.ndarray | None:
+    """Per-element bound of the rounding that ``low``'s dtype does to ``values``."""
+    v = np.abs(values.astype(np.float64))
+    if low.dtype is DType.BF16:
+        return v * 2.0**-8 + 1e-38
+    if low.dtype is DType.F16:
+        return v * 2.0**-11 + 2.0**-25
+    if low.dtype is DType.F32:
+        return None
+    raw = low.raw()
+    n = low.shape[0]
+    blocks = raw.reshape(n, -1)[start : start + rows].reshape(-1, low.dtype.info.block_bytes)
+    if low.dtype is DType.Q8_0:
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).reshape(-1)
+        per_block = d / 2 + 127 * np.maximum(d * 2.0**-11, 2.0**-25) * 1.01
+        bound = np.repeat(per_block, 32)
+    else:  # Q4_K
+        from aprlib.q4k import _scale_min_k4
+
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)
+        dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
+        sc, m = _scale_min_k4(blocks[:, 4:16])
+        step = d * sc
+        lowest = -dmin * m
+        highest = 15 * step + lowest
+        x = values.astype(np.float64).reshape(-1, 8, 32)
+        outside = np.maximum(0, np.maximum(lowest[..., None] - x, x - highest[..., None]))
+        bound = (step[..., None] / 2 + outside).reshape(-1)
+    return bound.reshape(values.shape) + v * 2.0**-20
+
+
+# --- one pair ----------------------------------------------------------------------------
+
+
+@dataclass
+class Tolerance:
+    atol: float = 1e-6
+    rtol: float = 1e-5
+
+
+def classify(ta: Tensor, tb: Tensor, tol: Tolerance, heads: tuple[int, ...] = ()) -> Pair:
+    pair = Pair(ta.name, "", _describe(ta), _describe(tb))
+    if ta.dtype == tb.dtype and ta.shape == tb.shape and _bytes_equal(ta, tb):
+        pair.tag = IDENTICAL
+        return pair
+    mislabel = _mislabel(ta, tb)
+    if mislabel:
+        pair.tag, pair.detail = DTYPE_MISLABEL, mislabel
+        return pair
+    if ta.shape != tb.shape:
+        if len(ta.shape) == 2 and tuple(reversed(ta.shape)) == tb.shape and _transposed(ta, tb):
+            pair.tag = TRANSPOSED
+            pair.detail = f"B holds A transposed: {list(ta.shape)} vs {list(tb.shape)}"
+        else:
+            pair.tag = SHAPE_MISMATCH
+            pair.detail = f"{list(ta.shape)} vs {list(tb.shape)}"
+        return pair
+    stats = _stats(ta, tb)
+    pair.stats = {k: v for k, v in stats.items() if not k.startswith("_")}
+    if stats["_equal"]:
+        pair.tag = EQUIVALENT
+        pair.detail = f"same values, {ta.dtype.name} vs {tb.dtype.name}"
+        return pair
+    if len(ta.shape) == 2 and ta.shape[0] == ta.shape[1] and _transposed(ta, tb):
+        pair.tag, pair.detail = TRANSPOSED, "B holds A transposed (square matrix)"
+        return pair
+    explained = _affine(ta, tb, stats, tol)
+    if explained:
+        pair.tag, pair.detail = explained
+        return pair
+    permutation = _permutation(ta, tb, heads)
+    if permutation:
+        pair.tag, pair.detail = PERMUTED, permutation
+        return pair
+    noise = _quant_noise(ta, tb)
+    if noise:
+        pair.tag, pair.detail = QUANT_NOISE, noise
+        return pair
+    pair.tag = VALUE_DRIFT
+    pair.detail = (
+        f"max abs {stats['max_abs']:.3g}, RMS {stats['rms']:.3g}, relative "
+        f"{stats['relative']:.3g}, cosine {stats['cosine']:.6f}"
+    )
+    return pair
+
+
+def _mislabel(ta: Tensor, tb: Tensor) -> str:
+    """One side's raw bytes, decoded as another float dtype, are the other side's values."""
+    for x, y, side in ((ta, tb, "A"), (tb, ta, "B")):
+        if x.dtype not in FLOATS:
+            continue
+        for d in dict.fromkeys([y.dtype, *FLOATS]):
+            if d == x.dtype or d not in FLOATS:
+                continue
+            if x.raw().size != nbytes(d, y.shape):
+                continue
+            if _decoded_as_equals(x, d, y):
+                return (
+                    f"bytes identical, dtype tag differs: {d.name} data tagged "
+                    f"{x.dtype.name} (in {side})"
+                )
+    return ""
+
+
+def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
+    raw = x.raw()
+    ybytes = y.raw()
+    count = int(np.prod(y.shape)) if y.shape else 1
+    step = CHUNK_ELEMENTS
+    width = d.info.block_bytes
+    yw = y.dtype.info.block_bytes
+    for i in range(0, count, step):
+        n = min(step, count - i)
+        if y.dtype.info.quantized:
+            return False
+        mine = to_float32(raw[i * width : (i + n) * width], d, (n,))
+        theirs = to_float32(ybytes[i * yw : (i + n) * yw], y.dtype, (n,))
+        if np.array_equal(mine, theirs, equal_nan=True):
+            continue
+        # the other side may be the wider original: then the bytes are its rounding
+        if PRECISION[d] >= PRECISION[y.dtype]:
+            return False
+        t64 = theirs.astype(np.float64)
+        bound = np.abs(t64) * (2.0**-8 if d is DType.BF16 else 2.0**-11) + 2.0**-25
+        if not (np.abs(mine - t64) <= bound).all():
+            return False
+    return True
+
+
+def _transposed(ta: Tensor, tb: Tensor) -> bool:
+    if tb.dtype not in FLOATS:
+        return False
+    typed = _typed_view(tb)
+    for start, a in _chunks(ta):
+        cols = typed[:, start : start + a.shape[0]]
+        b = to_float32(
+            np.ascontiguousarray(cols.T).view(np.uint8).reshape(-1),
+            tb.dtype,
+            (a.shape[0], tb.shape[0]),
+        )
+        if not np.array_equal(a, b, equal_nan=True):
+            return False
+    return True
+
+
+def _typed_view(t: Tensor) -> np.ndarray:
+    kinds = {DType.F32: "<u4", DType.F16: "<u2", DType.BF16: "<u2"}
+    return t.raw().view(kinds[t.dtype]).reshape(t.shape)
+
+
+def _stats(ta: Tensor, tb: Tensor) -> dict[str, Any]:
+    n = 0
+    equal = True
+    max_abs = sum_sq = sum_a = sum_b = sum_aa = sum_bb = sum_ab = 0.0
+    max_a = 0.0
+    for _, a, b in _chunk_pairs(ta, tb):
+        a64, b64 = a.astype(np.float64).reshape(-1), b.astype(np.float64).reshape(-1)
+        equal = equal and np.array_equal(a, b, equal_nan=True)
+        diff = np.abs(a64 - b64)
+        max_abs = max(max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
+        sum_sq += float(np.nansum(diff * diff))
+        sum_a += float(a64.sum())
+        sum_b += float(b64.sum())
+        sum_aa += float(a64 @ a64)
+        sum_bb += float(b64 @ b64)
+        sum_ab += float(a64 @ b64)
+        max_a = max(max_a, float(np.nanmax(np.abs(a64))) if a64.size else 0.0)
+        n += a64.size
+    norm = (sum_aa * sum_bb) ** 0.5
+    return {
+        "max_abs": max_abs,
+        "rms": (sum_sq / n) ** 0.5 if n else 0.0,
+        "relative": max_abs / max_a if max_a else float("inf") if max_abs else 0.0,
+        "cosine": sum_ab / norm if norm else 1.0,
+        "_equal": equal,
+        "_n": n,
+        "_ratio": sum_ab / sum_aa if sum_aa else float("nan"),
+        "_offset": (sum_b - sum_a) / n if n else 0.0,
+    }
+
+
+def _affine(
+    ta: Tensor, tb: Tensor, stats: dict[str, Any], tol: Tolerance
+) -> tuple[str, str] | None:
+    """SCALED (b = c a) or SHIFTED (b = a + k), checked element by element."""
+    c, k = stats["_ratio"], stats["_offset"]
+    scaled = np.isfinite(c) and abs(c - 1) > 1e-3
+    shifted = abs(k) > tol.atol * 10
+    for _, a, b in _chunk_pairs(ta, tb):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        limit = tol.atol + tol.rtol * np.abs(b64)
+        if scaled and not (np.abs(b64 - c * a64) <= limit).all():
+            scaled = False
+        if shifted and not (np.abs(b64 - a64 - k) <= limit).all():
+            shifted = False
+        if not scaled and not shifted:
+            return None
+    if scaled:
+        return SCALED, f"B = {c:.6g} x A"
+    if shifted:
+        hint = " (the 1 + w norm convention)" if abs(k - 1) < 1e-6 or abs(k + 1) < 1e-6 else ""
+        return SHIFTED, f"B = A {k:+.6g}{hint}"
+    return None
+
+
+def _row_keys(t: Tensor) -> list[int]:
+    keys = []
+    for _, rows in _chunks(t):
+        flat = np.ascontiguousarray(rows.reshape(rows.shape[0], -1))
+        keys += [zlib.crc32(r.tobytes()) for r in flat]
+    return keys
+
+
+def _permutation(ta: Tensor, tb: Tensor, heads: tuple[int, ...]) -> str:
+    if not ta.shape or ta.shape[0] < 2:
+        return ""
+    ka, kb = _row_keys(ta), _row_keys(tb)
+    if sorted(ka) != sorted(kb) or len(set(ka)) != len(ka):
+        return ""
+    index = {k: i for i, k in enumerate(ka)}
+    order = np.array([index[k] for k in kb])  # B row r is A row order[r]
+    identity = np.arange(len(order))
+    for h in heads:
+        if h and len(order) % (2 * h) == 0:
+            if np.array_equal(order, layout.permute_qk(identity, h)):
+                return (
+                    f"rotary interleave: B has llama.cpp's pairwise q/k row order "
+                    f"(n_head={h}); A has HF's half-rotation order"
+                )
+            if np.array_equal(order, layout.unpermute_qk(identity, h)):
+                return (
+                    f"rotary interleave: A has llama.cpp's pairwise q/k row order "
+                    f"(n_head={h}); B has HF's half-rotation order"
+                )
+    moved = int((order != identity).sum())
+    return f"rows reordered: {moved} of {len(order)} rows moved"
+
+
+def _quant_noise(ta: Tensor, tb: Tensor) -> str:
+    low, high = (ta, tb) if PRECISION[ta.dtype] < PRECISION[tb.dtype] else (tb, ta)
+    if low.dtype is high.dtype or low.dtype is DType.F32:
+        return ""
+    rows = min(_rows_per_chunk(ta), _rows_per_chunk(tb))
+    for (start, h), (_, lo) in zip(_chunks(high, rows), _chunks(low, rows), strict=True):
+        bound = _noise_bound(h, low, start, h.shape[0] if h.ndim else 1)
+        if bound is None or not (np.abs(h.astype(np.float64) - lo) <= bound).all():
+            return ""
+    side = "A" if low is ta else "B"
+    return f"within the rounding bound of {low.dtype.name} (the lower-precision side, {side})"
+
+
+# --- whole models ------------------------------------------------------------------------
+
+CONFIG_FIELDS = (
+    "architecture",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "tie_word_embeddings",
+    "rope_type",
+)
+
+
+def compare_configs(a: Model, b: Model) -> list[ConfigFinding]:
+    if a.config is None or b.config is None:
+        return []
+    out = []
+    for name in CONFIG_FIELDS:
+        va, vb = getattr(a.config, name), getattr(b.config, name)
+        if isinstance(va, float) and isinstance(vb, float) and np.isclose(va, vb, rtol=1e-6):
+            continue
+        if va != vb:
+            out.append(ConfigFinding(name, va, vb))
+    return out
+
+
+def _pair_names(a: Model, b: Model) -> list[str]:
+    names = list(dict.fromkeys([*a.tensors, *b.tensors]))
+    return sorted(names, key=_natural)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def diff_models(
+    a: Model, b: Model, tol: Tolerance | None = None, values: bool = False
+) -> DiffReport:
+    tol = tol or Tolerance()
+    heads = tuple(
+        sorted(
+            {
+                h
+                for m in (a, b)
+                if m.config
+                for h in (m.config.num_attention_heads, m.config.num_key_value_heads)
+            }
+        )
+    )
+    pairs: list[Pair] = []
+    for name in _pair_names(a, b):
+        ta = _lookup(a, name)
+        tb = _lookup(b, name)
+        if ta is None:
+            pairs.append(Pair(name, EXTRA, None, _describe(tb), "only in B"))
+            continue
+        if tb is None:
+            pairs.append(Pair(name, MISSING, _describe(ta), None, "only in A"))
+            continue
+        pair = classify(ta, tb, tol, heads)
+        if values and pair.tag not in CLEAN:
+            pair.values = {"a": _first(ta), "b": _first(tb)}
+        pairs.append(pair)
+        a.drop_pages()
+        b.drop_pages()
+    config = compare_configs(a, b)
+    return DiffReport(str(a.path), str(b.path), pairs, config, diagnose(pairs, config))
+
+
+def _lookup(model: Model, name: str) -> Tensor | None:
+    try:
+        return model.get(name) if name == LM_HEAD else model.tensors.get(name)
+    except KeyError:
+        return None
+
+
+def _first(t: Tensor, n: int = 6) -> list[float]:
+    _, rows = next(_chunks(t, 1))
+    return [float(v) for v in rows.reshape(-1)[:n]]
+
+
+# --- diagnosis ---------------------------------------------------------------------------
+
+MEANING = {
+    IDENTICAL: "Files identical tensor for tensor",
+    EQUIVALENT: "Same values in another encoding (lossless)",
+    TRANSPOSED: "Values identical, shapes transposed (format layout diff)",
+    DTYPE_MISLABEL: "Bytes identical, dtype tag differs",
+    SCALED: "Values scaled by a constant",
+    SHIFTED: "Values offset by a constant",
+    PERMUTED: "Same rows in another order",
+    QUANT_NOISE: "Differences within the quantisation bound (expected from the dtype)",
+    VALUE_DRIFT: "Values differ with no layout, dtype, scale or order explanation",
+    SHAPE_MISMATCH: "Shapes differ",
+    MISSING: "Tensors present in A only",
+    EXTRA: "Tensors present in B only",
+    CONFIG_MISMATCH: "Architecture config differs",
+}
+
+
+def fold(names: list[str], total_layers: int = 0) -> str:
+    """``model.layers.{0..23}.mlp.up_proj.weight`` ... → ``mlp.{gate,up}_proj.weight in 24/24
+    layers``; names outside layers are listed as they are."""
+    layer_re = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+    by_suffix: dict[str, set[int]] = defaultdict(set)
+    others = []
+    for name in names:
+        m = layer_re.match(name)
+        if m:
+            by_suffix[m.group(2)].add(int(m.group(1)))
+        else:
+            others.append(name)
+    return ", ".join([*_fold_suffixes(by_suffix, total_layers), *others])
+
+
+def _fold_suffixes(by_suffix: dict[str, set[int]], total: int) -> list[str]:
+    groups: dict[tuple[str, str, frozenset[int]], list[str]] = defaultdict(list)
+    for suffix, layers in by_suffix.items():
+        m = re.match(r"^(.*\.)?([a-z]+)(_[a-z_]+\.(?:weight|bias))$", suffix)
+        if m:
+            groups[(m.group(1) or "", m.group(3), frozenset(layers))].append(m.group(2))
+        else:
+            groups[(suffix, "", frozenset(layers))].append("")
+    out = []
+    for (prefix, tail, layers), stems in sorted(groups.items(), key=lambda g: g[0][0]):
+        stem = stems[0] if len(stems) == 1 else "{" + ",".join(sorted(stems)) + "}"
+        where = f"{len(layers)}/{total} layers" if total else f"{len(layers)} layers"
+        out.append(f"{prefix}{stem}{tail} in {where}")
+    return out
+
+
+def diagnose(pairs: list[Pair], config: list[ConfigFinding]) -> dict[str, Any]:
+    layers = {int(m.group(1)) for p in pairs if (m := re.match(r"^model\.layers\.(\d+)\.", p.name))}
+    total_layers = max(layers) + 1 if layers else 0
+    groups: dict[str, list[Pair]] = defaultdict(list)
+    for p in pairs:
+        if p.tag not in CLEAN:
+            groups[p.tag].append(p)
+    classes = sorted(groups, key=lambda t: (-len(groups[t]), SEVERITY.index(t)))
+    found = [_explain(t, groups[t], total_layers, len(pairs)) for t in classes]
+    if config:
+        fields = ", ".join(f"{c.field} {c.a!r} vs {c.b!r}" for c in config)
+        found.append(
+            {
+                "class": CONFIG_MISMATCH,
+                "tensors": [],
+                "count": len(config),
+                "summary": f"{MEANING[CONFIG_MISMATCH]}: {fields}",
+            }
+        )
+    if not found:
+        equivalent = any(p.tag == EQUIVALENT for p in pairs)
+        cls = EQUIVALENT if equivalent else IDENTICAL
+        return {"class": cls, "tensors": [], "line": f"DIAGNOSIS: {MEANING[cls]}", "also": []}
+    head, rest = found[0], found[1:]
+    line = (
+        f"DIAGNOSIS: {head['class']} {head['where']}: {head['summary']}"
+        if head.get("where")
+        else f"DIAGNOSIS: {head['class']}: {head['summary']}"
+    )
+    if rest:
+        line += "; also " + "; ".join(
+            f"{r['class']} {r['where']} ({_short(r)})"
+            if r.get("where")
+            else f"{r['class']} ({r['summary']})"
+            for r in rest
+        )
+    return {
+        "class": head["class"],
+        "tensors": head["tensors"],
+        "line": line,
+        "summary": head["summary"],
+        "also": rest,
+    }
+
+
+def _short(found: dict[str, Any]) -> str:
+    """The specific part of a summary: 'BF16 data tagged F16 (in B)', 'B = 2 x A'."""
+    summary = found["summary"]
+    return summary.split(": ", 1)[1] if ": " in summary else summary
+
+
+def _explain(tag: str, pairs: list[Pair], total_layers: int, total: int) -> dict[str, Any]:
+    names = [p.name for p in pairs]
+    details = {p.detail for p in pairs if p.detail}
+    summary = MEANING[tag]
+    if tag == DTYPE_MISLABEL and details:
+        summary += ": " + sorted(details)[0].split("differs: ", 1)[-1]
+    elif tag in (SCALED, SHIFTED, PERMUTED) and len(details) == 1:
+        summary += f": {next(iter(details))}"
+    elif tag == QUANT_NOISE and details:
+        summary += f" ({sorted(details)[0]})"
+    elif tag == VALUE_DRIFT:
+        worst = max(pairs, key=lambda p: p.stats.get("max_abs", 0))
+        summary += f" (worst {worst.name}: {worst.detail})"
+    where = f"all {total} tensors" if len(names) == total > 1 else fold(names, total_layers)
+    return {"class": tag, "tensors": names, "count": len(names), "where": where, "summary": summary}

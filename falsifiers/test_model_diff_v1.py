@@ -1,0 +1,302 @@
+"""Falsifiers of model-diff-v1: apr diff names each injected defect, and only that one."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aprlib.cli import main as apr
+from aprlib.convert import convert, write_model
+from aprlib.diff import CLEAN, IDENTICAL, DiffReport, diff_models
+from aprlib.dtypes import DType, from_float32
+from aprlib.io import model_from_arrays, open_model
+from aprlib.layout import permute_qk
+
+FORMATS = ["safetensors", "apr", "gguf"]
+Arrays = dict[str, tuple[DType, tuple[int, ...], np.ndarray]]
+
+
+def f32(entry) -> np.ndarray:
+    _, shape, raw = entry
+    return raw.view(np.float32).reshape(shape)
+
+
+@dataclass
+class Defect:
+    tag: str
+    mutate: Callable[[Arrays], None]
+    targets: Callable[[str], bool]
+    phrase: str
+    config: dict | None = None
+    formats: tuple[str, ...] = tuple(FORMATS)
+
+
+def _transpose_ffn(arrays: Arrays) -> None:
+    for name in [n for n in arrays if ".mlp." in n]:
+        v = f32(arrays[name]).T.copy()
+        arrays[name] = (DType.F32, v.shape, v)
+
+
+def _mislabel_norm(arrays: Arrays) -> None:
+    name = "model.norm.weight"
+    arrays[name] = (DType.F16, arrays[name][1], from_float32(f32(arrays[name]), DType.BF16))
+
+
+def _each(match: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Arrays], None]:
+    def mutate(arrays: Arrays) -> None:
+        for name in [n for n in arrays if match in n]:
+            v = np.ascontiguousarray(fn(f32(arrays[name])), dtype=np.float32)
+            arrays[name] = (DType.F32, v.shape, v)
+
+    return mutate
+
+
+def _drift(v: np.ndarray) -> np.ndarray:
+    v = v.copy()
+    v.reshape(-1)[[3, 17, 99, 400, 1000]] += np.float32(0.3)
+    return v
+
+
+def _to(dtype: DType, two_d_only: bool = False) -> Callable[[Arrays], None]:
+    def mutate(arrays: Arrays) -> None:
+        for name, entry in list(arrays.items()):
+            if two_d_only and len(entry[1]) != 2:
+                continue
+            arrays[name] = (dtype, entry[1], from_float32(f32(entry), dtype))
+
+    return mutate
+
+
+def _drop(arrays: Arrays) -> None:
+    del arrays["model.layers.1.mlp.down_proj.weight"]
+
+
+def _add(arrays: Arrays) -> None:
+    arrays["model.layers.2.input_layernorm.weight"] = arrays[
+        "model.layers.1.input_layernorm.weight"
+    ]
+
+
+def _truncate_embedding(arrays: Arrays) -> None:
+    v = f32(arrays["model.embed_tokens.weight"])[:80].copy()
+    arrays["model.embed_tokens.weight"] = (DType.F32, v.shape, v)
+
+
+DEFECTS = {
+    "TRANSPOSED": Defect(
+        "TRANSPOSED",
+        _transpose_ffn,
+        lambda n: ".mlp." in n,
+        "mlp.{down,gate,up}_proj.weight in 2/2 layers: Values identical, "
+        "shapes transposed (format layout diff)",
+    ),
+    "DTYPE_MISLABEL": Defect(
+        "DTYPE_MISLABEL",
+        _mislabel_norm,
+        lambda n: n == "model.norm.weight",
+        "Bytes identical, dtype tag differs: BF16 data tagged F16",
+    ),
+    "SCALED": Defect(
+        "SCALED",
+        _each("layers.1.self_attn.o_proj", lambda v: v * 2),
+        lambda n: "layers.1.self_attn.o_proj" in n,
+        "B = 2 x A",
+    ),
+    "SHIFTED": Defect(
+        "SHIFTED",
+        _each("layernorm", lambda v: v + 1),
+        lambda n: "layernorm" in n,
+        "B = A +1 (the 1 + w norm convention)",
+    ),
+    "PERMUTED": Defect(
+        "PERMUTED",
+        _each("q_proj.weight", lambda v: permute_qk(v, 4)),
+        lambda n: "q_proj.weight" in n,
+        "rotary interleave",
+    ),
+    "QUANT_NOISE/bf16": Defect(
+        "QUANT_NOISE",
+        _to(DType.BF16),
+        lambda n: True,
+        "all 27 tensors: Differences within the quantisation bound",
+    ),
+    "QUANT_NOISE/q8_0": Defect(
+        "QUANT_NOISE",
+        _to(DType.Q8_0, two_d_only=True),
+        lambda n: n.endswith("weight") and "norm" not in n,
+        "within the rounding bound of Q8_0",
+        formats=("apr", "gguf"),
+    ),
+    "VALUE_DRIFT": Defect(
+        "VALUE_DRIFT",
+        _each("layers.0.mlp.up_proj", _drift),
+        lambda n: "layers.0.mlp.up_proj" in n,
+        "cosine",
+    ),
+    "MISSING": Defect(
+        "MISSING",
+        _drop,
+        lambda n: n == "model.layers.1.mlp.down_proj.weight",
+        "mlp.down_proj.weight in 1/2 layers: Tensors present in A only",
+    ),
+    "EXTRA": Defect(
+        "EXTRA",
+        _add,
+        lambda n: n == "model.layers.2.input_layernorm.weight",
+        "Tensors present in B only",
+    ),
+    "SHAPE_MISMATCH": Defect(
+        "SHAPE_MISMATCH",
+        _truncate_embedding,
+        lambda n: n == "model.embed_tokens.weight",
+        "Shapes differ",
+    ),
+    "CONFIG_MISMATCH": Defect(
+        "CONFIG_MISMATCH",
+        lambda arrays: None,
+        lambda n: False,
+        "rope_theta 10000.0 vs 500000.0",
+        config={"rope_theta": 500000.0, "tie_word_embeddings": True},
+    ),
+}
+FALSIFIER = {
+    "TRANSPOSED": "FALSIFY-DIFF-001",
+    "DTYPE_MISLABEL": "FALSIFY-DIFF-002",
+    "SCALED": "FALSIFY-DIFF-003",
+    "SHIFTED": "FALSIFY-DIFF-004",
+    "PERMUTED": "FALSIFY-DIFF-005",
+    "QUANT_NOISE/bf16": "FALSIFY-DIFF-006",
+    "QUANT_NOISE/q8_0": "FALSIFY-DIFF-006",
+    "VALUE_DRIFT": "FALSIFY-DIFF-007",
+    "MISSING": "FALSIFY-DIFF-008",
+    "EXTRA": "FALSIFY-DIFF-008",
+    "SHAPE_MISMATCH": "FALSIFY-DIFF-008",
+    "CONFIG_MISMATCH": "FALSIFY-DIFF-009",
+}
+
+
+def write_variant(
+    src: Path,
+    mutate: Callable[[Arrays], None],
+    fmt: str,
+    folder: Path,
+    config_changes: dict | None = None,
+) -> Path:
+    with open_model(src) as model:
+        arrays = {n: (t.dtype, t.shape, t.raw().copy()) for n, t in model.tensors.items()}
+        config = model.config
+    mutate(arrays)
+    if config_changes:
+        config = dataclasses.replace(config, **config_changes)
+    folder.mkdir(parents=True)
+    dst = folder / f"model.{fmt}"
+    write_model(model_from_arrays(arrays, config), dst)
+    return dst
+
+
+def run_diff(a: Path, b: Path) -> DiffReport:
+    with open_model(a) as ma, open_model(b) as mb:
+        return diff_models(ma, mb)
+
+
+def check_defect(src: Path, defect: Defect, fmt: str, work: Path) -> DiffReport:
+    variant = write_variant(src, defect.mutate, fmt, work / fmt, defect.config)
+    report = run_diff(src, variant)
+    for pair in report.pairs:
+        want = defect.tag if defect.targets(pair.name) else IDENTICAL
+        assert pair.tag == want, f"{fmt}: {pair.name} tagged {pair.tag}, expected {want}"
+    assert any(defect.targets(p.name) for p in report.pairs) or defect.config
+    assert report.diagnosis["class"] == defect.tag, report.diagnosis["line"]
+    assert defect.phrase in report.diagnosis["line"], report.diagnosis["line"]
+    assert not report.clean
+    return report
+
+
+def _make(defect_name: str):
+    """One test per defect class, bound to its falsifier, run in each format."""
+    falsifier = FALSIFIER[defect_name]
+    formats = DEFECTS[defect_name].formats
+
+    @pytest.mark.falsifies(falsifier)
+    @pytest.mark.parametrize("fmt", formats)
+    def test(tiny_qwen2, tmp_path, fmt, evidence):
+        report = check_defect(tiny_qwen2.safetensors, DEFECTS[defect_name], fmt, tmp_path)
+        evidence.record(diagnosis=report.diagnosis["line"][:300])
+
+    test.__name__ = f"test_diff_names_{defect_name.lower().replace('/', '_')}"
+    return test
+
+
+for _name in DEFECTS:
+    globals()[f"test_diff_names_{_name.lower().replace('/', '_')}"] = _make(_name)
+
+
+def lossless_paths(tiny, work: Path) -> list[tuple[Path, Path]]:
+    src = tiny.safetensors
+    out = []
+    for fmt in ("apr", "gguf"):
+        convert(src, work / f"m.{fmt}")
+        out.append((src, work / f"m.{fmt}"))
+    convert(work / "m.apr", work / "chain.gguf")
+    convert(work / "chain.gguf", work / "chain.apr")
+    (work / "st").mkdir()
+    convert(work / "chain.apr", work / "st" / "model.safetensors")
+    out += [
+        (src, work / "chain.gguf"),
+        (work / "m.apr", work / "chain.apr"),
+        (src, work / "st" / "model.safetensors"),
+    ]
+    return out
+
+
+def check_no_false_alarm(pairs: list[tuple[Path, Path]]) -> int:
+    for a, b in pairs:
+        report = run_diff(a, b)
+        bad = [(p.name, p.tag) for p in report.pairs if p.tag not in CLEAN]
+        assert not bad and not report.config, f"{a.name} vs {b.name}: {bad} {report.config}"
+    return len(pairs)
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-010")
+@pytest.mark.parametrize(
+    ("arch", "tied", "dtype"),
+    [
+        ("qwen2", False, "float32"),
+        ("qwen2", True, "float32"),
+        ("qwen2", False, "bfloat16"),
+        ("qwen2", False, "float16"),
+        ("llama", False, "float32"),
+    ],
+)
+def test_lossless_paths_raise_no_alarm(tiny_factory, tmp_path, arch, tied, dtype, evidence):
+    tiny = tiny_factory(arch, tied=tied, dtype=dtype)
+    pairs = lossless_paths(tiny, tmp_path)
+    if dtype != "float32":  # the widened copy holds the same values: EQUIVALENT, not noise
+        convert(tiny.safetensors, tmp_path / "wide.apr", dtype=DType.F32)
+        pairs.append((tiny.safetensors, tmp_path / "wide.apr"))
+    evidence.record(paths=check_no_false_alarm(pairs))
+    assert apr(["diff", str(pairs[0][0]), str(pairs[0][1])]) == 0
+
+
+def check_mixed(src: Path, fmt: str, work: Path) -> str:
+    def both(arrays: Arrays) -> None:
+        _transpose_ffn(arrays)
+        _mislabel_norm(arrays)
+
+    report = run_diff(src, write_variant(src, both, fmt, work / fmt))
+    line = report.diagnosis["line"]
+    assert line.startswith("DIAGNOSIS: TRANSPOSED mlp.{down,gate,up}_proj.weight in 2/2 layers")
+    assert "; also DTYPE_MISLABEL model.norm.weight (BF16 data tagged F16" in line, line
+    assert [f["class"] for f in report.diagnosis["also"]] == ["DTYPE_MISLABEL"]
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-011")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_mixed_findings_are_all_reported_ranked(tiny_qwen2, tmp_path, fmt, evidence):
+    evidence.record(diagnosis=check_mixed(tiny_qwen2.safetensors, fmt, tmp_path))
