@@ -8,11 +8,12 @@ renamed into place on success, so a failed conversion leaves no partial output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ class ConvertReport:
     tensors: int = 0
     bytes_written: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def advance(self, name: str, written: int, progress: Progress) -> None:
+        self.tensors += 1
+        self.bytes_written += written
+        progress(name, self.bytes_written)
 
 
 def target_format(dst: Path, explicit: str | None = None) -> str:
@@ -170,13 +176,23 @@ def _write_apr(
     with AprWriter(dst, metadata, plan) as w:
         for t, p in zip(tensors, plan, strict=True):
             w.write(t.name, encode(t, p.dtype))
-            report.tensors += 1
-            report.bytes_written += nbytes(p.dtype, p.shape)
-            progress(t.name, report.bytes_written)
+            report.advance(t.name, nbytes(p.dtype, p.shape), progress)
 
 
-def _atomic_output(dst: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+@contextlib.contextmanager
+def _atomic_file(dst: Path) -> Iterator[str]:
+    """A temporary path beside ``dst``; renamed onto it, synced, only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _write_safetensors(
@@ -206,24 +222,14 @@ def _write_safetensors(
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    fd, tmp = _atomic_output(dst)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with _atomic_file(dst) as tmp:
+        with open(tmp, "wb") as fh:
             fh.write(struct.pack("<Q", len(head)) + head)
             for t, out in plan:
-                fh.write(memoryview(np.ascontiguousarray(encode(t, out))))
-                report.tensors += 1
-                report.bytes_written += nbytes(out, t.shape)
-                progress(t.name, report.bytes_written)
-            fh.flush()
-            os.fsync(fh.fileno())
+                data = np.ascontiguousarray(encode(t, out))
+                fh.write(memoryview(data))
+                report.advance(t.name, data.nbytes, progress)
         _write_hf_config(model.config, dst.parent)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _write_hf_config(cfg: ModelConfig | None, folder: Path) -> None:
@@ -243,11 +249,8 @@ def _write_hf_config(cfg: ModelConfig | None, folder: Path) -> None:
                 "safetensors output into its own folder"
             )
         return
-    fd, tmp = _atomic_output(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with _atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _tokenizer_kv(model: Model, cfg: ModelConfig, report: ConvertReport) -> dict[str, Any]:
@@ -318,9 +321,7 @@ def _write_gguf(
             f"{model.path}: GGUF needs the architecture config "
             "(config.json beside the safetensors file)"
         )
-    fd, tmp = _atomic_output(dst)
-    os.close(fd)
-    try:
+    with _atomic_file(dst) as tmp:
         writer = GGUFWriter(tmp, cfg.architecture)
         kv = to_gguf_kv(cfg)
         kv.update(_tokenizer_kv(model, cfg, report))
@@ -359,13 +360,5 @@ def _write_gguf(
                     layout.permute_qk(data.reshape(t.shape[0], -1), heads)
                 ).reshape(-1)
             writer.write_tensor_data(data)
-            report.tensors += 1
-            report.bytes_written += data.nbytes
-            progress(t.name, report.bytes_written)
+            report.advance(t.name, data.nbytes, progress)
         writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
