@@ -97,6 +97,8 @@ class AprWriter:
         self._next = 0
         self._fh: Any = None
         self._tmp: str | None = None
+        self._pool: Any = None
+        self._copies: list[Any] = []
 
     def __enter__(self) -> AprWriter:
         fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
@@ -105,12 +107,56 @@ class AprWriter:
         self._fh.write(b"\0" * (self.data_offset - self.index_offset))  # index comes last
         return self
 
-    def write(self, name: str, raw: bytes | memoryview | np.ndarray) -> None:
+    def _expect(self, name: str) -> TensorEntry:
         if self._next >= len(self.entries):
             raise ValueError(f"tensor {name!r} is not in the write plan (plan complete)")
         entry = self.entries[self._next]
         if name != entry.name:
             raise ValueError(f"expected tensor {entry.name!r} next, got {name!r}")
+        return entry
+
+    def _written(self, entry: TensorEntry, crc: int) -> None:
+        self.entries[self._next] = TensorEntry(
+            entry.name, entry.dtype, entry.shape, entry.offset, entry.nbytes, crc
+        )
+        self._next += 1
+
+    def copy(self, name: str, source: Path | str, offset: int) -> None:
+        """Write a tensor whose bytes lie unchanged in ``source`` at ``offset``.
+
+        The kernel copies file to file (copy_file_range, on a background thread) while a
+        buffered read here computes the CRC: no page of the source is mapped into this
+        process, which is faster and keeps RSS flat.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        entry = self._expect(name)
+        self._fh.flush()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apr-copy")
+        dest = self.data_offset + entry.offset
+        self._copies.append(
+            self._pool.submit(
+                _copy_file, str(source), self._fh.fileno(), entry.nbytes, offset, dest
+            )
+        )
+        crc, buf = 0, bytearray(min(entry.nbytes, 16 << 20) or 1)
+        view = memoryview(buf)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            done = 0
+            while done < entry.nbytes:
+                n = os.preadv(fd, [view[: entry.nbytes - done]], offset + done)
+                if n <= 0:
+                    raise ValueError(f"tensor {name!r}: {source} ends early")
+                crc = zlib.crc32(view[:n], crc)
+                done += n
+        finally:
+            os.close(fd)
+        self._written(entry, crc)
+
+    def write(self, name: str, raw: bytes | memoryview | np.ndarray) -> None:
+        entry = self._expect(name)
         view = memoryview(raw if not isinstance(raw, np.ndarray) else np.ascontiguousarray(raw))
         view = view.cast("B")
         if view.nbytes != entry.nbytes:
@@ -120,10 +166,7 @@ class AprWriter:
             )
         self._fh.seek(self.data_offset + entry.offset)
         self._fh.write(view)
-        self.entries[self._next] = TensorEntry(
-            entry.name, entry.dtype, entry.shape, entry.offset, entry.nbytes, zlib.crc32(view)
-        )
-        self._next += 1
+        self._written(entry, zlib.crc32(view))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
@@ -133,12 +176,16 @@ class AprWriter:
                     raise ValueError(f"tensor {missing!r} was planned but never written")
                 self._finish()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
             if self._fh is not None and not self._fh.closed:
                 self._fh.close()
             if self._tmp is not None and os.path.exists(self._tmp):
                 os.unlink(self._tmp)
 
     def _finish(self) -> None:
+        for copy in self._copies:
+            copy.result()  # re-raises a failed background copy
         fh = self._fh
         fh.truncate(self.data_offset + self.data_length)
         index = _encode_index(self.entries)
@@ -164,6 +211,41 @@ class AprWriter:
         fh.close()
         os.chmod(self._tmp, 0o644)
         os.replace(self._tmp, self.path)
+
+
+def _copy_file(source: str, out: int, count: int, offset: int, dest: int) -> None:
+    """Copy ``count`` bytes of ``source`` at ``offset`` into ``out`` at ``dest``."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        if _copy_range(fd, out, count, offset, dest):
+            return
+        buf = memoryview(bytearray(min(count, 16 << 20) or 1))
+        done = 0
+        while done < count:  # no copy_file_range here: read and write
+            n = os.preadv(fd, [buf[: count - done]], offset + done)
+            if n <= 0:
+                raise OSError(f"{source} ends early")
+            os.pwrite(out, buf[:n], dest + done)
+            done += n
+    finally:
+        os.close(fd)
+
+
+def _copy_range(src: int, dst: int, count: int, src_offset: int, dst_offset: int) -> bool:
+    """copy_file_range until done; False (nothing guaranteed) where the kernel can't."""
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return False
+    done = 0
+    try:
+        while done < count:
+            n = copy(src, dst, count - done, src_offset + done, dst_offset + done)
+            if n == 0:
+                return False
+            done += n
+    except OSError:
+        return False
+    return True
 
 
 class AprFile:

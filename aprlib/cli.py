@@ -270,3 +270,7 @@ def _side(side: dict[str, Any] | None) -> str:
 
 def _first_values(pair: Any, which: str) -> str:
     return ", ".join(f"{v:.4g}" for v in pair.values.get(which, []))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

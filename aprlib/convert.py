@@ -175,7 +175,10 @@ def _write_apr(
     plan = [PlannedTensor(t.name, output_dtype(t, dtype), t.shape) for t in tensors]
     with AprWriter(dst, metadata, plan) as w:
         for t, p in zip(tensors, plan, strict=True):
-            w.write(t.name, encode(t, p.dtype))
+            if p.dtype == t.dtype and t.span is not None:
+                w.copy(t.name, *t.span)
+            else:
+                w.write(t.name, encode(t, p.dtype))
             report.advance(t.name, nbytes(p.dtype, p.shape), progress)
 
 

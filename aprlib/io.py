@@ -47,6 +47,8 @@ class Tensor:
     source_name: str
     _raw: Callable[[], np.ndarray] = field(repr=False)
     tied_to: str | None = None  # set when this is the embedding standing in for lm_head
+    #: (file, byte offset) where raw() lies unchanged, for file-to-file copies
+    span: tuple[Path, int] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -184,7 +186,7 @@ def _open_apr(path: Path) -> Model:
     tensors = {
         name: Tensor(name, e.dtype, e.shape, name, lambda n=name: f.raw(n))
         for name, e in f.entries.items()
-    }
+    }  # no span: an APR source's bytes are read (and their CRC checked) on the way
     return Model(path, "apr", tensors, config, meta, meta.get("tokenizer"), [f.close], [f._map])
 
 
@@ -322,7 +324,14 @@ def _open_safetensors(path: Path) -> Model:
                     continue
                 if name in tensors:
                     raise SafetensorsFormatError(file, "tensor appears in two shards", tensor=name)
-                tensors[name] = Tensor(name, dtype, shape, name, lambda s=shard, n=name: s.raw(n))
+                tensors[name] = Tensor(
+                    name,
+                    dtype,
+                    shape,
+                    name,
+                    lambda s=shard, n=name: s.raw(n),
+                    span=(file, shard.data_start + shard.entries[name][2]),
+                )
         if weight_map is not None:
             missing = sorted(set(weight_map) - set(tensors))
             if missing:

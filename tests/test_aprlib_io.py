@@ -253,3 +253,41 @@ def test_cli_diff_exit_codes_and_json(tiny_qwen2, tiny_factory, tmp_path, capsys
     out = capsys.readouterr().out
     assert "3 shown" in out and "first values" in out
     assert apr(["diff", src, str(tmp_path / "missing.apr")]) == 2
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "read-write"])
+def test_file_to_file_copy_path_is_exact(tiny_qwen2, tmp_path, monkeypatch, kernel_copy):
+    import os
+
+    if not kernel_copy:
+
+        def refuse(*args):
+            raise OSError(38, "copy_file_range not supported here")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    convert(tiny_qwen2.safetensors, tmp_path / "m.apr")
+    with open_model(tiny_qwen2.safetensors) as a, open_model(tmp_path / "m.apr") as b:
+        assert all(t.span is not None for t in a)  # the copy path was taken
+        for name, t in a.tensors.items():
+            assert np.array_equal(t.raw(), b.get(name).raw()), name  # raw() checks the CRC
+
+
+def test_a_source_that_shrinks_mid_copy_leaves_no_output(tiny_qwen2, tmp_path, monkeypatch):
+    src = tmp_path / "model.safetensors"
+    shutil.copy(tiny_qwen2.safetensors, src)
+    shutil.copy(tiny_qwen2.folder / "config.json", tmp_path)
+    from aprlib import convert as convert_module
+
+    real = convert_module.open_model
+
+    def shrink_after_open(path):
+        model = real(path)
+        with open(src, "r+b") as fh:
+            fh.truncate(src.stat().st_size // 2)
+        return model
+
+    monkeypatch.setattr(convert_module, "open_model", shrink_after_open)
+    with pytest.raises((ValueError, OSError), match="ends early"):
+        convert(src, tmp_path / "out.apr")
+    assert not (tmp_path / "out.apr").exists()
+    assert not list(tmp_path.glob(".out.apr*"))
