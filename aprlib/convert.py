@@ -210,11 +210,12 @@ def _write_safetensors(
     header: dict[str, Any] = {
         "__metadata__": {"format": "pt", **{k: str(v) for k, v in _provenance(model).items()}}
     }
-    offset, plan = 0, []
+    offset, plan, widened = 0, [], []
     for t in tensors:
         out = output_dtype(t, dtype)
         if out.info.quantized:
-            out = DType.F32  # safetensors has no GGML blocks: widen losslessly enough
+            out = DType.F32  # safetensors has no GGML blocks: the dequantised values, exactly
+            widened.append(t.name)
         size = nbytes(out, t.shape)
         header[t.name] = {
             "dtype": names[out],
@@ -223,6 +224,11 @@ def _write_safetensors(
         }
         plan.append((t, out))
         offset += size
+    if widened:
+        report.notes.append(
+            f"safetensors holds no quantised blocks: {len(widened)} tensors "
+            "written as F32 (their dequantised values)"
+        )
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     with _atomic_file(dst) as tmp:

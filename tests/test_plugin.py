@@ -338,3 +338,22 @@ def test_no_contracts_no_noise(pytester):
     result.assert_outcomes(passed=1)
     assert "contract status" not in result.stdout.str()
     assert not Path(pytester.path / "evidence").exists()
+
+
+def test_a_broken_contract_does_not_break_unrelated_runs(pytester):
+    (pytester.path / "contracts").mkdir()
+    (pytester.path / "contracts" / "broken-v1.yaml").write_text("metadata: [\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    run(pytester).assert_outcomes(passed=1)
+    pytester.makepyfile(
+        test_y=textwrap.dedent("""\
+        import pytest
+
+        @pytest.mark.falsifies("FALSIFY-X-001")
+        def test_y():
+            pass
+        """)
+    )
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*broken-v1.yaml:*YAML syntax*(run pv validate)*"])
