@@ -39,7 +39,7 @@ def check_against_safetensors(src: Path, work: Path) -> int:
 @pytest.mark.falsifies("FALSIFY-DTYPE-001")
 def test_bf16_decodes_like_safetensors(tiny_factory, tmp_path, evidence):
     tiny = tiny_factory("qwen2", dtype="bfloat16")
-    evidence.record(elements_checked=check_against_safetensors(tiny.safetensors, tmp_path))
+    evidence.record(tensor_checks=check_against_safetensors(tiny.safetensors, tmp_path))
     with open_model(tiny.safetensors) as model:
         assert model.get("model.norm.weight").dtype is DType.BF16
         assert model.get("model.norm.weight").to_float32()[0] == 7.5625
@@ -48,7 +48,7 @@ def test_bf16_decodes_like_safetensors(tiny_factory, tmp_path, evidence):
 @pytest.mark.falsifies("FALSIFY-DTYPE-002")
 def test_f16_decodes_like_safetensors(tiny_factory, tmp_path, evidence):
     tiny = tiny_factory("qwen2", dtype="float16")
-    evidence.record(elements_checked=check_against_safetensors(tiny.safetensors, tmp_path))
+    evidence.record(tensor_checks=check_against_safetensors(tiny.safetensors, tmp_path))
 
 
 rows = st.tuples(
