@@ -59,11 +59,15 @@ def _fast_schema_check() -> Any:
 
 
 def schema_valid_fast(data: Any) -> bool:
-    from fastjsonschema import JsonSchemaException
+    """True only when the compiled check passes; any doubt goes to jsonschema.
 
+    The catch is deliberately broad: the compiled function raises the exception class of
+    the fastjsonschema module it was compiled with, which need not be the one importable
+    now (pytester, for one, unloads modules between tests).
+    """
     try:
         _fast_schema_check()(data)
-    except JsonSchemaException:
+    except Exception:
         return False
     return True
 
