@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,6 @@ def inspect_model(path: Path) -> dict[str, Any]:
             "tensors": tensors,
             "dtype_totals": totals,
             "checksums": checksums,
-            "fingerprint": f"{zlib.crc32(json.dumps(tensors).encode()):08x}",
         }
 
 

@@ -110,25 +110,28 @@ def convert(
     fmt: str | None = None,
     progress: Progress | None = None,
 ) -> ConvertReport:
-    src, dst = Path(src), Path(dst)
-    fmt = target_format(dst, fmt)
     with open_model(src) as model:
-        report = ConvertReport(src, dst, model.format, fmt)
-        tensors = output_tensors(model, report.notes)
-        writer = {"apr": _write_apr, "gguf": _write_gguf, "safetensors": _write_safetensors}
-        writer[fmt](model, tensors, dst, dtype, report, _streaming(model, progress))
-    return report
+        return write_model(model, dst, fmt, dtype, progress, checked=True)
 
 
 def write_model(
-    model: Model, dst: Path | str, fmt: str | None = None, dtype: DType | None = None
+    model: Model,
+    dst: Path | str,
+    fmt: str | None = None,
+    dtype: DType | None = None,
+    progress: Progress | None = None,
+    checked: bool = False,
 ) -> ConvertReport:
-    """Write an open (or in-memory) model: the writers of ``convert`` without the reading."""
+    """Write an open (or in-memory) model in the format of ``dst``.
+
+    ``checked`` applies the tied-head rules of ``output_tensors``; without it every tensor
+    is written as given (how tests build a defective file on purpose).
+    """
     dst = Path(dst)
     fmt = target_format(dst, fmt)
     report = ConvertReport(model.path, dst, model.format, fmt)
-    writer = {"apr": _write_apr, "gguf": _write_gguf, "safetensors": _write_safetensors}
-    writer[fmt](model, list(model.tensors.values()), dst, dtype, report, _streaming(model, None))
+    tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
+    WRITERS[fmt](model, tensors, dst, dtype, report, _streaming(model, progress))
     return report
 
 
@@ -371,3 +374,6 @@ def _write_gguf(
             writer.write_tensor_data(data)
             report.advance(t.name, data.nbytes, progress)
         writer.close()
+
+
+WRITERS = {"apr": _write_apr, "gguf": _write_gguf, "safetensors": _write_safetensors}

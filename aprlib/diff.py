@@ -275,6 +275,8 @@ def _mislabel(ta: Tensor, tb: Tensor) -> str:
 
 
 def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
+    if y.dtype.info.quantized:
+        return False
     raw = x.raw()
     ybytes = y.raw()
     count = int(np.prod(y.shape)) if y.shape else 1
@@ -283,8 +285,6 @@ def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
     yw = y.dtype.info.block_bytes
     for i in range(0, count, step):
         n = min(step, count - i)
-        if y.dtype.info.quantized:
-            return False
         mine = to_float32(raw[i * width : (i + n) * width], d, (n,))
         theirs = to_float32(ybytes[i * yw : (i + n) * yw], y.dtype, (n,))
         if np.array_equal(mine, theirs, equal_nan=True):

@@ -362,25 +362,22 @@ def _open_safetensors(path: Path) -> Model:
 GGUF_DTYPES = {0: DType.F32, 1: DType.F16, 8: DType.Q8_0, 12: DType.Q4_K, 30: DType.BF16}
 
 
-def _field_value(f: Any) -> Any:
-    value = f.contents()
-    return value
-
-
 def _open_gguf(path: Path) -> Model:
     from gguf import GGUFReader
 
     try:
         reader = GGUFReader(path, "r")
     except Exception as exc:
-        raise GgufFormatError(path, f"unreadable GGUF: {type(exc).__name__}: {exc}") from None
+        raise GgufFormatError(
+            path, f"unreadable GGUF (truncated or corrupt): {type(exc).__name__}: {exc}"
+        ) from None
     kv: dict[str, Any] = {}
     tokenizer: dict[str, Any] = {}
     try:
         for name, f in reader.fields.items():
             if name.startswith("GGUF."):
                 continue
-            value = _field_value(f)
+            value = f.contents()
             (tokenizer if name.startswith("tokenizer.ggml.") else kv)[name] = value
     except Exception as exc:
         raise GgufFormatError(path, f"unreadable key/value data: {exc}") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from aprlib.apr import HEADER, MAGIC, AprFile, AprWriter, PlannedTensor, TensorEntry, _encode_index
@@ -18,6 +18,7 @@ from aprlib.convert import convert
 from aprlib.dtypes import DType
 from aprlib.errors import AprFormatError
 from aprlib.io import LM_HEAD, open_model
+from falsifiers.reproducible import reproducible
 
 CHAIN = [
     ("qwen2", False, "float32"),
@@ -26,13 +27,7 @@ CHAIN = [
     ("qwen2", True, "float32"),
     ("llama", False, "bfloat16"),
 ]
-SETTINGS = settings(
-    max_examples=200,
-    deadline=None,
-    database=None,
-    derandomize=True,  # reproducible: committed evidence must not churn run to run
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+SETTINGS = reproducible(200)
 
 
 def convert_chain(src: Path, work: Path) -> Path:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from falsifiers.reproducible import reproducible
 from provable.lifecycle import (
     ContractStatus,
     FalsifierStatus,
@@ -27,7 +28,7 @@ from provable.lifecycle import (
 statuses = st.sampled_from(list(FalsifierStatus))
 hosts = st.frozensets(st.sampled_from(["cpu", "cuda"]))
 required_hosts = st.frozensets(st.sampled_from(["cpu", "cuda"]), min_size=1)
-EXAMPLES = settings(max_examples=300, deadline=None, database=None, derandomize=True)
+EXAMPLES = reproducible(300)
 
 
 def check_skip_never_changes(promote_fn: Callable = promote) -> None:

@@ -7,20 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from falsifiers.reproducible import reproducible
 from provable.lifecycle import ContractStatus, FalsifierStatus, derive_contract_status
 from provable.validate import Report, discover, validate_paths
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "compat" / "provable-contracts"
-EXAMPLES = settings(
-    max_examples=150,
-    deadline=None,
-    database=None,
-    derandomize=True,  # reproducible: committed evidence must not churn run to run
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+EXAMPLES = reproducible(150)
 
 Validator = Callable[[list[Path]], Report]
 

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from aprlib.convert import convert
 from aprlib.dtypes import DType, from_float32, to_float32
 from aprlib.io import open_model
 from falsifiers import llamacpp_oracle as oracle
+from falsifiers.reproducible import reproducible
 
-SETTINGS = settings(max_examples=60, deadline=None, database=None, derandomize=True)
+SETTINGS = reproducible(60)
 
 
 def check_against_safetensors(src: Path, work: Path) -> int:

@@ -8,7 +8,7 @@ node keeps its source line for ``path:line`` messages.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,6 @@ class Contract:
     depends_on: list[str]
     falsifiers: list[Falsifier]
     changelog: list[ChangelogEntry]
-    sections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -160,7 +159,6 @@ def contract_from_document(doc: YamlDocument) -> Contract:
         depends_on=[d for d in _list(meta.get("depends_on")) if isinstance(d, str)],
         falsifiers=falsifiers,
         changelog=changelog,
-        sections={k: v for k, v in data.items()},
     )
 
 

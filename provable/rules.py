@@ -100,9 +100,6 @@ def check_schema(c: Contract) -> Iterator[Finding]:
     for err in errors:
         where = _dotted(err.absolute_path)
         message = err.message
-        if err.validator == "required":
-            yield emit.error(c.line_of(*err.absolute_path), "schema", f"{where}: {message}")
-            continue
         if len(message) > 160:
             message = message[:157] + "..."
         yield emit.error(c.line_of(*err.absolute_path), "schema", f"{where}: {message}")
