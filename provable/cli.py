@@ -97,7 +97,9 @@ def _usage(message: str) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from provable.validate import UsageError, discover, validate_paths
+    from provable.writer import recover_around
 
+    recover_around(Path(p) for p in args.paths if Path(p).exists())
     try:
         paths = discover(args.paths)
     except UsageError as exc:
@@ -110,7 +112,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from provable.status import collect, print_table, render_json, render_markdown
     from provable.validate import UsageError, discover
+    from provable.writer import recover_around
 
+    recover_around(Path(p) for p in (args.paths or ["contracts"]) if Path(p).exists())
     try:
         paths = discover(args.paths or ["contracts"])
     except UsageError as exc:

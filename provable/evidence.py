@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -30,7 +31,21 @@ from provable.atomic import fsync_dir, write_atomic
 SCHEMA = "provable-evidence/1"
 EVIDENCE_PROPERTY = "provable.evidence"
 MAX_MESSAGE_CHARS = 6000
-_VOLATILE = ("commit", "dirty", "observed_at")
+_VOLATILE = ("commit", "dirty", "observed_at", "host")
+
+#: ``<object at 0x7f3a...>``: differs every run, says nothing about the failure
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,16}\b")
+#: pytest-xdist's first line of a worker's report: ``[gw2] linux -- Python 3.11.7 /path``
+_XDIST_HEADER = re.compile(r"^\[gw\d+\] [^\n]* -- Python [^\n]*\n", re.MULTILINE)
+
+
+def clean_message(message: str | None) -> str | None:
+    """A failure message as it reads on any machine and in any run: no memory addresses,
+    no xdist worker header, so an identical failure stores identical bytes."""
+    if message is None:
+        return None
+    message = _XDIST_HEADER.sub("", message)
+    return _ADDRESS.sub("0x…", message)
 
 
 def json_safe(value: Any, _depth: int = 0) -> Any:
@@ -211,7 +226,40 @@ def merge_record(
 
 
 def _stable(section: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in section.items() if k not in _VOLATILE}
+    """What must match for a section to count as unchanged.
+
+    The host, the commit and the time never count. In a passing section measured floats
+    do not count either: a max-abs-diff that moves at the 1e-7 level inside its bound is
+    the same outcome (every run's values go to ``history.jsonl``); their keys, and every
+    non-float value and every requirement (a key naming a tolerance, bound or limit), still
+    count.
+    """
+    stable = {k: v for k, v in section.items() if k not in _VOLATILE}
+    if "failure" not in section and "recorded" in stable:
+        stable["recorded"] = _without_floats(stable["recorded"])
+    return stable
+
+
+#: recorded keys that state the requirement, not a measurement: their value always counts
+_REQUIREMENT_KEY = re.compile(r"tol|bound|limit|threshold|require|allow|expect", re.IGNORECASE)
+
+
+def _without_floats(value: Any) -> Any:
+    if isinstance(value, float):
+        return "<float>"
+    if isinstance(value, dict):
+        return {
+            k: v if _REQUIREMENT_KEY.search(str(k)) else _without_floats(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_floats(v) for v in value]
+    return value
+
+
+def evidence_text(record: dict[str, Any]) -> str:
+    """The committed form of an evidence record."""
+    return json.dumps(record, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
 
 def write_evidence(
@@ -224,7 +272,7 @@ def write_evidence(
     """
     if previous is not None and previous == record:
         return False
-    text = json.dumps(record, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    text = evidence_text(record)
     try:
         if path.read_text(encoding="utf-8") == text:
             return False

@@ -35,6 +35,7 @@ class Outcome(str, Enum):
     FAILED = "failed"
     SKIPPED = "skipped"
     NOT_RUN = "not_run"
+    INCOMPLETE = "incomplete"  # passed, but not every bound test or case ran: never promotes
 
 
 MANUAL_CONTRACT_STATUSES = frozenset({ContractStatus.SUPERSEDED, ContractStatus.RETIRED})
@@ -66,6 +67,28 @@ WILD_FALSIFIER_STATUSES: Mapping[str, FalsifierStatus] = {
     "REFUTED": FalsifierStatus.FALSIFIED,
     "FAILED": FalsifierStatus.FALSIFIED,
 }
+
+
+def parse_falsifier_status(word: str | None) -> FalsifierStatus:
+    """Our status for a falsifier's status word (wild words mapped to the nearest).
+
+    The only place a falsifier status word is read: the plugin, ``pv status`` and the
+    validator agree on what a word means.
+    """
+    if word is None:
+        return FalsifierStatus.PROPOSED
+    if word in FalsifierStatus.__members__:
+        return FalsifierStatus(word)
+    return WILD_FALSIFIER_STATUSES.get(word.upper(), FalsifierStatus.PROPOSED)
+
+
+def parse_contract_status(word: str | None) -> ContractStatus | None:
+    """Our status for a contract's declared status word; None when absent or unknown."""
+    if word is None:
+        return None
+    if word in ContractStatus.__members__:
+        return ContractStatus(word)
+    return WILD_CONTRACT_STATUSES.get(word.upper())
 
 
 def derive_contract_status(
@@ -117,7 +140,7 @@ def promote(
     before = frozenset(previously_passed_on)
     if current in (FalsifierStatus.PROPOSED, FalsifierStatus.FALSIFIED):
         before = frozenset()  # nothing proven yet, or proofs predate the refutation
-    if outcome in (Outcome.SKIPPED, Outcome.NOT_RUN):
+    if outcome in (Outcome.SKIPPED, Outcome.NOT_RUN, Outcome.INCOMPLETE):
         return Promotion(current, before)
     if outcome is Outcome.FAILED:
         return Promotion(FalsifierStatus.FALSIFIED, frozenset())

@@ -7,8 +7,6 @@ only the controller writes; workers send their binding table through ``workerout
 from __future__ import annotations
 
 import difflib
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +15,13 @@ import pytest
 from provable.evidence import EVIDENCE_PROPERTY, Evidence
 from provable.findings import display_path
 from provable.registry import BindingError, Registry
+from provable.session import FalsifierRun, SessionScope, TestResult
+
+__all__ = ["FalsifierRun", "ProvablePlugin", "TestResult", "cuda_available", "evidence"]
 
 EXAMPLES_OUTPUT = "provable_examples"
 BOUND_OUTPUT = "provable_bound"
+FILES_OUTPUT = "provable_files"
 CUDA_SKIP_REASON = "no CUDA device"
 
 
@@ -63,10 +65,41 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ProvablePlugin(config), "provable-session")
 
 
-@pytest.fixture
-def evidence(request: pytest.FixtureRequest) -> Evidence:
+class _CurrentTestEvidence:
+    """The ``evidence`` object: records into whichever test is running now.
+
+    Session-scoped, so that a ``@given`` test may take it without tripping hypothesis's
+    function-scoped-fixture health check; each test starts with no recorded values.
+    """
+
+    def __init__(self) -> None:
+        self._current: Evidence | None = None
+
+    def start(self, item: pytest.Item) -> None:
+        self._current = Evidence(item)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return self._current.values if self._current else {}
+
+    def record(self, **values: Any) -> None:
+        if self._current is None:
+            raise RuntimeError("evidence.record() outside a running test")
+        self._current.record(**values)
+
+
+_EVIDENCE_KEY = pytest.StashKey[_CurrentTestEvidence]()
+
+
+@pytest.fixture(scope="session")
+def evidence(request: pytest.FixtureRequest) -> _CurrentTestEvidence:
     """Record measured values for the falsifier evidence file: ``evidence.record(x=...)``."""
-    return Evidence(request.node)
+    return request.config.stash.setdefault(_EVIDENCE_KEY, _CurrentTestEvidence())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.config.stash.setdefault(_EVIDENCE_KEY, _CurrentTestEvidence()).start(item)
 
 
 _cuda_available: bool | None = None
@@ -85,25 +118,6 @@ def cuda_available() -> bool:
     return _cuda_available
 
 
-@dataclass
-class TestResult:
-    outcome: str = "pending"  # → passed / failed / skipped
-    duration: float = 0.0
-    recorded: dict[str, Any] | None = None
-    message: str | None = None
-    example: str | None = None
-    kind: str = "cpu"  # the host kind of its binding: cpu, or cuda for @pytest.mark.cuda
-
-
-@dataclass
-class FalsifierRun:
-    """What one session observed of one falsifier (aggregated over its tests)."""
-
-    qid: str
-    bound: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    results: dict[str, TestResult] = field(default_factory=dict)
-
-
 class ProvablePlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -115,6 +129,7 @@ class ProvablePlugin:
         self.results: dict[str, TestResult] = {}  # nodeid -> outcome, every test
         self.examples: dict[str, str] = {}  # nodeid -> hypothesis counterexample
         self.selected: set[str] | None = None
+        self.collected_files: set[str] = set()  # test files whose collection ran
         self.outcome: Any = None  # the SessionOutcome of provable.update, at session finish
         opts = config.option
         if (opts.contract or opts.falsifier) and not self.registry.contracts:
@@ -130,6 +145,11 @@ class ProvablePlugin:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
+            if not self.config.option.no_status_write and self.contracts_dir.is_dir():
+                from provable.paths import project_root
+                from provable.writer import recover
+
+                recover(self.contracts_dir, project_root(self.contracts_dir) / "evidence")
             try:
                 self._registry = Registry.load(self.contracts_dir)
             except BindingError as exc:
@@ -163,6 +183,7 @@ class ProvablePlugin:
     ) -> None:
         keep: list[pytest.Item] = []
         deselected: list[pytest.Item] = []
+        self.collected_files.update(item.nodeid.split("::", 1)[0] for item in items)
         for item in items:
             marks = list(item.iter_markers())  # one walk over the node chain
             names = {m.name for m in marks}
@@ -254,6 +275,7 @@ class ProvablePlugin:
                 for qid, run in self.runs.items()
             }
             self.config.workeroutput[EXAMPLES_OUTPUT] = self.examples  # type: ignore[attr-defined]
+            self.config.workeroutput[FILES_OUTPUT] = sorted(self.collected_files)  # type: ignore[attr-defined]
             return
         self._join_results()
         if not self.runs and self.selected is None:
@@ -273,7 +295,22 @@ class ProvablePlugin:
             whole_suite=whole_suite,
             interrupted=exitstatus == pytest.ExitCode.INTERRUPTED,
             write=not self.config.option.no_status_write,
+            scope=self._scope(),
         )
+
+    def _scope(self) -> SessionScope:
+        """Test files this session collected whole: a file named with ``::`` was narrowed
+        to some of its tests, so its other tests may still exist unseen."""
+        root = self.config.rootpath
+        narrowed = set()
+        for arg in self.config.args:
+            if "::" in arg:
+                path = Path(self.config.invocation_params.dir, arg.split("::", 1)[0])
+                try:
+                    narrowed.add(path.resolve().relative_to(root).as_posix())
+                except ValueError:
+                    narrowed.add(arg.split("::", 1)[0])
+        return SessionScope(root, frozenset(self.collected_files), frozenset(narrowed))
 
     def _join_results(self) -> None:
         """Give each falsifier the results of the tests bound to it, with their host kind."""
@@ -292,6 +329,7 @@ class ProvablePlugin:
         """xdist controller: take the binding table and counterexamples of a worker."""
         output = getattr(node, "workeroutput", {})
         self.examples.update(output.get(EXAMPLES_OUTPUT, {}))
+        self.collected_files.update(output.get(FILES_OUTPUT, []))
         for qid, kinds in output.get(BOUND_OUTPUT, {}).items():
             run = self.runs.setdefault(qid, FalsifierRun(qid))
             for kind, nodeids in kinds.items():
@@ -300,7 +338,7 @@ class ProvablePlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or self.outcome is None:
             return
-        from provable.update import write_summary
+        from provable.summary import write_summary
 
         write_summary(terminalreporter, self.outcome)
 

@@ -9,9 +9,7 @@ touched over onto the original text: what the change did not touch stays byte-id
 from __future__ import annotations
 
 import difflib
-import hashlib
 import io
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +74,9 @@ def rewrite_text(original: str, mutate: Callable[[Any], None]) -> str:
     """Apply ``mutate`` to the round-trip document and return the new text."""
     from ruamel.yaml.error import YAMLError
 
+    if "\r\n" in original:  # CRLF files stay CRLF: edit the LF form, convert back
+        lf = original.replace("\r\n", "\n")
+        return rewrite_text(lf, mutate).replace("\n", "\r\n")
     if original and not original.endswith("\n"):
         original += "\n"  # ruamel always ends with one; align the last line with it
     try:
@@ -98,20 +99,9 @@ def rewrite_text(original: str, mutate: Callable[[Any], None]) -> str:
     return "".join(out)
 
 
-def lock_for(folder: Path) -> Any:
-    """A lock shared by every process that rewrites the contracts below ``folder``.
-
-    It lives in the temp folder, keyed by the folder's real path, so contracts/ stays clean.
-    """
-    from filelock import FileLock
-
-    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
-    return FileLock(str(Path(tempfile.gettempdir()) / f"provable-{key}.lock"), timeout=120)
-
-
 def rewrite_file(path: Path, mutate: Callable[[Any], None]) -> bool:
     """Rewrite ``path`` atomically; True when its bytes changed. Caller holds the lock."""
-    original = Path(path).read_text(encoding="utf-8")
+    original = Path(path).read_bytes().decode("utf-8")  # bytes: keep CRLF line ends
     new = rewrite_text(original, mutate)
     if new == original:
         return False
