@@ -96,30 +96,30 @@ def _usage(message: str) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from provable.validate import UsageError, discover, validate_paths
+    from provable.validate import UsageError, validate_arguments
     from provable.writer import recover_around
 
-    recover_around(Path(p) for p in args.paths if Path(p).exists())
+    recover_around(Path(p) for p in args.paths if Path(p).is_dir() or Path(p).is_file())
     try:
-        paths = discover(args.paths)
+        report = validate_arguments(args.paths, strict=args.strict)
     except UsageError as exc:
         return _usage(str(exc))
-    report = validate_paths(paths, strict=args.strict)
     print(report.render_json() if args.format == "json" else report.render_text())
     return EXIT_FINDINGS if report.errors else EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
-    from provable.status import collect, print_table, render_json, render_markdown
-    from provable.validate import UsageError, discover
+    from provable.discovery import UsageError, discover_all
+    from provable.status import collect, print_table, problem_row, render_json, render_markdown
     from provable.writer import recover_around
 
-    recover_around(Path(p) for p in (args.paths or ["contracts"]) if Path(p).exists())
+    arguments = args.paths or ["contracts"]
+    recover_around(Path(p) for p in arguments if Path(p).is_dir() or Path(p).is_file())
     try:
-        paths = discover(args.paths or ["contracts"])
+        found = discover_all(arguments)
     except UsageError as exc:
         return _usage(str(exc))
-    rows = collect(paths)
+    rows = [problem_row(p.path, p.message) for p in found.problems] + collect(found.files)
     fmt = "json" if args.json else args.format
     if fmt == "json":
         print(render_json(rows))

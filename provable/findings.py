@@ -35,5 +35,5 @@ def display_path(path: Path) -> str:
     """Relative to the working directory when below it, as users typed it otherwise."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return str(path)

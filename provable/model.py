@@ -168,12 +168,46 @@ def file_stamp(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def load_contract(path: Path) -> Contract:
-    """Read and model one contract; raises ``YamlSourceError`` or ``ValueError``."""
-    stamp = file_stamp(path)
-    doc = read_yaml(Path(path))
+class NotAMapping(ValueError):
+    """The file is YAML, but its top level is not a mapping (so not a contract)."""
+
+    def __init__(self, data: Any) -> None:
+        kind = "list" if isinstance(data, list) else type(data).__name__
+        super().__init__(f"top level is a {kind}, not a mapping")
+
+
+@dataclass(frozen=True)
+class BindingRegistryFile:
+    """A ``binding.yaml`` of the public dialect: read, recognised, and skipped."""
+
+    path: Path
+    bindings: int
+
+
+def read_contract(path: Path) -> Contract | BindingRegistryFile:
+    """The one way a contract file is read (validate, status, registry, plugin).
+
+    Raises ``YamlSourceError`` (unreadable, hostile or not YAML) or ``NotAMapping``.
+    """
+    path = Path(path)
+    doc = read_yaml(path)
+    try:
+        stamp: tuple[int, int, int] | None = file_stamp(path)
+    except OSError:
+        stamp = None
+    if is_binding_registry(doc.data):
+        bindings = doc.data["bindings"]
+        return BindingRegistryFile(path, len(bindings) if isinstance(bindings, list) else 0)
     if not isinstance(doc.data, dict):
-        raise ValueError(f"top level is a {type(doc.data).__name__}, not a mapping")
+        raise NotAMapping(doc.data)
     contract = contract_from_document(doc)
     contract.stamp = stamp
+    return contract
+
+
+def load_contract(path: Path) -> Contract:
+    """Read and model one contract; raises ``YamlSourceError`` or ``ValueError``."""
+    contract = read_contract(path)
+    if isinstance(contract, BindingRegistryFile):
+        raise ValueError("a binding registry, not a contract")
     return contract

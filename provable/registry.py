@@ -7,9 +7,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provable.discovery import Discovery, walk_folder
 from provable.findings import display_path
-from provable.model import Contract, contract_from_document, file_stamp, is_binding_registry
-from provable.yamlsource import YamlSourceError, read_yaml
+from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
+from provable.yamlsource import YamlSourceError
 
 
 class BindingError(Exception):
@@ -27,22 +28,19 @@ class Registry:
         registry = cls(Path(folder))
         if not registry.folder.is_dir():
             return registry
-        for path in sorted(registry.folder.rglob("*.y*ml")):
-            if any(part.startswith(".") for part in path.relative_to(registry.folder).parts):
-                continue
+        found = Discovery()
+        walk_folder(registry.folder, found)
+        for path in found.files:
             try:
-                stamp = file_stamp(path)
-                doc = read_yaml(path)
+                contract = read_contract(path)
             except YamlSourceError as exc:
                 raise BindingError(
                     f"{display_path(path)}:{exc.line}: {exc.message} (run pv validate)"
                 ) from None
-            if is_binding_registry(doc.data):
+            except NotAMapping as exc:
+                raise BindingError(f"{display_path(path)}:1: {exc} (run pv validate)") from None
+            if isinstance(contract, BindingRegistryFile):
                 continue
-            if not isinstance(doc.data, dict):
-                raise BindingError(f"{display_path(path)}:1: top level is not a mapping")
-            contract = contract_from_document(doc)
-            contract.stamp = stamp
             if contract.id in registry.contracts:
                 other = display_path(registry.contracts[contract.id].path)
                 raise BindingError(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from provable.findings import ERROR, WARNING, Finding
@@ -27,7 +29,9 @@ from provable.lifecycle import (
 from provable.model import FALSIFIER_ALIASES, KNOWN_SECTIONS, Contract
 from provable.paths import project_root
 
-FALSIFIER_ID_SHAPE = re.compile(r"^FALSIFY-[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*-\d{3}$")
+FALSIFIER_ID_SHAPE = re.compile(r"^FALSIFY-[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*-[0-9]{3}\Z", re.ASCII)
+#: an evidence file is a few kB of JSON; anything larger is not one of ours
+MAX_EVIDENCE_BYTES = 4 * 1024 * 1024
 FALSIFIER_REF = re.compile(r"(?<![A-Za-z0-9_-])FALSIFY-[A-Z0-9]+(?:-[A-Z0-9]+)*")
 
 Rule = Callable[[Contract], Iterator[Finding]]
@@ -304,9 +308,18 @@ def check_evidence(c: Contract) -> Iterator[Finding]:
     emit = _Emitter(c)
     root = None
     for f in c.falsifiers:
+        line = c.line_of("falsification_tests", f.index, "evidence")
+        if f.evidence:
+            root = root or project_root(c.path)
+            if not _inside(root / f.evidence, root / "evidence"):
+                yield emit.error(
+                    line,
+                    "evidence",
+                    f"{f.id}: evidence path {f.evidence!r} leaves the project's evidence/ folder",
+                )
+                continue
         if f.status not in (FalsifierStatus.DISCHARGED.value, FalsifierStatus.FALSIFIED.value):
             continue
-        line = c.line_of("falsification_tests", f.index, "evidence")
         if not f.evidence:
             yield emit.error(
                 c.line_of("falsification_tests", f.index, "status"),
@@ -320,8 +333,15 @@ def check_evidence(c: Contract) -> Iterator[Finding]:
             yield emit.error(line, "evidence", f"{f.id}: evidence file {f.evidence} not found")
             continue
         try:
+            if path.stat().st_size > MAX_EVIDENCE_BYTES:
+                yield emit.error(
+                    line,
+                    "evidence",
+                    f"{f.id}: evidence {f.evidence} is over {MAX_EVIDENCE_BYTES >> 20} MiB",
+                )
+                continue
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             yield emit.error(line, "evidence", f"{f.id}: evidence {f.evidence} unreadable: {exc}")
             continue
         outcome = record.get("outcome") if isinstance(record, dict) else None
@@ -339,6 +359,14 @@ def check_evidence(c: Contract) -> Iterator[Finding]:
                 "evidence",
                 f"{f.id}: evidence {f.evidence} is for {record.get('falsifier')!r}",
             )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies below ``folder``."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
+        return False
 
 
 def check_changelog(c: Contract) -> Iterator[Finding]:

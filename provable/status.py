@@ -8,14 +8,13 @@ from pathlib import Path
 
 from provable.findings import display_path
 from provable.lifecycle import (
-    WILD_CONTRACT_STATUSES,
-    WILD_FALSIFIER_STATUSES,
-    ContractStatus,
     FalsifierStatus,
     derive_contract_status,
+    parse_contract_status,
+    parse_falsifier_status,
 )
-from provable.model import Contract, contract_from_document, is_binding_registry
-from provable.yamlsource import YamlSourceError, read_yaml
+from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
+from provable.yamlsource import YamlSourceError
 
 ORDER = (
     FalsifierStatus.DISCHARGED,
@@ -35,13 +34,8 @@ STYLE = {
 }
 
 
-def falsifier_status(word: str | None) -> FalsifierStatus:
-    """Our status for a word found in a contract (wild words mapped to the nearest)."""
-    if word is None:
-        return FalsifierStatus.PROPOSED
-    if word in FalsifierStatus.__members__:
-        return FalsifierStatus(word)
-    return WILD_FALSIFIER_STATUSES.get(word.upper(), FalsifierStatus.PROPOSED)
+#: kept for callers of the old name; ``provable.lifecycle`` parses status words
+falsifier_status = parse_falsifier_status
 
 
 @dataclass
@@ -62,11 +56,9 @@ class ContractRow:
 def row_for(contract: Contract) -> ContractRow:
     statuses = [falsifier_status(f.status) for f in contract.falsifiers]
     counts = {s.value: statuses.count(s) for s in ORDER}
-    declared = contract.status
-    if declared in ContractStatus.__members__:
-        status, derived = declared, False
-    elif declared and declared.upper() in WILD_CONTRACT_STATUSES:
-        status, derived = WILD_CONTRACT_STATUSES[declared.upper()].value, False
+    declared = parse_contract_status(contract.status)
+    if declared is not None:
+        status, derived = declared.value, False
     else:
         status, derived = derive_contract_status(statuses).value, True
     return ContractRow(
@@ -83,20 +75,24 @@ def collect(paths: list[Path]) -> list[ContractRow]:
     rows: list[ContractRow] = []
     for path in paths:
         try:
-            doc = read_yaml(path)
+            contract = read_contract(path)
         except YamlSourceError as exc:
-            rows.append(_invalid(path, f"line {exc.line}: {exc.message}"))
+            rows.append(problem_row(path, f"line {exc.line}: {exc.message}"))
             continue
-        if is_binding_registry(doc.data):
+        except NotAMapping as exc:
+            rows.append(problem_row(path, str(exc)))
             continue
-        if not isinstance(doc.data, dict):
-            rows.append(_invalid(path, "top level is not a mapping"))
+        except Exception as exc:  # one bad file must not hide the others
+            rows.append(problem_row(path, f"could not read ({type(exc).__name__}: {exc})"))
             continue
-        rows.append(row_for(contract_from_document(doc)))
+        if isinstance(contract, BindingRegistryFile):
+            continue
+        rows.append(row_for(contract))
     return rows
 
 
-def _invalid(path: Path, error: str) -> ContractRow:
+def problem_row(path: Path, error: str) -> ContractRow:
+    """A row for a file (or folder) that could not be read as a contract."""
     return ContractRow(path.stem, display_path(path), "-", "INVALID", False, {}, error)
 
 
@@ -141,9 +137,19 @@ def render_markdown(rows: list[ContractRow]) -> str:
         if r.error:
             status += f": {r.error}"
         cells = " | ".join(str(r.counts.get(s.value, 0)) for s in ORDER)
-        lines.append(f"| `{r.id}` | {r.version} | {status} | {cells} |")
+        lines.append(f"| {_md_code(r.id)} | {_md(r.version)} | {_md(status)} | {cells} |")
     lines += ["", scoreboard(rows)]
     return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """A Markdown table cell: a ``|`` would end the cell, a newline the row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_code(text: str) -> str:
+    """Inline code in a table cell (GitHub reads ``\\|`` as ``|`` inside it too)."""
+    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
 
 
 def print_table(rows: list[ContractRow]) -> None:

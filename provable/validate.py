@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import glob
 import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provable.discovery import YAML_SUFFIXES, FolderProblem, UsageError, discover_all
 from provable.findings import ERROR, NOTE, WARNING, Finding, display_path
-from provable.model import Contract, contract_from_document, is_binding_registry
+from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
 from provable.rules import check_contract
-from provable.yamlsource import YamlSourceError, read_yaml
+from provable.yamlsource import YamlSourceError
 
-YAML_SUFFIXES = (".yaml", ".yml")
-
-
-class UsageError(Exception):
-    """A command-line argument that names nothing to validate (exit 2)."""
+__all__ = ["Report", "UsageError", "check_together", "discover", "validate_paths"]
 
 
 @dataclass
@@ -67,64 +63,67 @@ class Report:
 
 def discover(arguments: Iterable[str]) -> list[Path]:
     """Expand files, folders (recursively) and globs into YAML files, in a stable order."""
-    found: dict[Path, None] = {}
-    for arg in arguments:
-        path = Path(arg)
-        if path.is_dir():
-            for candidate in sorted(path.rglob("*")):
-                rel = candidate.relative_to(path).parts
-                if candidate.suffix in YAML_SUFFIXES and not any(p.startswith(".") for p in rel):
-                    found[candidate] = None
-        elif path.exists():
-            found[path] = None
-        elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            if not matches:
-                raise UsageError(f"{arg}: no file matches this pattern")
-            for match in matches:
-                found[Path(match)] = None
-        else:
-            raise UsageError(f"{arg}: no such file or directory")
-    return list(found)
+    return discover_all(arguments).files
 
 
-def validate_paths(paths: Iterable[Path], strict: bool = False) -> Report:
+def validate_paths(
+    paths: Iterable[Path], strict: bool = False, problems: Iterable[FolderProblem] = ()
+) -> Report:
+    """Check every file; one file's failure never hides another's findings."""
     report = Report()
+    for problem in problems:
+        report.findings.append(Finding(display_path(problem.path), 1, ERROR, "io", problem.message))
     for path in paths:
         report.files += 1
-        shown = display_path(path)
         try:
-            doc = read_yaml(path)
-        except YamlSourceError as exc:
-            report.findings.append(Finding(shown, exc.line, ERROR, exc.rule, exc.message))
-            continue
-        if is_binding_registry(doc.data):
-            count = len(doc.data["bindings"]) if isinstance(doc.data["bindings"], list) else 0
+            _validate_one(path, report)
+        except Exception as exc:  # a defect of ours must not hide the other files
             report.findings.append(
                 Finding(
-                    shown,
+                    display_path(path),
                     1,
-                    NOTE,
-                    "binding-registry",
-                    f"binding registry ({count} bindings of contracts to code), "
-                    "not a contract: skipped",
+                    ERROR,
+                    "internal",
+                    f"could not check this file ({type(exc).__name__}: {exc}); please report",
                 )
             )
-            continue
-        if not isinstance(doc.data, dict):
-            kind = "list" if isinstance(doc.data, list) else type(doc.data).__name__
-            report.findings.append(
-                Finding(shown, 1, ERROR, "top-level", f"top level is a {kind}, not a mapping")
-            )
-            continue
-        contract = contract_from_document(doc)
-        report.contracts.append(contract)
-        report.findings.extend(check_contract(contract))
     report.findings.extend(check_together(report.contracts))
     if strict:
         report.findings = [f.strict() for f in report.findings]
     report.findings.sort(key=lambda f: (f.path, f.line, f.rule))
     return report
+
+
+def validate_arguments(arguments: Iterable[str], strict: bool = False) -> Report:
+    """``pv validate ARGS``: discover, then validate; raises ``UsageError``."""
+    found = discover_all(arguments)
+    return validate_paths(found.files, strict=strict, problems=found.problems)
+
+
+def _validate_one(path: Path, report: Report) -> None:
+    shown = display_path(path)
+    try:
+        contract = read_contract(path)
+    except YamlSourceError as exc:
+        report.findings.append(Finding(shown, exc.line, ERROR, exc.rule, exc.message))
+        return
+    except NotAMapping as exc:
+        report.findings.append(Finding(shown, 1, ERROR, "top-level", str(exc)))
+        return
+    if isinstance(contract, BindingRegistryFile):
+        report.findings.append(
+            Finding(
+                shown,
+                1,
+                NOTE,
+                "binding-registry",
+                f"binding registry ({contract.bindings} bindings of contracts to code), "
+                "not a contract: skipped",
+            )
+        )
+        return
+    report.contracts.append(contract)
+    report.findings.extend(check_contract(contract))
 
 
 def check_together(contracts: list[Contract]) -> list[Finding]:

@@ -210,17 +210,19 @@ def test_schema_message_names_the_field(write_contract):
 
 
 def test_evidence_must_exist_and_agree(write_contract, tmp_path):
-    text = clean().replace("status: PARTIAL\n", "status: FALSIFIED\n    evidence: ev/x.json\n")
+    text = clean().replace(
+        "status: PARTIAL\n", "status: FALSIFIED\n    evidence: evidence/x.json\n"
+    )
     text = text.replace("status: PARTIAL_ALGORITHM_LEVEL", "status: FALSIFIED")
     path = write_contract(text)
     (tmp_path / "pyproject.toml").write_text("")
     hits = [f for f in findings_for([path]) if f.rule == "evidence"]
     assert "not found" in hits[0].message
-    (tmp_path / "ev").mkdir()
-    (tmp_path / "ev" / "x.json").write_text(json.dumps({"outcome": "passed"}))
+    (tmp_path / "evidence").mkdir()
+    (tmp_path / "evidence" / "x.json").write_text(json.dumps({"outcome": "passed"}))
     hits = [f for f in findings_for([path]) if f.rule == "evidence"]
     assert "records outcome 'passed', not 'failed'" in hits[0].message
-    (tmp_path / "ev" / "x.json").write_text(json.dumps({"outcome": "failed"}))
+    (tmp_path / "evidence" / "x.json").write_text(json.dumps({"outcome": "failed"}))
     assert findings_for([path]) == []
 
 
