@@ -25,8 +25,8 @@ def write_atomic(
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
-        with contextlib.suppress(OSError):  # keep the old file's permissions
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        with contextlib.suppress(OSError):  # the old file's permissions, or the umask's
+            os.chmod(tmp, _mode_for(path))
         if exclusive:
             os.link(tmp, path)  # atomic create-if-absent
             os.unlink(tmp)
@@ -38,6 +38,17 @@ def write_atomic(
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions; for a new file what ``open()`` would give it
+    (mkstemp makes 0600 whatever the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def fsync_dir(folder: Path) -> None:

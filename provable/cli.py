@@ -157,10 +157,8 @@ def _new(args: argparse.Namespace) -> int:
 
     try:
         path = new_contract(args.id, args.dir, prefix=args.prefix, description=args.description)
-    except FileExistsError:
-        print(
-            f"pv: {args.dir / (args.id + '.yaml')} already exists; not overwritten", file=sys.stderr
-        )
+    except FileExistsError as exc:
+        print(f"pv: {exc.filename2 or args.id} already exists; not overwritten", file=sys.stderr)
         return EXIT_FINDINGS
     except ValueError as exc:
         return _usage(str(exc))

@@ -44,7 +44,7 @@ def clean_message(message: str | None) -> str | None:
     no xdist worker header, so an identical failure stores identical bytes."""
     if message is None:
         return None
-    message = _XDIST_HEADER.sub("", message)
+    message = _XDIST_HEADER.sub("", message).lstrip("\n")
     return _ADDRESS.sub("0x…", message)
 
 

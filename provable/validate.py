@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.discovery import YAML_SUFFIXES, FolderProblem, UsageError, discover_all
+from provable.discovery import Discovery, FolderProblem, UsageError, discover_all, walk_folder
 from provable.findings import ERROR, NOTE, WARNING, Finding, display_path
 from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
+from provable.paths import project_root
 from provable.rules import check_contract
 from provable.yamlsource import YamlSourceError
 
@@ -149,8 +150,41 @@ def check_together(contracts: list[Contract]) -> list[Finding]:
                     f"as '{c.id}:{fid}'",
                 )
             )
+    by_id: dict[str, list[Contract]] = defaultdict(list)
+    for c in contracts:
+        by_id[c.id].append(c)
+    for cid, same in by_id.items():
+        for c in same[1:] if len(same) > 1 else ():
+            findings.append(
+                Finding(
+                    c.shown_path,
+                    c.line_of("metadata", "id"),
+                    ERROR,
+                    "contract-id-unique",
+                    f"contract id {cid!r} is also used by {same[0].shown_path}; the plugin "
+                    "binds tests by contract id, so each must be unique",
+                )
+            )
     findings.extend(_check_dependencies(contracts))
     return findings
+
+
+def contracts_root(path: Path) -> Path:
+    """The folder a contract's ``depends_on`` is resolved in: the top folder of the
+    contracts tree (``contracts/`` for ``contracts/sub/x.yaml``), not just its siblings."""
+    folder = Path(path).resolve().parent
+    root = project_root(folder)
+    try:
+        rel = folder.relative_to(root)
+    except ValueError:
+        return folder
+    return root / rel.parts[0] if rel.parts else folder
+
+
+def _ids_below(folder: Path) -> set[str]:
+    found = Discovery()
+    walk_folder(folder, found)
+    return {p.stem for p in found.files}
 
 
 def _check_dependencies(contracts: list[Contract]) -> list[Finding]:
@@ -158,12 +192,14 @@ def _check_dependencies(contracts: list[Contract]) -> list[Finding]:
     by_id = {c.id: c for c in contracts}
     stems_in: dict[Path, set[str]] = {}
     for c in contracts:
-        folder = c.path.parent
+        missing = [dep for dep in c.depends_on if dep not in by_id]
+        if not missing:
+            continue
+        folder = contracts_root(c.path)
         if folder not in stems_in:
-            stems_in[folder] = {p.stem for p in folder.glob("*") if p.suffix in YAML_SUFFIXES}
-        siblings = stems_in[folder]
-        for dep in c.depends_on:
-            if dep not in by_id and dep not in siblings:
+            stems_in[folder] = _ids_below(folder)
+        for dep in missing:
+            if dep not in stems_in[folder]:
                 findings.append(
                     Finding(
                         c.shown_path,
@@ -171,7 +207,7 @@ def _check_dependencies(contracts: list[Contract]) -> list[Finding]:
                         ERROR,
                         "depends-on",
                         f"depends_on names {dep!r}, but no contract with that id exists "
-                        f"(looked beside this file and among the files validated)",
+                        f"(looked in {display_path(folder)} and among the files validated)",
                     )
                 )
     for cycle in _cycles({c.id: [d for d in c.depends_on if d in by_id] for c in contracts}):

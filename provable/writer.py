@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from provable.atomic import _mode_for as mode_for
 from provable.atomic import fsync_dir
 
 LOCK_NAME = ".provable.lock"
@@ -49,26 +50,12 @@ def _temp_beside(target: Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(name, _mode_for(target))
+        os.chmod(name, mode_for(target))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
     return Path(name)
-
-
-def _mode_for(target: Path) -> int:
-    """The replaced file's permissions, or what the umask gives a new file."""
-    try:
-        return os.stat(target).st_mode & 0o7777
-    except OSError:
-        return 0o666 & ~current_umask()
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def commit_files(
