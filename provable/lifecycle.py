@@ -102,7 +102,7 @@ def derive_contract_status(
     RETIRED is kept whatever the falsifiers say.
     """
     if current in MANUAL_CONTRACT_STATUSES:
-        return current  # type: ignore[return-value]
+        return current
     statuses = {FalsifierStatus(s) for s in falsifier_statuses}
     if FalsifierStatus.FALSIFIED in statuses:
         return ContractStatus.FALSIFIED

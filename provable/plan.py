@@ -82,14 +82,14 @@ def aggregate(
     required: dict[str, set[str]] = {}
     for kind, nodeids in (run.bound or {}).items():
         required.setdefault(kind, set()).update(nodeids)
-    for nodeid, result in results.items():
-        required.setdefault(result.kind, set()).add(nodeid)
+    for nodeid, test in results.items():
+        required.setdefault(test.kind, set()).add(nodeid)
     if scope is not None:
-        for kind, nodeids in (known or {}).items():
-            hidden = {n for n in nodeids if scope.unseen(n)}
+        for kind, known_ids in (known or {}).items():
+            hidden = {n for n in known_ids if scope.unseen(n)}
             if hidden:
                 required.setdefault(kind, set()).update(hidden)
-    every = set().union(*required.values()) if required else set()
+    every: set[str] = set().union(*required.values()) if required else set()
     ran = sum(1 for n in every if n in results and results[n].outcome in ("passed", "failed"))
     narrowed = {
         kind for kind, ids in required.items() if scope and any(scope.narrowed(n) for n in ids)

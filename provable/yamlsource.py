@@ -260,7 +260,7 @@ class _EventBuilder:
                 self._attach(stack, root, frame.data, frame.line, is_scalar=False)
                 continue
             if isinstance(event, yaml.AliasEvent):
-                value, size = self.anchors.get(event.anchor, (None, -1))
+                value, size = self.anchors.get(event.anchor or "", (None, -1))
                 if value is _BUILDING:
                     raise YamlSourceError(
                         f"alias *{event.anchor} refers to a node that contains it "
@@ -341,7 +341,8 @@ class _EventBuilder:
                 top.key = _Duplicate(key)
                 return
             top.first_line[key] = line
-            self.lines[(*top.path, key)] = line
+            key_path = (*top.path, key)
+            self.lines[key_path] = line
             top.key = key
             return
         key, top.key = top.key, None
