@@ -172,3 +172,114 @@ def test_only_every_required_host_discharges():
 def test_every_change_bumps_and_logs(evidence):
     check_changelog()
     evidence.record(example_bump=f"1.2.3 -> {bump_minor('1.2.3')}")
+
+
+# --- issue 9: partial runs and concurrent refutations --------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from provable.plan import RunFacts, aggregate, plan_contract  # noqa: E402
+from provable.session import FalsifierRun, SessionScope, TestResult  # noqa: E402
+
+
+def _run(cases: int, ran: set[int], files: int) -> tuple[FalsifierRun, dict[str, set[str]]]:
+    """A falsifier bound to ``cases`` tests spread over ``files`` files; ``ran`` passed."""
+    run = FalsifierRun("c-v1:FALSIFY-C-001")
+    every = {f"t{i % files}.py::test[{i}]" for i in range(cases)}
+    for i in sorted(ran):
+        nodeid = f"t{i % files}.py::test[{i}]"
+        run.bound["cpu"].add(nodeid)
+        run.results[nodeid] = TestResult("passed", kind="cpu")
+    return run, {"cpu": every}
+
+
+def check_partial_run_never_promotes(aggregate_fn: Callable = aggregate) -> None:
+    """Every subset of bound cases that passed, seen through the files the session saw:
+    promotion exactly when every bound case ran (a file unseen keeps its cases bound)."""
+
+    @EXAMPLES
+    @given(
+        st.integers(1, 12),
+        st.integers(1, 3),
+        st.data(),
+        statuses,
+    )
+    def prop(cases, files, data, status):
+        ran = data.draw(st.sets(st.integers(0, cases - 1), min_size=1))
+        run, known = _run(cases, ran, files)
+        seen = {f"t{i % files}.py" for i in ran}
+        # the session saw whole only the files whose every case ran, plus a random few more
+        whole = {f for f in seen if all(i in ran for i in range(cases) if f"t{i % files}.py" == f)}
+        scope = SessionScope(Path("/nonexistent-root"), frozenset(whole))
+        agg = aggregate_fn(run, known, _AllFilesExist(scope))
+        result = promote(status, agg.outcome, agg.covered, {"cpu"}, ())
+        if len(ran) < cases:
+            assert result.status is status, (cases, sorted(ran), agg)
+        else:
+            assert result.status is FalsifierStatus.DISCHARGED
+
+    prop()
+
+
+class _AllFilesExist(SessionScope):
+    """A scope whose unseen files all still exist (no disk needed)."""
+
+    def __init__(self, scope: SessionScope) -> None:
+        object.__setattr__(self, "root", scope.root)
+        object.__setattr__(self, "complete_files", scope.complete_files)
+        object.__setattr__(self, "narrowed_files", scope.narrowed_files)
+        object.__setattr__(self, "everything", False)
+
+    def unseen(self, nodeid: str) -> bool:
+        return nodeid.split("::", 1)[0] not in self.complete_files
+
+
+_CONCURRENT = """\
+metadata:
+  id: c-v1
+  version: "1.0.0"
+  status: FALSIFIED
+falsification_tests:
+  - id: FALSIFY-C-001
+    rule: r
+    prediction: p
+    status: FALSIFIED
+"""
+
+
+def check_concurrent_refutation_kept(plan_fn: Callable = plan_contract, tmp: Path | None = None):
+    """A contract refuted on disk after this run began (it started as PROPOSED, PARTIAL or
+    DISCHARGED) is never flipped back by this run's complete pass."""
+    from provable.model import load_contract
+
+    assert tmp is not None
+    path = tmp / "contracts" / "c-v1.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_CONCURRENT)
+    contract = load_contract(path)
+    facts = RunFacts(None, False, "t", "2026-01-01")
+    for started in ("PROPOSED", "PARTIAL", "DISCHARGED", None):
+        run, _ = _run(3, {0, 1, 2}, 1)
+        change = plan_fn(
+            contract,
+            _CONCURRENT,
+            {"FALSIFY-C-001": run},
+            {},
+            {"FALSIFY-C-001": started},
+            None,
+            facts,
+            tmp,
+        )
+        [falsifier] = change.falsifiers
+        assert falsifier.after is FalsifierStatus.FALSIFIED, (started, falsifier)
+        assert change.new_text is None or "status: DISCHARGED" not in change.new_text
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-006")
+def test_a_partial_run_never_promotes():
+    check_partial_run_never_promotes()
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-007")
+def test_a_concurrent_refutation_is_kept(tmp_path):
+    check_concurrent_refutation_kept(tmp=tmp_path)

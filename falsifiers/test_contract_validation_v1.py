@@ -37,16 +37,16 @@ def contract_text(declared: ContractStatus | None, falsifiers: list[FalsifierSta
             f"    status: {status.value}",
         ]
         if status in (FalsifierStatus.DISCHARGED, FalsifierStatus.FALSIFIED):
-            lines.append(f"    evidence: ev/{i}.json")
+            lines.append(f"    evidence: evidence/{i}.json")
     return "\n".join(lines) + "\n"
 
 
 def check_status_drift(validate: Validator = validate_files) -> None:
     folder = Path(tempfile.mkdtemp(prefix="pv-drift-"))
     (folder / "pyproject.toml").write_text("")
-    (folder / "ev").mkdir()
+    (folder / "evidence").mkdir()
     for i in range(1, 9):
-        (folder / "ev" / f"{i}.json").write_text('{"outcome": "passed"}')
+        (folder / "evidence" / f"{i}.json").write_text('{"outcome": "passed"}')
     path = folder / "gen-v1.yaml"
 
     @EXAMPLES

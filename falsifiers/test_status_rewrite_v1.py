@@ -177,3 +177,54 @@ def forgetful_merge(previous, new, passed_kinds, keep):
     for section in record["runs"].values():
         section["observed_at"] = f"run {next(_counter)}"
     return record
+
+
+# --- issue 9: the write phase as one unit ---------------------------------------------------
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing after it runs (not even ``except Exception``)."""
+
+
+def _dies_at(kill_at: int) -> Callable[..., None]:
+    """``os.replace`` that dies (``Killed``) at its ``kill_at``-th call."""
+    real, count = os.replace, [0]
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        count[0] += 1
+        if count[0] == kill_at:
+            raise Killed
+        real(src, dst, *args, **kwargs)
+
+    return replace
+
+
+def check_kill_leaves_valid_contracts(tmp: Path, commit: Callable | None = None) -> int:
+    """Stop the write phase at every ``os.replace`` of a 3-contract session; after the next
+    reader's recovery every contract validates strictly and no temp file is left."""
+    from provable import update
+    from provable.cli import main
+    from tests.killwrite import apply_all_passed, make_project
+
+    trials = 0
+    for kill_at in range(1, 14):  # 9 evidence + 3 contracts + the journal: 13 renames
+        root = tmp / f"k{kill_at}"
+        make_project(root, 3)
+        replace = _dies_at(kill_at)
+        with (
+            mock.patch("os.replace", replace),
+            mock.patch.object(update, "commit_files", commit or update.commit_files),
+            pytest.raises(Killed),
+        ):
+            apply_all_passed(root)
+        assert main(["validate", "--strict", str(root / "contracts")]) == 0, f"killed at {kill_at}"
+        temps = [p.name for p in root.rglob(".*.tmp")]
+        assert temps == [], f"killed at {kill_at}: {temps} left"
+        trials += 1
+    return trials
+
+
+@pytest.mark.falsifies("FALSIFY-REWRITE-004")
+def test_a_killed_write_phase_leaves_valid_contracts(tmp_path, evidence, capsys):
+    evidence.record(kill_points=check_kill_leaves_valid_contracts(tmp_path))
+    capsys.readouterr()

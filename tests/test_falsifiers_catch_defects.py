@@ -140,3 +140,41 @@ def test_rewrite_003_catches_evidence_that_restamps_every_run(pytester, monkeypa
     monkeypatch.setattr("provable.evidence.merge_record", rewrite.forgetful_merge)
     with pytest.raises(AssertionError, match="a repeat run rewrote"):
         rewrite.check_idempotent(pytester)
+
+
+# --- issue 9 falsifiers --------------------------------------------------------------------
+
+
+def test_lifecycle_006_catches_an_aggregate_that_trusts_a_partial_run():
+    from provable.plan import aggregate
+
+    def forgetful(run, known=None, scope=None):  # the old rule: only what was collected
+        return aggregate(run)
+
+    with pytest.raises(AssertionError):
+        lifecycle.check_partial_run_never_promotes(forgetful)
+
+
+def test_lifecycle_007_catches_a_planner_blind_to_concurrent_refutations(tmp_path):
+    from provable.plan import plan_contract
+
+    def last_writer_wins(contract, text, runs, previous, started, *args):
+        now = {f.id: f.status for f in contract.falsifiers}  # "started" = what is on disk
+        return plan_contract(contract, text, runs, previous, now, *args)
+
+    with pytest.raises(AssertionError):
+        lifecycle.check_concurrent_refutation_kept(last_writer_wins, tmp=tmp_path)
+
+
+def test_rewrite_004_catches_a_write_phase_without_a_journal(tmp_path, capsys):
+    from pathlib import Path
+
+    from provable.atomic import write_atomic
+
+    def one_file_at_a_time(folder, evidence, contracts):  # the old order: each file alone
+        for path, text in [*contracts, *evidence]:
+            write_atomic(Path(path), text)
+
+    with pytest.raises(AssertionError, match="killed at"):
+        rewrite.check_kill_leaves_valid_contracts(tmp_path, one_file_at_a_time)
+    capsys.readouterr()
