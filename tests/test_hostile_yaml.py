@@ -58,6 +58,10 @@ def one_error_naming(result: dict, name: str) -> str:
     return errors[0]
 
 
+def _tagged(old: str, new: str) -> str:
+    return CLEAN_CONTRACT.format(id="tagged").replace(old, new, 1)
+
+
 HOSTILE = {
     "deep-flow-500": "a: " + "[" * 500 + "]" * 500 + "\n",
     "deep-block-300": "".join(" " * i + "- \n" for i in range(300)) + " " * 300 + "x\n",
@@ -65,10 +69,11 @@ HOSTILE = {
     "recursive-alias": "x: &r [*r]\n",
     "recursive-map-alias": "x: &r {a: *r}\n",
     "big-int": "x: " + "9" * 5000 + "\n",
-    "python-tag": "x: !!python/object/apply:os.system ['true']\n",
-    "set-tag": "x: !!set {a, b}\n",
-    "local-tag-map": "x: !Foo {}\n",
-    "local-tag-seq": "x: !Foo []\n",
+    # tags inside an otherwise valid contract: nothing else to report
+    "python-tag": _tagged("  add:\n", "  add: !!python/object/new:os.system\n"),
+    "set-tag": _tagged("equations:\n", "equations: !!set\n"),
+    "local-tag-map": _tagged("equations:\n", "equations: !Foo\n"),
+    "local-tag-seq": _tagged("falsification_tests:\n", "falsification_tests: !Foo\n"),
     "undefined-alias": "x: *nope\n",
 }
 
@@ -76,7 +81,7 @@ HOSTILE = {
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_file_gives_one_finding_and_exit_1(tmp_path, name):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(HOSTILE[name])
+    path.write_text(HOSTILE[name].replace("id: tagged\n", f"id: {name}\n"))
     result = pv_validate(str(path))
     one_error_naming(result, f"{name}.yaml")
     assert result["rss_mb"] < MAX_RSS_MB
