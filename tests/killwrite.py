@@ -83,6 +83,9 @@ def main() -> None:
             return real(src, dst, *args, **kwargs)
 
         os.replace = replace  # type: ignore[assignment]
+    import provable.update  # noqa: F401  (imports done: what follows is the write phase)
+
+    print("ready", flush=True)
     apply_all_passed(root)
 
 
