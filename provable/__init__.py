@@ -5,4 +5,99 @@ pytest plugin binds falsifiers to tests and rewrites statuses with evidence. It 
 nothing about models; that is ``aprlib``'s business.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: the documented API, name -> module; imported on first use so ``pv --help`` stays fast
+_API = {
+    "Contract": "provable.model",
+    "read_contract": "provable.model",
+    "load_contract": "provable.model",
+    "Registry": "provable.registry",
+    "BindingError": "provable.registry",
+    "Finding": "provable.findings",
+    "Report": "provable.validate",
+    "validate_paths": "provable.validate",
+    "discover": "provable.validate",
+    "FalsifierStatus": "provable.lifecycle",
+    "ContractStatus": "provable.lifecycle",
+    "Outcome": "provable.lifecycle",
+    "promote": "provable.lifecycle",
+    "derive_contract_status": "provable.lifecycle",
+    "parse_falsifier_status": "provable.lifecycle",
+    "TestResult": "provable.session",
+    "FalsifierRun": "provable.session",
+    "SessionScope": "provable.session",
+    "aggregate": "provable.plan",
+    "plan_contract": "provable.plan",
+    "ContractChange": "provable.plan",
+    "apply_session": "provable.update",
+    "commit_files": "provable.writer",
+    "recover": "provable.writer",
+    "Evidence": "provable.evidence",
+    "YamlSourceError": "provable.yamlsource",
+    "read_yaml": "provable.yamlsource",
+}
+__all__ = [
+    "BindingError",
+    "Contract",
+    "ContractChange",
+    "ContractStatus",
+    "Evidence",
+    "FalsifierRun",
+    "FalsifierStatus",
+    "Finding",
+    "Outcome",
+    "Registry",
+    "Report",
+    "SessionScope",
+    "TestResult",
+    "YamlSourceError",
+    "__version__",
+    "aggregate",
+    "apply_session",
+    "commit_files",
+    "derive_contract_status",
+    "discover",
+    "load_contract",
+    "parse_falsifier_status",
+    "plan_contract",
+    "promote",
+    "read_contract",
+    "read_yaml",
+    "recover",
+    "validate_paths",
+]
+
+if TYPE_CHECKING:
+    from provable.evidence import Evidence
+    from provable.findings import Finding
+    from provable.lifecycle import (
+        ContractStatus,
+        FalsifierStatus,
+        Outcome,
+        derive_contract_status,
+        parse_falsifier_status,
+        promote,
+    )
+    from provable.model import Contract, load_contract, read_contract
+    from provable.plan import ContractChange, aggregate, plan_contract
+    from provable.registry import BindingError, Registry
+    from provable.session import FalsifierRun, SessionScope, TestResult
+    from provable.update import apply_session
+    from provable.validate import Report, discover, validate_paths
+    from provable.writer import commit_files, recover
+    from provable.yamlsource import YamlSourceError, read_yaml
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'provable' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
