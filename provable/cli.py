@@ -134,13 +134,12 @@ def _check(args: argparse.Namespace) -> int:
     import subprocess
 
     from provable.status import collect, print_table
-    from provable.validate import UsageError, discover, validate_paths
+    from provable.validate import UsageError, discover, validate_arguments
 
     try:
-        paths = discover([args.contracts])
+        report = validate_arguments([args.contracts], strict=True)
     except UsageError as exc:
         return _usage(str(exc))
-    report = validate_paths(paths, strict=True)
     print(report.render_text(), flush=True)
     if report.errors:
         print("pv check: contracts are invalid; falsifiers not run", file=sys.stderr)

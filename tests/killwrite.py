@@ -48,8 +48,14 @@ def make_project(root: Path, n: int) -> None:
 
 def apply_all_passed(root: Path) -> None:
     from provable.registry import Registry
-    from provable.session import FalsifierRun, SessionScope, TestResult
     from provable.update import apply_session
+
+    try:
+        from provable.session import FalsifierRun, SessionScope, TestResult
+    except ImportError:  # the code before issue 9, to compare against
+        from provable.plugin import FalsifierRun, TestResult  # type: ignore[no-redef]
+
+        SessionScope = None  # type: ignore[assignment,misc]
 
     registry = Registry.load(root / "contracts")
     runs = {}
@@ -59,14 +65,11 @@ def apply_all_passed(root: Path) -> None:
             run.bound["cpu"].add(f"t.py::t{j}")
             run.results[f"t.py::t{j}"] = TestResult("passed", 0.001, {"x": 0.5}, kind="cpu")
             runs[run.qid] = run
-    apply_session(
-        registry,
-        runs,
-        None,
-        interrupted=False,
-        write=True,
-        scope=SessionScope(root, everything=True),
-    )
+    if SessionScope is None:
+        apply_session(registry, runs, None, interrupted=False, write=True)
+        return
+    scope = SessionScope(root, everything=True)
+    apply_session(registry, runs, None, interrupted=False, write=True, scope=scope)
 
 
 def main() -> None:

@@ -12,13 +12,16 @@ import pytest
 import yaml
 
 from provable.validate import discover, validate_paths
-from provable.writer import JOURNAL_NAME, LOCK_NAME, lock_for, recover
 from tests.killwrite import FALSIFIERS, make_project
+
+JOURNAL_NAME = ".provable-journal.json"
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_lock_lives_beside_the_contracts_whatever_the_tmpdir(tmp_path, monkeypatch):
+    from provable.writer import LOCK_NAME, lock_for
+
     paths = set()
     for tmp in ("a", "b"):
         (tmp_path / tmp).mkdir()
@@ -95,6 +98,8 @@ def test_stale_temps_of_a_dead_run_are_removed(tmp_path):
     stale.write_text("{")
     also = tmp_path / "contracts" / ".kill-000-v1.yaml.xyz.tmp"
     also.write_text("metadata:")
+    from provable.writer import recover
+
     recover(tmp_path / "contracts", tmp_path / "evidence")
     assert _temps(tmp_path) == []
     report = validate_paths(discover([str(tmp_path / "contracts")]), strict=True)
