@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from provable.atomic import fsync_dir
 LOCK_NAME = ".provable.lock"
 JOURNAL_NAME = ".provable-journal.json"
 TEMP_SUFFIX = ".tmp"
+#: ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")``: 8 random characters
+_OUR_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp\Z")
 LOCK_TIMEOUT_S = 120.0
 
 
@@ -151,7 +154,7 @@ def _stale_temps(folder: Path, evidence_root: Path | None) -> Iterator[Path]:
         for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
-                if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                if _OUR_TEMP.match(name):
                     yield Path(dirpath) / name
 
 

@@ -94,13 +94,15 @@ def test_sigkill_in_the_write_phase_leaves_valid_contracts_and_no_temps(tmp_path
 
 def test_stale_temps_of_a_dead_run_are_removed(tmp_path):
     make_project(tmp_path, 1)
-    stale = tmp_path / "evidence" / "kill-000-v1" / ".FALSIFY-K000-000.json.abc.tmp"
+    stale = tmp_path / "evidence" / "kill-000-v1" / ".FALSIFY-K000-000.json.abc_1234.tmp"
     stale.write_text("{")
-    also = tmp_path / "contracts" / ".kill-000-v1.yaml.xyz.tmp"
+    also = tmp_path / "contracts" / ".kill-000-v1.yaml.xyz98765.tmp"
     also.write_text("metadata:")
     from provable.writer import recover
 
+    mine = tmp_path / "contracts" / ".notes.tmp"  # not one of ours: left alone
+    mine.write_text("x")
     recover(tmp_path / "contracts", tmp_path / "evidence")
-    assert _temps(tmp_path) == []
+    assert _temps(tmp_path) == [mine]
     report = validate_paths(discover([str(tmp_path / "contracts")]), strict=True)
     assert report.errors == 0, report.render_text()
