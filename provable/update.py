@@ -28,6 +28,7 @@ from provable.model import Contract, file_stamp, load_contract
 from provable.paths import project_root
 from provable.rewrite import append_changelog, lock_for, quoted_like, rewrite_file, set_key
 from provable.status import falsifier_status
+from provable.staleness import sources_of
 
 if TYPE_CHECKING:
     from provable.plugin import FalsifierRun
@@ -192,7 +193,7 @@ def _apply_contract(
         )
         if outcome in (Outcome.PASSED, Outcome.FAILED):
             record = _evidence_record(
-                current.id, f.id, outcome, promotion.status, run, commit, dirty, observed_at
+                current.id, f.id, outcome, promotion.status, run, commit, dirty, observed_at, root
             )
             keep = outcome is Outcome.PASSED and before in (
                 FalsifierStatus.PARTIAL,
@@ -303,6 +304,7 @@ def _evidence_record(
     commit: str | None,
     dirty: bool,
     observed_at: str,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     sections: dict[str, Any] = {}
     for kind in sorted({r.kind for r in run.results.values()}):
@@ -317,6 +319,8 @@ def _evidence_record(
             section["failure"] = {"nodeid": nodeid, "message": r.message}
             if r.example:
                 section["failure"]["falsifying_example"] = r.example
+        if root is not None:  # what the tests were when observed: pv audit's staleness check
+            section["sources"] = sources_of(root, results)
         section["host"] = ev.host_info()
         section.update(commit=commit, dirty=dirty, observed_at=observed_at)
         sections[kind] = section
