@@ -104,7 +104,9 @@ def audit(
             report.findings.extend(_binding_findings(c, report.bound))
         report.findings.extend(_evidence_findings(report, contracts))
     if binding is not None:
-        report.findings.extend(check_bindings(load_binding_file(binding), {c.id: c for c in contracts}))
+        report.findings.extend(
+            check_bindings(load_binding_file(binding), {c.id: c for c in contracts})
+        )
     report.findings.sort(key=lambda f: (f.path, f.line, f.rule))
     return report
 
@@ -252,7 +254,9 @@ def _evidence_findings(report: AuditReport, contracts: list[Contract]) -> list[F
                         "evidence-stale",
                         f"{f.id} is DISCHARGED on stale evidence ({f.evidence}): "
                         + "; ".join(reasons)
-                        + " (re-run: pytest --falsifier " + f.id + ")",
+                        + " (re-run: pytest --falsifier "
+                        + f.id
+                        + ")",
                     )
                 )
     return out

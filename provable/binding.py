@@ -131,7 +131,7 @@ def declared_params(signature: str) -> tuple[list[Param], str | None]:
         params.append(Param(arg.arg, kind, i >= first_default, ann(arg.annotation)))
     if a.vararg:
         params.append(Param(a.vararg.arg, "VAR_POSITIONAL", False, ann(a.vararg.annotation)))
-    for arg, default in zip(a.kwonlyargs, a.kw_defaults):
+    for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True):
         params.append(Param(arg.arg, "KEYWORD_ONLY", default is not None, ann(arg.annotation)))
     if a.kwarg:
         params.append(Param(a.kwarg.arg, "VAR_KEYWORD", False, ann(a.kwarg.annotation)))
@@ -169,7 +169,7 @@ def signature_differences(declared: str, obj: Any) -> list[str]:
     if names_want != names_have:
         out.append(f"parameters ({', '.join(names_have)}), declared ({', '.join(names_want)})")
         return out
-    for w, h in zip(want, have):
+    for w, h in zip(want, have, strict=True):
         if w.kind != h.kind:
             out.append(f"{w.name} is {h.kind.lower()}, declared {w.kind.lower()}")
         if w.has_default != h.has_default:

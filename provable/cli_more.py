@@ -12,6 +12,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from provable.model import Contract
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -104,13 +108,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     e.add_argument("--json", action="store_true", help="same as --format json")
 
 
-def _one_contract(path: str):  # type: ignore[no-untyped-def]
+def _one_contract(path: str) -> tuple[Contract | None, str]:
     """A contract named on the command line, or a one-line reason (usage error)."""
     from provable.model import load_contract
     from provable.yamlsource import YamlSourceError
 
     try:
-        return load_contract(Path(path)), None
+        return load_contract(Path(path)), ""
     except FileNotFoundError:
         return None, f"{path}: no such file"
     except IsADirectoryError:
@@ -132,7 +136,9 @@ def _scaffold(args: argparse.Namespace) -> int:
     try:
         result = scaffold(contract, args.out)
     except (SyntaxError, UnicodeDecodeError) as exc:
-        print(f"pv: {args.out}: existing module does not parse ({exc}); not touched", file=sys.stderr)
+        print(
+            f"pv: {args.out}: existing module does not parse ({exc}); not touched", file=sys.stderr
+        )
         return EXIT_FINDINGS
     except OSError as exc:
         print(f"pv: cannot write in {args.out}: {exc}", file=sys.stderr)
@@ -151,7 +157,8 @@ def _scaffold(args: argparse.Namespace) -> int:
         )
     elif result.added:
         verb = "wrote" if result.created else "extended"
-        print(f"{verb} {result.path}: {len(result.added)} failing test(s) for {', '.join(result.added)}")
+        added = ", ".join(result.added)
+        print(f"{verb} {result.path}: {len(result.added)} failing test(s) for {added}")
     else:
         print(f"{result.path}: every falsifier already has a test; nothing written")
     return EXIT_OK

@@ -138,7 +138,9 @@ class ContractDiff:
                 "new": {"path": self.new.shown_path, "version": self.new.version},
                 "changes": [c.as_dict() for c in self.changes],
                 "required": LEVEL_NAMES[self.required],
-                "actual": None if self.actual is None else LEVEL_NAMES.get(self.actual, "backwards"),
+                "actual": None
+                if self.actual is None
+                else LEVEL_NAMES.get(self.actual, "backwards"),
                 "suggested": self.suggested,
                 "enough": self.enough,
                 "findings": [f.as_dict() for f in self.findings()],
@@ -203,7 +205,9 @@ def _diff_equations(old: Contract, new: Contract) -> list[Change]:
         )
     for name in b.keys() - a.keys():
         out.append(
-            Change(MINOR, "equation-added", f"equation {name} added", new.line_of("equations", name))
+            Change(
+                MINOR, "equation-added", f"equation {name} added", new.line_of("equations", name)
+            )
         )
     for name in [n for n in b if n in a]:
         ea, eb = _dict(a[name]), _dict(b[name])
@@ -259,7 +263,7 @@ def _match_obligations(
 
     take(lambda o: o.get("id") if isinstance(o.get("id"), str) else None)
     take(lambda o: _norm(o.get("property")) or None)
-    for i, j in list(zip(list(left_a), list(left_b))):
+    for i, j in list(zip(list(left_a), list(left_b), strict=False)):
         if a[i].get("type") == b[j].get("type"):
             pairs.append((i, j))
             left_a.remove(i)
@@ -272,8 +276,12 @@ def _diff_obligations(old: Contract, new: Contract) -> list[Change]:
     a = [o for o in _list(old.data.get("proof_obligations")) if isinstance(o, dict)]
     b = [o for o in _list(new.data.get("proof_obligations")) if isinstance(o, dict)]
     pairs, removed, added = _match_obligations(a, b)
-    idx_a = [i for i, o in enumerate(_list(old.data.get("proof_obligations"))) if isinstance(o, dict)]
-    idx_b = [i for i, o in enumerate(_list(new.data.get("proof_obligations"))) if isinstance(o, dict)]
+    idx_a = [
+        i for i, o in enumerate(_list(old.data.get("proof_obligations"))) if isinstance(o, dict)
+    ]
+    idx_b = [
+        i for i, o in enumerate(_list(new.data.get("proof_obligations"))) if isinstance(o, dict)
+    ]
 
     def label(o: dict[str, Any]) -> str:
         return str(o.get("id") or repr(_norm(o.get("property"))))
@@ -315,6 +323,12 @@ def _diff_obligations(old: Contract, new: Contract) -> list[Change]:
                     )
                 )
         out.extend(_diff_tolerance(name, oa.get("tolerance"), ob.get("tolerance"), line))
+        if _norm(oa.get("equations", oa.get("equation"))) != _norm(
+            ob.get("equations", ob.get("equation"))
+        ):
+            out.append(
+                Change(PATCH, "obligation-relinked", f"obligation {name}: equation links", line)
+            )
     return out
 
 
@@ -322,7 +336,9 @@ def _diff_tolerance(name: str, ta: Any, tb: Any, line: int) -> list[Change]:
     if ta is None and tb is None:
         return []
     if ta is None:
-        return [Change(MINOR, "tolerance-tightened", f"obligation {name}: tolerance {tb} set", line)]
+        return [
+            Change(MINOR, "tolerance-tightened", f"obligation {name}: tolerance {tb} set", line)
+        ]
     if tb is None:
         return [
             Change(MAJOR, "tolerance-loosened", f"obligation {name}: tolerance {ta} removed", line)
@@ -355,9 +371,7 @@ def _diff_falsifiers(old: Contract, new: Contract) -> list[Change]:
     a = {f.id: f for f in old.falsifiers}
     b = {f.id: f for f in new.falsifiers}
     for fid in [f for f in a if f not in b]:
-        out.append(
-            Change(MAJOR, "falsifier-removed", f"{fid} removed", a[fid].line, in_old=True)
-        )
+        out.append(Change(MAJOR, "falsifier-removed", f"{fid} removed", a[fid].line, in_old=True))
     for fid in [f for f in b if f not in a]:
         out.append(Change(MINOR, "falsifier-added", f"{fid} added", b[fid].line))
     for fid in [f for f in b if f in a]:

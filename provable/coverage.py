@@ -102,4 +102,3 @@ def print_table(rows: Sequence[CoverageRow]) -> None:
     if not console.is_terminal:
         console = Console(width=160)
     console.print(table)
-

@@ -142,9 +142,11 @@ def render_text(graph: Graph) -> str:
     for i, cid in enumerate(graph.order, 1):
         n = graph.nodes[cid]
         deps = f" <- {', '.join(n.depends_on)}" if n.depends_on else ""
-        flag = "  !! rests on FALSIFIED " + ", ".join(graph.falsified_roots[cid]) if (
-            cid in graph.falsified_roots
-        ) else ""
+        flag = (
+            "  !! rests on FALSIFIED " + ", ".join(graph.falsified_roots[cid])
+            if (cid in graph.falsified_roots)
+            else ""
+        )
         lines.append(f"{i:3d}. {cid} [{n.status}]{deps}{flag}")
     stuck = _stuck(graph)
     if stuck:

@@ -27,8 +27,8 @@ from provable.lifecycle import (
 from provable.model import Contract, file_stamp, load_contract
 from provable.paths import project_root
 from provable.rewrite import append_changelog, lock_for, quoted_like, rewrite_file, set_key
-from provable.status import falsifier_status
 from provable.staleness import sources_of
+from provable.status import falsifier_status
 
 if TYPE_CHECKING:
     from provable.plugin import FalsifierRun
