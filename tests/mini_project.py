@@ -53,6 +53,46 @@ def test_addition_commutes():
         assert a + b == b + a
 """
 
+BROKEN_CHAIN = """\
+metadata:
+  id: broken-v1
+  version: "1.0.0"
+  status: PROPOSED
+  description: "every link broken once"
+equations:
+  used: {formula: "y = f(x)"}
+  orphan: {formula: "z = g(x)"}
+proof_obligations:
+  - {type: invariant, property: "covered", equation: used}
+  - {type: invariant, property: "nobody attacks me", equation: used}
+  - {type: bound, property: "names a ghost", equation: ghost}
+falsification_tests:
+  - {id: FALSIFY-BROKEN-001, rule: r, prediction: p, obligation: "covered"}
+  - {id: FALSIFY-BROKEN-002, rule: r, prediction: p, obligation: "no such obligation"}
+  - {id: FALSIFY-BROKEN-003, rule: r, prediction: p, test: "proptest over everything"}
+changelog:
+  - {version: "1.0.0", date: "2026-01-01", change: "created"}
+"""
+
+BROKEN_TESTS = """\
+import pytest
+
+
+@pytest.mark.falsifies("FALSIFY-BROKEN-001")
+def test_bound():
+    pass
+
+
+@pytest.mark.falsifies("FALSIFY-BROKEN-002")
+def test_also_bound():
+    pass
+
+
+@pytest.mark.falsifies("FALSIFY-BROKEN-099")
+def test_dangling():
+    pass
+"""
+
 PYPROJECT = """\
 [tool.pytest.ini_options]
 testpaths = ["falsifiers"]

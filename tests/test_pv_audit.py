@@ -11,7 +11,16 @@ import pytest
 from provable.audit import audit, chain_findings
 from provable.chain import build_chain
 from provable.loading import load_contracts
-from tests.mini_project import MINI_CONTRACT, MINI_TEST, git, make_project, run_pv, run_pytest
+from tests.mini_project import (
+    BROKEN_CHAIN,
+    BROKEN_TESTS,
+    MINI_CONTRACT,
+    MINI_TEST,
+    git,
+    make_project,
+    run_pv,
+    run_pytest,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,47 +49,6 @@ def test_audit_of_this_project_binds_every_falsifier_and_every_binding(monkeypat
     assert other == []
     totals = report.totals()
     assert totals["falsifiers"] >= 37 and totals["bound"] == totals["falsifiers"]
-
-
-BROKEN_CHAIN = """\
-metadata:
-  id: broken-v1
-  version: "1.0.0"
-  status: PROPOSED
-  description: "every link broken once"
-equations:
-  used: {formula: "y = f(x)"}
-  orphan: {formula: "z = g(x)"}
-proof_obligations:
-  - {type: invariant, property: "covered", equation: used}
-  - {type: invariant, property: "nobody attacks me", equation: used}
-  - {type: bound, property: "names a ghost", equation: ghost}
-falsification_tests:
-  - {id: FALSIFY-BROKEN-001, rule: r, prediction: p, obligation: "covered"}
-  - {id: FALSIFY-BROKEN-002, rule: r, prediction: p, obligation: "no such obligation"}
-  - {id: FALSIFY-BROKEN-003, rule: r, prediction: p, test: "proptest over everything"}
-changelog:
-  - {version: "1.0.0", date: "2026-01-01", change: "created"}
-"""
-
-BROKEN_TESTS = """\
-import pytest
-
-
-@pytest.mark.falsifies("FALSIFY-BROKEN-001")
-def test_bound():
-    pass
-
-
-@pytest.mark.falsifies("FALSIFY-BROKEN-002")
-def test_also_bound():
-    pass
-
-
-@pytest.mark.falsifies("FALSIFY-BROKEN-099")
-def test_dangling():
-    pass
-"""
 
 
 def test_hand_made_broken_chain_reports_every_gap(tmp_path, monkeypatch):
