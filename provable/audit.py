@@ -24,6 +24,8 @@ from provable.model import Contract
 from provable.paths import project_root
 from provable.staleness import in_git, stale_reasons
 
+PYTEST_CONFIGS = ("pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini")
+
 
 @dataclass
 class AuditReport:
@@ -98,10 +100,22 @@ def audit(
         report.findings.extend(chain_findings(chain))
     if contracts:
         root = Path(root) if root else project_root(contracts[0].path)
-        report.bound = collect_bound_tests(root, test_paths)
-        report.findings.extend(_collection_findings(report.bound))
-        for c in contracts:
-            report.findings.extend(_binding_findings(c, report.bound))
+        if is_pytest_project(root):
+            report.bound = collect_bound_tests(root, test_paths)
+            report.findings.extend(_collection_findings(report.bound))
+            for c in contracts:
+                report.findings.extend(_binding_findings(c, report.bound))
+        else:
+            report.findings.append(
+                Finding(
+                    contracts[0].shown_path,
+                    1,
+                    WARNING,
+                    "trace-unbound",
+                    f"no pytest project (pyproject.toml, pytest.ini, setup.cfg, tox.ini) at "
+                    f"{root}: bound tests not collected",
+                )
+            )
         report.findings.extend(_evidence_findings(report, contracts))
     if binding is not None:
         report.findings.extend(
@@ -109,6 +123,11 @@ def audit(
         )
     report.findings.sort(key=lambda f: (f.path, f.line, f.rule))
     return report
+
+
+def is_pytest_project(root: Path) -> bool:
+    """Collecting outside a project would import whatever test files lie around."""
+    return any((root / name).is_file() for name in PYTEST_CONFIGS)
 
 
 def chain_findings(chain: Chain) -> list[Finding]:

@@ -14,6 +14,7 @@ Anything else is a gap that ``pv audit`` reports, rather than a guess that hides
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ class Obligation:
     unknown_equations: list[str] = field(default_factory=list)
     falsifiers: list[str] = field(default_factory=list)
 
-    @property
+    @builtins.property  # the field `property` shadows the builtin in this class body
     def label(self) -> str:
         """How a message names it: its id, else its property, else its position."""
         if self.id:

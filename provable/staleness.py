@@ -74,7 +74,8 @@ def stale_reasons(root: Path, record: dict[str, Any]) -> list[str]:
 
 def _section_reasons(root: Path, section: dict[str, Any]) -> list[str]:
     commit = section.get("commit")
-    tests = section.get("tests") if isinstance(section.get("tests"), list) else []
+    raw_tests = section.get("tests")
+    tests: list[Any] = raw_tests if isinstance(raw_tests, list) else []
     nodeids = [t.get("nodeid") for t in tests if isinstance(t, dict)]
     files = files_of(n for n in nodeids if isinstance(n, str))
     if not isinstance(commit, str) or not commit:

@@ -207,3 +207,15 @@ def test_single_equation_and_single_obligation_need_no_links(tmp_path):
     assert chain_findings(chain) == []
     assert chain.obligations[0].equations == ["add"]
     assert chain.obligations[0].falsifiers == ["FALSIFY-MINI-001"]
+
+
+def test_no_collection_outside_a_pytest_project(tmp_path, monkeypatch):
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    (folder / "mini-v1.yaml").write_text(MINI_CONTRACT)
+    (folder / "test_should_not_be_imported.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.chdir(tmp_path)
+    report = audit([str(folder)])
+    assert report.bound is None
+    assert [f.rule for f in report.findings if f.severity != "note"] == ["trace-unbound"]
+    assert any("bound tests not collected" in f.message for f in report.findings)
