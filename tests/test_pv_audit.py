@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provable.audit import audit, chain_findings
-from provable.chain import build_chain
-from provable.loading import load_contracts
-from tests.mini_project import (
+from falsifiers.mini_project import (
     BROKEN_CHAIN,
     BROKEN_TESTS,
     MINI_CONTRACT,
@@ -21,6 +18,9 @@ from tests.mini_project import (
     run_pv,
     run_pytest,
 )
+from provable.audit import audit, chain_findings
+from provable.chain import build_chain
+from provable.loading import load_contracts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from falsifiers.mini_project import BROKEN_CHAIN, BROKEN_TESTS, make_project, run_pv
 from provable.bound import BoundTests
 from provable.coverage import coverage_rows, total_row
 from provable.loading import load_contracts
-from tests.mini_project import BROKEN_CHAIN, BROKEN_TESTS, make_project, run_pv
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from falsifiers.mini_project import MINI_CONTRACT, make_project, run_pv, run_pytest
 from provable.cli import main
 from provable.model import load_contract
 from provable.skeleton import NOT_YET_WRITTEN, bound_ids, scaffold
-from tests.mini_project import MINI_CONTRACT, make_project, run_pv, run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Throw-away projects (contracts, falsifier tests, a git history) for the pv command tests."""
+"""Throw-away projects (contracts, falsifier tests, a git history) for the pv command checks."""
 
 from __future__ import annotations
 
