@@ -85,11 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    try:
-        from provable.cli_more import COMMANDS
+    from provable.cli_more import COMMANDS, run_command
 
+    if args.command in COMMANDS:
+        return run_command(args)
+    try:
         commands = {"validate": _validate, "status": _status, "new": _new, "check": _check}
-        commands.update(COMMANDS)
         return commands[args.command](args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130

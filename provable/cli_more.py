@@ -267,3 +267,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diff": _diff,
     "equations": _equations,
 }
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    except BrokenPipeError:  # pragma: no cover - `pv graph | head`
+        return EXIT_OK
