@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--dir", type=Path, default=Path("contracts"), help="folder (contracts/)")
     n.add_argument("--prefix", help="falsifier ID prefix (default: from the id, e.g. LAYOUT)")
     n.add_argument("--description", help="one-line description")
+
+    from provable import cli_more
+
+    cli_more.add_parsers(sub)
     return parser
 
 
@@ -81,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from provable.cli_more import COMMANDS, run_command
+
+    if args.command in COMMANDS:
+        return run_command(args)
     try:
         commands = {"validate": _validate, "status": _status, "new": _new, "check": _check}
         return commands[args.command](args)

@@ -30,6 +30,7 @@ from provable.lifecycle import (
 from provable.model import Contract
 from provable.rewrite import append_changelog, quoted_like, rewrite_text, set_key
 from provable.session import FalsifierRun, SessionScope
+from provable.staleness import sources_of
 
 CONCURRENT_REFUTATION = "kept FALSIFIED: another run refuted it after this run started"
 
@@ -216,7 +217,7 @@ def plan_contract(
         changes.append(FalsifierChange(f.id, agg.outcome, before, after, message, note))
         history.append(_history_line(contract.id, f.id, agg.outcome, before, after, run, facts))
         if agg.outcome in (Outcome.PASSED, Outcome.FAILED) and note is None:
-            record = _evidence_record(contract.id, f.id, agg.outcome, after, run, facts)
+            record = _evidence_record(contract.id, f.id, agg.outcome, after, run, facts, root)
             keep = agg.outcome is Outcome.PASSED and before in (
                 FalsifierStatus.PARTIAL,
                 FalsifierStatus.DISCHARGED,
@@ -318,6 +319,7 @@ def _evidence_record(
     status: FalsifierStatus,
     run: FalsifierRun,
     facts: RunFacts,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     sections: dict[str, Any] = {}
     for kind in sorted({r.kind for r in run.results.values()}):
@@ -332,6 +334,8 @@ def _evidence_record(
             section["failure"] = {"nodeid": nodeid, "message": ev.clean_message(r.message)}
             if r.example:
                 section["failure"]["falsifying_example"] = ev.clean_message(r.example)
+        if root is not None:  # what the tests were when observed: pv audit's staleness check
+            section["sources"] = sources_of(root, results)
         section["host"] = ev.host_info()
         section.update(commit=facts.commit, dirty=facts.dirty, observed_at=facts.observed_at)
         sections[kind] = section

@@ -1,0 +1,278 @@
+"""The ``pv`` subcommands beyond validate/status/new/check: scaffold, audit, coverage, graph,
+diff, equations. ``provable.cli`` only registers them (``add_parsers``/``COMMANDS``), so this
+file and that one change independently.
+
+Exit codes: 0 nothing wrong; 1 findings (errors, an unbumped version, a cycle...);
+2 usage (a path naming nothing, a file that is not a contract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from provable.model import Contract
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def _usage(message: str) -> int:
+    print(f"pv: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "scaffold",
+        help="a pytest module with one failing test per falsifier of a contract",
+        description="Write <out>/test_<id>.py: one test per falsifier, each bound with "
+        "@pytest.mark.falsifies and failing 'not yet written' until you write it. Re-running "
+        "adds tests only for falsifiers no test binds yet; written tests are never touched. "
+        "Exit 0, 1 when the contract or the existing module cannot be read.",
+    )
+    p.add_argument("contract", metavar="CONTRACT", help="contract file")
+    p.add_argument("--out", type=Path, default=Path("falsifiers"), help="folder (falsifiers/)")
+    p.add_argument("--json", action="store_true", help="what was written, as JSON")
+
+    a = sub.add_parser(
+        "audit",
+        help="traceability: equation -> obligation -> falsifier -> bound test -> evidence",
+        description="Check every contract's chain: each equation has a proof obligation, each "
+        "obligation a falsifier, each falsifier a test bound by the plugin (collected with "
+        "pytest --collect-only, nothing runs), each DISCHARGED falsifier current evidence "
+        "(its commit an ancestor of HEAD, its test files unchanged since). With --binding, "
+        "each binding.yaml entry must import and match its signature. Exit 0 with no "
+        "errors, 1 with errors, 2 on usage errors.",
+    )
+    a.add_argument("paths", nargs="*", metavar="PATH", help="contracts (contracts/)")
+    a.add_argument("--binding", type=Path, metavar="FILE", help="binding registry to check")
+    a.add_argument(
+        "--tests",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="where to collect bound tests (repeatable; default: pytest's testpaths)",
+    )
+    a.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    a.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    a.add_argument("--json", action="store_true", help="same as --format json")
+
+    c = sub.add_parser(
+        "coverage",
+        help="obligations covered, falsifiers bound and discharged, per contract",
+        description="Per contract and in total: obligations covered by falsifiers, "
+        "falsifiers bound to tests (collected, not run), falsifiers DISCHARGED. Exit 0, or 2 "
+        "on usage errors or when pytest cannot collect.",
+    )
+    c.add_argument("paths", nargs="*", metavar="PATH", help="contracts (contracts/)")
+    c.add_argument("--tests", action="append", default=[], metavar="PATH", help="test paths")
+    c.add_argument("--json", action="store_true", help="one JSON document")
+
+    g = sub.add_parser(
+        "graph",
+        help="the depends_on DAG in topological order, cycles, refuted dependencies",
+        description="Contracts in dependency order; cycles with their members; a contract "
+        "whose dependency is FALSIFIED flagged (an error when it claims DISCHARGED). Exit 0, "
+        "1 on a cycle, a missing dependency or DISCHARGED over FALSIFIED, 2 on usage errors.",
+    )
+    g.add_argument("paths", nargs="*", metavar="PATH", help="contracts (contracts/)")
+    g.add_argument(
+        "--format", choices=("text", "dot", "mermaid", "json"), default="text", help="output"
+    )
+    g.add_argument("--json", action="store_true", help="same as --format json")
+
+    d = sub.add_parser(
+        "diff",
+        help="what changed between two versions of a contract, and the semver bump it needs",
+        description="Falsifiers, equations, obligations, invariants, tolerances and hosts "
+        "added, removed, reworded, loosened or tightened. Removing or loosening a claim is "
+        "major, adding or tightening one minor, rewording patch. Exit 0 when metadata.version "
+        "was bumped enough, 1 when not, 2 on usage errors.",
+    )
+    d.add_argument("old", metavar="OLD", help="the earlier contract file")
+    d.add_argument("new", metavar="NEW", help="the later contract file")
+    d.add_argument("--json", action="store_true", help="one JSON document")
+
+    e = sub.add_parser(
+        "equations",
+        help="a contract's equations as text or LaTeX",
+        description="Print the equations (formula, domain, codomain, invariants). Exit 0, 2 "
+        "on usage errors.",
+    )
+    e.add_argument("contract", metavar="CONTRACT", help="contract file")
+    e.add_argument("--format", choices=("text", "latex", "json"), default="text", help="output")
+    e.add_argument("--json", action="store_true", help="same as --format json")
+
+
+def _one_contract(path: str) -> tuple[Contract | None, str]:
+    """A contract named on the command line, or a one-line reason (usage error)."""
+    from provable.model import load_contract
+    from provable.yamlsource import YamlSourceError
+
+    try:
+        return load_contract(Path(path)), ""
+    except FileNotFoundError:
+        return None, f"{path}: no such file"
+    except IsADirectoryError:
+        return None, f"{path}: is a folder, not a contract file"
+    except YamlSourceError as exc:
+        return None, f"{path}:{exc.line}: {exc.message}"
+    except (OSError, ValueError) as exc:
+        return None, f"{path}: {exc}"
+
+
+def _scaffold(args: argparse.Namespace) -> int:
+    import json
+
+    from provable.skeleton import scaffold
+
+    contract, problem = _one_contract(args.contract)
+    if contract is None:
+        return _usage(problem)
+    try:
+        result = scaffold(contract, args.out)
+    except (SyntaxError, UnicodeDecodeError) as exc:
+        print(
+            f"pv: {args.out}: existing module does not parse ({exc}); not touched", file=sys.stderr
+        )
+        return EXIT_FINDINGS
+    except OSError as exc:
+        print(f"pv: cannot write in {args.out}: {exc}", file=sys.stderr)
+        return EXIT_FINDINGS
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "path": str(result.path),
+                    "created": result.created,
+                    "added": result.added,
+                    "present": result.present,
+                },
+                indent=2,
+            )
+        )
+    elif result.added:
+        verb = "wrote" if result.created else "extended"
+        added = ", ".join(result.added)
+        print(f"{verb} {result.path}: {len(result.added)} failing test(s) for {added}")
+    else:
+        print(f"{result.path}: every falsifier already has a test; nothing written")
+    return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from provable.audit import audit
+    from provable.bound import CollectionFailed
+    from provable.validate import UsageError
+
+    if args.binding is not None and not args.binding.is_file():
+        return _usage(f"{args.binding}: no such binding file")
+    try:
+        report = audit(args.paths or ["contracts"], args.tests, args.binding)
+    except UsageError as exc:
+        return _usage(str(exc))
+    except CollectionFailed as exc:
+        return _usage(str(exc))
+    if args.strict:
+        report.findings = [f.strict() for f in report.findings]
+    print(report.render_json() if args.json or args.format == "json" else report.render_text())
+    return EXIT_FINDINGS if report.errors else EXIT_OK
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    from provable.bound import CollectionFailed, collect_bound_tests
+    from provable.coverage import coverage_rows, print_table, render_json
+    from provable.loading import load_contracts, unreadable
+    from provable.paths import project_root
+    from provable.validate import UsageError
+
+    try:
+        contracts, report = load_contracts(args.paths or ["contracts"])
+        bound = (
+            collect_bound_tests(project_root(contracts[0].path), args.tests) if contracts else None
+        )
+    except (UsageError, CollectionFailed) as exc:
+        return _usage(str(exc))
+    for f in unreadable(report):
+        print(f.render(), file=sys.stderr)
+    rows = coverage_rows(contracts, bound)
+    if args.json:
+        print(render_json(rows))
+    else:
+        print_table(rows)
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from provable import graph as g
+    from provable.loading import load_contracts, unreadable
+    from provable.validate import UsageError
+
+    try:
+        contracts, report = load_contracts(args.paths or ["contracts"])
+    except UsageError as exc:
+        return _usage(str(exc))
+    graph = g.build_graph(contracts)
+    fmt = "json" if args.json else args.format
+    render: dict[str, Callable[[g.Graph], str]] = {
+        "text": g.render_text,
+        "dot": g.render_dot,
+        "mermaid": g.render_mermaid,
+        "json": g.render_json,
+    }
+    print(render[fmt](graph))
+    findings = [*unreadable(report), *graph.findings()]
+    if fmt != "json":
+        for f in findings:
+            print(f.render(), file=sys.stderr if fmt != "text" else sys.stdout)
+    return EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from provable.contract_diff import diff_contracts
+
+    old, problem = _one_contract(args.old)
+    if old is None:
+        return _usage(problem)
+    new, problem = _one_contract(args.new)
+    if new is None:
+        return _usage(problem)
+    result = diff_contracts(old, new)
+    print(result.render_json() if args.json else result.render_text())
+    return EXIT_OK if result.enough else EXIT_FINDINGS
+
+
+def _equations(args: argparse.Namespace) -> int:
+    from provable import equations as eq
+
+    contract, problem = _one_contract(args.contract)
+    if contract is None:
+        return _usage(problem)
+    found = eq.equations_of(contract)
+    fmt = "json" if args.json else args.format
+    render = {"text": eq.render_text, "latex": eq.render_latex, "json": eq.render_json}[fmt]
+    print(render(contract, found))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "scaffold": _scaffold,
+    "audit": _audit,
+    "coverage": _coverage,
+    "graph": _graph,
+    "diff": _diff,
+    "equations": _equations,
+}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    except BrokenPipeError:  # pragma: no cover - `pv graph | head`
+        return EXIT_OK

@@ -1,0 +1,115 @@
+"""``pv scaffold CONTRACT``: a pytest module with one failing test per falsifier.
+
+Each test carries its ``@pytest.mark.falsifies`` marker (so the plugin binds it at once), a
+docstring from the falsifier's rule, prediction and if_fails, and a body that fails with
+"not yet written": a scaffold must never pass, or an empty test would discharge a claim.
+Re-running appends tests for falsifiers that no test in the file binds yet and never
+touches what is there.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from provable.atomic import write_atomic
+from provable.model import Contract, Falsifier
+
+NOT_YET_WRITTEN = "not yet written"
+
+
+@dataclass
+class ScaffoldResult:
+    path: Path
+    added: list[str]  # falsifier ids that got a test now
+    present: list[str]  # falsifier ids some test in the file already binds
+    created: bool
+
+
+def module_path(contract: Contract, out: Path) -> Path:
+    """``falsifiers/test_<contract id, '-' and '.' as '_'>.py``, the layout of DESIGN §2."""
+    return Path(out) / f"test_{re.sub(r'[^A-Za-z0-9_]', '_', contract.id)}.py"
+
+
+def bound_ids(source: str) -> set[str]:
+    """Falsifier ids bound by ``falsifies(...)`` markers in a module (plain or qualified)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name != "falsifies":
+            continue
+        for arg in node.args:
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.add(arg.value.split(":", 1)[-1])
+    return found
+
+
+def _function_names(source: str) -> set[str]:
+    return {
+        n.name
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+
+
+def _docstring(f: Falsifier) -> str:
+    parts = [f"{f.id}: {f.rule or '(no rule)'}"]
+    for label, text in (("Prediction", f.prediction), ("How", f.test), ("If it fails", f.if_fails)):
+        if text:
+            parts.append(f"{label}: {text}")
+    body = "\n\n    ".join(p.replace("\\", "\\\\").replace('"""', '\\"\\"\\"') for p in parts)
+    return f'"""{body}\n    """'
+
+
+def _test_source(f: Falsifier, name: str) -> str:
+    message = f"{f.id} {NOT_YET_WRITTEN}: write a test that would observe the claim fail"
+    return (
+        f"\n\n@pytest.mark.falsifies({f.id!r})\n"
+        f"def {name}():\n"
+        f"    {_docstring(f)}\n"
+        f"    pytest.fail({message!r}, pytrace=False)\n"
+    )
+
+
+def _header(contract: Contract) -> str:
+    description = (contract.description or contract.id).replace('"""', "'''")
+    return (
+        f'"""Falsifiers of {contract.id}: {description}\n\n'
+        "Scaffolded by `pv scaffold`; every test fails until it is written.\n"
+        '"""\n\nimport pytest\n'
+    )
+
+
+def _name_for(fid: str, taken: set[str]) -> str:
+    base = "test_" + re.sub(r"[^a-z0-9]+", "_", fid.lower()).strip("_")
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def scaffold(contract: Contract, out: Path) -> ScaffoldResult:
+    """Write or extend the contract's falsifier module; raises ``SyntaxError`` when the
+    existing module does not parse (it is left as it is)."""
+    path = module_path(contract, out)
+    created = not path.exists()
+    source = _header(contract) if created else path.read_text(encoding="utf-8")
+    present = bound_ids(source)
+    taken = _function_names(source)
+    missing = [f for f in contract.falsifiers if f.id not in present]
+    if not missing and not created:
+        return ScaffoldResult(path, [], sorted(present), False)
+    additions = "".join(_test_source(f, _name_for(f.id, taken)) for f in missing)
+    if not re.search(r"^import pytest\b", source, re.M):
+        additions = "\nimport pytest\n" + additions
+    text = source.rstrip("\n") + "\n" + additions
+    ast.parse(text)  # never write a module that would not import
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text)
+    return ScaffoldResult(path, [f.id for f in missing], sorted(present), created)
