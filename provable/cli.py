@@ -49,13 +49,15 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "check",
-        help="the main job: validate, run the falsifiers, show the status table",
+        help="the main job: validate, run the falsifiers, show the status, write the dashboard",
         description="Validate the contracts (--strict), run the falsifier tests with pytest "
-        "(which rewrites statuses and evidence), then print the status table. Exit 0 only "
-        "when validation and every falsifier passed.",
+        "(which rewrites statuses and evidence), print the status table, write the dashboard "
+        "(--dashboard) and show its scoreboard. Exit 0 only when validation and every "
+        "falsifier passed.",
     )
     c.add_argument("--contracts", default="contracts", help="contracts folder (contracts/)")
     c.add_argument("--falsifiers", default="falsifiers", help="falsifier tests (falsifiers/)")
+    c.add_argument("--dashboard", default="dashboard", help="dashboard folder (dashboard/)")
     c.add_argument(
         "pytest_args",
         nargs="*",
@@ -154,6 +156,10 @@ def _check(args: argparse.Namespace) -> int:
     print(f"$ {' '.join(cmd[2:])}", flush=True)
     tests = subprocess.run(cmd).returncode
     print_table(collect(discover([args.contracts])))
+    from provable.dashboard import build_dashboard, print_summary
+
+    evidence = Path(args.contracts).resolve().parent / "evidence"
+    print_summary(build_dashboard(Path(args.contracts), evidence, Path(args.dashboard)))
     return EXIT_OK if tests == 0 else EXIT_FINDINGS
 
 
