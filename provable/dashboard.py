@@ -68,7 +68,10 @@ class Dashboard:
 
     @property
     def falsified(self) -> bool:
-        return any(c.row.status == "FALSIFIED" for c in self.contracts)
+        """A contract, or any falsifier (its contract then derives FALSIFIED), is refuted."""
+        return self.totals.get("FALSIFIED", 0) > 0 or any(
+            c.row.status == "FALSIFIED" for c in self.contracts
+        )
 
     @property
     def errors(self) -> bool:
