@@ -95,7 +95,9 @@ def _falsifier_views(contract: Contract, evidence_dir: Path, out: Path) -> list[
     views = []
     for f in contract.falsifiers:
         record = ev.read_evidence(evidence_dir / contract.id / f"{f.id}.json") or {}
-        runs = record.get("runs") if isinstance(record.get("runs"), dict) else {}
+        runs = record.get("runs")
+        if not isinstance(runs, dict):
+            runs = {}
         times = [str(s.get("observed_at")) for s in runs.values() if isinstance(s, dict)]
         link = f.evidence or (
             f"evidence/{contract.id}/{f.id}.json" if record else None

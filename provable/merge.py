@@ -161,10 +161,10 @@ def merge_falsifier(
     for record in records:
         if record is None:
             continue
-        passed_on = set(record.get("passed_on") or [])
-        if record.get("status") == FalsifierStatus.PARTIAL.value and required <= passed_on:
+        record_passed = set(record.get("passed_on") or [])
+        if record.get("status") == FalsifierStatus.PARTIAL.value and required <= record_passed:
             # that run knew of a host still missing (a test bound to another host kind)
-            required |= set(KNOWN_HOSTS) - passed_on
+            required |= set(KNOWN_HOSTS) - record_passed
         for kind, section in record["runs"].items():
             if isinstance(section, dict):
                 required.add(str(kind))
@@ -310,7 +310,9 @@ def _mutator(contract: Contract, keep: int, merged: dict[str, FalsifierState]) -
     log = contract.data.get("changelog") or []
     base_version = str(log[keep - 1].get("version")) if keep else (contract.version or "0.0.0")
     if not is_semver(base_version):
-        base_version = contract.version if is_semver(contract.version or "") else "0.0.0"
+        base_version = contract.version or "0.0.0"
+        if not is_semver(base_version):
+            base_version = "0.0.0"
     base_status = _base_statuses(contract, keep)
     changes = [
         f"{fid} {base_status.get(fid, 'PROPOSED')} -> {st.status.value}"

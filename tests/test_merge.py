@@ -43,6 +43,9 @@ def two_jobs(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_pat
     (pytester.path / "contracts" / "alpha-v1.yaml").write_text(CONTRACT)
     pytester.makepyfile(test_alpha=TESTS)
     base = _copy_run(pytester.path, tmp_path / "base")
+    # a CPU host: no CUDA. (Asking torch inside pytester's in-process run would import it
+    # there; pytester then drops it from sys.modules, and a later import of torch crashes.)
+    monkeypatch.setattr("provable.plugin._cuda_available", False)
     run(pytester)  # the CPU job
     cpu = _copy_run(pytester.path, tmp_path / "cpu")
     for part in ("contracts", "evidence"):  # the GPU job starts from the same checkout

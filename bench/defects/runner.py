@@ -24,7 +24,7 @@ from bench.defects.registry import CATALOGUE, Defect
 ROOT = Path(__file__).resolve().parents[2]
 
 #: the clean models every file-level defect starts from (built once per run)
-MODELS = {
+MODELS: dict[str, dict[str, Any]] = {
     "qwen2": {"architecture": "qwen2"},
     "qwen2-tied": {"architecture": "qwen2", "tied": True},
     "llama": {"architecture": "llama"},
