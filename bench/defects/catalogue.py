@@ -21,6 +21,8 @@ LOSSLESS = ("FALSIFY-DIFF-010",)
 FILE_SUITE = (*LAYOUT, *TIED, *DTYPE, *LOSSLESS)
 #: falsifiers of the model config (branch issue11)
 CONFIG = ("FALSIFY-CONFIG-001", "FALSIFY-CONFIG-002", "FALSIFY-CONFIG-003")
+#: the reference forward against transformers (branch issue11: forward-parity-hf-v1)
+FORWARD = ("FALSIFY-FWD-001", "FALSIFY-FWD-002")
 
 # --- weight layout ------------------------------------------------------------------------
 
@@ -83,7 +85,7 @@ register(
         "tied lm_head missing or duplicated",
         FILE_SUITE,
         transform=inj.drop("lm_head.weight"),
-        expect=("MISSING",),
+        expect=("MISSING", "CONFIG_CONTRADICTS_WEIGHTS"),
         where=("lm_head",),
     )
 )
@@ -377,10 +379,10 @@ for _id, _title, _method, _make in (
             "q/k/v bias dropped, doubled or mis-scaled"
             if _method == "linear"
             else "GPU forward disagrees with CPU",
-            falsifier_files_with=("Transformer",),
+            FORWARD,
             fmt=None,
             patch=_ops_patch(_method, _make),
-            right_falsifiers=("*",),
+            right_falsifiers=FORWARD,
             requires=("aprlib.model:Ops", "aprlib.model:Transformer"),
         )
     )
@@ -389,10 +391,10 @@ register(
         "logits-off-by-one-row",
         "the logits buffer shifted by one position",
         "GPU forward disagrees with CPU",
-        falsifier_files_with=("Transformer",),
+        FORWARD,
         fmt=None,
         patch=_logits_off_by_one,
-        right_falsifiers=("*",),
+        right_falsifiers=FORWARD,
         requires=("aprlib.model:Transformer",),
     )
 )
