@@ -262,9 +262,21 @@ def build_sources(work: Path) -> dict[str, Path]:
     return sources
 
 
+def no_shrinking() -> None:
+    """A defect needs one counterexample, not the smallest: hypothesis stops at the first.
+
+    Loaded before the falsifier modules are imported, so their settings inherit it; the
+    time to the first red is then the time to the first failing example."""
+    from hypothesis import Phase, settings
+
+    settings.register_profile("defects", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile("defects")
+
+
 def run_catalogue(only: list[str] | None = None) -> dict[str, Any]:
     import bench.defects.catalogue  # noqa: F401 - registers the entries
 
+    no_shrinking()
     defects = [d for d in CATALOGUE.values() if not only or d.id in only]
     start = time.perf_counter()
     known = _known_falsifiers()
