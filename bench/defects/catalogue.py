@@ -409,14 +409,33 @@ register(
         pending="needs a hook in kernels/ to launch without the mask (branch issue12)",
     )
 )
+
+
+def _trace_by_position(mp: Any) -> None:
+    """Trace comparison pairs points by position: attn.q.pre_bias meets post_bias."""
+    from aprlib import trace
+
+    inj.swap_code(mp, trace.compare_traces, _compare_by_position)
+
+
+def _compare_by_position(a, b):  # type: ignore[no-untyped-def]
+    # runs with aprlib.trace's globals (its code object replaces compare_traces's)
+    return [
+        PointComparison(p.name, p.scope, "compared", p, other)  # noqa: F821
+        for p, other in zip(a.points, b.points, strict=False)
+    ]
+
+
 register(
     Defect(
         "trace-unlike-points",
-        "trace statistics compared at attn.q.pre_bias vs attn.q.post_bias",
+        "trace statistics compared by position, so pre_bias meets post_bias",
         "statistics at different capture points",
+        ("FALSIFY-TRACE-003",),
         fmt=None,
-        requires=("aprlib.trace",),
-        pending="written against aprlib.trace's compare API when it lands (branch issue11)",
+        patch=_trace_by_position,
+        right_falsifiers=("FALSIFY-TRACE-003",),
+        requires=("aprlib.trace:compare_traces",),
     )
 )
 register(
@@ -465,7 +484,7 @@ def _promote_on_skip(mp: Any) -> None:
     real = lifecycle.promote
     copy = types.FunctionType(real.__code__, real.__globals__, "promote", real.__defaults__)
     mp.setattr(lifecycle, "_bench_real_promote", copy, raising=False)
-    mp.setattr(real, "__code__", _defective_promote.__code__)
+    inj.swap_code(mp, real, _defective_promote)
 
 
 def _defective_promote(current, outcome, passed_on=(), required_hosts=(), previously_passed_on=()):  # type: ignore[no-untyped-def]

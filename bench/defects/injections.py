@@ -276,3 +276,12 @@ def install_seam(
         return report
 
     mp.setattr(module, "write_model", defective)
+
+
+def swap_code(mp: Any, func: Any, replacement: Any) -> None:
+    """Run ``replacement``'s code in place of ``func``'s, with ``func``'s globals and defaults.
+
+    Every holder of ``func`` (``from m import f`` copies, default arguments) then runs the
+    defect, as a real bug in it would; ``replacement`` may use only names of ``func``'s
+    module (no closures)."""
+    mp.setattr(func, "__code__", replacement.__code__)
