@@ -449,14 +449,29 @@ register(
         pending="the tiny fixtures carry no tokenizer yet; needs a tiny BPE fixture",
     )
 )
+
+
+def _shapes_unchecked(mp: Any) -> None:
+    """The loader takes the weights as the config says, whatever their shapes."""
+    from aprlib import shapes
+
+    inj.swap_code(mp, shapes.check_weights_match, _no_check)
+
+
+def _no_check(cfg, shapes, path="<weights>"):  # type: ignore[no-untyped-def]
+    return None
+
+
 register(
     Defect(
         "arch-hard-coded",
-        "a loader that assumes Qwen2 shapes for a Llama file",
+        "the loader skips the weights-vs-config shape check (one architecture assumed)",
         "architecture hard-coded",
+        ("FALSIFY-ARCH-001",),
         fmt=None,
-        requires=("aprlib.model:Transformer", "aprlib.errors:ShapeMismatchError"),
-        pending="written against Transformer.from_file's ShapeMismatchError (branch issue11)",
+        patch=_shapes_unchecked,
+        right_falsifiers=("FALSIFY-ARCH-001",),
+        requires=("aprlib.shapes:check_weights_match",),
     )
 )
 register(
