@@ -285,12 +285,18 @@ def _merged_contract_text(
     texts = set()
     for c in candidates:
         texts.add(rewrite_text(c.path.read_text(encoding="utf-8"), _mutator(c, keep, merged)))
-    if len(texts) > 1:
+    if len({_canonical(_yaml_data(t)) for t in texts}) > 1:  # layout alone is no conflict
         conflicts.append(
             f"{candidates[0].id}: the runs' contract files differ beyond statuses and "
             "changelog; kept the first by content"
         )
     return min(texts)
+
+
+def _yaml_data(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 def _evidence_of(contract: Contract, fid: str) -> str | None:

@@ -110,3 +110,21 @@ def test_cli_merge_reports_and_exits(two_jobs, tmp_path, capsys):
     assert main(["merge", str(tmp_path / "nope"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_contract_layout_differences_are_no_conflict_but_content_is(tmp_path, capsys):
+    from falsifiers.test_evidence_merge_v1 import write_run
+
+    cpu = write_run(
+        tmp_path / "cpu",
+        {"FALSIFY-SYNTH-001": {"cpu": ("passed", 1)}, "FALSIFY-SYNTH-002": {"cpu": ("passed", 1)}},
+    )
+    gpu = write_run(
+        tmp_path / "gpu", {"FALSIFY-SYNTH-001": {}, "FALSIFY-SYNTH-002": {"cuda": ("passed", 2)}}
+    )
+    assert main(["merge", str(cpu), str(gpu), "--out", str(tmp_path / "out")]) == 0
+    assert "conflict" not in capsys.readouterr().out
+    path = gpu / "contracts" / "synth-v1.yaml"
+    path.write_text(path.read_text().replace('rule: "cpu only"', 'rule: "edited on one side"'))
+    assert main(["merge", str(cpu), str(gpu), "--out", str(tmp_path / "out2")]) == 1
+    assert "differ beyond statuses" in capsys.readouterr().out
