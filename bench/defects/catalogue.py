@@ -398,15 +398,33 @@ register(
         requires=("aprlib.model:Transformer",),
     )
 )
+
+
+def _block_short_of_tail(mp: Any) -> None:
+    """The RMSNorm launcher's block stops at the power of two below the row width: the
+    tail columns are never loaded, normalised or stored (the mask covers nothing past it)."""
+    import kernels.rms_norm as module
+
+    real = module.block
+
+    def block(n: int, cap: int, floor: int = 16) -> int:
+        full = real(n, cap, floor)
+        return full // 2 if full > n and full // 2 >= floor else full
+
+    mp.setattr(module, "block", block)
+
+
 register(
     Defect(
         "kernel-tail-mask-missing",
-        "a Triton kernel without its tail mask (width not a multiple of the block)",
+        "RMSNorm kernel launched with a block short of the row's tail",
         "GPU forward disagrees with CPU",
-        falsifier_files_with=("kernels",),
+        ("FALSIFY-KRMS-001",),
         fmt=None,
-        requires=("kernels.rms_norm",),
-        pending="needs a hook in kernels/ to launch without the mask (branch issue12)",
+        patch=_block_short_of_tail,
+        right_falsifiers=("FALSIFY-KRMS-001",),
+        requires=("kernels.rms_norm:block",),
+        notes="runs under TRITON_INTERPRET=1 on a CPU, natively on a GPU",
     )
 )
 
