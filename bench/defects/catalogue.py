@@ -432,8 +432,9 @@ register(
 
 def _trace_by_position(mp: Any) -> None:
     """Trace comparison pairs points by position: attn.q.pre_bias meets post_bias."""
-    from aprlib import trace
+    import importlib
 
+    trace = importlib.import_module("aprlib.trace")  # branch issue11
     inj.swap_code(mp, trace.compare_traces, _compare_by_position)
 
 
@@ -472,8 +473,9 @@ register(
 
 def _shapes_unchecked(mp: Any) -> None:
     """The loader takes the weights as the config says, whatever their shapes."""
-    from aprlib import shapes
+    import importlib
 
+    shapes = importlib.import_module("aprlib.shapes")  # branch issue11
     inj.swap_code(mp, shapes.check_weights_match, _no_check)
 
 
