@@ -49,19 +49,23 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "check",
-        help="the main job: validate, run the falsifiers, show the status table",
+        help="the main job: validate, run the falsifiers, show the status, write the dashboard",
         description="Validate the contracts (--strict), run the falsifier tests with pytest "
-        "(which rewrites statuses and evidence), then print the status table. Exit 0 only "
-        "when validation and every falsifier passed.",
+        "(which rewrites statuses and evidence), print the status table, write the dashboard "
+        "(--dashboard) and show its scoreboard. Exit 0 only when validation and every "
+        "falsifier passed.",
     )
     c.add_argument("--contracts", default="contracts", help="contracts folder (contracts/)")
     c.add_argument("--falsifiers", default="falsifiers", help="falsifier tests (falsifiers/)")
+    c.add_argument("--dashboard", default="dashboard", help="dashboard folder (dashboard/)")
     c.add_argument(
         "pytest_args",
         nargs="*",
         metavar="PYTEST_ARG",
         help="passed to pytest after --, e.g. -- -n 2",
     )
+
+    _add_dashboard_and_merge(sub)
 
     n = sub.add_parser(
         "new",
@@ -90,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in COMMANDS:
         return run_command(args)
     try:
-        commands = {"validate": _validate, "status": _status, "new": _new, "check": _check}
+        commands = {
+            "validate": _validate,
+            "status": _status,
+            "new": _new,
+            "check": _check,
+            "dashboard": _dashboard,
+            "merge": _merge,
+        }
         return commands[args.command](args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130
@@ -156,6 +167,10 @@ def _check(args: argparse.Namespace) -> int:
     print(f"$ {' '.join(cmd[2:])}", flush=True)
     tests = subprocess.run(cmd).returncode
     print_table(collect(discover([args.contracts])))
+    from provable.dashboard import build_dashboard, print_summary
+
+    evidence = Path(args.contracts).resolve().parent / "evidence"
+    print_summary(build_dashboard(Path(args.contracts), evidence, Path(args.dashboard)))
     return EXIT_OK if tests == 0 else EXIT_FINDINGS
 
 
@@ -171,6 +186,65 @@ def _new(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     print(f"wrote {path}")
     return EXIT_OK
+
+
+def _add_dashboard_and_merge(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "dashboard",
+        help="write the status dashboard (HTML, Markdown, JSON, badge, chart)",
+        description="Write status.md, index.html, status.json, badge.svg and history.svg into "
+        "--out from the contracts and their evidence. Exit 0; 1 with --check when a contract "
+        "is FALSIFIED or a contract cannot be read; 2 on usage errors.",
+    )
+    d.add_argument("--contracts", default="contracts", help="contracts folder (contracts/)")
+    d.add_argument("--evidence", default="evidence", help="evidence folder (evidence/)")
+    d.add_argument("--out", default="dashboard", help="output folder (dashboard/)")
+    d.add_argument("--check", action="store_true", help="exit 1 when any contract is FALSIFIED")
+    d.add_argument("--json", action="store_true", help="print status.json instead of a summary")
+
+    m = sub.add_parser(
+        "merge",
+        help="merge the contracts + evidence of separate runs (CPU job, GPU job)",
+        description="Each RUN is a folder holding a run's contracts/ and evidence/. Passes on "
+        "different hosts combine, a failure wins, a host's newer observation replaces its "
+        "older one; conflicts are reported. Same result in any order. Exit 0; 1 when "
+        "conflicts were found (the failure side is kept); 2 on usage errors or unreadable runs.",
+    )
+    m.add_argument("runs", nargs="+", metavar="RUN", help="run folders (contracts/ + evidence/)")
+    m.add_argument("--out", required=True, type=Path, help="where to write the merged state")
+    m.add_argument("--json", action="store_true", help="the merge report as JSON")
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from provable.dashboard import build_dashboard, print_summary
+    from provable.validate import UsageError
+
+    try:
+        board = build_dashboard(Path(args.contracts), Path(args.evidence), Path(args.out))
+    except UsageError as exc:
+        return _usage(str(exc))
+    if args.json:
+        print(board.status_json)
+    else:
+        print_summary(board)
+    failed = board.falsified or board.errors
+    return EXIT_FINDINGS if args.check and failed else EXIT_OK
+
+
+def _merge(args: argparse.Namespace) -> int:
+    import json
+
+    from provable.merge import MergeError, merge_runs, print_report
+
+    try:
+        report = merge_runs([Path(r) for r in args.runs], args.out)
+    except MergeError as exc:
+        return _usage(str(exc))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_report(report)
+    return EXIT_FINDINGS if report.conflicts else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,452 @@
+"""``pv dashboard``: every contract's state at a glance, as files a CI job can publish.
+
+Writes into one folder: ``status.json`` (for machines), ``status.md`` (a job summary),
+``index.html`` (one static page: no external assets, readable without JavaScript, sortable
+and filterable with a little), ``badge.svg`` (discharged/total, coloured by the worst status)
+and ``history.svg`` (the scoreboard over time, from the changelogs and ``history.jsonl``).
+The counts come from the same rows as ``pv status``, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provable import evidence as ev
+from provable.atomic import write_atomic
+from provable.model import Contract, is_binding_registry, load_contract
+from provable.status import ORDER, ContractRow, collect, falsifier_status, scoreboard
+from provable.validate import UsageError, discover
+from provable.yamlsource import YamlSourceError, read_yaml
+
+STATUSES = tuple(s.value for s in ORDER)  # DISCHARGED, PARTIAL, PROPOSED, FALSIFIED
+COLOURS = {
+    "DISCHARGED": "#2e7d32",
+    "PARTIAL": "#b58900",
+    "PARTIAL_ALGORITHM_LEVEL": "#b58900",
+    "PROPOSED": "#757575",
+    "FALSIFIED": "#c62828",
+    "INVALID": "#c62828",
+    "SUPERSEDED": "#757575",
+    "RETIRED": "#757575",
+}
+_TRANSITION = re.compile(r"(FALSIFY-[A-Za-z0-9_-]+)\s+([A-Z_]+)\s*->\s*([A-Z_]+)")
+
+
+@dataclass
+class FalsifierView:
+    id: str
+    status: str
+    hosts: list[str]
+    passed_on: list[str]
+    last_observed: str | None
+    evidence: str | None
+    rule: str | None
+    evidence_link: str | None = None  # relative to the dashboard folder
+
+
+@dataclass
+class ContractView:
+    row: ContractRow
+    description: str | None = None
+    falsifiers: list[FalsifierView] = field(default_factory=list)
+
+
+@dataclass
+class Dashboard:
+    contracts: list[ContractView]
+    totals: dict[str, int]
+    scoreboard: str
+    history: list[tuple[str, dict[str, int]]]
+    out: Path
+    status_json: str = ""
+
+    @property
+    def falsified(self) -> bool:
+        """A contract, or any falsifier (its contract then derives FALSIFIED), is refuted."""
+        return self.totals.get("FALSIFIED", 0) > 0 or any(
+            c.row.status == "FALSIFIED" for c in self.contracts
+        )
+
+    @property
+    def errors(self) -> bool:
+        return any(c.row.error for c in self.contracts)
+
+
+# --- gathering ---------------------------------------------------------------------------
+
+
+def _contract(path: Path) -> Contract | None:
+    try:
+        doc = read_yaml(path)
+        if is_binding_registry(doc.data) or not isinstance(doc.data, dict):
+            return None
+        return load_contract(path)
+    except (YamlSourceError, ValueError, OSError):
+        return None
+
+
+def _falsifier_views(contract: Contract, evidence_dir: Path, out: Path) -> list[FalsifierView]:
+    views = []
+    for f in contract.falsifiers:
+        record = ev.read_evidence(evidence_dir / contract.id / f"{f.id}.json") or {}
+        runs = record.get("runs")
+        if not isinstance(runs, dict):
+            runs = {}
+        times = [str(s.get("observed_at")) for s in runs.values() if isinstance(s, dict)]
+        link = f.evidence or (
+            f"evidence/{contract.id}/{f.id}.json" if record else None
+        )  # the path as the contract names it, relative to the project root
+        views.append(
+            FalsifierView(
+                id=f.id,
+                status=falsifier_status(f.status).value,
+                hosts=list(f.hosts),
+                passed_on=[str(h) for h in record.get("passed_on") or []],
+                last_observed=max(times) if times else None,
+                evidence=link,
+                rule=f.rule,
+                evidence_link=os.path.relpath(
+                    Path(evidence_dir).resolve() / contract.id / f"{f.id}.json", out.resolve()
+                )
+                if record
+                else None,
+            )
+        )
+    return views
+
+
+def _history(contracts: list[Contract], evidence_dir: Path) -> list[tuple[str, dict[str, int]]]:
+    """The scoreboard after each moment something changed, ending with the current state.
+
+    Events come from the changelogs (dated entries naming ``FALSIFY-X A -> B``) and from
+    ``history.jsonl`` (timestamped lines); setting a falsifier to its new status is
+    idempotent, so an event seen in both places counts once.
+    """
+    events: list[tuple[str, str, str]] = []  # (time, "cid:fid", status after)
+    known = {f"{c.id}:{f.id}" for c in contracts for f in c.falsifiers}
+    for c in contracts:
+        for entry in c.changelog:
+            if not entry.date or not entry.change:
+                continue
+            for fid, _before, after in _TRANSITION.findall(entry.change):
+                events.append((f"{entry.date}T23:59:59", f"{c.id}:{fid}", after))
+        try:
+            lines = (evidence_dir / c.id / "history.jsonl").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            lines = ""
+        for line in lines.splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(item, dict) and item.get("time") and item.get("after"):
+                qid = f"{c.id}:{item.get('falsifier')}"
+                events.append((str(item["time"]), qid, str(item["after"])))
+    state = dict.fromkeys(known, "PROPOSED")
+    points: list[tuple[str, dict[str, int]]] = []
+    for time, qid, after in sorted(events):
+        if qid not in state:
+            continue  # a falsifier since removed
+        if not points:  # where it started: everything proposed
+            points.append((time, {s: sum(v == s for v in state.values()) for s in STATUSES}))
+        state[qid] = falsifier_status(after).value
+        counts = {s: sum(v == s for v in state.values()) for s in STATUSES}
+        if counts == points[-1][1]:
+            continue  # only moments where the scoreboard moved
+        if len(points) > 1 and points[-1][0] == time:
+            points[-1] = (time, counts)  # one run's events share one instant
+        else:
+            points.append((time, counts))
+    return points
+
+
+def gather(
+    contracts_dir: Path, evidence_dir: Path, out: Path
+) -> tuple[list[ContractView], list[Contract]]:
+    views: list[ContractView] = []
+    loaded: list[Contract] = []
+    for path in discover([str(contracts_dir)]):
+        rows = collect([path])  # the rows of `pv status`: the counts can never disagree
+        if not rows:
+            continue  # a binding registry
+        contract = _contract(path)
+        view = ContractView(row=rows[0])
+        if contract is not None:
+            loaded.append(contract)
+            view.description = contract.description
+            view.falsifiers = _falsifier_views(contract, evidence_dir, out)
+        views.append(view)
+    return views, loaded
+
+
+def build_dashboard(contracts_dir: Path, evidence_dir: Path, out: Path) -> Dashboard:
+    """Gather, render and write every file; raises ``UsageError`` for a missing folder."""
+    if not Path(contracts_dir).is_dir():
+        raise UsageError(f"{contracts_dir}: no such contracts folder")
+    views, loaded = gather(Path(contracts_dir), Path(evidence_dir), Path(out))
+    rows = [v.row for v in views]
+    totals = {s: sum(r.counts.get(s, 0) for r in rows) for s in STATUSES}
+    history = _history(loaded, Path(evidence_dir))
+    current = (ev.now(), dict(totals))
+    if not history or history[-1][1] != totals:
+        history.append(current)  # e.g. falsifiers added since the last recorded change
+    board = Dashboard(views, totals, scoreboard(rows), history, Path(out))
+    board.status_json = render_json(board)
+    files = {
+        "status.json": board.status_json + "\n",
+        "status.md": render_markdown(board) + "\n",
+        "index.html": render_html(board),
+        "badge.svg": render_badge(board),
+        "history.svg": render_chart(board.history),
+    }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_atomic(Path(out) / name, text, sync_dir=False)
+        os.chmod(Path(out) / name, 0o644)  # published pages: readable by a web server
+    ev.sync_folder(Path(out))
+    return board
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+def render_json(board: Dashboard) -> str:
+    return json.dumps(
+        {
+            "scoreboard": board.scoreboard,
+            "totals": board.totals,
+            "contracts": [
+                {
+                    "id": c.row.id,
+                    "path": c.row.path,
+                    "version": c.row.version,
+                    "status": c.row.status,
+                    "status_derived": c.row.derived,
+                    "counts": c.row.counts,
+                    **({"error": c.row.error} if c.row.error else {}),
+                    "falsifiers": [f.__dict__ for f in c.falsifiers],
+                }
+                for c in board.contracts
+            ],
+            "history": [{"time": t, **counts} for t, counts in board.history],
+        },
+        indent=2,
+        ensure_ascii=False,
+    )
+
+
+def _md(text: str | None) -> str:
+    return (text or "-").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(board: Dashboard) -> str:
+    lines = ["# Contract status", "", f"**{board.scoreboard}**", ""]
+    lines.append("![scoreboard over time](history.svg)")
+    for c in board.contracts:
+        r = c.row
+        lines += ["", f"## `{r.id}` {r.version} — {r.status}", ""]
+        if r.error:
+            lines += [f"error: {_md(r.error)}", ""]
+            continue
+        lines += [
+            "| falsifier | status | hosts required | passed on | last observed | evidence |",
+            "|---|---|---|---|---|---|",
+        ]
+        for f in c.falsifiers:
+            link = f"[json]({f.evidence_link})" if f.evidence_link else "-"
+            lines.append(
+                f"| `{f.id}` | {f.status} | {', '.join(f.hosts)} | "
+                f"{', '.join(f.passed_on) or '-'} | {f.last_observed or '-'} | {link} |"
+            )
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#212121}
+h1{margin:0 0 .3em}.score{font-size:1.2em;margin:.4em 0 1em}
+.tot{display:inline-block;margin-right:1.2em;font-weight:600}
+table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#f5f5f5;cursor:pointer;user-select:none}
+.s{font-weight:600;white-space:nowrap}
+.DISCHARGED{color:#2e7d32}.PARTIAL,.PARTIAL_ALGORITHM_LEVEL{color:#b58900}
+.PROPOSED,.SUPERSEDED,.RETIRED{color:#757575}.FALSIFIED,.INVALID{color:#c62828}
+.rule{color:#555;font-size:.9em}#filter{padding:.3em;width:24em;margin-bottom:.5em}
+"""
+
+_JS = """
+(function(){
+  var input=document.getElementById('filter');
+  input.hidden=false;
+  input.addEventListener('input',function(){
+    var q=input.value.toLowerCase();
+    document.querySelectorAll('tbody tr').forEach(function(tr){
+      tr.style.display=tr.textContent.toLowerCase().indexOf(q)<0?'none':'';
+    });
+  });
+  document.querySelectorAll('th').forEach(function(th){
+    th.title='click to sort';
+    th.addEventListener('click',function(){
+      var table=th.closest('table'),body=table.tBodies[0],i=th.cellIndex;
+      var asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
+      var rows=Array.prototype.slice.call(body.rows);
+      rows.sort(function(a,b){
+        var x=a.cells[i].textContent,y=b.cells[i].textContent;
+        var nx=parseFloat(x),ny=parseFloat(y);
+        var c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);
+        return asc?c:-c;
+      });
+      rows.forEach(function(r){body.appendChild(r);});
+    });
+  });
+})();
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def render_html(board: Dashboard) -> str:
+    t = board.totals
+    totals = "".join(
+        f'<span class="tot {s}">{s.lower()}: <span data-count="{s}">{t[s]}</span></span>'
+        for s in STATUSES
+    )
+    summary_rows = []
+    for c in board.contracts:
+        r = c.row
+        cells = "".join(f'<td data-count="{s}">{r.counts.get(s, 0)}</td>' for s in STATUSES)
+        summary_rows.append(
+            f'<tr data-contract="{_e(r.id)}"><td><a href="#{_e(r.id)}">{_e(r.id)}</a></td>'
+            f"<td>{_e(r.version)}</td>"
+            f'<td class="s {_e(r.status)}" data-status>{_e(r.status)}</td>{cells}</tr>'
+        )
+    heads = "".join(f"<th>{s.lower()}</th>" for s in STATUSES)
+    sections = []
+    for c in board.contracts:
+        r = c.row
+        body = []
+        for f in c.falsifiers:
+            link = f'<a href="{_e(f.evidence_link)}">json</a>' if f.evidence_link else "-"
+            body.append(
+                f"<tr><td><code>{_e(f.id)}</code>"
+                f'<div class="rule">{_e(f.rule or "")}</div></td>'
+                f'<td class="s {_e(f.status)}">{_e(f.status)}</td>'
+                f"<td>{_e(', '.join(f.hosts))}</td><td>{_e(', '.join(f.passed_on) or '-')}</td>"
+                f"<td>{_e(f.last_observed or '-')}</td><td>{link}</td></tr>"
+            )
+        error = f'<p class="FALSIFIED">{_e(r.error)}</p>' if r.error else ""
+        sections.append(
+            f'<h2 id="{_e(r.id)}">{_e(r.id)} <small>{_e(r.version)}</small> '
+            f'<span class="s {_e(r.status)}">{_e(r.status)}</span></h2>'
+            f"<p>{_e(c.description or '')}</p>{error}"
+            "<table><thead><tr><th>falsifier</th><th>status</th><th>hosts required</th>"
+            "<th>passed on</th><th>last observed</th><th>evidence</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>provable: contract status</title><style>{_CSS}</style></head><body>"
+        f"<h1>Contract status</h1>"
+        f'<div class="score" id="scoreboard">{_e(board.scoreboard)}</div>'
+        f'<div id="totals">{totals}</div>'
+        f'<p><img src="badge.svg" alt="badge"> </p>'
+        f'<p><img src="history.svg" alt="scoreboard over time" width="720"></p>'
+        '<input id="filter" type="search" placeholder="filter rows" hidden>'
+        "<table><thead><tr><th>contract</th><th>version</th><th>status</th>"
+        f"{heads}</tr></thead><tbody>{''.join(summary_rows)}</tbody></table>"
+        f"{''.join(sections)}"
+        f"<script>{_JS}</script></body></html>\n"
+    )
+
+
+def worst_status(totals: dict[str, int]) -> str:
+    for s in ("FALSIFIED", "PROPOSED", "PARTIAL"):
+        if totals.get(s):
+            return s
+    return "DISCHARGED"
+
+
+def render_badge(board: Dashboard) -> str:
+    total = sum(board.totals.values())
+    label, value = "contracts", f"{board.totals['DISCHARGED']}/{total} discharged"
+    colour = COLOURS[worst_status(board.totals)]
+    lw, vw = 7 * len(label) + 12, 7 * len(value) + 12
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{lw + vw}" height="20" '
+        f'role="img" aria-label="{label}: {value}"><title>{label}: {value}</title>'
+        f'<rect width="{lw}" height="20" fill="#555"/>'
+        f'<rect x="{lw}" width="{vw}" height="20" fill="{colour}"/>'
+        '<g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11">'
+        f'<text x="6" y="14">{label}</text><text x="{lw + 6}" y="14">{value}</text></g></svg>\n'
+    )
+
+
+def render_chart(history: list[tuple[str, dict[str, int]]]) -> str:
+    """Falsifier counts by status over time: one line per status, written by hand."""
+    width, height, left, right, top, bottom = 720, 260, 44, 130, 16, 40
+    pw, ph = width - left - right, height - top - bottom
+    ymax = max([sum(c.values()) for _, c in history] + [1])
+    n = len(history)
+
+    def x(i: int) -> float:
+        return left + (pw * i / (n - 1) if n > 1 else pw / 2)
+
+    def y(v: int) -> float:
+        return top + ph - ph * v / ymax
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        "<title>falsifiers by status over time</title>",
+        f'<rect width="{width}" height="{height}" fill="#fff"/>',
+        f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#999"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#999"/>',
+    ]
+    for v in sorted({0, ymax // 2, ymax}):
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
+    for i in sorted({0, n - 1} | ({n // 2} if n > 2 else set())):
+        parts.append(
+            f'<text x="{x(i):.1f}" y="{top + ph + 16}" text-anchor="middle">'
+            f"{_e(history[i][0][:10])}</text>"
+        )
+    for k, s in enumerate(STATUSES):
+        points = " ".join(f"{x(i):.1f},{y(c.get(s, 0)):.1f}" for i, (_, c) in enumerate(history))
+        parts.append(
+            f'<polyline fill="none" stroke="{COLOURS[s]}" stroke-width="2" points="{points}"/>'
+        )
+        for i, (_, c) in enumerate(history):
+            parts.append(
+                f'<circle cx="{x(i):.1f}" cy="{y(c.get(s, 0)):.1f}" r="2.5" fill="{COLOURS[s]}"/>'
+            )
+        last = history[-1][1].get(s, 0) if history else 0
+        ly = top + 14 + 18 * k
+        parts.append(
+            f'<rect x="{left + pw + 12}" y="{ly - 9}" width="10" height="10" '
+            f'fill="{COLOURS[s]}"/><text x="{left + pw + 26}" y="{ly}">{s.lower()} {last}</text>'
+        )
+    parts.append("</svg>\n")
+    return "\n".join(parts)
+
+
+def print_summary(board: Dashboard) -> None:
+    """What ``pv dashboard`` and ``pv check`` print: where the files are, and the scoreboard."""
+    from rich.console import Console
+
+    console = Console() if Console().is_terminal else Console(width=160)
+    colour = {"FALSIFIED": "bold red", "PROPOSED": "yellow", "PARTIAL": "yellow"}.get(
+        worst_status(board.totals), "green"
+    )
+    console.print(
+        f"dashboard: {board.out}/index.html (status.md, status.json, badge.svg, history.svg)",
+        highlight=False,
+    )
+    console.print(f"[{colour}]{board.scoreboard}[/]", highlight=False)
