@@ -276,7 +276,7 @@ def test_a_source_that_shrinks_mid_copy_leaves_no_output(tiny_qwen2, tmp_path, m
     src = tmp_path / "model.safetensors"
     shutil.copy(tiny_qwen2.safetensors, src)
     shutil.copy(tiny_qwen2.folder / "config.json", tmp_path)
-    from aprlib import convert as convert_module
+    from aprlib import conversion as convert_module
 
     real = convert_module.open_model
 
