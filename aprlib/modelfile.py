@@ -18,6 +18,10 @@ import numpy as np
 from aprlib.config import ModelConfig
 from aprlib.dtypes import DType, nbytes, to_float32
 
+#: what any tensor of any format may be (each format enforces these and its own limits)
+MAX_TENSOR_NDIM = 8
+MAX_TENSOR_DIM = 1 << 40
+
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 
@@ -34,6 +38,8 @@ class Tensor:
     tied_to: str | None = None  # set when this is the embedding standing in for lm_head
     #: (file, byte offset) where raw() lies unchanged, for file-to-file copies
     span: tuple[Path, int] | None = None
+    #: the format's integrity check in flat memory, where it has one (APR's CRC32)
+    _verify: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -45,6 +51,13 @@ class Tensor:
 
     def to_float32(self) -> np.ndarray:
         return to_float32(self.raw(), self.dtype, self.shape)
+
+    def verify(self) -> bool:
+        """Check the tensor's checksum without holding it; False where the format has none."""
+        if self._verify is None:
+            return False
+        self._verify()
+        return True
 
 
 @dataclass
@@ -59,10 +72,10 @@ class Model:
     _maps: list[Any] = field(default_factory=list, repr=False)
 
     def drop_pages(self) -> None:
-        """Let the kernel take back the pages read so far (they stay in the page cache).
+        """Let the kernel take back mapped pages read so far (they stay in the page cache).
 
-        A memory map counts every page touched as resident: without this, streaming a
-        1 GB model through a converter would show 1 GB of RSS.
+        The file readers read into owned buffers now (``aprlib.filesource``), so only a
+        model that registered maps in ``_maps`` has anything to drop.
         """
         for m in self._maps:
             with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -102,6 +115,15 @@ class Model:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def check_tensor_shape(shape: tuple[int, ...], name: str) -> None:
+    """ValueError for a shape no format of ours may carry (so no writer makes a file
+    that our own reader refuses)."""
+    if len(shape) > MAX_TENSOR_NDIM:
+        raise ValueError(f"tensor {name!r}: {len(shape)} dimensions (at most {MAX_TENSOR_NDIM})")
+    if any(d > MAX_TENSOR_DIM for d in shape):
+        raise ValueError(f"tensor {name!r}: dimension {max(shape)} exceeds 2**40")
 
 
 def model_from_arrays(

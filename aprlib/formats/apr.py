@@ -10,10 +10,8 @@ complete.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import mmap
 import os
 import struct
 import zlib
@@ -26,19 +24,26 @@ import numpy as np
 
 from aprlib import output
 from aprlib.atomic import atomic_output
-from aprlib.config import ModelConfig
+from aprlib.config import ConfigError, ModelConfig, check_config_values
 from aprlib.dtypes import DType, nbytes
-from aprlib.errors import AprFormatError
-from aprlib.modelfile import Model, Tensor
+from aprlib.errors import AprFormatError, FileChangedError
+from aprlib.filesource import FileSource
+from aprlib.jsonlimits import load_json
+from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, Model, Tensor, check_tensor_shape
 
 MAGIC = b"APR2"
 MAGIC_V1 = b"APRN"
-VERSION = (2, 0)
+VERSION = (2, 1)
 ALIGN = 64
 HEADER = struct.Struct("<4sHHQQQQQQII")  # 64 bytes, see docs/apr-format.md
 assert HEADER.size == 64
-MAX_NDIM = 8
-MAX_DIM = 1 << 40
+#: APR 2.1: the last 12 bytes of the index region; 2.0 readers parse tensor_count
+#: entries and never look past them, so they read a 2.1 file unchanged
+TRAILER = struct.Struct("<4sII")  # magic, CRC32 of the metadata, CRC32 of the entries
+TRAILER_MAGIC = b"ACRC"
+MAX_NDIM = MAX_TENSOR_NDIM
+MAX_DIM = MAX_TENSOR_DIM
+MAX_METADATA = 64 << 20  # a 256k-token tokenizer is ~20 MB of JSON
 _ENTRY_FIXED = struct.calcsize("<H") + struct.calcsize("<IB") + struct.calcsize("<QQI")
 
 
@@ -97,7 +102,11 @@ class AprWriter:
             offset = _align(offset + size)
         self.data_length = offset
         self.index_offset = HEADER.size + len(self.metadata)
-        self.index_length = len(encode_index(self.entries))
+        for e in self.entries:
+            check_tensor_shape(e.shape, e.name)
+        if not self.entries:
+            raise ValueError("an APR file holds at least one tensor; the plan is empty")
+        self.index_length = len(encode_index(self.entries)) + TRAILER.size
         self.data_offset = _align(self.index_offset + self.index_length)
         self._next = 0
         self._fh: Any = None
@@ -149,13 +158,13 @@ class AprWriter:
         )
         crc, buf = 0, bytearray(min(entry.nbytes, 16 << 20) or 1)
         view = memoryview(buf)
-        fd = os.open(source, os.O_RDONLY)
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
         try:
             done = 0
             while done < entry.nbytes:
                 n = os.preadv(fd, [view[: entry.nbytes - done]], offset + done)
                 if n <= 0:
-                    raise ValueError(f"tensor {name!r}: {source} ends early")
+                    raise FileChangedError(source, "file changed: it ends early", tensor=name)
                 crc = zlib.crc32(view[:n], crc)
                 done += n
         finally:
@@ -198,6 +207,7 @@ class AprWriter:
         fh = self._fh
         fh.truncate(self.data_offset + self.data_length)
         index = encode_index(self.entries)
+        index += TRAILER.pack(TRAILER_MAGIC, zlib.crc32(self.metadata), zlib.crc32(index))
         fh.seek(self.index_offset)
         fh.write(index)
         fields = (
@@ -221,7 +231,7 @@ class AprWriter:
 
 def _copy_file(source: str, out: int, count: int, offset: int, dest: int) -> None:
     """Copy ``count`` bytes of ``source`` at ``offset`` into ``out`` at ``dest``."""
-    fd = os.open(source, os.O_RDONLY)
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if _copy_range(fd, out, count, offset, dest):
             return
@@ -230,7 +240,7 @@ def _copy_file(source: str, out: int, count: int, offset: int, dest: int) -> Non
         while done < count:  # no copy_file_range here: read and write
             n = os.preadv(fd, [buf[: count - done]], offset + done)
             if n <= 0:
-                raise OSError(f"{source} ends early")
+                raise FileChangedError(source, "file changed: it ends early")
             os.pwrite(out, buf[:n], dest + done)
             done += n
     finally:
@@ -255,18 +265,23 @@ def _copy_range(src: int, dst: int, count: int, src_offset: int, dst_offset: int
 
 
 class AprFile:
-    """A memory-mapped APR file; tensors are zero-copy views of the map."""
+    """An open APR file: header, metadata and index checked; tensors read on demand.
+
+    Tensor bytes are read with ``pread`` into buffers this process owns (see
+    ``aprlib.filesource``): a file truncated while open gives ``FileChangedError``, never
+    SIGBUS.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._fh = open(self.path, "rb")  # noqa: SIM115 - held open with the map, see close()
+        self.version = VERSION
+        self._src = FileSource(self.path, AprFormatError)
         try:
-            size = os.fstat(self._fh.fileno()).st_size
+            size = self._src.size
             if size < HEADER.size:
                 raise self._error(
                     f"file is {size} bytes, shorter than the 64-byte header", field="header"
                 )
-            self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
             self._parse(size)
         except BaseException:
             self.close()
@@ -278,8 +293,8 @@ class AprFile:
         return AprFormatError(self.path, message, tensor=tensor, field=field)
 
     def _parse(self, size: int) -> None:
-        m = self._map
-        magic = bytes(m[:4])
+        head = self._src.read(0, HEADER.size, field="header").tobytes()
+        magic = head[:4]
         if magic == MAGIC_V1:
             raise self._error(
                 "APR v1 file (magic APRN): v1 is not read any more, because its "
@@ -302,8 +317,8 @@ class AprFile:
             data_len,
             count,
             crc,
-        ) = HEADER.unpack_from(m, 0)
-        if zlib.crc32(m[: HEADER.size - 4]) != crc:
+        ) = HEADER.unpack(head)
+        if zlib.crc32(head[: HEADER.size - 4]) != crc:
             raise self._error(
                 "header checksum mismatch (the header is damaged)", field="header_crc32"
             )
@@ -311,6 +326,7 @@ class AprFile:
             raise self._error(
                 f"APR version {major}.{minor}; this reader reads {VERSION[0]}.x", field="version"
             )
+        self.version = (major, minor)
         regions = (
             ("metadata", meta_off, meta_len),
             ("index", index_off, index_len),
@@ -329,23 +345,47 @@ class AprFile:
             raise self._error(
                 f"data offset {data_off} is not {ALIGN}-byte aligned", field="data_offset"
             )
+        if count == 0:
+            raise self._error("tensor count is 0: a model file holds tensors", field="tensor_count")
         if count > index_len // _ENTRY_FIXED:
             raise self._error(
                 f"tensor count {count} cannot fit in a {index_len}-byte index", field="tensor_count"
             )
-        try:
-            self.metadata = json.loads(bytes(m[meta_off : meta_off + meta_len]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._error(f"metadata is not UTF-8 JSON: {exc}", field="metadata") from None
+        if meta_len > MAX_METADATA:
+            raise self._error(
+                f"metadata of {meta_len:,} bytes (at most {MAX_METADATA:,})", field="metadata"
+            )
+        raw_meta = self._src.read(meta_off, meta_len, field="metadata").tobytes()
+        index = self._src.read(index_off, index_len, field="index").tobytes()
+        if minor >= 1:
+            self._check_trailer(raw_meta, index)
+        self.metadata = load_json(raw_meta, self.path, "metadata", AprFormatError, MAX_METADATA)
         if not isinstance(self.metadata, dict):
             raise self._error("metadata is not a JSON object", field="metadata")
         self._data_offset = data_off
-        self.entries = self._parse_index(index_off, index_len, count, data_len)
+        self.entries = self._parse_index(index, count, data_len)
 
-    def _parse_index(
-        self, off: int, length: int, count: int, data_len: int
-    ) -> dict[str, TensorEntry]:
-        m, end, pos = self._map, off + length, off
+    def _check_trailer(self, raw_meta: bytes, index: bytes) -> None:
+        """APR 2.1: the index ends with a trailer of CRC32s over metadata and index."""
+        if len(index) < TRAILER.size:
+            raise self._error("index too short for its 2.1 trailer", field="index_crc32")
+        magic, meta_crc, index_crc = TRAILER.unpack_from(index, len(index) - TRAILER.size)
+        if magic != TRAILER_MAGIC:
+            raise self._error(
+                f"APR 2.1 index lacks its checksum trailer (found {magic!r})", field="index_crc32"
+            )
+        if zlib.crc32(raw_meta) != meta_crc:
+            raise self._error(
+                "metadata checksum mismatch (the metadata is damaged)", field="metadata_crc32"
+            )
+        if zlib.crc32(index[: -TRAILER.size]) != index_crc:
+            raise self._error(
+                "index checksum mismatch (tensor names, dtypes, shapes or offsets are damaged)",
+                field="index_crc32",
+            )
+
+    def _parse_index(self, m: bytes, count: int, data_len: int) -> dict[str, TensorEntry]:
+        end, pos = len(m), 0
         entries: dict[str, TensorEntry] = {}
 
         def take(fmt: str, what: str, tensor: str | None) -> tuple[Any, ...]:
@@ -366,19 +406,16 @@ class AprFile:
                     f"name of tensor #{len(entries)} runs past the index", field="name"
                 )
             try:
-                name = bytes(m[pos : pos + name_len]).decode("utf-8")
+                name = m[pos : pos + name_len].decode("utf-8")
             except UnicodeDecodeError:
                 raise self._error(
                     f"name of tensor #{len(entries)} is not UTF-8", field="name"
                 ) from None
             pos += name_len
             code, ndim = take("<IB", "dtype", name)
-            try:
-                dtype = DType(code)
-            except ValueError:
-                raise self._error(
-                    f"unknown dtype code {code}", tensor=name, field="dtype"
-                ) from None
+            dtype = DType.from_code(code)
+            if dtype is None:
+                raise self._error(f"unknown dtype code {code}", tensor=name, field="dtype")
             if ndim > MAX_NDIM:
                 raise self._error(
                     f"{ndim} dimensions (at most {MAX_NDIM})", tensor=name, field="shape"
@@ -396,6 +433,12 @@ class AprFile:
                     f"byte size {size} != {expected} for {dtype.name}{list(shape)}",
                     tensor=name,
                     field="nbytes",
+                )
+            if offset % ALIGN:
+                raise self._error(
+                    f"data offset {offset} is not a multiple of {ALIGN}",
+                    tensor=name,
+                    field="offset",
                 )
             if offset > data_len or size > data_len - offset:
                 raise self._error(
@@ -415,23 +458,98 @@ class AprFile:
         return entries
 
     def raw(self, name: str, verify: bool = True) -> np.ndarray:
-        """The tensor's bytes as a zero-copy uint8 view; checks the CRC32 when asked."""
+        """The tensor's bytes (a fresh uint8 array); checks the CRC32 when asked."""
         e = self.entries[name]
-        view = np.frombuffer(
-            self._map, dtype=np.uint8, count=e.nbytes, offset=self._data_offset + e.offset
-        )
-        if verify and zlib.crc32(view) != e.crc32:
+        data = self._src.read(self._data_offset + e.offset, e.nbytes, tensor=name, field="data")
+        if verify and zlib.crc32(data) != e.crc32:
             raise self._error(
                 "CRC32 mismatch: the tensor's bytes are damaged", tensor=name, field="crc32"
             )
-        return view
+        return data
+
+    def verify(self, name: str) -> None:
+        """Check a tensor's CRC32 in flat memory; runs of holes in a sparse file are
+        checksummed arithmetically (``crc32_zeros``), not read."""
+        e = self.entries[name]
+        crc = 0
+        for kind, start, length in _extents(self._src, self._data_offset + e.offset, e.nbytes):
+            if kind == "hole":
+                crc = crc32_zeros(crc, length)
+            else:
+                for piece in self._src.chunks(start, length, tensor=name):
+                    crc = zlib.crc32(piece, crc)
+        if self._src.size != os.fstat(self._src.fd).st_size:
+            raise FileChangedError(self.path, "file changed while open", tensor=name)
+        if crc != e.crc32:
+            raise self._error(
+                "CRC32 mismatch: the tensor's bytes are damaged", tensor=name, field="crc32"
+            )
 
     def close(self) -> None:
-        m = getattr(self, "_map", None)
-        if m is not None:
-            with contextlib.suppress(BufferError):  # a view is alive: the map closes with it
-                m.close()
-        self._fh.close()
+        src = getattr(self, "_src", None)
+        if src is not None:
+            src.close()
+
+
+def _extents(src: FileSource, offset: int, length: int) -> list[tuple[str, int, int]]:
+    """``(data|hole, start, length)`` pieces of a span, holes only where the file system
+    reports them (SEEK_DATA/SEEK_HOLE); everything is data where it cannot tell."""
+    end, pos, out = offset + length, offset, []
+    seek_data = getattr(os, "SEEK_DATA", None)
+    if not src.sparse or seek_data is None:
+        return [("data", offset, length)]
+    try:
+        while pos < end:
+            try:
+                data = os.lseek(src.fd, pos, seek_data)
+            except OSError:  # ENXIO: only a hole up to the end of the file
+                data = end
+            data = min(data, end)
+            if data > pos:
+                out.append(("hole", pos, data - pos))
+            if data >= end:
+                break
+            hole = min(os.lseek(src.fd, data, os.SEEK_HOLE), end)
+            out.append(("data", data, hole - data))
+            pos = hole
+    except OSError:
+        return [("data", offset, length)]
+    return out
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def crc32_zeros(crc: int, count: int) -> int:
+    """``zlib.crc32(b"\\0" * count, crc)`` in O(log count) time (zlib's crc32_combine
+    operator: appending zeros is linear on the inverted register)."""
+    if count <= 0:
+        return crc
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    even = [_gf2_times(odd, odd[n]) for n in range(32)]  # two zero bits
+    odd = [_gf2_times(even, even[n]) for n in range(32)]  # four zero bits
+    register = crc ^ 0xFFFFFFFF
+    while True:
+        even = [_gf2_times(odd, odd[n]) for n in range(32)]
+        if count & 1:
+            register = _gf2_times(even, register)
+        count >>= 1
+        if not count:
+            break
+        odd = [_gf2_times(even, even[n]) for n in range(32)]
+        if count & 1:
+            register = _gf2_times(odd, register)
+        count >>= 1
+        if not count:
+            break
+    return register ^ 0xFFFFFFFF
 
 
 # --- model-level reader and writer -------------------------------------------------------
@@ -439,19 +557,30 @@ class AprFile:
 
 def open_apr(path: Path) -> Model:
     f = AprFile(path)
-    meta = f.metadata
     try:
-        config = ModelConfig.from_dict(meta["config"]) if meta.get("config") else None
-    except TypeError as exc:
+        meta = f.metadata
+        raw_config = meta.get("config")
+        if raw_config is not None:
+            check_config_values(raw_config, "apr")
+        config = ModelConfig.from_dict(raw_config) if raw_config else None
+        tokenizer = meta.get("tokenizer")
+        if tokenizer is not None and not isinstance(tokenizer, dict):
+            raise ConfigError(f"tokenizer is a {type(tokenizer).__name__}, not an object")
+    except (ConfigError, TypeError) as exc:
         f.close()
-        raise AprFormatError(
-            path, f"metadata config is incomplete: {exc}", field="metadata.config"
-        ) from None
-    tensors = {
-        name: Tensor(name, e.dtype, e.shape, name, lambda n=name: f.raw(n))
+        raise AprFormatError(path, f"metadata config: {exc}", field="metadata.config") from None
+    tensors = {  # no span: an APR source's bytes are read (and their CRC checked) on the way
+        name: Tensor(
+            name,
+            e.dtype,
+            e.shape,
+            name,
+            lambda n=name: f.raw(n),
+            _verify=lambda n=name: f.verify(n),
+        )
         for name, e in f.entries.items()
-    }  # no span: an APR source's bytes are read (and their CRC checked) on the way
-    return Model(path, "apr", tensors, config, meta, meta.get("tokenizer"), [f.close], [f._map])
+    }
+    return Model(path, "apr", tensors, config, meta, tokenizer, [f.close])
 
 
 def write_apr(
