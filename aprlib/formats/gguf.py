@@ -124,6 +124,12 @@ class _Head:
         if fmt is None:
             raise self._error(f"unknown array element type {etype}", field=key)
         size = struct.calcsize(fmt) * count
+        if size > self.left:
+            raise self._error(
+                f"array of {count:,} items of {struct.calcsize(fmt)} bytes cannot fit in "
+                f"the {self.left:,} bytes left",
+                field=key,
+            )
         self._need(size, key)
         values = np.frombuffer(self.buf, dtype=fmt, count=count, offset=self.pos)
         self.pos += size
