@@ -113,9 +113,10 @@ def _quiet_stdout() -> None:
 def inspect_model(path: Path) -> dict[str, Any]:
     """Everything ``apr inspect`` shows, as plain data."""
     from aprlib.errors import AprFormatError, FileChangedError
+    from aprlib.filesource import paused_gc
     from aprlib.io import open_model
 
-    with open_model(path) as model:
+    with open_model(path) as model, paused_gc():
         tensors, totals = [], {}
         checksums = "verified" if model.format == "apr" else "none in this format"
         for t in model:

@@ -29,10 +29,7 @@ class DType(IntEnum):
     @classmethod
     def from_code(cls, code: int) -> DType | None:
         """The dtype of a GGML/APR type code, None for a code no row of the table holds."""
-        try:
-            return cls(code)
-        except ValueError:
-            return None
+        return _BY_CODE.get(code)
 
     @classmethod
     def parse(cls, text: str) -> DType:
@@ -64,6 +61,8 @@ _INFO = {
     DType.Q8_0: DTypeInfo(32, 34, None),  # f16 scale + 32 x int8
     DType.Q4_K: DTypeInfo(256, 144, None),  # f16 d, f16 dmin, 12 bytes scales, 128 bytes nibbles
 }
+
+_BY_CODE = {int(d): d for d in DType}
 
 #: safetensors' dtype strings ↔ ours (the ones a model file carries)
 SAFETENSORS_DTYPES = {i.safetensors: d for d, i in _INFO.items() if i.safetensors is not None}

@@ -21,6 +21,9 @@ from aprlib.dtypes import DType, nbytes, to_float32
 #: what any tensor of any format may be (each format enforces these and its own limits)
 MAX_TENSOR_NDIM = 8
 MAX_TENSOR_DIM = 1 << 40
+#: tensors in one model: the largest published checkpoints hold ~100k (per-expert
+#: safetensors); 400k zero-size tensors were a hostile file that took minutes and GBs
+MAX_TENSORS = 1 << 17
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"

@@ -22,7 +22,7 @@ from aprlib.config import ConfigError, ModelConfig, from_gguf_kv, to_gguf_kv
 from aprlib.dtypes import DType, nbytes
 from aprlib.errors import ConversionError, GgufFormatError
 from aprlib.filesource import FileSource
-from aprlib.modelfile import Model, Tensor, check_tensor_shape
+from aprlib.modelfile import MAX_TENSORS, Model, Tensor, check_tensor_shape
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # v1 had 32-bit counts and is gone from llama.cpp
@@ -146,6 +146,10 @@ class _Head:
             raise self._error(f"GGUF version {version}; this reader reads 2 and 3", field="version")
         n_tensors = self.scalar("<Q", "tensor_count")
         n_kv = self.scalar("<Q", "kv_count")
+        if n_tensors > MAX_TENSORS:
+            raise self._error(
+                f"tensor count {n_tensors:,} (at most {MAX_TENSORS:,})", field="tensor_count"
+            )
         if n_kv * _MIN_KV + n_tensors * _MIN_TENSOR_INFO > self.left:
             raise self._error(
                 f"{n_kv:,} key/values and {n_tensors:,} tensor infos cannot fit in the "

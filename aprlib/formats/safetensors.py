@@ -22,7 +22,7 @@ from aprlib.dtypes import SAFETENSORS_DTYPES, DType, nbytes
 from aprlib.errors import ConversionError, ModelFileError, SafetensorsFormatError
 from aprlib.filesource import FileSource
 from aprlib.jsonlimits import load_json, read_json_file
-from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, Model, Tensor
+from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, MAX_TENSORS, Model, Tensor
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # as the safetensors package's own cap
 MAX_JSON_FILE = 16 << 20  # config.json, model.safetensors.index.json
@@ -62,6 +62,8 @@ class SafetensorsFile:
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise self._error("__metadata__ is not an object of strings", field="__metadata__")
         self.metadata: dict[str, str] = metadata
+        if len(header) > MAX_TENSORS:
+            raise self._error(f"{len(header):,} tensors (at most {MAX_TENSORS:,})", field="header")
         self.data_start = 8 + n
         data_len = size - self.data_start
         self.entries: dict[str, tuple[DType, tuple[int, ...], int, int]] = {}
