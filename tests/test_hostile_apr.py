@@ -13,7 +13,7 @@ from aprlib import AprFormatError, model_from_arrays, open_model, write_model
 from aprlib.config import ModelConfig
 from aprlib.dtypes import DType
 from aprlib.modelfile import MAX_TENSORS
-from tests.hostile_files import (
+from falsifiers.hostile_files import (
     AprEntry,
     apr_bytes,
     apr_inline,

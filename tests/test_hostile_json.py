@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.hostile_files import (
+from falsifiers.hostile_files import (
     apr_inline,
     assert_one_line_error,
     one_f32_apr,

@@ -16,7 +16,7 @@ import pytest
 from aprlib import model_from_arrays, write_model
 from aprlib.config import ModelConfig
 from aprlib.dtypes import DType
-from tests.hostile_files import (
+from falsifiers.hostile_files import (
     ROOT,
     AprEntry,
     apr_bytes,

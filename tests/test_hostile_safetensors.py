@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.hostile_files import (
+from falsifiers.hostile_files import (
     apr_inline,
     assert_one_line_error,
     one_tensor_header,
