@@ -102,6 +102,8 @@ def write_model(
     fmt = target_format(dst, fmt)
     report = ConvertReport(model.path, dst, model.format, fmt)
     tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
+    if not tensors:
+        raise ConversionError(f"{model.path}: holds no tensors; there is nothing to write")
     WRITERS[fmt](model, tensors, dst, dtype, report, _streaming(model, progress))
     return report
 
