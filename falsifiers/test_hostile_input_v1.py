@@ -221,8 +221,9 @@ def exercise(path: Path, work: Path) -> str:
     return outcome
 
 
-def fuzz(fmt: str, work: Path, examples: int = EXAMPLES) -> dict[str, Any]:
-    """Run ``examples`` structure-aware cases of ``fmt``; returns outcome counts."""
+def fuzz(fmt: str, work: Path, examples: int = EXAMPLES, policy: Any = None) -> dict[str, Any]:
+    """Run ``examples`` structure-aware cases of ``fmt`` (under the reproducible policy
+    unless another hypothesis ``settings`` is given); returns outcome counts."""
     strategy = {
         "gguf": gguf_files(),
         "apr": apr_files(),
@@ -232,7 +233,7 @@ def fuzz(fmt: str, work: Path, examples: int = EXAMPLES) -> dict[str, Any]:
     outcomes: dict[str, int] = {}
     slowest = [0.0]
 
-    @reproducible(examples)
+    @(policy or reproducible(examples))
     @given(strategy)
     def case(value: Any) -> None:
         for p in work.iterdir():
