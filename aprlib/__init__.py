@@ -13,8 +13,10 @@ from aprlib.diff import diff_models
 from aprlib.errors import (
     AprFormatError,
     ConversionError,
+    FileChangedError,
     GgufFormatError,
     ModelFileError,
+    ModelMemoryError,
     SafetensorsFormatError,
 )
 from aprlib.io import open_model
@@ -23,9 +25,11 @@ from aprlib.modelfile import Model, Tensor, model_from_arrays
 __all__ = [
     "AprFormatError",
     "ConversionError",
+    "FileChangedError",
     "GgufFormatError",
     "Model",
     "ModelFileError",
+    "ModelMemoryError",
     "SafetensorsFormatError",
     "Tensor",
     "__version__",

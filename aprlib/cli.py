@@ -117,7 +117,8 @@ def inspect_model(path: Path) -> dict[str, Any]:
     from aprlib.io import open_model
 
     with open_model(path) as model, paused_gc():
-        tensors, totals = [], {}
+        tensors: list[dict[str, Any]] = []
+        totals: dict[str, int] = {}
         checksums = "verified" if model.format == "apr" else "none in this format"
         for t in model:
             try:
@@ -181,7 +182,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from aprlib.convert import convert
+    from aprlib.conversion import convert
     from aprlib.dtypes import DType
     from aprlib.io import open_model
 

@@ -84,7 +84,7 @@ class FileSource:
                 self.path, f"{length:,} bytes do not fit in memory", tensor=tensor, field=field
             ) from None
         if length:
-            self.read_into(memoryview(out), offset, tensor, field)
+            self.read_into(out.data, offset, tensor, field)
         return out
 
     def chunks(self, offset: int, length: int, tensor: str | None = None) -> Any:

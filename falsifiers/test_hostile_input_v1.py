@@ -400,8 +400,8 @@ def amplifier(work: Path, name: str) -> Path:
 
 
 def peak_rss(path: Path, before: str = "") -> tuple[float, float]:
-    """(peak RSS in MB of ``apr inspect --json`` on ``path`` in a child, the file's MB)."""
-    run = hf.run_apr("inspect", "--json", str(path), before=before, timeout=120)
+    """(peak RSS in MB of ``apr inspect`` on ``path`` in a child, the file's MB)."""
+    run = hf.run_apr("inspect", str(path), before=before, timeout=120)
     assert not run.timed_out, f"{path.name}: timed out"
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
     return run.peak_rss_mb, path.stat().st_size / 2**20
