@@ -124,3 +124,18 @@ def test_apr_metadata_config_of_the_wrong_type_is_a_typed_error(tmp_path, capsys
     path = _apr_with_metadata(tmp_path / "c.apr", b'{"config": ' + config.encode() + b"}")
     rc, err = apr_inline(capsys, "inspect", str(path))
     assert rc == 1 and str(path) in err and needle in err, err
+
+
+def test_a_vocab_the_embedding_does_not_have_gets_no_placeholder_tokens(tmp_path, capsys):
+    """A config within the caps but larger than the embedding: no 4M placeholder tokens."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    header = {
+        "model.embed_tokens.weight": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]}
+    }
+    (folder / "model.safetensors").write_bytes(safetensors_bytes(header, bytes(128)))
+    (folder / "config.json").write_text(
+        json.dumps(_config(vocab_size=1 << 22, tie_word_embeddings=True))
+    )
+    rc, err = apr_inline(capsys, "convert", str(folder), str(tmp_path / "o.gguf"))
+    assert rc == 1 and "vocab_size 4,194,304" in err and "4 rows" in err, err

@@ -22,7 +22,7 @@ from aprlib.config import ConfigError, ModelConfig, from_gguf_kv, to_gguf_kv
 from aprlib.dtypes import DType, nbytes
 from aprlib.errors import ConversionError, GgufFormatError
 from aprlib.filesource import FileSource
-from aprlib.modelfile import MAX_TENSORS, Model, Tensor, check_tensor_shape
+from aprlib.modelfile import EMBED, MAX_TENSORS, Model, Tensor, check_tensor_shape
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # v1 had 32-bit counts and is gone from llama.cpp
@@ -320,6 +320,12 @@ def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -
     if model.tokenizer and "tokenizer.ggml.tokens" in model.tokenizer:
         return dict(model.tokenizer)
     n = cfg.vocab_size
+    embed = model.tensors.get(EMBED)
+    if embed is not None and embed.shape and embed.shape[0] != n:
+        raise ConversionError(
+            f"{model.path}: config vocab_size {n:,} but {EMBED} has {embed.shape[0]:,} rows; "
+            "no placeholder tokenizer is written for a vocabulary the weights do not have"
+        )
     tokens = ["a", "b", "ab", *(f"<t{i}>" for i in range(3, n))][:n]
     report.notes.append(
         f"the source has no tokenizer: wrote a minimal GPT-2 style one "
