@@ -39,15 +39,18 @@ def sniff(path: Path) -> str:
     )
 
 
-def open_model(path: Path | str) -> Model:
-    """Open any supported model file or folder, memory-mapped."""
+def open_model(path: Path | str, mapped: bool = False) -> Model:
+    """Open any supported model file or folder. Tensors are read with ``pread`` into owned
+    buffers (a file that changes gives ``FileChangedError``); ``mapped=True`` makes them
+    zero-copy views of a memory map instead, for a caller that owns the file (see
+    ``aprlib.filesource``)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(path, "no such file or directory")
     kind = sniff(path)
     with paused_gc():
         if kind == "apr":
-            return open_apr(path)
+            return open_apr(path, mapped)
         if kind == "gguf":
-            return open_gguf(path)
-        return open_safetensors(path)
+            return open_gguf(path, mapped)
+        return open_safetensors(path, mapped)

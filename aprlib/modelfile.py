@@ -77,8 +77,8 @@ class Model:
     def drop_pages(self) -> None:
         """Let the kernel take back mapped pages read so far (they stay in the page cache).
 
-        The file readers read into owned buffers now (``aprlib.filesource``), so only a
-        model that registered maps in ``_maps`` has anything to drop.
+        Only a model opened ``open_model(path, mapped=True)`` has maps; by default the
+        readers read into owned buffers (``aprlib.filesource``) and this does nothing.
         """
         for m in self._maps:
             with contextlib.suppress(AttributeError, OSError, ValueError):

@@ -281,10 +281,10 @@ class AprFile:
     SIGBUS.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mapped: bool = False) -> None:
         self.path = Path(path)
         self.version = VERSION
-        self._src = FileSource(self.path, AprFormatError)
+        self._src = FileSource(self.path, AprFormatError, mapped)
         try:
             size = self._src.size
             if size < HEADER.size:
@@ -573,8 +573,8 @@ def crc32_zeros(crc: int, count: int) -> int:
 # --- model-level reader and writer -------------------------------------------------------
 
 
-def open_apr(path: Path) -> Model:
-    f = AprFile(path)
+def open_apr(path: Path, mapped: bool = False) -> Model:
+    f = AprFile(path, mapped)
     try:
         meta = f.metadata
         raw_config = meta.get("config")
@@ -598,7 +598,8 @@ def open_apr(path: Path) -> Model:
         )
         for name, e in f.entries.items()
     }
-    return Model(path, "apr", tensors, config, meta, tokenizer, [f.close])
+    maps = [f._src.map] if f._src.map is not None else []
+    return Model(path, "apr", tensors, config, meta, tokenizer, [f.close], maps)
 
 
 def write_apr(

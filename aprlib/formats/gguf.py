@@ -247,8 +247,8 @@ def _place(
     return list(placed.values())
 
 
-def open_gguf(path: Path) -> Model:
-    src = FileSource(path, GgufFormatError)
+def open_gguf(path: Path, mapped: bool = False) -> Model:
+    src = FileSource(path, GgufFormatError, mapped)
     try:
         return _open(path, src)
     except BaseException:
@@ -312,7 +312,8 @@ def _open(path: Path, src: FileSource) -> Model:
             ).reshape(-1)
 
         tensors[p.canonical] = Tensor(p.canonical, p.dtype, p.shape, p.name, read)
-    return Model(path, "gguf", tensors, config, kv, tokenizer or None, [src.close])
+    maps = [src.map] if src.map is not None else []
+    return Model(path, "gguf", tensors, config, kv, tokenizer or None, [src.close], maps)
 
 
 def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -> dict[str, Any]:

@@ -31,9 +31,9 @@ MAX_JSON_FILE = 16 << 20  # config.json, model.safetensors.index.json
 class SafetensorsFile:
     """One safetensors file: header checked against the file; tensors read on demand."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mapped: bool = False) -> None:
         self.path = path
-        self.src = FileSource(path, SafetensorsFormatError)
+        self.src = FileSource(path, SafetensorsFormatError, mapped)
         try:
             self._parse()
         except BaseException:
@@ -184,7 +184,7 @@ def shard_paths(folder: Path) -> tuple[list[tuple[str, Path]], dict[str, str] | 
     return files, weight_map
 
 
-def open_safetensors(path: Path) -> Model:
+def open_safetensors(path: Path, mapped: bool = False) -> Model:
     if path.is_dir():
         folder = path
         files, weight_map = shard_paths(path)
@@ -195,7 +195,7 @@ def open_safetensors(path: Path) -> Model:
     metadata: dict[str, Any] = {}
     try:
         for shard_name, file in files:
-            shard = SafetensorsFile(file)
+            shard = SafetensorsFile(file, mapped)
             shards.append(shard)
             metadata.update(shard.metadata)
             for name, (dtype, shape, _, _) in shard.entries.items():
@@ -224,7 +224,10 @@ def open_safetensors(path: Path) -> Model:
         for shard in shards:
             shard.close()
         raise
-    return Model(path, "safetensors", tensors, config, metadata, None, [s.close for s in shards])
+    maps = [s.src.map for s in shards if s.src.map is not None]
+    return Model(
+        path, "safetensors", tensors, config, metadata, None, [s.close for s in shards], maps
+    )
 
 
 def write_safetensors(
