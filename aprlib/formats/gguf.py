@@ -322,11 +322,12 @@ def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -
         return dict(model.tokenizer)
     n = cfg.vocab_size
     embed = model.tensors.get(EMBED)
-    if embed is not None and embed.shape and embed.shape[0] != n:
-        raise ConversionError(
-            f"{model.path}: config vocab_size {n:,} but {EMBED} has {embed.shape[0]:,} rows; "
-            "no placeholder tokenizer is written for a vocabulary the weights do not have"
+    if embed is not None and embed.shape and embed.shape[0] < n:
+        report.notes.append(
+            f"config vocab_size {n:,} exceeds the {embed.shape[0]:,} rows of {EMBED}: "
+            f"{embed.shape[0]:,} placeholder tokens, one per row the weights have"
         )
+        n = embed.shape[0]  # placeholders are bounded by the file, not by a config value
     tokens = ["a", "b", "ab", *(f"<t{i}>" for i in range(3, n))][:n]
     report.notes.append(
         f"the source has no tokenizer: wrote a minimal GPT-2 style one "
