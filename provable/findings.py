@@ -19,7 +19,8 @@ class Finding:
     message: str
 
     def render(self) -> str:
-        return f"{self.path}:{self.line}: {self.severity} [{self.rule}] {self.message}"
+        text = f"{self.path}:{self.line}: {self.severity} [{self.rule}] {self.message}"
+        return printable(text)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -29,6 +30,19 @@ class Finding:
         if self.severity != WARNING:
             return self
         return Finding(self.path, self.line, ERROR, self.rule, self.message)
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control and format characters shown as escapes (``\\x1b``, ``\\n``).
+
+    Ids, paths and descriptions come from files anyone may write: raw, a newline splits one
+    finding into two lines a script would misread, an ANSI sequence repaints the terminal,
+    a bidi override hides what a line says.
+    """
+    return "".join(
+        c if c.isprintable() or c == " " or (keep_newlines and c == "\n") else repr(c)[1:-1]
+        for c in text
+    )
 
 
 def display_path(path: Path) -> str:

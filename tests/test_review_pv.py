@@ -64,3 +64,51 @@ def test_scaffold_cli_on_a_description_with_a_backslash_escape(tmp_path, capsys)
     path = _contract(tmp_path / "c.yaml", "plain-v1", "\\N{")
     assert main(["scaffold", str(path), "--out", str(tmp_path / "out")]) == 0
     assert "does not parse" not in capsys.readouterr().err
+
+
+CONTROL = """\
+metadata:
+  id: ctl-v1
+  version: "1.0.0"
+  status: PROPOSED
+  description: "d"
+  depends_on: ["dep\\e]0;title\\a", "x\\ny"]
+equations:
+  "eq\\e[2J":
+    formula: "f\\e[31m(x)"
+falsification_tests:
+  - {id: "FALSIFY-CTL-001\\e[31m", rule: "r"}
+"""
+
+
+def test_findings_are_one_line_each_and_carry_no_terminal_escapes(tmp_path, capsys):
+    path = tmp_path / "ctl-v1.yaml"
+    path.write_text(CONTROL, encoding="utf-8")
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    findings = out.splitlines()[:-2]  # then the count and the verdict
+    assert findings and all(line.startswith(str(path)) for line in findings), out
+    assert "FALSIFY-CTL-001\\x1b[31m" in out and "'x\\ny'" in out
+
+
+@pytest.mark.parametrize("argv", [["graph"], ["graph", "--format", "dot"], ["equations"]])
+def test_graph_and_equations_print_no_terminal_escapes(tmp_path, capsys, argv):
+    path = tmp_path / "ctl-v1.yaml"
+    path.write_text(CONTROL, encoding="utf-8")
+    main([*argv, str(path)])
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.out + captured.err
+    assert "\x07" not in captured.out + captured.err
+
+
+def test_mermaid_label_cannot_be_closed_by_a_contract_id(tmp_path, capsys):
+    (tmp_path / "q.yaml").write_text(
+        'metadata: {id: \'q"] --> x["<img src=x onerror=alert(1)>\', version: "1.0.0", '
+        "status: PROPOSED, description: d}\n",
+        encoding="utf-8",
+    )
+    main(["graph", "--format", "mermaid", str(tmp_path / "q.yaml")])
+    node = capsys.readouterr().out.splitlines()[1]
+    label = node.split('["', 1)[1]
+    assert label.endswith('"]') and '"' not in label[:-2] and "<img" not in label
