@@ -303,6 +303,10 @@ class ProvablePlugin:
         to some of its tests, so its other tests may still exist unseen."""
         root = self.config.rootpath
         narrowed = set()
+        if self.config.getoption("lf", False):
+            # --lf drops a file's passing tests while collecting it (no deselection event,
+            # no ``::`` argument): every file it collected may hold bound tests not seen
+            narrowed.update(self.collected_files)
         for arg in self.config.args:
             if "::" in arg:
                 path = Path(self.config.invocation_params.dir, arg.split("::", 1)[0])

@@ -112,3 +112,24 @@ def test_mermaid_label_cannot_be_closed_by_a_contract_id(tmp_path, capsys):
     node = capsys.readouterr().out.splitlines()[1]
     label = node.split('["', 1)[1]
     assert label.endswith('"]') and '"' not in label[:-2] and "<img" not in label
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_last_failed_run_does_not_overturn_a_sibling_cases_refutation(pytester, monkeypatch, xdist):
+    """``--lf`` collects test_cases.py with only its failed case: 1 of 16 cases ran."""
+    from tests.test_partial_runs import CONTRACT, TEST_A, TEST_B, TEST_CASES, statuses
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # this provable
+
+    (pytester.path / "contracts").mkdir()
+    (pytester.path / "contracts" / "part-v1.yaml").write_text(CONTRACT)
+    pytester.makepyfile(test_a=TEST_A, test_b=TEST_B, test_cases=TEST_CASES)
+    (pytester.path / "FAIL_CASE").write_text("")
+    pytester.runpytest_inprocess()
+    assert statuses(pytester)["FALSIFY-PART-002"] == "FALSIFIED"
+    (pytester.path / "FAIL_CASE").unlink()
+    result = pytester.runpytest_subprocess("--lf", *xdist)
+    result.assert_outcomes(passed=1)
+    assert statuses(pytester)["FALSIFY-PART-002"] == "FALSIFIED", result.stdout.str()
+    pytester.runpytest_inprocess()  # the whole suite may overturn it
+    assert statuses(pytester)["FALSIFY-PART-002"] == "DISCHARGED"
