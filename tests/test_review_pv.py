@@ -133,3 +133,24 @@ def test_last_failed_run_does_not_overturn_a_sibling_cases_refutation(pytester, 
     assert statuses(pytester)["FALSIFY-PART-002"] == "FALSIFIED", result.stdout.str()
     pytester.runpytest_inprocess()  # the whole suite may overturn it
     assert statuses(pytester)["FALSIFY-PART-002"] == "DISCHARGED"
+
+
+@pytest.mark.parametrize(
+    ("folder", "says"),
+    [
+        ("/proc/no-such-folder", "cannot write /proc/no-such-folder"),
+        ("/dev/null", "/dev/null: exists and is not a folder"),
+    ],
+)
+def test_pv_new_in_a_folder_it_cannot_make_is_one_line_exit_1(folder, says, capsys):
+    assert main(["new", "fresh-v1", "--dir", folder]) == 1
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_pv_new_where_gitignore_cannot_be_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / ".gitignore").mkdir()  # a folder: reading it fails
+    assert main(["new", "fresh-v1", "--dir", str(tmp_path / "contracts")]) == 1
+    err = capsys.readouterr().err
+    assert ".gitignore" in err and len(err.strip().splitlines()) == 1
