@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,25 @@ class Finding:
         if self.severity != WARNING:
             return self
         return Finding(self.path, self.line, ERROR, self.rule, self.message)
+
+
+def count(findings: Iterable[Finding], severity: str) -> int:
+    """How many findings have ``severity``: the one tally every report's exit code uses."""
+    return sum(f.severity == severity for f in findings)
+
+
+class Tally:
+    """``errors``/``warnings`` of a report holding ``findings`` (validate, audit)."""
+
+    findings: list[Finding]
+
+    @property
+    def errors(self) -> int:
+        return count(self.findings, ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return count(self.findings, WARNING)
 
 
 def printable(text: str, keep_newlines: bool = False) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from provable.findings import ERROR, WARNING, Finding, printable
 from provable.model import Contract
 from provable.status import row_for
-from provable.validate import _cycles
+from provable.validate import find_cycles
 
 
 @dataclass
@@ -92,7 +92,7 @@ def build_graph(contracts: list[Contract]) -> Graph:
         for cid, n in nodes.items()
         if any(d not in nodes for d in n.depends_on)
     }
-    graph = Graph(nodes, _topological(edges), _cycles(edges), missing)
+    graph = Graph(nodes, _topological(edges), find_cycles(edges), missing)
     for cid in nodes:
         refuted = [d for d in _reachable(cid, edges) if nodes[d].status == "FALSIFIED"]
         if refuted:
