@@ -154,3 +154,45 @@ def test_pv_new_where_gitignore_cannot_be_written_is_one_line(tmp_path, capsys):
     assert main(["new", "fresh-v1", "--dir", str(tmp_path / "contracts")]) == 1
     err = capsys.readouterr().err
     assert ".gitignore" in err and len(err.strip().splitlines()) == 1
+
+
+NESTED = "[" * 100_000  # json meets this with a RecursionError
+
+
+@pytest.mark.parametrize(
+    "body", [NESTED, "{not json", "x" * (5 * 2**20)], ids=["deep", "bad", "big"]
+)
+def test_a_run_over_corrupt_evidence_rewrites_it_instead_of_crashing(pytester, body):
+    (pytester.path / "contracts").mkdir()
+    (pytester.path / "evidence" / "ev-v1").mkdir(parents=True)
+    (pytester.path / "contracts" / "ev-v1.yaml").write_text(
+        'metadata: {id: ev-v1, version: "1.0.0", status: PARTIAL_ALGORITHM_LEVEL}\n'
+        "falsification_tests:\n"
+        "  - {id: FALSIFY-EV-001, rule: r, prediction: p, status: PARTIAL,\n"
+        "     evidence: evidence/ev-v1/FALSIFY-EV-001.json}\n"
+    )
+    evidence = pytester.path / "evidence" / "ev-v1" / "FALSIFY-EV-001.json"
+    evidence.write_text(body)
+    pytester.makepyfile(
+        test_ev='import pytest\n\n@pytest.mark.falsifies("FALSIFY-EV-001")\n'
+        "def test_ev():\n    pass\n"
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert "INTERNALERROR" not in result.stdout.str()
+    assert main(["validate", str(pytester.path / "contracts")]) == 0
+
+
+def test_validate_names_deep_evidence_in_one_line(tmp_path, capsys):
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "evidence" / "ev-v1").mkdir(parents=True)
+    (tmp_path / "contracts" / "ev-v1.yaml").write_text(
+        'metadata: {id: ev-v1, version: "1.0.0", status: DISCHARGED, description: d}\n'
+        "falsification_tests:\n"
+        "  - {id: FALSIFY-EV-001, rule: r, prediction: p, test: t, if_fails: f,\n"
+        "     status: DISCHARGED, evidence: evidence/ev-v1/FALSIFY-EV-001.json}\n"
+    )
+    (tmp_path / "evidence" / "ev-v1" / "FALSIFY-EV-001.json").write_text(NESTED)
+    assert main(["validate", str(tmp_path / "contracts")]) == 1
+    out = capsys.readouterr().out
+    assert "FALSIFY-EV-001: evidence evidence/ev-v1/FALSIFY-EV-001.json is unreadable" in out
