@@ -196,3 +196,20 @@ def test_validate_names_deep_evidence_in_one_line(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "contracts")]) == 1
     out = capsys.readouterr().out
     assert "FALSIFY-EV-001: evidence evidence/ev-v1/FALSIFY-EV-001.json is unreadable" in out
+
+
+@pytest.mark.parametrize(
+    "args", [["test_a.py"], ["--ignore=test_b.py"], ["--ignore-glob=*_b.py"]], ids=str
+)
+def test_a_first_run_of_some_files_does_not_promote_what_another_file_binds(pytester, args):
+    """No evidence yet, so only test_b.py's source can say that it binds FALSIFY-PART-001."""
+    from tests.test_partial_runs import CONTRACT, TEST_A, TEST_B, TEST_CASES, statuses
+
+    (pytester.path / "contracts").mkdir()
+    (pytester.path / "contracts" / "part-v1.yaml").write_text(CONTRACT)
+    pytester.makepyfile(test_a=TEST_A, test_b=TEST_B, test_cases=TEST_CASES)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
+    assert statuses(pytester)["FALSIFY-PART-001"] is None, result.stdout.str()
+    assert "not promoted: 1 of 2 bound cases ran" in result.stdout.str()
+    pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert statuses(pytester)["FALSIFY-PART-001"] == "DISCHARGED"
