@@ -213,3 +213,25 @@ def test_a_first_run_of_some_files_does_not_promote_what_another_file_binds(pyte
     assert "not promoted: 1 of 2 bound cases ran" in result.stdout.str()
     pytester.runpytest_inprocess("-p", "no:cacheprovider")
     assert statuses(pytester)["FALSIFY-PART-001"] == "DISCHARGED"
+
+
+def test_an_interrupted_run_still_records_the_refutation_it_saw(pytester, monkeypatch):
+    """A failure, then Ctrl-C: the failure refutes (the passes before it promote nothing)."""
+    from provable.validate import discover, validate_paths
+    from tests.test_partial_runs import CONTRACT, statuses
+
+    (pytester.path / "contracts").mkdir()
+    (pytester.path / "contracts" / "part-v1.yaml").write_text(CONTRACT)
+    pytester.makepyfile(
+        test_a='import pytest\n\n@pytest.mark.falsifies("FALSIFY-PART-001")\n'
+        "def test_a():\n    assert False, 'refuted'\n",
+        test_b='import pytest\n\n@pytest.mark.falsifies("FALSIFY-PART-002")\n'
+        "def test_b():\n    pass\n",
+        test_c="def test_c():\n    raise KeyboardInterrupt\n",
+    )
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # this provable
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert statuses(pytester) == {"FALSIFY-PART-001": "FALSIFIED", "FALSIFY-PART-002": None}
+    assert "run interrupted: only its refutations were written" in result.stdout.str()
+    assert validate_paths(discover([str(pytester.path / "contracts")])).errors == 0
