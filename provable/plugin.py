@@ -132,6 +132,7 @@ class ProvablePlugin:
         self.selected: set[str] | None = None
         self.collected_files: set[str] = set()  # test files whose collection ran
         self.outcome: Any = None  # the SessionOutcome of provable.update, at session finish
+        self.last_failed_only = False  # --lf with failures to rerun (set at session start)
         opts = config.option
         if (opts.contract or opts.falsifier) and not self.registry.contracts:
             raise pytest.UsageError(
@@ -177,6 +178,14 @@ class ProvablePlugin:
         return selected
 
     # --- collection --------------------------------------------------------------------
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Whether ``--lf`` will narrow collection: it has failures to rerun (read now, as it
+        forgets each one that passes during the run)."""
+        last_failed = self.config.pluginmanager.get_plugin("lfplugin")
+        self.last_failed_only = bool(
+            self.config.getoption("lf", False) and getattr(last_failed, "lastfailed", None)
+        )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(
@@ -304,7 +313,7 @@ class ProvablePlugin:
         to some of its tests, so its other tests may still exist unseen."""
         root = self.config.rootpath
         narrowed = set()
-        if self.config.getoption("lf", False):
+        if self.last_failed_only:
             # --lf drops a file's passing tests while collecting it (no deselection event,
             # no ``::`` argument): every file it collected may hold bound tests not seen
             narrowed.update(self.collected_files)

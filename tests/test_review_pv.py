@@ -135,6 +135,17 @@ def test_last_failed_run_does_not_overturn_a_sibling_cases_refutation(pytester, 
     assert statuses(pytester)["FALSIFY-PART-002"] == "DISCHARGED"
 
 
+def test_last_failed_with_nothing_to_rerun_is_a_whole_run(pytester, monkeypatch):
+    from tests.test_partial_runs import CONTRACT, TEST_A, TEST_B, TEST_CASES, statuses
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # this provable
+    (pytester.path / "contracts").mkdir()
+    (pytester.path / "contracts" / "part-v1.yaml").write_text(CONTRACT)
+    pytester.makepyfile(test_a=TEST_A, test_b=TEST_B, test_cases=TEST_CASES)
+    pytester.runpytest_subprocess("--lf").assert_outcomes(passed=18)
+    assert set(statuses(pytester).values()) == {"DISCHARGED"}
+
+
 @pytest.mark.parametrize(
     ("folder", "says"),
     [
