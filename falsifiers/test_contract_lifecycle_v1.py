@@ -229,6 +229,7 @@ class _AllFilesExist(SessionScope):
         object.__setattr__(self, "complete_files", scope.complete_files)
         object.__setattr__(self, "narrowed_files", scope.narrowed_files)
         object.__setattr__(self, "everything", False)
+        object.__setattr__(self, "uncollected_bindings", scope.uncollected_bindings)
 
     def unseen(self, nodeid: str) -> bool:
         return nodeid.split("::", 1)[0] not in self.complete_files

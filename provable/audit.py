@@ -18,7 +18,7 @@ from provable.binding import check_bindings, load_binding_file
 from provable.bound import BoundTests, collect_bound_tests
 from provable.chain import Chain, build_chain
 from provable.evidence import read_evidence
-from provable.findings import ERROR, NOTE, WARNING, Finding
+from provable.findings import ERROR, NOTE, WARNING, Finding, Tally
 from provable.loading import load_contracts
 from provable.model import Contract
 from provable.paths import project_root
@@ -28,21 +28,13 @@ PYTEST_CONFIGS = ("pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini")
 
 
 @dataclass
-class AuditReport:
+class AuditReport(Tally):
     findings: list[Finding] = field(default_factory=list)
     contracts: list[Contract] = field(default_factory=list)
     chains: list[Chain] = field(default_factory=list)
     bound: BoundTests | None = None
     files: int = 0
     stale: int = 0
-
-    @property
-    def errors(self) -> int:
-        return sum(f.severity == ERROR for f in self.findings)
-
-    @property
-    def warnings(self) -> int:
-        return sum(f.severity == WARNING for f in self.findings)
 
     def totals(self) -> dict[str, int]:
         falsifiers = [(c.id, f) for c in self.contracts for f in c.falsifiers]

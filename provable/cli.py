@@ -180,7 +180,15 @@ def _new(args: argparse.Namespace) -> int:
     try:
         path = new_contract(args.id, args.dir, prefix=args.prefix, description=args.description)
     except FileExistsError as exc:
-        print(f"pv: {exc.filename2 or args.id} already exists; not overwritten", file=sys.stderr)
+        if exc.filename2 is None:  # from mkdir: the folder's name is taken by a file
+            print(f"pv: {args.dir}: exists and is not a folder", file=sys.stderr)
+        else:  # from the exclusive link of the contract itself
+            print(f"pv: {exc.filename2} already exists; not overwritten", file=sys.stderr)
+        return EXIT_FINDINGS
+    except OSError as exc:  # a folder that cannot be made or written
+        print(
+            f"pv: cannot write {exc.filename or args.dir}: {exc.strerror or exc}", file=sys.stderr
+        )
         return EXIT_FINDINGS
     except ValueError as exc:
         return _usage(str(exc))

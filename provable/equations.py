@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from provable.findings import printable
 from provable.model import Contract
 
 SYMBOLS = {
@@ -168,7 +169,7 @@ def render_text(contract: Contract, equations: list[Equation]) -> str:
             lines.append(f"  invariant: {inv}")
     if not equations:
         lines.append("(no equations)")
-    return "\n".join(lines)
+    return printable("\n".join(lines), keep_newlines=True)
 
 
 def render_latex(contract: Contract, equations: list[Equation]) -> str:

@@ -189,10 +189,36 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_evidence(path: Path) -> dict[str, Any] | None:
+#: an evidence file is a few kB of JSON; anything larger is not one of ours
+MAX_EVIDENCE_BYTES = 4 * 1024 * 1024
+
+
+class EvidenceUnreadable(Exception):
+    """An evidence file that is missing, too large, not UTF-8 or not JSON (one line why)."""
+
+
+def load_evidence(path: Path) -> Any:
+    """The JSON of an evidence file, read within bounds; raises ``EvidenceUnreadable``.
+
+    The one reader of evidence (validate, audit, the plugin's write phase): a file edited
+    by hand or by an attacker may be huge or nested thousands deep, which ``json`` meets
+    with a RecursionError that would otherwise end a test session in an INTERNALERROR.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_EVIDENCE_BYTES + 1)
+        if len(raw) > MAX_EVIDENCE_BYTES:
+            raise EvidenceUnreadable(f"over {MAX_EVIDENCE_BYTES >> 20} MiB")
+        return json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise EvidenceUnreadable(f"unreadable: {exc}") from None
+
+
+def read_evidence(path: Path) -> dict[str, Any] | None:
+    """The evidence record at ``path``, or None when there is no readable one."""
+    try:
+        data = load_evidence(path)
+    except EvidenceUnreadable:
         return None
     return data if isinstance(data, dict) else None
 

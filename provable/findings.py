@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ class Finding:
     message: str
 
     def render(self) -> str:
-        return f"{self.path}:{self.line}: {self.severity} [{self.rule}] {self.message}"
+        text = f"{self.path}:{self.line}: {self.severity} [{self.rule}] {self.message}"
+        return printable(text)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -29,6 +31,38 @@ class Finding:
         if self.severity != WARNING:
             return self
         return Finding(self.path, self.line, ERROR, self.rule, self.message)
+
+
+def count(findings: Iterable[Finding], severity: str) -> int:
+    """How many findings have ``severity``: the one tally every report's exit code uses."""
+    return sum(f.severity == severity for f in findings)
+
+
+class Tally:
+    """``errors``/``warnings`` of a report holding ``findings`` (validate, audit)."""
+
+    findings: list[Finding]
+
+    @property
+    def errors(self) -> int:
+        return count(self.findings, ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return count(self.findings, WARNING)
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control and format characters shown as escapes (``\\x1b``, ``\\n``).
+
+    Ids, paths and descriptions come from files anyone may write: raw, a newline splits one
+    finding into two lines a script would misread, an ANSI sequence repaints the terminal,
+    a bidi override hides what a line says.
+    """
+    return "".join(
+        c if c.isprintable() or c == " " or (keep_newlines and c == "\n") else repr(c)[1:-1]
+        for c in text
+    )
 
 
 def display_path(path: Path) -> str:

@@ -11,10 +11,10 @@ import heapq
 import json
 from dataclasses import dataclass, field
 
-from provable.findings import ERROR, WARNING, Finding
+from provable.findings import ERROR, WARNING, Finding, printable
 from provable.model import Contract
 from provable.status import row_for
-from provable.validate import _cycles
+from provable.validate import find_cycles
 
 
 @dataclass
@@ -92,7 +92,7 @@ def build_graph(contracts: list[Contract]) -> Graph:
         for cid, n in nodes.items()
         if any(d not in nodes for d in n.depends_on)
     }
-    graph = Graph(nodes, _topological(edges), _cycles(edges), missing)
+    graph = Graph(nodes, _topological(edges), find_cycles(edges), missing)
     for cid in nodes:
         refuted = [d for d in _reachable(cid, edges) if nodes[d].status == "FALSIFIED"]
         if refuted:
@@ -153,7 +153,7 @@ def render_text(graph: Graph) -> str:
         lines.append(f"not orderable (in or behind a cycle): {', '.join(stuck)}")
     for cycle in graph.cycles:
         lines.append("cycle: " + " -> ".join([*cycle, cycle[0]]))
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _dot_id(cid: str) -> str:
@@ -180,12 +180,19 @@ def render_dot(graph: Graph) -> str:
     return "\n".join(lines)
 
 
+def _mermaid_text(text: str) -> str:
+    """A label's text as Mermaid entity codes: a quote would end the label, markup render."""
+    for raw, code in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
+        text = text.replace(raw, code)
+    return printable(text)
+
+
 def render_mermaid(graph: Graph) -> str:
     names = {cid: f"c{i}" for i, cid in enumerate([*graph.order, *_stuck(graph)])}
     lines = ["graph BT"]
     for cid, key in names.items():
         n = graph.nodes[cid]
-        lines.append(f'  {key}["{cid}<br/>{n.status}"]')
+        lines.append(f'  {key}["{_mermaid_text(cid)}<br/>{_mermaid_text(str(n.status))}"]')
     for cid, key in names.items():
         for dep in graph.nodes[cid].depends_on:
             if dep in names:

@@ -29,7 +29,7 @@ from provable.lifecycle import (
 )
 from provable.model import Contract
 from provable.rewrite import append_changelog, quoted_like, rewrite_text, set_key
-from provable.session import FalsifierRun, SessionScope
+from provable.session import FalsifierRun, SessionScope, test_file
 from provable.staleness import sources_of
 
 CONCURRENT_REFUTATION = "kept FALSIFIED: another run refuted it after this run started"
@@ -90,6 +90,12 @@ def aggregate(
             hidden = {n for n in known_ids if scope.unseen(n)}
             if hidden:
                 required.setdefault(kind, set()).update(hidden)
+    if scope is not None:
+        fid = run.qid.split(":", 1)[-1]
+        files = {test_file(n) for ids in required.values() for n in ids}
+        for name in scope.uncollected_bindings.get(fid, frozenset()) - files:
+            for kind in required or {"cpu": set()}:
+                required.setdefault(kind, set()).add(f"{name}::(not collected)")
     every: set[str] = set().union(*required.values()) if required else set()
     ran = sum(1 for n in every if n in results and results[n].outcome in ("passed", "failed"))
     narrowed = {

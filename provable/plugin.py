@@ -7,6 +7,7 @@ only the controller writes; workers send their binding table through ``workerout
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ class ProvablePlugin:
         self.selected: set[str] | None = None
         self.collected_files: set[str] = set()  # test files whose collection ran
         self.outcome: Any = None  # the SessionOutcome of provable.update, at session finish
+        self.last_failed_only = False  # --lf with failures to rerun (set at session start)
         opts = config.option
         if (opts.contract or opts.falsifier) and not self.registry.contracts:
             raise pytest.UsageError(
@@ -176,6 +178,14 @@ class ProvablePlugin:
         return selected
 
     # --- collection --------------------------------------------------------------------
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Whether ``--lf`` will narrow collection: it has failures to rerun (read now, as it
+        forgets each one that passes during the run)."""
+        last_failed = self.config.pluginmanager.get_plugin("lfplugin")
+        self.last_failed_only = bool(
+            self.config.getoption("lf", False) and getattr(last_failed, "lastfailed", None)
+        )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(
@@ -303,6 +313,10 @@ class ProvablePlugin:
         to some of its tests, so its other tests may still exist unseen."""
         root = self.config.rootpath
         narrowed = set()
+        if self.last_failed_only:
+            # --lf drops a file's passing tests while collecting it (no deselection event,
+            # no ``::`` argument): every file it collected may hold bound tests not seen
+            narrowed.update(self.collected_files)
         for arg in self.config.args:
             if "::" in arg:
                 path = Path(self.config.invocation_params.dir, arg.split("::", 1)[0])
@@ -310,7 +324,49 @@ class ProvablePlugin:
                     narrowed.add(path.resolve().relative_to(root).as_posix())
                 except ValueError:
                     narrowed.add(arg.split("::", 1)[0])
-        return SessionScope(root, frozenset(self.collected_files), frozenset(narrowed))
+        return SessionScope(
+            root,
+            frozenset(self.collected_files),
+            frozenset(narrowed),
+            uncollected_bindings=self._uncollected_bindings(),
+        )
+
+    def _uncollected_bindings(self) -> dict[str, frozenset[str]]:
+        """Falsifier IDs bound, by their source, in test files this session did not collect.
+
+        Read from the files' syntax (no import), below ``testpaths`` (else the rootdir),
+        skipping what pytest's ``norecursedirs`` skips.
+        """
+        from fnmatch import fnmatch
+
+        from provable.skeleton import bound_ids
+
+        root = self.config.rootpath
+        patterns = self.config.getini("python_files")
+        skip_dirs = self.config.getini("norecursedirs")
+        bases = [root / p for p in self.config.getini("testpaths")] or [root]
+        found: dict[str, set[str]] = {}
+        for base in bases:
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = [d for d in dirnames if not any(fnmatch(d, p) for p in skip_dirs)]
+                for name in filenames:
+                    if not name.endswith(".py") or not any(fnmatch(name, p) for p in patterns):
+                        continue
+                    path = Path(dirpath, name)
+                    try:
+                        rel = path.relative_to(root).as_posix()
+                    except ValueError:
+                        continue
+                    if rel in self.collected_files:
+                        continue
+                    try:
+                        source = path.read_text(encoding="utf-8")
+                        ids = bound_ids(source) if "falsifies" in source else set()
+                    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+                        continue
+                    for fid in ids:
+                        found.setdefault(fid, set()).add(rel)
+        return {fid: frozenset(files) for fid, files in found.items()}
 
     def _join_results(self) -> None:
         """Give each falsifier the results of the tests bound to it, with their host kind."""

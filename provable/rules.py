@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from provable.evidence import EvidenceUnreadable, load_evidence
 from provable.findings import ERROR, WARNING, Finding
 from provable.lifecycle import (
     WILD_CONTRACT_STATUSES,
@@ -30,8 +31,6 @@ from provable.model import FALSIFIER_ALIASES, KNOWN_SECTIONS, Contract
 from provable.paths import project_root
 
 FALSIFIER_ID_SHAPE = re.compile(r"^FALSIFY-[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*-[0-9]{3}\Z", re.ASCII)
-#: an evidence file is a few kB of JSON; anything larger is not one of ours
-MAX_EVIDENCE_BYTES = 4 * 1024 * 1024
 FALSIFIER_REF = re.compile(r"(?<![A-Za-z0-9_-])FALSIFY-[A-Z0-9]+(?:-[A-Z0-9]+)*")
 
 Rule = Callable[[Contract], Iterator[Finding]]
@@ -333,16 +332,9 @@ def check_evidence(c: Contract) -> Iterator[Finding]:
             yield emit.error(line, "evidence", f"{f.id}: evidence file {f.evidence} not found")
             continue
         try:
-            if path.stat().st_size > MAX_EVIDENCE_BYTES:
-                yield emit.error(
-                    line,
-                    "evidence",
-                    f"{f.id}: evidence {f.evidence} is over {MAX_EVIDENCE_BYTES >> 20} MiB",
-                )
-                continue
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            yield emit.error(line, "evidence", f"{f.id}: evidence {f.evidence} unreadable: {exc}")
+            record = load_evidence(path)
+        except EvidenceUnreadable as exc:
+            yield emit.error(line, "evidence", f"{f.id}: evidence {f.evidence} is {exc}")
             continue
         outcome = record.get("outcome") if isinstance(record, dict) else None
         expected = "passed" if f.status == FalsifierStatus.DISCHARGED.value else "failed"

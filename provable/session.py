@@ -7,6 +7,7 @@ plain data types, not pytest hooks.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class SessionScope:
     complete_files: frozenset[str] = frozenset()
     narrowed_files: frozenset[str] = frozenset()  # named with ``::``: some tests not collected
     everything: bool = False  # no restriction: every absent test is really gone
+    #: falsifier ID → test files this session did not collect whose source binds it
+    #: (``pytest test_a.py`` on a first run cannot otherwise know that test_b.py binds it too)
+    uncollected_bindings: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def narrowed(self, nodeid: str) -> bool:
         """True when ``nodeid``'s file was narrowed to some of its tests (a node id)."""

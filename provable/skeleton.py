@@ -57,12 +57,22 @@ def _function_names(source: str) -> set[str]:
     }
 
 
+def _in_docstring(text: str) -> str:
+    """Contract text inside a generated triple-quoted string, where it must stay text.
+
+    A contract may come from anywhere: an id or a description that closed the docstring
+    (three double quotes) or held an escape (backslash-N-brace) would become code, or a
+    module that does not compile, in the file pytest imports next.
+    """
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
 def _docstring(f: Falsifier) -> str:
     parts = [f"{f.id}: {f.rule or '(no rule)'}"]
     for label, text in (("Prediction", f.prediction), ("How", f.test), ("If it fails", f.if_fails)):
         if text:
             parts.append(f"{label}: {text}")
-    body = "\n\n    ".join(p.replace("\\", "\\\\").replace('"""', '\\"\\"\\"') for p in parts)
+    body = "\n\n    ".join(_in_docstring(p) for p in parts)
     return f'"""{body}\n    """'
 
 
@@ -77,9 +87,9 @@ def _test_source(f: Falsifier, name: str) -> str:
 
 
 def _header(contract: Contract) -> str:
-    description = (contract.description or contract.id).replace('"""', "'''")
+    title = _in_docstring(f"{contract.id}: {contract.description or contract.id}")
     return (
-        f'"""Falsifiers of {contract.id}: {description}\n\n'
+        f'"""Falsifiers of {title}\n\n'
         "Scaffolded by `pv scaffold`; every test fails until it is written.\n"
         '"""\n\nimport pytest\n'
     )

@@ -14,7 +14,9 @@ def write_summary(tr: Any, outcome: SessionOutcome) -> None:
     if not (outcome.contracts or outcome.unbound or outcome.stale or outcome.interrupted):
         return
     tr.write_sep("=", "contract status")
-    if outcome.interrupted:
+    if outcome.interrupted and outcome.written and outcome.contracts:
+        tr.write_line("run interrupted: only its refutations were written", yellow=True)
+    elif outcome.interrupted:
         tr.write_line("run interrupted: no contract or evidence file was written", yellow=True)
     elif not outcome.written:
         tr.write_line("--no-status-write: nothing written; this is what would change", yellow=True)

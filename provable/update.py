@@ -80,10 +80,12 @@ def apply_session(
     per_contract: dict[str, dict[str, FalsifierRun]] = {}
     for qid, run in runs.items():
         cid, fid = qid.split(":", 1)
+        if interrupted and not any(r.outcome == "failed" for r in run.results.values()):
+            continue  # an interrupted run saw part of the suite: it refutes, never promotes
         if cid in registry.contracts and run.results:
             per_contract.setdefault(cid, {})[fid] = run
     changes: list[ContractChange] = []
-    do_write = write and not interrupted
+    do_write = write
     if per_contract:
         changes = _plan_and_write(registry, per_contract, scope, do_write)
     return SessionOutcome(changes, unbound, stale, interrupted, do_write)

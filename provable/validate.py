@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provable.discovery import Discovery, FolderProblem, UsageError, discover_all, walk_folder
-from provable.findings import ERROR, NOTE, WARNING, Finding, display_path
+from provable.findings import ERROR, NOTE, WARNING, Finding, Tally, display_path
 from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
 from provable.paths import project_root
 from provable.rules import check_contract
@@ -19,18 +19,10 @@ __all__ = ["Report", "UsageError", "check_together", "discover", "validate_paths
 
 
 @dataclass
-class Report:
+class Report(Tally):
     findings: list[Finding] = field(default_factory=list)
     contracts: list[Contract] = field(default_factory=list)
     files: int = 0
-
-    @property
-    def errors(self) -> int:
-        return sum(f.severity == ERROR for f in self.findings)
-
-    @property
-    def warnings(self) -> int:
-        return sum(f.severity == WARNING for f in self.findings)
 
     def summary(self) -> str:
         def plural(n: int, word: str) -> str:
@@ -210,7 +202,7 @@ def _check_dependencies(contracts: list[Contract]) -> list[Finding]:
                         f"(looked in {display_path(folder)} and among the files validated)",
                     )
                 )
-    for cycle in _cycles({c.id: [d for d in c.depends_on if d in by_id] for c in contracts}):
+    for cycle in find_cycles({c.id: [d for d in c.depends_on if d in by_id] for c in contracts}):
         first = by_id[cycle[0]]
         findings.append(
             Finding(
@@ -224,7 +216,7 @@ def _check_dependencies(contracts: list[Contract]) -> list[Finding]:
     return findings
 
 
-def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+def find_cycles(graph: dict[str, list[str]]) -> list[list[str]]:
     """Each cycle met by a depth-first walk, once, rotated to start at its smallest id.
 
     Iterative, so a long chain of dependencies cannot hit Python's recursion limit.
