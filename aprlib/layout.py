@@ -33,6 +33,9 @@ _BLOCK = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate.bias": "mlp.gate_proj.bias",  # mlp_bias: true (llama family)
+    "ffn_up.bias": "mlp.up_proj.bias",
+    "ffn_down.bias": "mlp.down_proj.bias",
 }
 _HF_BLOCK = {v: k for k, v in _BLOCK.items()}
 _HF_GLOBAL = {v: k for k, v in _GLOBAL.items()}
