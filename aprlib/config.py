@@ -59,6 +59,11 @@ class ModelConfig:
             return self.attention_bias
         return FAMILY_ATTENTION_BIAS.get(self.architecture, False)
 
+    @property
+    def o_proj_bias(self) -> bool:
+        """Llama's ``attention_bias`` covers o_proj too; Qwen2's o_proj never has one."""
+        return self.architecture == "llama" and self.qkv_bias
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

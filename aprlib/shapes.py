@@ -36,6 +36,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             if cfg.qkv_bias:
                 out[p + f"self_attn.{proj}_proj.bias"] = (rows,)
         out[p + "self_attn.o_proj.weight"] = (h, q)
+        if cfg.o_proj_bias:
+            out[p + "self_attn.o_proj.bias"] = (h,)
         out[p + "mlp.gate_proj.weight"] = (i, h)
         out[p + "mlp.up_proj.weight"] = (i, h)
         out[p + "mlp.down_proj.weight"] = (h, i)
