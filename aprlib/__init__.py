@@ -12,7 +12,7 @@ from aprlib.config import (
     qwen2_1_5b,
     qwen2_7b,
 )
-from aprlib.convert import convert, write_model
+from aprlib.convert import write_model
 from aprlib.dtypes import DType
 from aprlib.errors import ShapeMismatchError
 from aprlib.io import model_from_arrays, open_model
@@ -38,7 +38,6 @@ __all__ = [
     "ShapeMismatchError",
     "Transformer",
     "check_weights_match",
-    "convert",
     "expected_shapes",
     "llama3_2_1b",
     "model_from_arrays",

@@ -166,9 +166,25 @@ class _Stream(threading.Thread):
         self.join()
 
 
+RMSE_CHUNK = 1 << 20  # elements widened to float64 at once (a vocab-sized logits row block)
+
+
 def _rmse(x: torch.Tensor, y: torch.Tensor) -> float:
-    d = (x.to(torch.float64) - y.to(torch.float64))[torch.isfinite(x) & torch.isfinite(y)]
-    return float(d.pow(2).mean().sqrt()) if d.numel() else 0.0
+    """RMSE over the positions finite on both sides, in float64, a chunk at a time."""
+    total, count = 0.0, 0
+    for a, b in zip(x.reshape(-1).split(RMSE_CHUNK), y.reshape(-1).split(RMSE_CHUNK), strict=True):
+        d = a.to(torch.float64) - b.to(torch.float64)
+        square = float((d * d).sum())
+        if math.isfinite(square):
+            total, count = total + square, count + d.numel()
+        else:
+            keep = torch.isfinite(d)
+            total, count = total + float(d[keep].pow(2).sum()), count + int(keep.sum())
+    return math.sqrt(total / count) if count else 0.0
+
+
+def _rms(x: torch.Tensor) -> float:
+    return _rmse(x, torch.zeros((), dtype=x.dtype).expand_as(x))
 
 
 def _tolerance_for(name: str, default: Tolerance, overrides: dict[str, Tolerance]) -> Tolerance:
@@ -201,7 +217,12 @@ def bisect(
         s.start()
     diverged: set[str] = set()
 
+    sources = [n.source for n in (net_a, net_b) if n.source is not None]
+
     def on_b(name: str, xb: torch.Tensor) -> None:
+        if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
+            for source in sources:
+                source.drop_pages()
         (name_a, xa), (name_r, xr) = streams[0].next(), streams[1].next()
         if not name == name_a == name_r:
             raise BisectError(f"capture points out of step: A {name_a}, B {name}, ref {name_r}")
@@ -209,7 +230,7 @@ def bisect(
         if xa.shape != xb.shape:
             raise BisectError(f"{name}: A has shape {tuple(xa.shape)}, B {tuple(xb.shape)}")
         rmse_a, rmse_b = _rmse(xa, xr), _rmse(xb, xr)
-        ref_rms = float(xr.pow(2).mean().sqrt())
+        ref_rms = _rms(xr)
         bound = tol.m * rmse_a + tol.atol + tol.rtol * ref_rms
         bad_a = int((~torch.isfinite(xa)).sum())
         bad_b = int((~torch.isfinite(xb)).sum())
@@ -252,7 +273,9 @@ def bisect(
 def load_side(path: Path | str, backend: str = "reference", dtype: str = "float32") -> Transformer:
     from aprlib.backends import make_ops
 
-    return Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
+    return Transformer.from_file(
+        path, dtype=getattr(torch, dtype), ops=make_ops(backend), zero_copy=True
+    )
 
 
 def twin(net: Transformer, backend: str = "reference", dtype: str | None = None) -> Transformer:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from aprlib.io import LM_HEAD, Model, open_model
 from aprlib.shapes import check_weights_match
 
 Hook = Callable[[str, Tensor], None]
+CAST_ROWS = 8192  # rows of a weight widened at once when activations are wider (float64)
 
 
 class Ops:
@@ -54,7 +56,14 @@ class Ops:
         return weight.to(x.dtype) * normed.to(x.dtype)
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        if weight.dtype == x.dtype:
+            return F.linear(x, weight, bias)
+        # a widened copy of a vocab-sized head is large: widen it a block of rows at a time
+        parts = [F.linear(x, w.to(x.dtype)) for w in weight.split(CAST_ROWS)]
+        out = torch.cat(parts, dim=-1)
+        return out if bias is None else out + bias
 
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """HF ``rotate_half``: the first half of each head pairs with the second half."""
@@ -256,6 +265,7 @@ class Transformer(nn.Module):
         rope_inv_freq(config)  # an unsupported rope scaling fails here, not mid-forward
         self._hooks: list[Hook] = []
         self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
+        self.source: Model | None = None  # the open file behind zero-copy weights
 
     # -- loading --------------------------------------------------------------------------
 
@@ -266,16 +276,36 @@ class Transformer(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         ops: Ops | None = None,
+        zero_copy: bool = False,
     ) -> Transformer:
-        """Any format through ``open_model``; refuses weights that disagree with the config."""
+        """Any format through ``open_model``; refuses weights that disagree with the config.
+
+        ``zero_copy``: float32 tensors of a file opened here stay views of its memory map
+        (the file is kept open as ``source``), so ``source.drop_pages()`` can hand their
+        pages back while a long run streams through the layers (what bisect does).
+        """
         if isinstance(path_or_model, Model):
-            return cls._from_model(path_or_model, dtype, device, ops)
-        with open_model(path_or_model) as model:
-            return cls._from_model(model, dtype, device, ops)
+            return cls._from_model(path_or_model, dtype, device, ops, copy=True)
+        model = open_model(path_or_model)
+        try:
+            net = cls._from_model(model, dtype, device, ops, copy=not zero_copy)
+        except BaseException:
+            model.close()
+            raise
+        if zero_copy:
+            net.source = model
+        else:
+            model.close()
+        return net
 
     @classmethod
     def _from_model(
-        cls, model: Model, dtype: torch.dtype, device: torch.device | str, ops: Ops | None
+        cls,
+        model: Model,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        ops: Ops | None,
+        copy: bool,
     ) -> Transformer:
         cfg = model.config
         if cfg is None:
@@ -283,11 +313,16 @@ class Transformer(nn.Module):
         shapes = {name: t.shape for name, t in model.tensors.items()}
         check_weights_match(cfg, shapes, model.path)
         net = cls(cfg, ops)
-        state = {
-            name: torch.from_numpy(t.to_float32().copy()).to(device=device, dtype=dtype)
-            for name, t in model.tensors.items()
-            if not (name == LM_HEAD and cfg.tie_word_embeddings)
-        }
+        state = {}
+        for name, t in model.tensors.items():
+            if name == LM_HEAD and cfg.tie_word_embeddings:
+                continue
+            values = t.to_float32()
+            if copy or not values.flags.aligned:
+                values = values.copy()
+            with warnings.catch_warnings():  # a read-only map: the forward never writes it
+                warnings.simplefilter("ignore", UserWarning)
+                state[name] = torch.from_numpy(values).to(device=device, dtype=dtype)
         net.load_state_dict(state, strict=True, assign=True)
         return net.eval()
 

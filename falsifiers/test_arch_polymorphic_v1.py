@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aprlib import ShapeMismatchError, Transformer, convert
+from aprlib import ShapeMismatchError, Transformer
+from aprlib.convert import convert
 
 #: config.json edits and the field each must be named under, with both values
 EDITS = {
