@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -381,7 +381,7 @@ class Transformer(nn.Module):
         positions = torch.arange(start, total, device=tokens.device)
         cos, sin = rope_tables(cfg, positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = self._layer(i, layer, x, cos, sin, cache)
+            x = self._layer(i, cast(DecoderLayer, layer), x, cos, sin, cache)
         x = ops.rms_norm(x, self.model.norm.weight, cfg.rms_norm_eps)
         emit("final_norm", x)
         head = self.model.embed_tokens.weight if cfg.tie_word_embeddings else self.lm_head.weight

@@ -54,6 +54,18 @@ def best(fn, repeat: int) -> float:
     return min(times)
 
 
+def interleaved(fns, repeat: int) -> list[float]:
+    """Best time of each, taken in alternating rounds so that a shared machine's load
+    falls on every contender alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [min(t) for t in times]
+
+
 def random_state(cfg, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -134,9 +146,9 @@ def time_forward(cfg, state, tokens, repeat: int) -> tuple[float, float, float, 
     ids = tokens[0].tolist()
     with torch.no_grad():
         diff = float((ours(tokens) - hf(tokens).logits).abs().max())
-        t_hf = best(lambda: hf(tokens), repeat)
-        t_ours = best(lambda: ours(tokens), repeat)
-        t_trace = best(lambda: trace_forward(ours, ids), repeat)
+        t_hf, t_ours, t_trace = interleaved(
+            [lambda: hf(tokens), lambda: ours(tokens), lambda: trace_forward(ours, ids)], repeat
+        )
     return t_hf, t_ours, t_trace, diff
 
 
