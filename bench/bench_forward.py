@@ -161,10 +161,11 @@ def write_pair(state, cfg, folder: Path, layer: int) -> tuple[Path, Path]:
 
 
 def time_two_forwards(a: Path, b: Path, tokens: torch.Tensor) -> float:
+    """The floor bisect is held to: A's and B's forwards, each warm, best of three."""
     net_a, net_b = Transformer.from_file(a), Transformer.from_file(b)
     with torch.no_grad():
-        net_a(tokens)  # warm
-        return best(lambda: (net_a(tokens), net_b(tokens)), 1)
+        net_a(tokens), net_b(tokens)  # warm both: page faults are not the forward
+        return best(lambda: (net_a(tokens), net_b(tokens)), 3)
 
 
 def run_bisect(a: Path, b: Path, tokens: torch.Tensor, runs: int) -> tuple[int, float, str]:
