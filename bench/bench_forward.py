@@ -1,0 +1,193 @@
+"""Benchmark the reference forward, trace and bisect (issue 11) on Qwen2.5-0.5B shapes.
+
+Random float32 weights of Qwen2.5-0.5B's shape (tied, 24 layers), batch 1 x 128 tokens,
+this CPU. Measured in one run, each against its baseline:
+
+* our forward vs transformers' forward on the very same weight tensors (target <= 1.1x);
+* a forward with every capture point traced vs a plain one (target < +30 %);
+* bisect of A vs B (two files, a float64 reference beside them) vs running A's and B's
+  forwards once each (target < 3x);
+* bisect's peak RSS in a fresh interpreter vs one model's float32 size (target < 2x).
+
+    python bench/bench_forward.py [--layers 24] [--repeat 3]
+
+The bench writes two ~2 GB safetensors files under a temporary folder and needs ~8 GB RAM;
+it is not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aprlib import DType, Transformer, model_from_arrays, qwen2_0_5b, write_model
+from aprlib.shapes import expected_shapes
+from aprlib.trace import trace_forward
+
+BISECT = (
+    "import re, sys, time\n"
+    "from aprlib.cli import main\n"
+    "start = time.perf_counter()\n"
+    "rc = main(['bisect', sys.argv[1], sys.argv[2], '--tokens', sys.argv[3], '--json'])\n"
+    "took = time.perf_counter() - start\n"
+    "status = open('/proc/self/status').read()\n"
+    "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1), took, file=sys.stderr)\n"
+)
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def interleaved(fns, repeat: int) -> list[float]:
+    """Best time of each, taken in alternating rounds so that a shared machine's load
+    falls on every contender alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [min(t) for t in times]
+
+
+def random_state(cfg, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in expected_shapes(cfg).items():
+        x = torch.randn(shape, generator=gen)
+        state[name] = 1.0 + 0.1 * x if "norm" in name else x * 0.02
+    return state
+
+
+def write(state: dict[str, torch.Tensor], cfg, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {n: (DType.F32, tuple(v.shape), v.numpy()) for n, v in state.items()}
+    path = folder / "model.safetensors"
+    write_model(model_from_arrays(arrays, cfg), path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import dataclasses
+
+    cfg = dataclasses.replace(qwen2_0_5b(), num_hidden_layers=args.layers)
+    state = random_state(cfg, 0)
+    model_bytes = sum(v.numel() * 4 for v in state.values())
+    tokens = torch.randint(
+        0, cfg.vocab_size, (1, args.tokens), generator=torch.Generator().manual_seed(1)
+    )
+    print(
+        f"Qwen2.5-0.5B shape, {args.layers} layers, {model_bytes / 1e9:.2f} GB float32, "
+        f"1x{args.tokens} tokens, torch threads {torch.get_num_threads()}"
+    )
+
+    t_hf, t_ours, t_trace, diff = time_forward(cfg, state, tokens, args.repeat)
+    print(
+        f"forward   transformers {t_hf:.3f} s   ours {t_ours:.3f} s   ratio "
+        f"{t_ours / t_hf:.2f}x (target <= 1.1x)   max|Δlogits| {diff:.2g}"
+    )
+    print(
+        f"trace     plain {t_ours:.3f} s   traced {t_trace:.3f} s   overhead "
+        f"{(t_trace / t_ours - 1) * 100:+.0f} % (target < +30 %)"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
+        layer = args.layers // 2
+        a, b = write_pair(state, cfg, Path(tmp), layer)
+        state.clear()
+        t_two = time_two_forwards(a, b, tokens)
+        rss, t_bisect, found = run_bisect(a, b, tokens, 2)
+    print(
+        f"bisect    A+B forwards {t_two:.3f} s   bisect {t_bisect:.3f} s   ratio "
+        f"{t_bisect / t_two:.2f}x (target < 3x)   introduced at {found} "
+        f"(injected: layers.{layer}.attn.k.post_bias)"
+    )
+    print(
+        f"bisect    peak RSS {rss / 1e9:.2f} GB   one model {model_bytes / 1e9:.2f} GB   "
+        f"ratio {rss / model_bytes:.2f}x (target < 2x)"
+    )
+
+
+def time_forward(cfg, state, tokens, repeat: int) -> tuple[float, float, float, float]:
+    """transformers and ours on the very same weight tensors; then ours traced."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from aprlib.config import to_hf
+
+    hf_cfg = to_hf(cfg)
+    hf = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg), dtype=torch.float32
+    ).eval()
+    head = {"lm_head.weight": state["model.embed_tokens.weight"]}
+    hf.load_state_dict({**state, **head}, strict=True, assign=True)
+    ours = Transformer(cfg)
+    ours.load_state_dict(state, strict=True, assign=True)
+    ids = tokens[0].tolist()
+    with torch.no_grad():
+        diff = float((ours(tokens) - hf(tokens).logits).abs().max())
+        t_hf, t_ours, t_trace = interleaved(
+            [lambda: hf(tokens), lambda: ours(tokens), lambda: trace_forward(ours, ids)], repeat
+        )
+    return t_hf, t_ours, t_trace, diff
+
+
+def write_pair(state, cfg, folder: Path, layer: int) -> tuple[Path, Path]:
+    """A, and B with one k bias 10x (the incident), as two safetensors files."""
+    a = write(state, cfg, folder / "a")
+    bias = f"model.layers.{layer}.self_attn.k_proj.bias"
+    b = write({**state, bias: state[bias] * 10}, cfg, folder / "b")
+    return a, b
+
+
+def time_two_forwards(a: Path, b: Path, tokens: torch.Tensor) -> float:
+    """The floor bisect is held to: A's and B's forwards, each warm, best of three."""
+    net_a, net_b = Transformer.from_file(a), Transformer.from_file(b)
+    with torch.no_grad():
+        net_a(tokens), net_b(tokens)  # warm both: page faults are not the forward
+        return best(lambda: (net_a(tokens), net_b(tokens)), 3)
+
+
+def run_bisect(a: Path, b: Path, tokens: torch.Tensor, runs: int) -> tuple[int, float, str]:
+    """``apr bisect A B`` in a fresh interpreter: (peak RSS bytes, seconds, first point)."""
+    ids = ",".join(map(str, tokens[0].tolist()))
+    results, found = [], None
+    for _ in range(runs):
+        proc = subprocess.run(
+            [sys.executable, "-c", BISECT, str(a), str(b), ids],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        m = re.search(r"VmHWM (\d+) ([\d.]+)", proc.stderr)
+        if m is None:
+            raise SystemExit(f"bisect failed: {proc.stderr[-2000:]}")
+        results.append((int(m.group(1)) * 1024, float(m.group(2))))
+        hit = re.search(r'"introduced": \[\s*"([^"]+)"', proc.stdout)
+        found = hit.group(1) if hit else None
+    return max(r[0] for r in results), statistics.median(r[1] for r in results), str(found)
+
+
+if __name__ == "__main__":
+    main()
