@@ -129,13 +129,13 @@ def compute_logits(path: Path | str, tokens: list[int], backend: str = "referenc
 
 def save_logits(path: Path, logits: np.ndarray, tokens: list[int], source: dict[str, Any]) -> None:
     """``path`` (.npy, float32, never truncated) and ``path.json`` with the token ids; atomic."""
-    from aprlib.convert import _atomic_file
+    from aprlib.atomic import atomic_output
 
     path = Path(path)
-    with _atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(logits, dtype=np.float32))
     side = Path(f"{path}.json")
-    with _atomic_file(side) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_output(side) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump({"tokens": list(tokens), **source}, fh, indent=2)
 
 

@@ -122,9 +122,9 @@ def trace_file(
 
 
 def save_trace(trace: Trace, path: Path) -> None:
-    from aprlib.convert import _atomic_file
+    from aprlib.atomic import atomic_output
 
-    with _atomic_file(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_output(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(trace.to_dict(), fh, indent=1, allow_nan=True)
 
 

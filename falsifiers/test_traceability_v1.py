@@ -170,27 +170,27 @@ def check_scaffold_never_passes(
     return n
 
 
-@pytest.mark.falsifies("FALSIFY-TRACE-001")
+@pytest.mark.falsifies("FALSIFY-AUDIT-001")
 def test_stale_evidence_is_reported_and_cleared_by_a_rerun(tmp_path, monkeypatch, evidence):
     root = make_project(tmp_path / "project")
     monkeypatch.chdir(root)
     evidence.record(stale_cases_seen=check_stale_evidence(root))
 
 
-@pytest.mark.falsifies("FALSIFY-TRACE-002")
+@pytest.mark.falsifies("FALSIFY-AUDIT-002")
 def test_only_collected_markers_bind(tmp_path, monkeypatch, evidence):
     root = make_project(tmp_path, BROKEN_CHAIN, BROKEN_TESTS, name="broken-v1", with_git=False)
     monkeypatch.chdir(root)
     evidence.record(findings=check_only_the_plugin_binds(root))
 
 
-@pytest.mark.falsifies("FALSIFY-TRACE-003")
+@pytest.mark.falsifies("FALSIFY-AUDIT-003")
 def test_semver_rule_over_random_edits(evidence):
     check_semver_rule()
     evidence.record(examples=40)
 
 
-@pytest.mark.falsifies("FALSIFY-TRACE-004")
+@pytest.mark.falsifies("FALSIFY-AUDIT-004")
 def test_a_scaffold_never_passes(tmp_path, evidence):
     ids = ["FALSIFY-MINI-002", "FALSIFY-MINI-X-003", "FALSIFY-MINI-010"]
     rule = 'quotes " and \'\'\' and """ and a backslash \\ and a brace {x}'

@@ -122,7 +122,7 @@ EVIDENCE = Path("evidence") / "mini-v1" / "FALSIFY-MINI-001.json"
 
 
 # The main demonstration (discharge, edit the bound test, stale; re-run, clean) is the
-# falsifier FALSIFY-TRACE-001 in falsifiers/test_traceability_v1.py.
+# falsifier FALSIFY-AUDIT-001 in falsifiers/test_traceability_v1.py.
 
 
 def test_stale_evidence_without_sources_uses_git_diff(discharged):
