@@ -20,7 +20,7 @@ DEFECTS = {
     "EXTRA": ("_pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
     "SHAPE_MISMATCH": (
         "classify",
-        lambda ta, tb, tol, heads=(): diff_module.Pair(
+        lambda ta, tb, *args: diff_module.Pair(
             ta.name, "VALUE_DRIFT" if ta.shape != tb.shape else "IDENTICAL", None, None
         ),
     ),
@@ -57,11 +57,96 @@ def test_mixed_falsifier_catches_a_diagnosis_that_keeps_only_the_first_class(
 ):
     real = diff_module.diagnose
 
-    def first_only(pairs, config):
-        found = real(pairs, config)
+    def first_only(*args):
+        found = real(*args)
         return {**found, "line": found["line"].split("; also")[0], "also": []}
 
     falsifier.check_mixed(tiny_qwen2.safetensors, "apr", tmp_path / "real")
     monkeypatch.setattr(diff_module, "diagnose", first_only)
     with pytest.raises(AssertionError):
         falsifier.check_mixed(tiny_qwen2.safetensors, "apr", tmp_path / "broken")
+
+
+def _no_nonfinite(real):
+    def stats(a, b):
+        return {**real(a, b), "_nonfinite": None}
+
+    return stats
+
+
+ISSUE10_DEFECTS = {
+    "swap blind": (
+        lambda mp: mp.setattr(diff_module.swaps, "find_moves", lambda a, b: {}),
+        lambda src, work, capsys: falsifier.check_swap(src, "layers", "apr", work),
+    ),
+    "swap misdescribed": (
+        lambda mp: mp.setattr(
+            diff_module.swaps,
+            "describe",
+            lambda moves, sizes: [" <-> ".join(sorted(moves.items())[0])],
+        ),
+        lambda src, work, capsys: falsifier.check_swap(src, "q_k", "apr", work),
+    ),
+    "nan blind": (
+        lambda mp: mp.setattr(diff_module, "_stats", _no_nonfinite(diff_module._stats)),
+        lambda src, work, capsys: falsifier.check_nonfinite(src, float("nan"), "apr", work),
+    ),
+    "inf blind": (
+        lambda mp: mp.setattr(diff_module, "_stats", _no_nonfinite(diff_module._stats)),
+        lambda src, work, capsys: falsifier.check_nonfinite(src, float("inf"), "gguf", work),
+    ),
+    "nan ranked by count": (
+        lambda mp: mp.setattr(diff_module, "TIER", {}),
+        lambda src, work, capsys: falsifier.check_nonfinite(src, float("nan"), "apr", work),
+    ),
+    "mislabel ranked by count": (
+        lambda mp: mp.setattr(diff_module, "TIER", {}),
+        lambda src, work, capsys: falsifier.check_mislabel_outranks_noise(src, "gguf", work),
+    ),
+    "contradiction blind": (
+        lambda mp: mp.setattr(diff_module.consistency, "contradictions", lambda m: iter(())),
+        lambda src, work, capsys: falsifier.check_contradiction(src, "apr", work),
+    ),
+    "tokenizer blind": (
+        lambda mp: mp.setattr(diff_module, "compare_tokenizers", lambda a, b: []),
+        lambda src, work, capsys: falsifier.check_tokenizer_mismatch(src, "gguf", work),
+    ),
+    "expect passes anything": (
+        lambda mp: mp.setattr(
+            diff_module.DiffReport, "passes", lambda self, expect_quantized=False: True
+        ),
+        lambda src, work, capsys: falsifier.check_expect_quantized(src, work, capsys),
+    ),
+    "expect never passes": (
+        lambda mp: mp.setattr(
+            diff_module.DiffReport,
+            "passes",
+            lambda self, expect_quantized=False: all(
+                p.tag in diff_module.CLEAN for p in self.pairs
+            ),
+        ),
+        lambda src, work, capsys: falsifier.check_expect_quantized(src, work, capsys),
+    ),
+}
+
+
+@pytest.mark.parametrize("defect", list(ISSUE10_DEFECTS))
+def test_issue10_diff_falsifiers_catch_their_defect(
+    tiny_qwen2, tmp_path, monkeypatch, capsys, defect
+):
+    inject, check = ISSUE10_DEFECTS[defect]
+    check(tiny_qwen2.safetensors, tmp_path / "real", capsys)
+    inject(monkeypatch)
+    with pytest.raises(AssertionError):
+        check(tiny_qwen2.safetensors, tmp_path / "broken", capsys)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_guilty_side_falsifier_catches_a_diff_that_always_blames_a(
+    tiny_factory, tmp_path, monkeypatch, dtype
+):
+    tiny = tiny_factory("qwen2", dtype=dtype)
+    falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "real")
+    monkeypatch.setattr(diff_module, "_guilty", lambda t, found, counts: found[0])
+    with pytest.raises(AssertionError):
+        falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken")
