@@ -363,52 +363,62 @@ GGUF_DTYPES = {0: DType.F32, 1: DType.F16, 8: DType.Q8_0, 12: DType.Q4_K, 30: DT
 
 
 def _open_gguf(path: Path) -> Model:
-    from gguf import GGUFReader
+    from aprlib.gguf_header import read_header, tensor_nbytes
 
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:
-        raise GgufFormatError(
-            path, f"unreadable GGUF (truncated or corrupt): {type(exc).__name__}: {exc}"
-        ) from None
+        with open(path, "rb") as fh:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise GgufFormatError(path, f"cannot map: {exc}") from None
+    try:
+        header = read_header(buf, path)
+    except BaseException:
+        buf.close()
+        raise
     kv: dict[str, Any] = {}
     tokenizer: dict[str, Any] = {}
-    try:
-        for name, f in reader.fields.items():
-            if name.startswith("GGUF."):
-                continue
-            value = f.contents()
-            (tokenizer if name.startswith("tokenizer.ggml.") else kv)[name] = value
-    except Exception as exc:
-        raise GgufFormatError(path, f"unreadable key/value data: {exc}") from None
+    for name, value in header.kv.items():
+        (tokenizer if name.startswith("tokenizer.ggml.") else kv)[name] = value
     for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
         if key in tokenizer:
             kv[key] = tokenizer[key]
-    names = {t.name for t in reader.tensors}
+    names = {t.name for t in header.tensors}
     try:
         config = from_gguf_kv(kv, has_output_tensor="output.weight" in names)
     except ConfigError as exc:
+        buf.close()
         raise GgufFormatError(path, str(exc), field="general.architecture") from None
     permute = config.architecture in layout.PERMUTED_QK_ARCHS
     tensors: dict[str, Tensor] = {}
-    for t in reader.tensors:
+    data_len = len(buf) - header.data_start
+    for t in header.tensors:
+        fail = None
         canonical = layout.gguf_to_hf(t.name)
+        dtype = GGUF_DTYPES.get(t.ggml_type)
         if canonical is None:
-            raise GgufFormatError(path, "no canonical name for this tensor", tensor=t.name)
-        dtype = GGUF_DTYPES.get(int(t.tensor_type))
-        if dtype is None:
-            raise GgufFormatError(
-                path, f"unsupported tensor type {t.tensor_type!r}", tensor=t.name, field="type"
+            fail = GgufFormatError(path, "no canonical name for this tensor", tensor=t.name)
+        elif dtype is None:
+            fail = GgufFormatError(
+                path, f"unsupported tensor type {t.ggml_type}", tensor=t.name, field="type"
             )
-        shape = layout.gguf_shape_to_logical(tuple(t.shape))
-        flat = t.data.reshape(-1).view(np.uint8)
-        if flat.size != nbytes(dtype, shape):
-            raise GgufFormatError(
-                path,
-                f"{flat.size} bytes for {dtype.name}{list(shape)}",
-                tensor=t.name,
-                field="size",
-            )
+        else:
+            shape = layout.gguf_shape_to_logical(t.dims)
+            try:
+                size = tensor_nbytes(t)
+            except (KeyError, ValueError) as exc:
+                size, fail = 0, GgufFormatError(path, str(exc), tensor=t.name, field="type")
+            if fail is None and (size != nbytes(dtype, shape) or t.offset + size > data_len):
+                fail = GgufFormatError(
+                    path,
+                    f"{dtype.name}{list(shape)} needs {size} bytes at offset {t.offset}; "
+                    f"the data section holds {data_len}",
+                    tensor=t.name,
+                    field="size",
+                )
+        if fail is not None:
+            _close_quietly(buf)
+            raise fail
+        flat = np.frombuffer(buf, dtype=np.uint8, count=size, offset=header.data_start + t.offset)
         heads = (
             layout.qk_heads(canonical, config.num_attention_heads, config.num_key_value_heads)
             if permute
@@ -423,8 +433,14 @@ def _open_gguf(path: Path) -> Model:
             def read(v=flat, s=shape, h=heads):
                 return np.ascontiguousarray(layout.unpermute_qk(v.reshape(s[0], -1), h)).reshape(-1)
 
-        tensors[canonical] = Tensor(canonical, dtype, shape, t.name, read)
-    raw_map = getattr(reader.data, "_mmap", None)
+        tensors[canonical] = Tensor(
+            canonical,
+            dtype,
+            shape,
+            t.name,
+            read,
+            span=(path, header.data_start + t.offset) if heads is None else None,
+        )
     return Model(
         path,
         "gguf",
@@ -432,6 +448,13 @@ def _open_gguf(path: Path) -> Model:
         config,
         kv,
         tokenizer or None,
-        [],
-        [raw_map] if raw_map is not None else [],
+        [lambda: _close_quietly(buf)],
+        [buf],
     )
+
+
+def _close_quietly(buf: mmap.mmap) -> None:
+    """numpy views of the map may outlive the model (a caller kept a tensor's bytes): the
+    map then closes when the last view goes."""
+    with contextlib.suppress(BufferError):
+        buf.close()
