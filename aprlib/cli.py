@@ -1,13 +1,14 @@
 """``apr``: inspect and convert model files (safetensors, GGUF, APR).
 
 Errors in the file are one line naming the file, the tensor and the field, and exit 1;
-usage errors exit 2.
+usage errors exit 2. A closed stdout (``apr inspect --json | head``) ends quietly with 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from aprlib import __version__
 
 EXIT_OK, EXIT_BAD_FILE, EXIT_USAGE = 0, 1, 2
+INSPECT_ROWS = 200
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument("file", type=Path, help="safetensors file or folder, GGUF or APR file")
     i.add_argument("--json", action="store_true", help="one JSON document")
+    i.add_argument(
+        "--limit",
+        type=int,
+        default=INSPECT_ROWS,
+        help=f"table rows ({INSPECT_ROWS}); --json always lists every tensor",
+    )
     c = sub.add_parser(
         "convert",
         help="convert between safetensors, APR and GGUF",
@@ -77,8 +85,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad_file = EXIT_USAGE if args.command == "diff" else EXIT_BAD_FILE  # diff: 1 = findings
     try:
         return {"inspect": _inspect, "convert": _convert, "diff": _diff}[args.command](args)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_OK
     except (ModelFileError, ConversionError, ConfigError) as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
+        return bad_file
+    except MemoryError:
+        print(
+            "apr: error: out of memory (a tensor larger than this process may hold)",
+            file=sys.stderr,
+        )
+        return bad_file
+    except OSError as exc:  # anything the readers and writers did not name themselves
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"apr: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return bad_file
     except ValueError as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
@@ -87,19 +108,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _quiet_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null so the interpreter's
+    final flush does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def inspect_model(path: Path) -> dict[str, Any]:
     """Everything ``apr inspect`` shows, as plain data."""
-    from aprlib.errors import AprFormatError
+    from aprlib.errors import AprFormatError, FileChangedError
     from aprlib.io import open_model
 
     with open_model(path) as model:
         tensors, totals = [], {}
         checksums = "verified" if model.format == "apr" else "none in this format"
         for t in model:
-            if model.format == "apr":
-                try:
-                    t.raw()  # APR verifies each tensor's CRC32 on read
-                except AprFormatError:
+            try:
+                t.verify()  # APR: each tensor's CRC32, in flat memory
+            except FileChangedError:
+                raise
+            except AprFormatError:
+                if not checksums.startswith("MISMATCH"):
                     checksums = f"MISMATCH in {t.name}"
             tensors.append(
                 {"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "bytes": t.nbytes}
@@ -139,9 +170,14 @@ def _inspect(args: argparse.Namespace) -> int:
     table = Table(show_lines=False)
     for col, just in (("tensor", "left"), ("dtype", "left"), ("shape", "left"), ("bytes", "right")):
         table.add_column(col, justify=just)
-    for t in info["tensors"]:
+    shown = info["tensors"][: max(args.limit, 0)]
+    for t in shown:
         table.add_row(t["name"], t["dtype"], "×".join(map(str, t["shape"])), f"{t['bytes']:,}")
     console.print(table)
+    if len(shown) < len(info["tensors"]):
+        console.print(
+            f"... {len(info['tensors']) - len(shown):,} more tensors (--limit N, or --json)"
+        )
     console.print(
         "dtype totals: "
         + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in info["dtype_totals"].items())

@@ -72,8 +72,114 @@ class ConfigError(ValueError):
     """A config that names an unsupported architecture or lacks a required field."""
 
 
+#: field → (smallest, largest) for the positive integers of a config; a vocabulary of
+#: 10**10 would make a converter build 10**10 placeholder tokens
+INT_LIMITS: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, 1 << 22),
+    "hidden_size": (1, 1 << 20),
+    "intermediate_size": (1, 1 << 22),
+    "num_hidden_layers": (1, 1 << 12),
+    "num_attention_heads": (1, 1 << 12),
+    "num_key_value_heads": (1, 1 << 12),
+    "head_dim": (1, 1 << 14),
+    "max_position_embeddings": (1, 1 << 30),
+    "bos_token_id": (0, (1 << 22) - 1),
+    "eos_token_id": (0, (1 << 22) - 1),
+}
+REQUIRED_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
+
+
+def _named_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Our field name → the raw value, for the keys ``raw`` holds."""
+    if source == "gguf":
+        arch = raw.get("general.architecture")
+        if not isinstance(arch, str):
+            return {}
+        return {
+            ours: raw[key.format(arch=arch)]
+            for ours, _, key in FIELDS
+            if key is not None and key.format(arch=arch) in raw
+        }
+    return {ours: raw[hf] for ours, hf, _ in FIELDS if hf in raw}
+
+
+def _check_int(name: str, value: Any, optional: bool) -> None:
+    if value is None and optional:
+        return
+    low, high = INT_LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} is {value!r}, not an integer")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} is {value}, outside [{low}, {high}]")
+
+
+def check_config_values(raw: Any, source: str) -> None:
+    """Types and ranges of a config's values, before any arithmetic uses them.
+
+    ``source`` says how ``raw`` is keyed: ``"hf"`` (config.json), ``"apr"`` (APR
+    metadata, our field names, which are HF's) or ``"gguf"`` (llama.cpp's key names).
+    Only the fields present are checked; which are required is the reader's business.
+    """
+    where = {"hf": "config.json", "apr": "APR metadata config", "gguf": "GGUF metadata"}
+    if source not in where:
+        raise ValueError(f"unknown config source {source!r}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where[source]} is a {type(raw).__name__}, not an object")
+    values = _named_values(raw, source)
+    for name in INT_LIMITS:
+        if name not in values:
+            continue
+        value = values[name]
+        if name == "eos_token_id" and isinstance(value, list) and source != "gguf":
+            for item in value:
+                _check_int(name, item, optional=False)
+            continue
+        _check_int(name, value, optional=name not in (*REQUIRED_INTS, "num_attention_heads"))
+    for name in POSITIVE_FLOATS:
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} is {value!r}, not a number")
+        if not 0 < value < float("inf"):
+            raise ConfigError(f"{name} is {value}, not a positive finite number")
+    tie = values.get("tie_word_embeddings")
+    if tie is not None and not isinstance(tie, bool):
+        raise ConfigError(f"tie_word_embeddings is {tie!r}, not true/false")
+    for name in ("torch_dtype", "rope_type", "architecture", "model_type"):
+        value = raw.get(name) if name != "torch_dtype" else values.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name} is {value!r}, not a string")
+    for name in ("rope_parameters", "rope_scaling"):
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise ConfigError(f"{name} is {raw[name]!r}, not an object")
+    archs = raw.get("architectures")
+    if archs is not None and (
+        not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)
+    ):
+        raise ConfigError(f"architectures is {archs!r}, not a list of names")
+    heads, kv_heads = values.get("num_attention_heads"), values.get("num_key_value_heads")
+    if heads is not None and kv_heads is not None and heads % kv_heads:
+        raise ConfigError(
+            f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        )
+    hidden = values.get("hidden_size")
+    if (
+        values.get("head_dim") is None
+        and heads is not None
+        and hidden is not None
+        and hidden % heads
+    ):
+        raise ConfigError(
+            f"hidden_size {hidden} is not a multiple of num_attention_heads {heads} "
+            "and there is no head_dim"
+        )
+
+
 def from_hf(config: dict[str, Any]) -> ModelConfig:
     """Read an HF ``config.json`` dict (either style)."""
+    check_config_values(config, "hf")
     archs = config.get("architectures") or []
     model_type = config.get("model_type")
     arch = model_type if model_type in SUPPORTED_ARCHITECTURES else None
@@ -155,6 +261,7 @@ def to_gguf_kv(cfg: ModelConfig) -> dict[str, Any]:
 
 def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
     """Inverse of ``to_gguf_kv``; GGUF has no tie flag: a missing ``output.weight`` ties."""
+    check_config_values(kv, "gguf")
     arch = kv.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ConfigError(f"unsupported general.architecture {arch!r}")

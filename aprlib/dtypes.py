@@ -1,5 +1,7 @@
-"""Tensor element types: codes, byte sizes, and decoding to float32.
+"""Tensor element types: the one table of codes, byte sizes and format names, and decoding.
 
+Every format module reads its dtype names from ``_INFO`` (through ``DType.info``,
+``SAFETENSORS_DTYPES`` and ``DType.from_code``), so a new type is one row here.
 Codes are GGML's type ids, so a dtype code means the same thing in an APR file and in a
 GGUF file. (APR v1 used its own codes, where BF16 was 2: GGML's Q4_0. A format whose codes
 collide with GGML's invites exactly the mislabel this project hunts.)
@@ -25,6 +27,14 @@ class DType(IntEnum):
         return _INFO[self]
 
     @classmethod
+    def from_code(cls, code: int) -> DType | None:
+        """The dtype of a GGML/APR type code, None for a code no row of the table holds."""
+        try:
+            return cls(code)
+        except ValueError:
+            return None
+
+    @classmethod
     def parse(cls, text: str) -> DType:
         """``"bf16"``, ``"BF16"``, ``"q4_k"`` → DType; ValueError names the choices."""
         key = text.strip().upper()
@@ -40,6 +50,7 @@ class DTypeInfo:
     block_elements: int  # elements per block (1 for plain floats)
     block_bytes: int  # bytes per block
     numpy: str | None  # numpy dtype of one element, for the plain floats
+    safetensors: str | None = None  # safetensors' dtype string, where it has one
 
     @property
     def quantized(self) -> bool:
@@ -47,15 +58,15 @@ class DTypeInfo:
 
 
 _INFO = {
-    DType.F32: DTypeInfo(1, 4, "<f4"),
-    DType.F16: DTypeInfo(1, 2, "<f2"),
-    DType.BF16: DTypeInfo(1, 2, None),
+    DType.F32: DTypeInfo(1, 4, "<f4", "F32"),
+    DType.F16: DTypeInfo(1, 2, "<f2", "F16"),
+    DType.BF16: DTypeInfo(1, 2, None, "BF16"),
     DType.Q8_0: DTypeInfo(32, 34, None),  # f16 scale + 32 x int8
     DType.Q4_K: DTypeInfo(256, 144, None),  # f16 d, f16 dmin, 12 bytes scales, 128 bytes nibbles
 }
 
 #: safetensors' dtype strings ↔ ours (the ones a model file carries)
-SAFETENSORS_DTYPES = {"F32": DType.F32, "F16": DType.F16, "BF16": DType.BF16}
+SAFETENSORS_DTYPES = {i.safetensors: d for d, i in _INFO.items() if i.safetensors is not None}
 
 
 def element_count(shape: tuple[int, ...]) -> int:

@@ -40,3 +40,11 @@ class GgufFormatError(ModelFileError):
 
 class ConversionError(Exception):
     """A conversion that cannot be done faithfully (it leaves no output file)."""
+
+
+class FileChangedError(ModelFileError):
+    """A file that changed (shrank, was replaced) after it was opened and checked."""
+
+
+class ModelMemoryError(ModelFileError):
+    """A tensor or structure that does not fit in the memory this process may use."""

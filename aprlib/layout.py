@@ -15,6 +15,8 @@ import re
 
 import numpy as np
 
+from aprlib.dtypes import DType, nbytes
+
 _GLOBAL = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -68,7 +70,21 @@ def gguf_shape_to_logical(ne: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def logical_shape_to_gguf(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major ``[out, in]`` → GGUF ``ne[]`` (fastest dimension first)."""
     return tuple(reversed([int(d) for d in shape]))
+
+
+def gguf_writer_byte_shape(shape: tuple[int, ...], dtype: DType) -> tuple[int, ...]:
+    """What ``gguf.GGUFWriter.add_tensor_info`` takes for a tensor of logical ``shape``.
+
+    GGUFWriter takes a numpy-order shape in bytes (the last axis counted in bytes for a
+    quantised type) and itself writes ``ne[]`` as ``logical_shape_to_gguf(shape)``, the
+    reversal; ``tests/test_formats_layout.py`` checks the written ``ne[]`` against
+    that function, so the convention lives here and is verified, not assumed.
+    """
+    if not shape:
+        return (0,)
+    return (*shape[:-1], nbytes(dtype, (shape[-1],)))
 
 
 def qk_heads(name: str, n_head: int, n_head_kv: int) -> int | None:

@@ -159,3 +159,9 @@ def _scale_min_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sc[:, 4:8] = (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)
     m[:, 4:8] = (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)
     return sc, m
+
+
+def scale_min_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 8 six-bit scales and 8 six-bit mins of each block from its 12 packed bytes
+    (ggml's ``get_scale_min_k4``), public because falsifiers check blocks with it."""
+    return _scale_min_k4(packed)

@@ -13,10 +13,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aprlib.apr import HEADER, MAGIC, AprFile, AprWriter, PlannedTensor, TensorEntry, _encode_index
-from aprlib.convert import convert
+from aprlib import convert
 from aprlib.dtypes import DType
 from aprlib.errors import AprFormatError
+from aprlib.formats.apr import (
+    HEADER,
+    MAGIC,
+    AprFile,
+    AprWriter,
+    PlannedTensor,
+    TensorEntry,
+    encode_index,
+)
 from aprlib.io import LM_HEAD, open_model
 from falsifiers.reproducible import reproducible
 
@@ -84,7 +92,7 @@ def crafted(
     fields: dict | None = None,
 ) -> Path:
     """An APR file with a valid header checksum around whatever index we hand it."""
-    index = _encode_index(entries)
+    index = encode_index(entries)
     meta_off, index_off = HEADER.size, HEADER.size + len(meta)
     data_off = (index_off + len(index) + 63) // 64 * 64
     values = dict(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aprlib.convert import convert
+from aprlib import convert
 from aprlib.dtypes import DType, from_float32, to_float32
 from aprlib.io import open_model
 from falsifiers import llamacpp_oracle as oracle
@@ -106,7 +106,7 @@ def test_q8_0_within_bound_and_equal_to_llama_cpp(evidence):
 
 
 def check_q4_k(x: np.ndarray, quantize=None) -> None:
-    from aprlib.q4k import _scale_min_k4, quantize_q4_k
+    from aprlib.q4k import quantize_q4_k, scale_min_k4
 
     raw = (quantize or quantize_q4_k)(x)
     assert np.array_equal(raw, oracle.ggml_quantize(x, "Q4_K")), "bytes differ from llama.cpp"
@@ -115,7 +115,7 @@ def check_q4_k(x: np.ndarray, quantize=None) -> None:
     blocks = raw.reshape(-1, 144)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)
     dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
-    sc, m = _scale_min_k4(blocks[:, 4:16])
+    sc, m = scale_min_k4(blocks[:, 4:16])
     step = d * sc.astype(np.float64)  # [blocks, 8]
     low = -dmin * m.astype(np.float64)
     high = 15 * step + low

@@ -14,7 +14,13 @@ from aprlib.cli import main as apr
 from aprlib.config import from_gguf_kv, from_hf, to_gguf_kv, to_hf
 from aprlib.convert import convert
 from aprlib.dtypes import DType
-from aprlib.errors import ConversionError, GgufFormatError, ModelFileError, SafetensorsFormatError
+from aprlib.errors import (
+    ConversionError,
+    FileChangedError,
+    GgufFormatError,
+    ModelFileError,
+    SafetensorsFormatError,
+)
 from aprlib.io import open_model, sniff
 
 
@@ -276,7 +282,7 @@ def test_a_source_that_shrinks_mid_copy_leaves_no_output(tiny_qwen2, tmp_path, m
     src = tmp_path / "model.safetensors"
     shutil.copy(tiny_qwen2.safetensors, src)
     shutil.copy(tiny_qwen2.folder / "config.json", tmp_path)
-    from aprlib import convert as convert_module
+    from aprlib import conversion as convert_module
 
     real = convert_module.open_model
 
@@ -287,7 +293,7 @@ def test_a_source_that_shrinks_mid_copy_leaves_no_output(tiny_qwen2, tmp_path, m
         return model
 
     monkeypatch.setattr(convert_module, "open_model", shrink_after_open)
-    with pytest.raises((ValueError, OSError), match="ends early"):
+    with pytest.raises(FileChangedError, match="ends early"):
         convert(src, tmp_path / "out.apr")
     assert not (tmp_path / "out.apr").exists()
     assert not list(tmp_path.glob(".out.apr*"))

@@ -1,0 +1,123 @@
+"""Converters between safetensors, APR and GGUF: one tensor in memory at a time.
+
+``convert`` opens any format and hands the model to the writer of the destination's
+format (``aprlib.formats.*``). A tied model gets no ``lm_head`` in the output. Every
+writer writes through ``aprlib.atomic``, so a failed conversion leaves no partial output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aprlib.dtypes import DType
+from aprlib.errors import ConversionError
+from aprlib.formats.apr import write_apr
+from aprlib.formats.gguf import write_gguf
+from aprlib.formats.safetensors import write_safetensors
+from aprlib.io import open_model
+from aprlib.modelfile import EMBED, LM_HEAD, Model, Tensor
+from aprlib.output import ConvertReport, Progress, encode, output_dtype
+
+__all__ = [
+    "FORMATS",
+    "ConvertReport",
+    "convert",
+    "encode",
+    "output_dtype",
+    "output_tensors",
+    "target_format",
+    "write_model",
+]
+
+FORMATS = ("apr", "gguf", "safetensors")
+SUFFIX_FORMATS = {".apr": "apr", ".gguf": "gguf", ".safetensors": "safetensors"}
+DROP_PAGES_EVERY = 64 << 20  # bytes streamed between releases of the source's mapped pages
+
+
+def target_format(dst: Path, explicit: str | None = None) -> str:
+    if explicit:
+        if explicit not in FORMATS:
+            raise ConversionError(f"unknown format {explicit!r}; one of {', '.join(FORMATS)}")
+        return explicit
+    fmt = SUFFIX_FORMATS.get(Path(dst).suffix.lower())
+    if fmt is None:
+        raise ConversionError(
+            f"{dst}: cannot tell the output format from the name; use a "
+            ".apr/.gguf/.safetensors suffix or --format"
+        )
+    return fmt
+
+
+def output_tensors(model: Model, notes: list[str]) -> list[Tensor]:
+    """What a converter writes: everything, except the lm_head of a tied model."""
+    tensors = list(model.tensors.values())
+    if model.tied and LM_HEAD in model.tensors:
+        head, embed = model.tensors[LM_HEAD], model.tensors.get(EMBED)
+        if (
+            embed is None
+            or head.shape != embed.shape
+            or not np.array_equal(head.to_float32(), embed.to_float32())
+        ):
+            raise ConversionError(
+                f"{model.path}: config says tie_word_embeddings: true, but {LM_HEAD} differs "
+                f"from {EMBED}; fix the config or the weights before converting"
+            )
+        notes.append(f"dropped {LM_HEAD}: the model is tied and it equals {EMBED}")
+        tensors = [t for t in tensors if t.name != LM_HEAD]
+    if not model.tied and model.config is not None and LM_HEAD not in model.tensors:
+        raise ConversionError(
+            f"{model.path}: tie_word_embeddings is false but there is no "
+            f"{LM_HEAD}: the output head is missing"
+        )
+    return tensors
+
+
+def convert(
+    src: Path | str,
+    dst: Path | str,
+    dtype: DType | None = None,
+    fmt: str | None = None,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    with open_model(src) as model:
+        return write_model(model, dst, fmt, dtype, progress, checked=True)
+
+
+def write_model(
+    model: Model,
+    dst: Path | str,
+    fmt: str | None = None,
+    dtype: DType | None = None,
+    progress: Progress | None = None,
+    checked: bool = False,
+) -> ConvertReport:
+    """Write an open (or in-memory) model in the format of ``dst``.
+
+    ``checked`` applies the tied-head rules of ``output_tensors``; without it every tensor
+    is written as given (how tests build a defective file on purpose).
+    """
+    dst = Path(dst)
+    fmt = target_format(dst, fmt)
+    report = ConvertReport(model.path, dst, model.format, fmt)
+    tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
+    WRITERS[fmt](model, tensors, dst, dtype, report, _streaming(model, progress))
+    return report
+
+
+def _streaming(model: Model, progress: Progress | None) -> Progress:
+    """Report progress, and release the source's mapped pages as the stream moves on."""
+    last = [0]
+
+    def step(name: str, done: int) -> None:
+        if done - last[0] >= DROP_PAGES_EVERY:
+            model.drop_pages()
+            last[0] = done
+        if progress is not None:
+            progress(name, done)
+
+    return step
+
+
+WRITERS = {"apr": write_apr, "gguf": write_gguf, "safetensors": write_safetensors}

@@ -1,0 +1,106 @@
+"""Reading a model file that may change under us: pread into owned buffers.
+
+A memory map of a file that is truncated after it was mapped kills the process with
+SIGBUS on the next touch of a lost page (apr inspect/diff/convert died of signal 7). Here
+every read is a ``preadv`` into a buffer this process owns: a file that shrank gives a
+short read, which becomes ``FileChangedError``; no signal is possible. Opening is
+non-blocking and refuses anything but a regular file, so a FIFO cannot hang a reader.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aprlib.errors import FileChangedError, ModelFileError, ModelMemoryError
+
+CHUNK = 16 << 20
+
+
+class FileSource:
+    """An open regular file with the size it had when opened."""
+
+    def __init__(self, path: Path | str, error: type[ModelFileError] = ModelFileError) -> None:
+        self.path = Path(path)
+        self.error = error
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise error(self.path, f"cannot open: {exc.strerror}") from None
+        try:
+            st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise error(self.path, "not a regular file (a FIFO, device or socket)")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.size = st.st_size
+        self.sparse = st.st_blocks * 512 < st.st_size // 2  # mostly holes
+
+    def read_into(
+        self, buf: memoryview, offset: int, tensor: str | None = None, field: str | None = None
+    ) -> None:
+        """Fill ``buf`` from ``offset``; a short read means the file changed."""
+        done, total = 0, len(buf)
+        while done < total:
+            try:
+                n = os.preadv(self.fd, [buf[done:]], offset + done)
+            except OSError as exc:
+                raise self.error(
+                    self.path, f"read failed: {exc.strerror}", tensor=tensor, field=field
+                ) from None
+            if n <= 0:
+                raise FileChangedError(
+                    self.path,
+                    f"file changed while open: it ends before byte {offset + total:,} "
+                    f"(it had {self.size:,} bytes when opened)",
+                    tensor=tensor,
+                    field=field,
+                )
+            done += n
+
+    def read(
+        self, offset: int, length: int, tensor: str | None = None, field: str | None = None
+    ) -> np.ndarray:
+        """``length`` bytes at ``offset`` as a fresh uint8 array."""
+        if offset + length > self.size:
+            raise self.error(
+                self.path,
+                f"[{offset:,}, +{length:,}) runs past the end ({self.size:,} bytes)",
+                tensor=tensor,
+                field=field,
+            )
+        try:
+            out = np.empty(length, dtype=np.uint8)
+        except MemoryError:
+            raise ModelMemoryError(
+                self.path, f"{length:,} bytes do not fit in memory", tensor=tensor, field=field
+            ) from None
+        if length:
+            self.read_into(memoryview(out), offset, tensor, field)
+        return out
+
+    def chunks(self, offset: int, length: int, tensor: str | None = None) -> Any:
+        """Yield the bytes of a span in pieces of at most ``CHUNK`` (flat memory)."""
+        buf = memoryview(bytearray(min(length, CHUNK) or 1))
+        done = 0
+        while done < length:
+            n = min(CHUNK, length - done)
+            self.read_into(buf[:n], offset + done, tensor)
+            yield buf[:n]
+            done += n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

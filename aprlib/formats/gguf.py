@@ -1,0 +1,421 @@
+"""GGUF: its limits, its reader (header, key/values, tensor infos, parsed here under
+bounds) and its writer (via gguf-py's GGUFWriter).
+
+Shapes cross ``aprlib.layout`` in both directions (GGUF lists ``ne[]`` fastest first);
+llama-architecture q/k rows are un-permuted on read and permuted on write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aprlib import __version__, layout, output
+from aprlib.atomic import atomic_output
+from aprlib.config import ConfigError, ModelConfig, from_gguf_kv, to_gguf_kv
+from aprlib.dtypes import DType, nbytes
+from aprlib.errors import ConversionError, GgufFormatError
+from aprlib.filesource import FileSource
+from aprlib.modelfile import Model, Tensor, check_tensor_shape
+
+MAGIC = b"GGUF"
+VERSIONS = (2, 3)  # v1 had 32-bit counts and is gone from llama.cpp
+MAX_NDIM = 4  # GGML_MAX_DIMS
+DEFAULT_ALIGNMENT = 32
+STRING, ARRAY = 8, 9
+#: GGUF scalar value types → struct format (bool is one byte)
+SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<B",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value
+_MIN_TENSOR_INFO = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+
+
+class _Head:
+    """The header, key/value and tensor-info sections, parsed with every count and length
+    checked against the bytes that remain before anything is allocated for it.
+
+    The gguf package's reader materialises every array eagerly (a 49-byte file declaring
+    an array of 2**63-1 uint32 ran out of memory); this one reads the file in growing
+    chunks through ``FileSource`` and never trusts a count."""
+
+    def __init__(self, src: FileSource) -> None:
+        self.src, self.path = src, src.path
+        self.buf = bytearray()
+        self.pos = 0
+
+    def _error(self, message: str, tensor: str | None = None, field: str | None = None) -> Any:
+        return GgufFormatError(self.path, message, tensor=tensor, field=field)
+
+    @property
+    def left(self) -> int:
+        return self.src.size - self.pos
+
+    def _need(self, n: int, what: str, tensor: str | None = None) -> None:
+        if n > self.left:
+            raise self._error(
+                f"{what} needs {n:,} bytes at offset {self.pos:,}; {self.left:,} remain "
+                "(truncated or corrupt)",
+                tensor=tensor,
+                field=what,
+            )
+        have = len(self.buf)
+        if self.pos + n > have:
+            more = min(max(self.pos + n - have, have, 1 << 20), self.src.size - have)
+            self.buf += self.src.read(have, more, field=what).tobytes()
+
+    def scalar(self, fmt: str, what: str, tensor: str | None = None) -> Any:
+        size = struct.calcsize(fmt)
+        self._need(size, what, tensor)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self, what: str, tensor: str | None = None) -> str:
+        n = self.scalar("<Q", what, tensor)
+        self._need(n, what, tensor)
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._error("string is not UTF-8", tensor=tensor, field=what) from None
+
+    def value(self, vtype: int, key: str) -> Any:
+        if vtype == STRING:
+            return self.string(key)
+        if vtype == ARRAY:
+            return self.array(key)
+        fmt = SCALARS.get(vtype)
+        if fmt is None:
+            raise self._error(f"unknown value type {vtype}", field=key)
+        value = self.scalar(fmt, key)
+        return bool(value) if vtype == 7 else value
+
+    def array(self, key: str) -> list[Any]:
+        etype = self.scalar("<I", key)
+        count = self.scalar("<Q", key)
+        if etype == ARRAY:
+            raise self._error("arrays of arrays are not supported", field=key)
+        if etype == STRING:
+            if count * 8 > self.left:
+                raise self._error(
+                    f"array of {count:,} strings cannot fit in the {self.left:,} bytes left",
+                    field=key,
+                )
+            return [self.string(key) for _ in range(count)]
+        fmt = SCALARS.get(etype)
+        if fmt is None:
+            raise self._error(f"unknown array element type {etype}", field=key)
+        size = struct.calcsize(fmt) * count
+        if size > self.left:
+            raise self._error(
+                f"array of {count:,} items of {struct.calcsize(fmt)} bytes cannot fit in "
+                f"the {self.left:,} bytes left",
+                field=key,
+            )
+        self._need(size, key)
+        values = np.frombuffer(self.buf, dtype=fmt, count=count, offset=self.pos)
+        self.pos += size
+        return [bool(v) for v in values] if etype == 7 else values.tolist()
+
+    def parse(self) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], int, int]], int]:
+        """(key/values, [(name, ne, type, offset)], start of the data section)."""
+        self._need(4, "magic")
+        if bytes(self.buf[:4]) != MAGIC:
+            raise self._error(f"not a GGUF file (magic {bytes(self.buf[:4])!r})", field="magic")
+        self.pos = 4
+        version = self.scalar("<I", "version")
+        if version not in VERSIONS:
+            raise self._error(f"GGUF version {version}; this reader reads 2 and 3", field="version")
+        n_tensors = self.scalar("<Q", "tensor_count")
+        n_kv = self.scalar("<Q", "kv_count")
+        if n_kv * _MIN_KV + n_tensors * _MIN_TENSOR_INFO > self.left:
+            raise self._error(
+                f"{n_kv:,} key/values and {n_tensors:,} tensor infos cannot fit in the "
+                f"{self.left:,} bytes left",
+                field="tensor_count" if n_tensors * _MIN_TENSOR_INFO > self.left else "kv_count",
+            )
+        kv: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self.string("key")
+            if key in kv:
+                raise self._error("key appears twice", field=key)
+            kv[key] = self.value(self.scalar("<I", key), key)
+        infos = []
+        for _ in range(n_tensors):
+            name = self.string("tensor_name")
+            n_dims = self.scalar("<I", "n_dims", name)
+            if n_dims > MAX_NDIM:
+                raise self._error(
+                    f"{n_dims} dimensions (at most {MAX_NDIM})", tensor=name, field="n_dims"
+                )
+            self._need(8 * n_dims, "ne", name)
+            ne = struct.unpack_from(f"<{n_dims}Q", self.buf, self.pos)
+            self.pos += 8 * n_dims
+            ttype = self.scalar("<I", "type", name)
+            offset = self.scalar("<Q", "offset", name)
+            infos.append((name, tuple(ne), ttype, offset))
+        alignment = kv.get("general.alignment", DEFAULT_ALIGNMENT)
+        if (
+            not isinstance(alignment, int)
+            or isinstance(alignment, bool)
+            or not 1 <= alignment <= 1 << 16
+            or alignment & (alignment - 1)
+        ):
+            raise self._error(
+                f"alignment {alignment!r} is not a power of two up to 65536",
+                field="general.alignment",
+            )
+        return kv, infos, -(-self.pos // alignment) * alignment
+
+
+@dataclass(frozen=True)
+class _Placed:
+    name: str  # GGUF name
+    canonical: str
+    dtype: DType
+    shape: tuple[int, ...]  # logical
+    offset: int  # from the start of the data section
+    nbytes: int
+
+
+def _place(
+    path: Path, infos: list[tuple[str, tuple[int, ...], int, int]], alignment: int, data_len: int
+) -> list[_Placed]:
+    """Tensor infos → placed tensors: known names and types, whole blocks, aligned,
+    inside the data section, no two overlapping, no name twice."""
+    placed: dict[str, _Placed] = {}
+    for name, ne, ttype, offset in infos:
+        canonical = layout.gguf_to_hf(name)
+        if canonical is None:
+            raise GgufFormatError(path, "no canonical name for this tensor", tensor=name)
+        dtype = DType.from_code(ttype)
+        if dtype is None:
+            raise GgufFormatError(
+                path, f"unsupported tensor type {ttype}", tensor=name, field="type"
+            )
+        shape = layout.gguf_shape_to_logical(ne)
+        try:
+            check_tensor_shape(shape, name)
+            size = nbytes(dtype, shape)
+        except ValueError as exc:
+            raise GgufFormatError(path, str(exc), tensor=name, field="ne") from None
+        if offset % alignment:
+            raise GgufFormatError(
+                path,
+                f"offset {offset} is not a multiple of {alignment}",
+                tensor=name,
+                field="offset",
+            )
+        if offset > data_len or size > data_len - offset:
+            raise GgufFormatError(
+                path,
+                f"data [{offset:,}, +{size:,}) runs past the data section ({data_len:,} bytes)",
+                tensor=name,
+                field="offset",
+            )
+        if canonical in placed:
+            raise GgufFormatError(path, "tensor appears twice", tensor=name, field="name")
+        placed[canonical] = _Placed(name, canonical, dtype, shape, offset, size)
+    ordered = sorted(placed.values(), key=lambda p: p.offset)
+    for a, b in itertools.pairwise(ordered):
+        if a.offset + a.nbytes > b.offset:
+            raise GgufFormatError(
+                path, f"data overlaps tensor {a.name!r}", tensor=b.name, field="offset"
+            )
+    return list(placed.values())
+
+
+def open_gguf(path: Path) -> Model:
+    src = FileSource(path, GgufFormatError)
+    try:
+        return _open(path, src)
+    except BaseException:
+        src.close()
+        raise
+
+
+def _open(path: Path, src: FileSource) -> Model:
+    head = _Head(src)
+    fields, infos, data_start = head.parse()
+    head.buf = bytearray()  # the sections are parsed; drop their bytes
+    kv: dict[str, Any] = {}
+    tokenizer: dict[str, Any] = {}
+    for name, value in fields.items():
+        (tokenizer if name.startswith("tokenizer.ggml.") else kv)[name] = value
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        if key in tokenizer:
+            kv[key] = tokenizer[key]
+    if infos and data_start > src.size:
+        raise GgufFormatError(path, "no data section after the tensor infos", field="offset")
+    alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
+    placed = _place(path, infos, alignment, max(src.size - data_start, 0))
+    try:
+        config = from_gguf_kv(kv, has_output_tensor=any(p.name == "output.weight" for p in placed))
+    except ConfigError as exc:
+        raise GgufFormatError(path, str(exc), field="general.architecture") from None
+    permute = config.architecture in layout.PERMUTED_QK_ARCHS
+    tensors: dict[str, Tensor] = {}
+    for p in placed:
+        heads = (
+            layout.qk_heads(p.canonical, config.num_attention_heads, config.num_key_value_heads)
+            if permute
+            else None
+        )
+        where = data_start + p.offset
+        if heads is None:
+            tensors[p.canonical] = Tensor(
+                p.canonical,
+                p.dtype,
+                p.shape,
+                p.name,
+                lambda w=where, p=p: src.read(w, p.nbytes, tensor=p.name, field="data"),
+                span=(path, where),
+            )
+            continue
+        rows = p.shape[0] if p.shape else 0
+        if rows % (2 * heads):
+            raise GgufFormatError(
+                path,
+                f"{rows} rows cannot be {heads} heads of rotary pairs "
+                f"(head_count {config.num_attention_heads}, "
+                f"head_count_kv {config.num_key_value_heads})",
+                tensor=p.name,
+                field="ne",
+            )
+
+        def read(w: int = where, p: _Placed = p, h: int = heads) -> np.ndarray:
+            raw = src.read(w, p.nbytes, tensor=p.name, field="data")
+            return np.ascontiguousarray(
+                layout.unpermute_qk(raw.reshape(p.shape[0], -1), h)
+            ).reshape(-1)
+
+        tensors[p.canonical] = Tensor(p.canonical, p.dtype, p.shape, p.name, read)
+    return Model(path, "gguf", tensors, config, kv, tokenizer or None, [src.close])
+
+
+def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -> dict[str, Any]:
+    """The source's tokenizer, or a minimal valid GPT-2 style one llama.cpp accepts."""
+    if model.tokenizer and "tokenizer.ggml.tokens" in model.tokenizer:
+        return dict(model.tokenizer)
+    n = cfg.vocab_size
+    tokens = ["a", "b", "ab", *(f"<t{i}>" for i in range(3, n))][:n]
+    report.notes.append(
+        f"the source has no tokenizer: wrote a minimal GPT-2 style one "
+        f"({n} placeholder tokens, one merge) so that llama.cpp loads the file"
+    )
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [1] * n,
+        "tokenizer.ggml.merges": ["a b"],
+        **(
+            {"tokenizer.ggml.bos_token_id": cfg.bos_token_id}
+            if cfg.bos_token_id is not None
+            else {}
+        ),
+        **(
+            {"tokenizer.ggml.eos_token_id": cfg.eos_token_id}
+            if cfg.eos_token_id is not None
+            else {}
+        ),
+    }
+
+
+def _add_kv(writer: Any, kv: Iterable[tuple[str, Any]]) -> None:
+    from gguf import GGUFValueType
+
+    for key, value in kv:
+        if key == "general.architecture":
+            continue  # the writer's constructor wrote it
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value) if value >= 0 else writer.add_int32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, list):
+            if value and all(isinstance(v, str) for v in value):
+                writer.add_array(key, value)
+            elif value and all(isinstance(v, int) for v in value):
+                writer.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
+            elif value:
+                writer.add_array(key, value)
+
+
+def write_gguf(
+    model: Model,
+    tensors: list[Tensor],
+    dst: Path,
+    dtype: DType | None,
+    report: output.ConvertReport,
+    progress: output.Progress,
+) -> None:
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    cfg = model.config
+    if cfg is None:
+        raise ConversionError(
+            f"{model.path}: GGUF needs the architecture config "
+            "(config.json beside the safetensors file)"
+        )
+    with atomic_output(dst) as tmp:
+        writer = GGUFWriter(tmp, cfg.architecture)
+        kv = to_gguf_kv(cfg)
+        kv.update(tokenizer_kv(model, cfg, report))
+        kv["general.name"] = model.path.stem
+        kv["general.source.format"] = model.format
+        kv["general.converter"] = f"aprlib {__version__}"
+        _add_kv(writer, kv.items())
+        permute = cfg.architecture in layout.PERMUTED_QK_ARCHS
+        plan = []
+        for t in tensors:
+            name = layout.hf_to_gguf(t.name)
+            if name is None:
+                raise ConversionError(f"{model.path}: no GGUF name for tensor {t.name!r}")
+            out = output.output_dtype(t, dtype)
+            writer.add_tensor_info(
+                name,
+                layout.gguf_writer_byte_shape(t.shape, out),
+                np.dtype(np.uint8),
+                nbytes(out, t.shape),
+                raw_dtype=GGMLQuantizationType(int(out)),
+            )
+            plan.append((t, out))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t, out in plan:
+            data = np.ascontiguousarray(output.encode(t, out))
+            heads = (
+                layout.qk_heads(t.name, cfg.num_attention_heads, cfg.num_key_value_heads)
+                if permute
+                else None
+            )
+            if heads is not None:
+                data = np.ascontiguousarray(
+                    layout.permute_qk(data.reshape(t.shape[0], -1), heads)
+                ).reshape(-1)
+            writer.write_tensor_data(data)
+            report.advance(t.name, data.nbytes, progress)
+        writer.close()

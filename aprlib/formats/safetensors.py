@@ -1,0 +1,288 @@
+"""safetensors: its limits, its reader (one file or a sharded folder) and its writer.
+
+The reader checks the 8-byte header length against the file and a cap before reading
+it, every entry's dtype, shape and offsets against the data region, and that no two
+tensors overlap; a folder's ``config.json`` supplies the architecture.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aprlib import output
+from aprlib.atomic import atomic_output
+from aprlib.config import ConfigError, ModelConfig, from_hf, to_hf
+from aprlib.dtypes import SAFETENSORS_DTYPES, DType, nbytes
+from aprlib.errors import ConversionError, ModelFileError, SafetensorsFormatError
+from aprlib.filesource import FileSource
+from aprlib.jsonlimits import load_json, read_json_file
+from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, Model, Tensor
+
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # as the safetensors package's own cap
+MAX_JSON_FILE = 16 << 20  # config.json, model.safetensors.index.json
+
+
+class SafetensorsFile:
+    """One safetensors file: header checked against the file; tensors read on demand."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.src = FileSource(path, SafetensorsFormatError)
+        try:
+            self._parse()
+        except BaseException:
+            self.src.close()
+            raise
+
+    def _error(self, message: str, tensor: str | None = None, field: str | None = None) -> Any:
+        return SafetensorsFormatError(self.path, message, tensor=tensor, field=field)
+
+    def _parse(self) -> None:
+        size = self.src.size
+        if size < 8:
+            raise self._error(f"file is {size} bytes: no header", field="header_length")
+        (n,) = struct.unpack("<Q", self.src.read(0, 8, field="header_length").tobytes())
+        if n > size - 8 or n > MAX_SAFETENSORS_HEADER:
+            raise self._error(
+                f"header length {n} exceeds the file ({size} bytes) or the cap "
+                f"({MAX_SAFETENSORS_HEADER:,} bytes)",
+                field="header_length",
+            )
+        raw = self.src.read(8, n, field="header").tobytes()
+        header = load_json(raw, self.path, "header", SafetensorsFormatError, MAX_SAFETENSORS_HEADER)
+        if not isinstance(header, dict):
+            raise self._error("header is not a JSON object", field="header")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise self._error("__metadata__ is not an object of strings", field="__metadata__")
+        self.metadata: dict[str, str] = metadata
+        self.data_start = 8 + n
+        data_len = size - self.data_start
+        self.entries: dict[str, tuple[DType, tuple[int, ...], int, int]] = {}
+        spans = []
+        for name, info in header.items():
+            dtype, shape, begin, end = self._entry(name, info, data_len)
+            self.entries[name] = (dtype, shape, begin, end)
+            spans.append((begin, end, name))
+        spans.sort()
+        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+            if start < end:
+                raise self._error(f"data overlaps tensor {a!r}", tensor=b, field="data_offsets")
+
+    def _entry(
+        self, name: str, info: Any, data_len: int
+    ) -> tuple[DType, tuple[int, ...], int, int]:
+        if not isinstance(info, dict):
+            raise self._error("entry is not an object", tensor=name)
+        code = info.get("dtype")
+        dtype = SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+        if dtype is None:
+            raise self._error(
+                f"unsupported dtype {code!r} (F32, F16, BF16)", tensor=name, field="dtype"
+            )
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_TENSOR_NDIM
+            or not all(_is_int(d) and 0 <= d <= MAX_TENSOR_DIM for d in shape)
+        ):
+            shown = repr(shape) if not isinstance(shape, list) or len(shape) < 10 else "[...]"
+            raise self._error(
+                f"bad shape {shown} (at most {MAX_TENSOR_NDIM} dimensions of at most 2**40)",
+                tensor=name,
+                field="shape",
+            )
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
+            raise self._error(
+                f"data_offsets {offsets!r} outside the data ({data_len} bytes)",
+                tensor=name,
+                field="data_offsets",
+            )
+        expected = nbytes(dtype, tuple(shape))
+        if offsets[1] - offsets[0] != expected:
+            raise self._error(
+                f"{offsets[1] - offsets[0]} bytes for {dtype.name}{shape} (needs {expected})",
+                tensor=name,
+                field="data_offsets",
+            )
+        return dtype, tuple(shape), offsets[0], offsets[1]
+
+    def raw(self, name: str) -> np.ndarray:
+        _, _, begin, end = self.entries[name]
+        return self.src.read(self.data_start + begin, end - begin, tensor=name, field="data")
+
+    def close(self) -> None:
+        self.src.close()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_hf_config(folder: Path) -> ModelConfig | None:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    raw = read_json_file(cfg, "config", ModelFileError, MAX_JSON_FILE)
+    try:
+        return from_hf(raw)
+    except ConfigError as exc:
+        raise ModelFileError(cfg, f"config.json: {exc}", field="config") from None
+
+
+def shard_paths(folder: Path) -> tuple[list[tuple[str, Path]], dict[str, str] | None]:
+    """The shards of a model folder, as (name in the index, path), and the index's weight
+    map (None without one).
+
+    Every shard must resolve (symlinks followed) to a regular file inside ``folder``:
+    ``../../etc/passwd``, ``/etc/passwd`` and a symlink out of the folder are refused by
+    name before anything is opened.
+    """
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        raw = read_json_file(index, "weight_map", SafetensorsFormatError, MAX_JSON_FILE)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise SafetensorsFormatError(
+                index, "weight_map is not an object of tensor name → shard file", field="weight_map"
+            )
+        names = sorted(set(weight_map.values()))
+    else:
+        weight_map = None
+        names = sorted(p.name for p in folder.glob("*.safetensors"))
+        if not names:
+            raise ModelFileError(folder, "folder holds no *.safetensors file")
+    root = folder.resolve()
+    files = []
+    for name in names:
+        where = index if weight_map is not None else folder / name
+        target = (folder / name).resolve()
+        if not name or target == root or not target.is_relative_to(root):
+            raise SafetensorsFormatError(
+                where, f"shard {name!r} lies outside the model folder", field="weight_map"
+            )
+        if not target.exists():
+            raise SafetensorsFormatError(
+                where, f"shard {name!r} does not exist", field="weight_map"
+            )
+        files.append((name, folder / name))
+    return files, weight_map
+
+
+def open_safetensors(path: Path) -> Model:
+    if path.is_dir():
+        folder = path
+        files, weight_map = shard_paths(path)
+    else:
+        folder, files, weight_map = path.parent, [(path.name, path)], None
+    shards: list[SafetensorsFile] = []
+    tensors: dict[str, Tensor] = {}
+    metadata: dict[str, Any] = {}
+    try:
+        for shard_name, file in files:
+            shard = SafetensorsFile(file)
+            shards.append(shard)
+            metadata.update(shard.metadata)
+            for name, (dtype, shape, _, _) in shard.entries.items():
+                if weight_map is not None and weight_map.get(name) != shard_name:
+                    continue
+                if name in tensors:
+                    raise SafetensorsFormatError(file, "tensor appears in two shards", tensor=name)
+                tensors[name] = Tensor(
+                    name,
+                    dtype,
+                    shape,
+                    name,
+                    lambda s=shard, n=name: s.raw(n),
+                    span=(file, shard.data_start + shard.entries[name][2]),
+                )
+        if weight_map is not None:
+            missing = sorted(set(weight_map) - set(tensors))
+            if missing:
+                raise SafetensorsFormatError(
+                    path,
+                    f"index names {len(missing)} tensors no shard holds, e.g. {missing[0]!r}",
+                    tensor=missing[0],
+                )
+        config = read_hf_config(folder)
+    except BaseException:
+        for shard in shards:
+            shard.close()
+        raise
+    return Model(path, "safetensors", tensors, config, metadata, None, [s.close for s in shards])
+
+
+def write_safetensors(
+    model: Model,
+    tensors: list[Tensor],
+    dst: Path,
+    dtype: DType | None,
+    report: output.ConvertReport,
+    progress: output.Progress,
+) -> None:
+    header: dict[str, Any] = {
+        "__metadata__": {"format": "pt", **{k: str(v) for k, v in output.provenance(model).items()}}
+    }
+    offset, plan, widened = 0, [], []
+    for t in tensors:
+        out = output.output_dtype(t, dtype)
+        if out.info.quantized:
+            out = DType.F32  # safetensors has no GGML blocks: the dequantised values, exactly
+            widened.append(t.name)
+        size = nbytes(out, t.shape)
+        header[t.name] = {
+            "dtype": out.info.safetensors,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        plan.append((t, out))
+        offset += size
+    if widened:
+        report.notes.append(
+            f"safetensors holds no quantised blocks: {len(widened)} tensors "
+            "written as F32 (their dequantised values)"
+        )
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with atomic_output(dst) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(head)) + head)
+            for t, out in plan:
+                data = np.ascontiguousarray(output.encode(t, out))
+                fh.write(memoryview(data))
+                report.advance(t.name, data.nbytes, progress)
+        write_hf_config(model.config, dst.parent)
+
+
+def write_hf_config(cfg: ModelConfig | None, folder: Path) -> None:
+    """config.json beside the weights (the loader reads it); never clobbers another one."""
+    if cfg is None:
+        return
+    path = folder / "config.json"
+    text = json.dumps(to_hf(cfg), indent=2, sort_keys=True) + "\n"
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            existing = None
+        if existing != json.loads(text):
+            raise ConversionError(
+                f"{path} exists and describes another model; write the "
+                "safetensors output into its own folder"
+            )
+        return
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
