@@ -547,3 +547,38 @@ def check_expect_quantized(src: Path, work: Path, capsys) -> str:
 @pytest.mark.falsifies("FALSIFY-DIFF-017")
 def test_expect_quantized_passes_noise_and_nothing_else(tiny_qwen2, tmp_path, capsys, evidence):
     evidence.record(line=check_expect_quantized(tiny_qwen2.safetensors, tmp_path, capsys)[:300])
+
+
+CONFIG_MEANINGS = {
+    "hidden_act": ({"hidden_act": "gelu"}, "hidden_act 'silu' vs 'gelu'"),
+    "rope_scaling": (
+        {
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 32768,
+            }
+        },
+        "rope_scaling None vs {'factor': 4.0, 'original_max_position_embeddings': 32768.0, "
+        "'rope_type': 'yarn'}",
+    ),
+    "sliding_window": ({"sliding_window": 4096}, "sliding_window None vs 4096"),
+    "rms_norm_eps": ({"rms_norm_eps": 1e-5}, "rms_norm_eps 1e-06 vs 1e-05"),
+}
+
+
+def check_config_meaning(src: Path, change: str, fmt: str, work: Path) -> str:
+    changes, phrase = CONFIG_MEANINGS[change]
+    report = run_diff(src, write_variant(src, lambda a: None, fmt, work / fmt, changes))
+    line = report.diagnosis["line"]
+    assert line.startswith("DIAGNOSIS: CONFIG_MISMATCH: Architecture config differs: "), line
+    assert phrase in line, line
+    assert [c.field for c in report.config] == [change], report.config
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-018")
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("change", list(CONFIG_MEANINGS))
+def test_config_fields_are_compared_by_meaning(tiny_qwen2, tmp_path, change, fmt, evidence):
+    evidence.record(diagnosis=check_config_meaning(tiny_qwen2.safetensors, change, fmt, tmp_path))

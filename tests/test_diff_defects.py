@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from aprlib import diff as diff_module
@@ -150,3 +152,35 @@ def test_guilty_side_falsifier_catches_a_diff_that_always_blames_a(
     monkeypatch.setattr(diff_module, "_guilty", lambda t, found, counts: found[0])
     with pytest.raises(AssertionError):
         falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken")
+
+
+@pytest.mark.parametrize("change", list(falsifier.CONFIG_MEANINGS))
+def test_config_meaning_falsifier_catches_a_diff_blind_to_the_field(
+    tiny_qwen2, tmp_path, monkeypatch, change
+):
+    falsifier.check_config_meaning(tiny_qwen2.safetensors, change, "gguf", tmp_path / "real")
+    fields = tuple(f for f in diff_module.CONFIG_FIELDS if f != change)
+    monkeypatch.setattr(diff_module, "CONFIG_FIELDS", fields)
+    with pytest.raises(AssertionError):
+        falsifier.check_config_meaning(tiny_qwen2.safetensors, change, "gguf", tmp_path / "broken")
+
+
+def test_config_meaning_fills_in_defaults_before_comparing():
+    from aprlib.config import qwen2_0_5b
+
+    base = qwen2_0_5b()
+    same = [
+        dataclasses.replace(base, attention_bias=True),  # qwen2's default, said out loud
+        dataclasses.replace(base, rope_scaling={"rope_type": "default"}),
+        dataclasses.replace(base, hidden_act="swish"),  # transformers' alias of silu
+    ]
+    for other in same:
+        assert all(
+            diff_module._same(diff_module._meaning(base, f), diff_module._meaning(other, f))
+            for f in diff_module.CONFIG_FIELDS
+        ), other
+    llama_defaults = dataclasses.replace(base, architecture="llama")
+    assert not diff_module._same(
+        diff_module._meaning(base, "attention_bias"),
+        diff_module._meaning(llama_defaults, "attention_bias"),
+    )
