@@ -1,16 +1,156 @@
 """Tokenizers as GGUF carries them (``tokenizer.ggml.*``): the one form aprlib keeps.
 
-APR metadata holds the same keys, so a GGUF → APR → GGUF trip is a copy. This module
-compares two such tokenizers by meaning: the first token id whose text differs, the first
-merge that differs, special ids and the pre-tokenizer, so a diff can say *which* part of
-the vocabulary moved instead of "files identical".
+APR metadata holds the same keys, so a GGUF → APR → GGUF trip is a copy. An HF folder's
+``tokenizer.json`` (byte-level BPE, as Qwen2 and Llama-3 use) is read into that form the
+way llama.cpp's ``convert_hf_to_gguf.py`` does: tokens by id, padded to the embedding's
+rows with ``[PAD{i}]``, added tokens typed CONTROL (special) or USER_DEFINED, merges as
+``"a b"``, special ids and ``add_bos`` from ``tokenizer_config.json``. The pre-tokenizer
+is named from its split regex; one llama.cpp does not know is an error that names it,
+never a silent default (llama.cpp would split text differently and every id would move).
+
+Two tokenizers are also compared by meaning here: the first token id whose text differs,
+the first merge that differs, special ids and the pre-tokenizer.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from aprlib.errors import ModelFileError
+
 PREFIX = "tokenizer.ggml."
+
+#: llama.cpp token types (llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+#: HF split regex of the pre-tokenizer → llama.cpp's ``tokenizer.ggml.pre`` name
+PRE_TOKENIZERS = {
+    (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+        r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ): "qwen2",
+    (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+        r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ): "llama-bpe",
+}
+#: the GPT-2 pre-tokenizer (ByteLevel with its built-in regex)
+GPT2 = "gpt-2"
+MAX_TOKENIZER_JSON = 256 << 20
+
+
+class TokenizerError(ModelFileError):
+    """A tokenizer that cannot be carried faithfully (names the file and the field)."""
+
+
+def read_hf_folder(folder: Path, vocab_size: int | None) -> dict[str, Any] | None:
+    """The GGUF-keyed tokenizer of an HF folder, or None when it has no tokenizer.json."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_TOKENIZER_JSON:
+        raise TokenizerError(path, f"over {MAX_TOKENIZER_JSON >> 20} MiB", field="size")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(path, f"not JSON: {exc}") from None
+    config_path = Path(folder) / "tokenizer_config.json"
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TokenizerError(config_path, f"not JSON: {exc}") from None
+    return from_hf(data, config, vocab_size, path)
+
+
+def _pre_name(data: dict[str, Any], path: Path | str) -> str:
+    pre = data.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in parts]
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return GPT2
+    if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
+        pattern = (parts[0].get("pattern") or {}).get("Regex")
+        if pattern in PRE_TOKENIZERS and parts[0].get("behavior") == "Isolated":
+            return PRE_TOKENIZERS[pattern]
+        raise TokenizerError(
+            path,
+            f"unknown pre-tokenizer split regex {pattern!r} (known: "
+            f"{', '.join(sorted(PRE_TOKENIZERS.values()))}, {GPT2}); llama.cpp would split "
+            "text differently",
+            field="pre_tokenizer",
+        )
+    raise TokenizerError(
+        path,
+        f"unknown pre-tokenizer {json.dumps(pre)[:200]} (byte-level BPE with the "
+        f"{', '.join(sorted(PRE_TOKENIZERS.values()))} or {GPT2} split is supported)",
+        field="pre_tokenizer",
+    )
+
+
+def _special_id(config: dict[str, Any], key: str, ids: dict[str, int]) -> int | None:
+    value = config.get(key)
+    if isinstance(value, dict):
+        value = value.get("content")
+    return ids.get(value) if isinstance(value, str) else None
+
+
+def from_hf(
+    data: dict[str, Any],
+    config: dict[str, Any],
+    vocab_size: int | None,
+    path: Path | str = "tokenizer.json",
+) -> dict[str, Any]:
+    """``tokenizer.json`` (+ ``tokenizer_config.json``) → ``tokenizer.ggml.*`` keys."""
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TokenizerError(
+            path, f"tokenizer model {model.get('type')!r} (only BPE is supported)", field="model"
+        )
+    pre = _pre_name(data, path)
+    ids: dict[str, int] = dict(model.get("vocab") or {})
+    added = {t["content"]: t for t in data.get("added_tokens") or []}
+    for content, token in added.items():
+        ids[content] = int(token["id"])
+    by_id = {i: t for t, i in ids.items()}
+    n = max(vocab_size or 0, max(by_id, default=-1) + 1)
+    tokens, types = [], []
+    for i in range(n):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(USER_DEFINED)
+        elif text in added:
+            tokens.append(text)
+            types.append(CONTROL if added[text].get("special") else USER_DEFINED)
+        else:
+            tokens.append(text)
+            types.append(NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    out: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.merges": merges,
+    }
+    for key, gguf_key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+    ):
+        token_id = _special_id(config, key, ids)
+        if token_id is not None:
+            out[PREFIX + gguf_key] = token_id
+    for key in ("add_bos_token", "add_eos_token"):
+        if isinstance(config.get(key), bool):
+            out[PREFIX + key] = config[key]
+    return out
+
+
 #: scalar fields compared one to one (the special ids and flags llama.cpp reads)
 SCALARS = (
     "model",

@@ -315,6 +315,8 @@ def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -
     """The source's tokenizer, or a minimal valid GPT-2 style one llama.cpp accepts."""
     if model.tokenizer and "tokenizer.ggml.tokens" in model.tokenizer:
         return dict(model.tokenizer)
+    if model.metadata.get("aprlib.tokenizer_error"):  # a tokenizer we must not replace
+        raise ConversionError(model.metadata["aprlib.tokenizer_error"])
     n = cfg.vocab_size
     tokens = ["a", "b", "ab", *(f"<t{i}>" for i in range(3, n))][:n]
     report.notes.append(
