@@ -3,7 +3,7 @@
 APR metadata holds the same keys, so a GGUF → APR → GGUF trip is a copy. An HF folder's
 ``tokenizer.json`` (byte-level BPE, as Qwen2 and Llama-3 use) is read into that form the
 way llama.cpp's ``convert_hf_to_gguf.py`` does: tokens by id, padded to the embedding's
-rows with ``[PAD{i}]``, added tokens typed CONTROL (special) or USER_DEFINED, merges as
+rows with ``[PAD{i}]`` (UNUSED), added tokens typed CONTROL (special) or USER_DEFINED, merges as
 ``"a b"``, special ids and ``add_bos`` from ``tokenizer_config.json``. The pre-tokenizer
 is named from its split regex; one llama.cpp does not know is an error that names it,
 never a silent default (llama.cpp would split text differently and every id would move).
@@ -62,7 +62,13 @@ def read_hf_folder(folder: Path, vocab_size: int | None) -> dict[str, Any] | Non
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TokenizerError(config_path, f"not JSON: {exc}") from None
-    return from_hf(data, config, vocab_size, path)
+    model_config: dict[str, Any] = {}
+    if (Path(folder) / "config.json").is_file():
+        try:
+            model_config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            model_config = {}  # the model reader reports a bad config.json
+    return from_hf(data, config, vocab_size, path, model_config)
 
 
 def _pre_name(data: dict[str, Any], path: Path | str) -> str:
@@ -102,8 +108,12 @@ def from_hf(
     config: dict[str, Any],
     vocab_size: int | None,
     path: Path | str = "tokenizer.json",
+    model_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``tokenizer.json`` (+ ``tokenizer_config.json``) → ``tokenizer.ggml.*`` keys."""
+    """``tokenizer.json`` (+ ``tokenizer_config.json``) → ``tokenizer.ggml.*`` keys.
+
+    A special id that ``tokenizer_config.json`` does not give comes from the model's
+    ``config.json`` (``bos_token_id``...), as gguf-py's SpecialVocab does."""
     model = data.get("model") or {}
     if model.get("type") != "BPE":
         raise TokenizerError(
@@ -121,7 +131,7 @@ def from_hf(
         text = by_id.get(i)
         if text is None:
             tokens.append(f"[PAD{i}]")
-            types.append(USER_DEFINED)
+            types.append(UNUSED)
         elif text in added:
             tokens.append(text)
             types.append(CONTROL if added[text].get("special") else USER_DEFINED)
@@ -143,6 +153,9 @@ def from_hf(
         ("unk_token", "unknown_token_id"),
     ):
         token_id = _special_id(config, key, ids)
+        if token_id is None:
+            fallback = (model_config or {}).get(key + "_id")
+            token_id = fallback if isinstance(fallback, int) and 0 <= fallback < n else None
         if token_id is not None:
             out[PREFIX + gguf_key] = token_id
     for key in ("add_bos_token", "add_eos_token"):
