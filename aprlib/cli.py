@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dst", type=Path)
     c.add_argument("--dtype", help="f32, f16, bf16, q8_0 or q4_k")
     c.add_argument("--format", choices=("apr", "gguf", "safetensors"), help="output format")
+    c.add_argument("--json", action="store_true", help="the report (notes, fallbacks) as JSON")
     d = sub.add_parser(
         "diff",
         help="compare two model files and name the root cause in one line",
@@ -221,6 +222,9 @@ def _convert(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             bar.stop()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+        return EXIT_OK
     print(
         f"{report.source} ({report.source_format}) -> {report.destination} "
         f"({report.target_format}): {report.tensors} tensors, "

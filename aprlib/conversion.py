@@ -18,7 +18,7 @@ from aprlib.formats.gguf import write_gguf
 from aprlib.formats.safetensors import write_safetensors
 from aprlib.io import open_model
 from aprlib.modelfile import EMBED, LM_HEAD, Model, Tensor
-from aprlib.output import ConvertReport, Progress, encode, output_dtype
+from aprlib.output import ConvertReport, Progress, encode, output_dtype, quant_fallbacks
 
 __all__ = [
     "FORMATS",
@@ -102,6 +102,15 @@ def write_model(
     fmt = target_format(dst, fmt)
     report = ConvertReport(model.path, dst, model.format, fmt)
     tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
+    report.fallbacks = quant_fallbacks(tensors, dtype)
+    if report.fallbacks:
+        written = sorted({f["written"] for f in report.fallbacks})
+        report.notes.append(
+            f"{len(report.fallbacks)} tensors cannot be {dtype.name if dtype else ''} "
+            f"(rows not whole blocks) and were written as {'/'.join(written)} instead, as "
+            f"llama.cpp falls back: {', '.join(f['tensor'] for f in report.fallbacks[:5])}"
+            + (" ..." if len(report.fallbacks) > 5 else "")
+        )
     WRITERS[fmt](model, tensors, dst, dtype, report, _streaming(model, progress))
     return report
 

@@ -29,6 +29,19 @@ class ConvertReport:
     tensors: int = 0
     bytes_written: int = 0
     notes: list[str] = field(default_factory=list)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source),
+            "destination": str(self.destination),
+            "source_format": self.source_format,
+            "target_format": self.target_format,
+            "tensors": self.tensors,
+            "bytes_written": self.bytes_written,
+            "notes": self.notes,
+            "fallbacks": self.fallbacks,
+        }
 
     def advance(self, name: str, written: int, progress: Progress) -> None:
         self.tensors += 1
@@ -37,12 +50,40 @@ class ConvertReport:
 
 
 def output_dtype(t: Tensor, requested: DType | None) -> DType:
+    """The dtype ``t`` is written in. Vectors (norms, biases) stay as they are, as in
+    llama.cpp. A matrix whose rows are not whole blocks of the requested quantisation
+    falls back as llama.cpp's ``llama_tensor_get_type`` does: a K-quant to a 32-element
+    block type (llama.cpp's Q5_0 for Q4_K; Q8_0 is the one aprlib writes), else F16."""
     if requested is None or requested == t.dtype:
         return t.dtype
     info = requested.info
-    if info.quantized and (len(t.shape) != 2 or t.shape[-1] % info.block_elements):
+    if info.quantized and len(t.shape) != 2:
         return t.dtype if not t.dtype.info.quantized else DType.F32
+    if info.quantized and t.shape[-1] % info.block_elements:
+        if t.shape[-1] % DType.Q8_0.info.block_elements == 0:
+            return DType.Q8_0
+        return DType.F16
     return requested
+
+
+def quant_fallbacks(tensors: list[Tensor], requested: DType | None) -> list[dict[str, Any]]:
+    """The matrices that cannot take ``requested`` and what they get instead, and why."""
+    if requested is None or not requested.info.quantized:
+        return []
+    out = []
+    for t in tensors:
+        got = output_dtype(t, requested)
+        if len(t.shape) == 2 and got != requested and t.dtype != requested:
+            out.append(
+                {
+                    "tensor": t.name,
+                    "requested": requested.name,
+                    "written": got.name,
+                    "why": f"rows of {t.shape[-1]} elements are not whole "
+                    f"{requested.info.block_elements}-element blocks",
+                }
+            )
+    return out
 
 
 def encode(t: Tensor, dtype: DType) -> np.ndarray:
