@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         "kept unless --dtype is given. A failed conversion leaves no output file.",
     )
     c.add_argument("src", type=Path)
-    c.add_argument("dst", type=Path)
+    c.add_argument(
+        "dst", help="output file, or a folder (existing, or ending in /): an HF folder inside it"
+    )  # a str: Path would drop the trailing '/' that names a folder
     c.add_argument("--dtype", help="f32, f16, bf16, q8_0 or q4_k")
     c.add_argument("--format", choices=("apr", "gguf", "safetensors"), help="output format")
     c.add_argument("--json", action="store_true", help="the report (notes, fallbacks) as JSON")
@@ -192,7 +194,7 @@ def _convert(args: argparse.Namespace) -> int:
     from aprlib.io import open_model
 
     dtype = DType.parse(args.dtype) if args.dtype else None
-    if args.src.resolve() == args.dst.resolve():
+    if args.src.resolve() == Path(args.dst).resolve():
         raise ValueError("source and destination are the same file")
     progress = None
     if sys.stderr.isatty():

@@ -207,3 +207,55 @@ def compare_tokenizers(a: dict[str, Any] | None, b: dict[str, Any] | None) -> li
                 + (f" ({len(la)} vs {len(lb)} entries)" if len(la) != len(lb) else "")
             )
     return out
+
+
+def to_hf(tok: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``tokenizer.ggml.*`` → (``tokenizer.json`` text, ``tokenizer_config.json`` dict), for
+    an HF folder destination; built with the ``tokenizers`` library, so what it writes is
+    what ``tokenizers`` loads. [PAD] fillers are left out (HF has no entry for them)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if _field(tok, "model") != "gpt2":
+        raise TokenizerError(
+            "tokenizer.ggml.model",
+            f"{_field(tok, 'model')!r} cannot be written as tokenizer.json (only gpt2 BPE)",
+        )
+    pre = _field(tok, "pre")
+    patterns = {name: regex for regex, name in PRE_TOKENIZERS.items()}
+    if pre == GPT2:
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    elif pre in patterns:
+        pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(patterns[pre]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        raise TokenizerError("tokenizer.ggml.pre", f"unknown pre-tokenizer {pre!r}")
+    tokens = list(_field(tok, "tokens") or [])
+    types = list(_field(tok, "token_type") or [NORMAL] * len(tokens))
+    kept = [i for i, kind in enumerate(types) if kind != UNUSED]
+    vocab = {tokens[i]: i for i in kept}
+    merges = [tuple(m.split(" ", 1)) for m in _field(tok, "merges") or []]
+    out = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    out.pre_tokenizer = pre_tokenizer
+    out.decoder = decoders.ByteLevel()
+    added = [i for i in kept if types[i] in (CONTROL, USER_DEFINED)]
+    out.add_tokens(
+        [AddedToken(tokens[i], special=types[i] == CONTROL, normalized=False) for i in added]
+    )
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for key, gguf_key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+    ):
+        token_id = _field(tok, gguf_key)
+        if isinstance(token_id, int) and 0 <= token_id < len(tokens):
+            config[key] = tokens[token_id]
+    for key in ("add_bos_token", "add_eos_token"):
+        if isinstance(_field(tok, key), bool):
+            config[key] = _field(tok, key)
+    return out.to_str(), config
