@@ -31,6 +31,18 @@ from aprlib.tokenizer import compare_tokenizers
 CHUNK_ELEMENTS = 1 << 22  # per side per step: 16 MiB of float32
 FLOATS = (DType.F32, DType.F16, DType.BF16)
 PRECISION = {DType.F32: 5, DType.F16: 4, DType.BF16: 3, DType.Q8_0: 2, DType.Q4_K: 1}
+#: bits per weight of the other GGML types, for a generic rounding bound (see _noise_bound)
+CODE_BITS = {
+    DType.Q4_0: 4, DType.Q4_1: 4, DType.Q5_0: 5, DType.Q5_1: 5, DType.Q2_K: 2, DType.Q3_K: 3,
+    DType.Q5_K: 5, DType.Q6_K: 6, DType.IQ2_XXS: 2, DType.IQ2_XS: 2, DType.IQ3_XXS: 3,
+    DType.IQ1_S: 1, DType.IQ4_NL: 4, DType.IQ3_S: 3, DType.IQ2_S: 2, DType.IQ4_XS: 4,
+    DType.IQ1_M: 1, DType.TQ1_0: 1, DType.TQ2_0: 2, DType.MXFP4: 4,
+}  # fmt: skip
+
+
+def _precision(d: DType) -> float:
+    return PRECISION.get(d, CODE_BITS.get(d, 1) / 8)
+
 
 IDENTICAL, EQUIVALENT = "IDENTICAL", "EQUIVALENT"
 TRANSPOSED, DTYPE_MISLABEL = "TRANSPOSED", "DTYPE_MISLABEL"
@@ -268,6 +280,12 @@ def _noise_bound(values: np.ndarray, low: Tensor, start: int, rows: int) -> np.n
         return v * 2.0**-11 + 2.0**-25
     if low.dtype is DType.F32:
         return None
+    if low.dtype in CODE_BITS:
+        # one step of a b-bit code spread over each 32-element group's range: looser than
+        # the exact bounds below (the block layouts differ type by type), never tighter
+        x = np.abs(values.astype(np.float64)).reshape(-1, 32)
+        step = 2 * x.max(axis=1) / max(2 ** CODE_BITS[low.dtype] - 1, 1)
+        return np.repeat(step * 1.25, 32).reshape(values.shape) + v * 2.0**-10
     raw = low.raw()
     n = low.shape[0]
     blocks = raw.reshape(n, -1)[start : start + rows].reshape(-1, low.dtype.info.block_bytes)
@@ -450,7 +468,7 @@ def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
         if np.array_equal(mine, theirs, equal_nan=True):
             continue
         # the other side may be the wider original: then the bytes are its rounding
-        if PRECISION[d] >= PRECISION[y.dtype]:
+        if _precision(d) >= _precision(y.dtype):
             return False
         t64 = theirs.astype(np.float64)
         bound = np.abs(t64) * (2.0**-8 if d is DType.BF16 else 2.0**-11) + 2.0**-25
@@ -643,13 +661,17 @@ BOUND_TEXT = {
     DType.F16: "|x| 2^-11 + 2^-25 (half an F16 ulp)",
     DType.Q8_0: "d/2 per 32-element block (half a Q8_0 step)",
     DType.Q4_K: "d*scale/2 per 32-element sub-block (half a Q4_K step)",
+    **{
+        d: f"one {bits}-bit step over each 32-element group's +-max range ({d.name})"
+        for d, bits in CODE_BITS.items()
+    },
 }
 
 
 def _quant_noise(ta: Tensor, tb: Tensor) -> tuple[str, float] | None:
     """(which bound was met, the worst error as a share of it), or None when some element
     exceeds the rounding bound of the lower-precision side."""
-    low, high = (ta, tb) if PRECISION[ta.dtype] < PRECISION[tb.dtype] else (tb, ta)
+    low, high = (ta, tb) if _precision(ta.dtype) < _precision(tb.dtype) else (tb, ta)
     if low.dtype is high.dtype or low.dtype is DType.F32:
         return None
     rows = min(_rows_per_chunk(ta), _rows_per_chunk(tb))

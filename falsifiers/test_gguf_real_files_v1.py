@@ -110,3 +110,76 @@ def test_llama_cpp_converter_output_opens_diffs_clean_and_converts_back(
 ):
     tiny = tiny_factory(arch, vocab_size=VOCAB)
     evidence.record(diagnosis=check_llama_cpp_gguf(tiny, arch, outtype, tmp_path)[:300])
+
+
+def _ggml_types() -> list[str]:
+    from aprlib.dtypes import ENCODABLE, DType
+
+    return [d.name for d in DType if d not in ENCODABLE]
+
+
+def write_with_type(src: Path, dst: Path, name: str, qtype: str, seed: int = 0) -> bytes:
+    """``src`` with tensor ``name`` replaced by random blocks of ``qtype``; returns them."""
+    import numpy as np
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    r = GGUFReader(src)
+    w = GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        w.add_key_value(
+            key, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None
+        )
+    t_type = GGMLQuantizationType[qtype]
+    block, size = GGML_QUANT_SIZES[t_type]
+    blocks = b""
+    for t in r.tensors:
+        if t.name != name:
+            w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+            continue
+        rows, cols = int(t.shape[1]), int(t.shape[0])
+        raw = np.random.default_rng(seed).integers(
+            0, 256, (rows, cols // block * size), dtype=np.uint8
+        )
+        w.add_tensor(t.name, raw, raw_shape=raw.shape, raw_dtype=t_type)
+        blocks = raw.tobytes()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return blocks
+
+
+def check_ggml_type(tiny, qtype: str, work: Path) -> int:
+    """A tensor of ``qtype`` opens with its logical shape and raw blocks, decodes to the
+    floats ``gguf.quants.dequantize`` gives, and passes through APR and back unchanged."""
+    import numpy as np
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    work.mkdir(parents=True, exist_ok=True)
+    convert(tiny.safetensors, work / "ours.gguf")
+    blocks = write_with_type(work / "ours.gguf", work / "typed.gguf", "blk.0.ffn_up.weight", qtype)
+    canonical = "model.layers.0.mlp.up_proj.weight"
+    with open_model(work / "typed.gguf") as m:
+        t = m.tensors[canonical]
+        assert t.dtype.name == qtype and t.shape == (512, 256)
+        assert t.raw().tobytes() == blocks
+        want = dequantize(
+            np.frombuffer(blocks, np.uint8).reshape(512, -1), GGMLQuantizationType[qtype]
+        )
+        np.testing.assert_array_equal(t.to_float32(), want.astype(np.float32))
+    assert apr(["inspect", str(work / "typed.gguf")]) == 0
+    convert(work / "typed.gguf", work / "typed.apr")
+    convert(work / "typed.apr", work / "back.gguf")
+    with open_model(work / "back.gguf") as back:
+        assert back.tensors[canonical].raw().tobytes() == blocks
+    return len(blocks)
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-003")
+@pytest.mark.parametrize("qtype", _ggml_types())
+def test_every_ggml_type_reads_decodes_and_passes_through(tiny_factory, tmp_path, qtype, evidence):
+    tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
+    evidence.record(bytes=check_ggml_type(tiny, qtype, tmp_path))

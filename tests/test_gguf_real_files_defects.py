@@ -39,3 +39,21 @@ def test_ggufreal_002_catches_a_reader_without_llama_cpps_defaults(
     monkeypatch.setattr(gguf_format, "with_llama_cpp_defaults", lambda kv, tok, rows: (kv, []))
     with pytest.raises(Exception, match="vocab_size"):
         falsifier.check_without_vocab_size(tiny_qwen2, "qwen2", tmp_path / "broken")
+
+
+def test_ggufreal_003_catches_a_reader_limited_to_its_own_types(
+    tiny_factory, tmp_path, monkeypatch
+):
+    from aprlib.dtypes import ENCODABLE, DType
+
+    tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
+    falsifier.check_ggml_type(tiny, "Q6_K", tmp_path / "real")
+    real = DType.from_code.__func__
+
+    def own_types_only(cls, code):
+        d = real(cls, code)
+        return d if d in ENCODABLE else None
+
+    monkeypatch.setattr(DType, "from_code", classmethod(own_types_only))
+    with pytest.raises(Exception, match=r"Q6_K|type"):
+        falsifier.check_ggml_type(tiny, "Q6_K", tmp_path / "broken")
