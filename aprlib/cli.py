@@ -125,7 +125,9 @@ def inspect_model(path: Path) -> dict[str, Any]:
     from aprlib.io import open_model
 
     with open_model(path) as model:
-        tensors, totals = [], {}
+        tensors: list[dict[str, Any]] = []
+        totals: dict[str, int] = {}
+        counts: dict[str, int] = {}
         checksums = "verified" if model.format == "apr" else "none in this format"
         for t in model:
             try:
@@ -139,6 +141,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
                 {"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "bytes": t.nbytes}
             )
             totals[t.dtype.name] = totals.get(t.dtype.name, 0) + t.nbytes
+            counts[t.dtype.name] = counts.get(t.dtype.name, 0) + 1
         return {
             "path": str(path),
             "format": model.format,
@@ -150,6 +153,8 @@ def inspect_model(path: Path) -> dict[str, Any]:
             "tokenizer": bool(model.tokenizer),
             "tensors": tensors,
             "dtype_totals": totals,
+            # the type mix, most tensors first: "Q4_K x169, Q6_K x25, F32 x97"
+            "dtype_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
             "checksums": checksums,
         }
 
@@ -182,8 +187,11 @@ def _inspect(args: argparse.Namespace) -> int:
             f"... {len(info['tensors']) - len(shown):,} more tensors (--limit N, or --json)"
         )
     console.print(
-        "dtype totals: "
-        + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in info["dtype_totals"].items())
+        "types: "
+        + ", ".join(
+            f"{k} ×{n} ({info['dtype_totals'][k] / 2**20:.1f} MiB)"
+            for k, n in info["dtype_counts"].items()
+        )
     )
     return EXIT_OK if not info["checksums"].startswith("MISMATCH") else EXIT_BAD_FILE
 

@@ -183,3 +183,48 @@ def check_ggml_type(tiny, qtype: str, work: Path) -> int:
 def test_every_ggml_type_reads_decodes_and_passes_through(tiny_factory, tmp_path, qtype, evidence):
     tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
     evidence.record(bytes=check_ggml_type(tiny, qtype, tmp_path))
+
+
+def check_k_quant_mix(tiny, work: Path, capsys) -> str:
+    """llama.cpp's own quantiser (llama_model_quantize, Q4_K_M): its type mix opens, shows
+    in inspect, diffs as quantisation noise only, and passes through APR unchanged."""
+    import ctypes
+
+    from falsifiers.llamacpp_oracle import require_llama_cpp
+
+    llama_cpp = require_llama_cpp()
+    work.mkdir(parents=True, exist_ok=True)
+    convert(tiny.safetensors, work / "f32.gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = 1
+    rc = llama_cpp.llama_model_quantize(
+        str(work / "f32.gguf").encode(), str(work / "q4_k_m.gguf").encode(), ctypes.byref(params)
+    )
+    assert rc == 0, f"llama_model_quantize returned {rc}"
+    with open_model(work / "q4_k_m.gguf") as m:
+        kinds = {t.dtype.name for t in m.tensors.values()}
+    assert {"Q4_K", "Q6_K", "F32"} <= kinds, kinds
+    capsys.readouterr()
+    assert apr(["inspect", str(work / "q4_k_m.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert "Q4_K ×" in out and "Q6_K ×" in out, out
+    with open_model(tiny.safetensors) as a, open_model(work / "q4_k_m.gguf") as b:
+        report = diff_models(a, b)
+        line = report.diagnosis["line"]
+        assert report.passes(expect_quantized=True), line
+        assert report.diagnosis["class"] == "QUANT_NOISE", line
+    convert(work / "q4_k_m.gguf", work / "q4_k_m.apr")
+    convert(work / "q4_k_m.apr", work / "back.gguf")
+    with open_model(work / "q4_k_m.gguf") as a, open_model(work / "back.gguf") as b:
+        back = diff_models(a, b)
+        assert back.clean, back.diagnosis["line"]
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-004")
+def test_llama_cpp_k_quant_mix_opens_diffs_as_noise_and_passes_through(
+    tiny_factory, tmp_path, capsys, evidence
+):
+    tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
+    evidence.record(diagnosis=check_k_quant_mix(tiny, tmp_path, capsys)[:300])

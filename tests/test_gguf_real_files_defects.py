@@ -57,3 +57,16 @@ def test_ggufreal_003_catches_a_reader_limited_to_its_own_types(
     monkeypatch.setattr(DType, "from_code", classmethod(own_types_only))
     with pytest.raises(Exception, match=r"Q6_K|type"):
         falsifier.check_ggml_type(tiny, "Q6_K", tmp_path / "broken")
+
+
+def test_ggufreal_004_catches_a_reader_without_q6_k(tiny_factory, tmp_path, monkeypatch, capsys):
+    from aprlib.dtypes import DType
+
+    tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
+    falsifier.check_k_quant_mix(tiny, tmp_path / "real", capsys)
+    real = DType.from_code.__func__
+    monkeypatch.setattr(
+        DType, "from_code", classmethod(lambda cls, code: None if code == 14 else real(cls, code))
+    )
+    with pytest.raises(Exception, match=r"type"):
+        falsifier.check_k_quant_mix(tiny, tmp_path / "broken", capsys)
