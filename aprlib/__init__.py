@@ -24,8 +24,10 @@ from aprlib.dtypes import DType
 from aprlib.errors import (
     AprFormatError,
     ConversionError,
+    FileChangedError,
     GgufFormatError,
     ModelFileError,
+    ModelMemoryError,
     SafetensorsFormatError,
     ShapeMismatchError,
 )
@@ -50,10 +52,12 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "DType",
+    "FileChangedError",
     "GgufFormatError",
     "Model",
     "ModelConfig",
     "ModelFileError",
+    "ModelMemoryError",
     "Ops",
     "SafetensorsFormatError",
     "ShapeMismatchError",

@@ -122,9 +122,10 @@ def _quiet_stdout() -> None:
 def inspect_model(path: Path) -> dict[str, Any]:
     """Everything ``apr inspect`` shows, as plain data."""
     from aprlib.errors import AprFormatError, FileChangedError
+    from aprlib.filesource import paused_gc
     from aprlib.io import open_model
 
-    with open_model(path) as model:
+    with open_model(path) as model, paused_gc():
         tensors: list[dict[str, Any]] = []
         totals: dict[str, int] = {}
         counts: dict[str, int] = {}
@@ -197,7 +198,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from aprlib.convert import convert
+    from aprlib.conversion import convert
     from aprlib.dtypes import DType
     from aprlib.io import open_model
 

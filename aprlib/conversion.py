@@ -155,6 +155,8 @@ def _write(
 ) -> ConvertReport:
     report = ConvertReport(model.path, dst, model.format, fmt)
     tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
+    if not tensors:
+        raise ConversionError(f"{model.path}: holds no tensors; there is nothing to write")
     report.fallbacks = quant_fallbacks(tensors, dtype)
     if report.fallbacks:
         written = sorted({f["written"] for f in report.fallbacks})

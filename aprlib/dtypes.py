@@ -49,10 +49,7 @@ class DType(IntEnum):
     @classmethod
     def from_code(cls, code: int) -> DType | None:
         """The dtype of a GGML/APR type code, None for a code no row of the table holds."""
-        try:
-            return cls(code)
-        except ValueError:
-            return None
+        return _BY_CODE.get(code)
 
     @classmethod
     def parse(cls, text: str) -> DType:
@@ -120,6 +117,8 @@ _INFO = {
 }
 #: what aprlib can encode (``--dtype``); every other type is read and passed through
 ENCODABLE = (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_K)
+
+_BY_CODE = {int(d): d for d in DType}
 
 #: safetensors' dtype strings ↔ ours (the ones a model file carries)
 SAFETENSORS_DTYPES = {i.safetensors: d for d, i in _INFO.items() if i.safetensors is not None}

@@ -5,12 +5,21 @@ SIGBUS on the next touch of a lost page (apr inspect/diff/convert died of signal
 every read is a ``preadv`` into a buffer this process owns: a file that shrank gives a
 short read, which becomes ``FileChangedError``; no signal is possible. Opening is
 non-blocking and refuses anything but a regular file, so a FIFO cannot hang a reader.
+
+The one exception, on request: ``mapped=True`` serves ``read`` as zero-copy views of a
+memory map, for a caller that owns the file and needs its pages to come and go (the
+reference model's zero-copy load). Such a caller accepts that a file truncated under it
+can raise SIGBUS; nothing in ``apr`` opens files that way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import mmap
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +33,12 @@ CHUNK = 16 << 20
 class FileSource:
     """An open regular file with the size it had when opened."""
 
-    def __init__(self, path: Path | str, error: type[ModelFileError] = ModelFileError) -> None:
+    def __init__(
+        self, path: Path | str, error: type[ModelFileError] = ModelFileError, mapped: bool = False
+    ) -> None:
         self.path = Path(path)
         self.error = error
+        self.map: mmap.mmap | None = None
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -40,6 +52,12 @@ class FileSource:
             raise
         self.size = st.st_size
         self.sparse = st.st_blocks * 512 < st.st_size // 2  # mostly holes
+        if mapped and self.size:
+            try:
+                self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+            except OSError as exc:
+                os.close(self.fd)
+                raise ModelMemoryError(self.path, f"cannot map: {exc.strerror}") from None
 
     def read_into(
         self, buf: memoryview, offset: int, tensor: str | None = None, field: str | None = None
@@ -66,7 +84,8 @@ class FileSource:
     def read(
         self, offset: int, length: int, tensor: str | None = None, field: str | None = None
     ) -> np.ndarray:
-        """``length`` bytes at ``offset`` as a fresh uint8 array."""
+        """``length`` bytes at ``offset`` as a fresh uint8 array (a view of the map when
+        opened ``mapped``)."""
         if offset + length > self.size:
             raise self.error(
                 self.path,
@@ -74,6 +93,8 @@ class FileSource:
                 tensor=tensor,
                 field=field,
             )
+        if self.map is not None:
+            return np.frombuffer(self.map, dtype=np.uint8, count=length, offset=offset)
         try:
             out = np.empty(length, dtype=np.uint8)
         except MemoryError:
@@ -81,7 +102,7 @@ class FileSource:
                 self.path, f"{length:,} bytes do not fit in memory", tensor=tensor, field=field
             ) from None
         if length:
-            self.read_into(memoryview(out), offset, tensor, field)
+            self.read_into(out.data, offset, tensor, field)
         return out
 
     def chunks(self, offset: int, length: int, tensor: str | None = None) -> Any:
@@ -95,6 +116,10 @@ class FileSource:
             done += n
 
     def close(self) -> None:
+        if self.map is not None:
+            with contextlib.suppress(BufferError):  # a view is alive: the map closes with it
+                self.map.close()
+            self.map = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -104,3 +129,16 @@ class FileSource:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic GC while an index of many entries becomes objects: each full collection
+    walks every object made so far, so 400,000 tensors took minutes instead of seconds."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

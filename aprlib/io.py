@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aprlib.errors import ModelFileError
+from aprlib.filesource import FileSource, paused_gc
 from aprlib.formats.apr import MAGIC, MAGIC_V1, open_apr
 from aprlib.formats.gguf import open_gguf
 from aprlib.formats.safetensors import open_safetensors
@@ -23,11 +24,8 @@ def sniff(path: Path) -> str:
     path = Path(path)
     if path.is_dir():
         return "safetensors"
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-    except OSError as exc:
-        raise ModelFileError(path, f"cannot read: {exc.strerror}") from None
+    with FileSource(path) as src:  # non-blocking, regular files only: a FIFO cannot hang
+        head = src.read(0, min(src.size, 9), field="magic").tobytes()
     if head[:4] == b"GGUF":
         return "gguf"
     if head[:4] in (MAGIC, MAGIC_V1):
@@ -41,14 +39,18 @@ def sniff(path: Path) -> str:
     )
 
 
-def open_model(path: Path | str) -> Model:
-    """Open any supported model file or folder, memory-mapped."""
+def open_model(path: Path | str, mapped: bool = False) -> Model:
+    """Open any supported model file or folder. Tensors are read with ``pread`` into owned
+    buffers (a file that changes gives ``FileChangedError``); ``mapped=True`` makes them
+    zero-copy views of a memory map instead, for a caller that owns the file (see
+    ``aprlib.filesource``)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(path, "no such file or directory")
     kind = sniff(path)
-    if kind == "apr":
-        return open_apr(path)
-    if kind == "gguf":
-        return open_gguf(path)
-    return open_safetensors(path)
+    with paused_gc():
+        if kind == "apr":
+            return open_apr(path, mapped)
+        if kind == "gguf":
+            return open_gguf(path, mapped)
+        return open_safetensors(path, mapped)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aprlib.errors import ModelFileError
+from aprlib.filesource import FileSource, paused_gc
 
 MAX_DEPTH = 64
 MAX_ITEMS = 2_000_000  # a 256k-token vocabulary with merges and types holds ~800k
@@ -53,9 +54,10 @@ def load_json(
     field: str,
     error: type[ModelFileError] = ModelFileError,
     max_bytes: int = 64 << 20,
-    max_items: int = MAX_ITEMS,
+    max_items: int | None = None,
 ) -> Any:
     """Parse ``data`` as UTF-8 JSON under the caps, or raise ``error`` naming ``field``."""
+    max_items = MAX_ITEMS if max_items is None else max_items
     if len(data) > max_bytes:
         raise error(path, f"{len(data):,} bytes of JSON (at most {max_bytes:,})", field=field)
     items = data.count(b",") + data.count(b":") + data.count(b"[") + data.count(b"{")
@@ -66,7 +68,8 @@ def load_json(
     except UnicodeDecodeError as exc:
         raise error(path, f"not UTF-8 (byte {exc.start})", field=field) from None
     try:
-        value = json.loads(text, object_pairs_hook=_reject_duplicates)
+        with paused_gc():
+            value = json.loads(text, object_pairs_hook=_reject_duplicates)
     except RecursionError:
         raise error(path, f"JSON nested deeper than {MAX_DEPTH} levels", field=field) from None
     except (json.JSONDecodeError, DuplicateKeyError) as exc:
@@ -83,7 +86,6 @@ def read_json_file(
     max_bytes: int = 16 << 20,
 ) -> Any:
     """A small JSON file (config.json, an index): a regular file, capped, parsed."""
-    from aprlib.filesource import FileSource
 
     with FileSource(path, error) as src:
         if src.size > max_bytes:

@@ -21,6 +21,9 @@ from aprlib.dtypes import DType, nbytes, to_float32
 #: what any tensor of any format may be (each format enforces these and its own limits)
 MAX_TENSOR_NDIM = 8
 MAX_TENSOR_DIM = 1 << 40
+#: tensors in one model: the largest published checkpoints hold ~100k (per-expert
+#: safetensors); 400k zero-size tensors were a hostile file that took minutes and GBs
+MAX_TENSORS = 1 << 17
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -74,8 +77,8 @@ class Model:
     def drop_pages(self) -> None:
         """Let the kernel take back mapped pages read so far (they stay in the page cache).
 
-        The file readers read into owned buffers now (``aprlib.filesource``), so only a
-        model that registered maps in ``_maps`` has anything to drop.
+        Only a model opened ``open_model(path, mapped=True)`` has maps; by default the
+        readers read into owned buffers (``aprlib.filesource``) and this does nothing.
         """
         for m in self._maps:
             with contextlib.suppress(AttributeError, OSError, ValueError):

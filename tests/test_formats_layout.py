@@ -79,3 +79,26 @@ def test_one_module_per_format_each_with_reader_and_writer():
     assert apr.open_apr and apr.write_apr
     assert gguf.open_gguf and gguf.write_gguf
     assert safetensors.open_safetensors and safetensors.write_safetensors
+
+
+@pytest.mark.parametrize("suffix", [".apr", ".gguf", ".safetensors"])
+def test_mapped_opens_give_zero_copy_views_of_the_same_bytes(tmp_path, suffix):
+    from aprlib import model_from_arrays, open_model, write_model
+    from aprlib.config import ModelConfig
+
+    rng = np.random.default_rng(4)
+    cfg = ModelConfig("qwen2", 6, 64, 96, 1, 4, 2, 1e-6, 1e4, 32, True)
+    raw = rng.standard_normal((6, 64)).astype(np.float32)
+    model = model_from_arrays({"model.embed_tokens.weight": (DType.F32, (6, 64), raw)}, cfg)
+    write_model(model, tmp_path / f"m{suffix}")
+    with (
+        open_model(tmp_path / f"m{suffix}") as owned,
+        open_model(tmp_path / f"m{suffix}", mapped=True) as mapped,
+    ):
+        a = owned.tensors["model.embed_tokens.weight"].raw()
+        b = mapped.tensors["model.embed_tokens.weight"].raw()
+        assert a.tobytes() == b.tobytes() == raw.tobytes()
+        assert a.flags.owndata and not b.flags.owndata  # b is a view of the map
+        assert not owned._maps and len(mapped._maps) == 1
+        mapped.drop_pages()
+        assert mapped.tensors["model.embed_tokens.weight"].raw().tobytes() == raw.tobytes()

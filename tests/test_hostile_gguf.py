@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile_files import (
+from falsifiers.hostile_files import (
     ARRAY,
     STRING,
     U8,

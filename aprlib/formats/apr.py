@@ -29,7 +29,14 @@ from aprlib.dtypes import DType, nbytes
 from aprlib.errors import AprFormatError, FileChangedError
 from aprlib.filesource import FileSource
 from aprlib.jsonlimits import load_json
-from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, Model, Tensor, check_tensor_shape
+from aprlib.modelfile import (
+    MAX_TENSOR_DIM,
+    MAX_TENSOR_NDIM,
+    MAX_TENSORS,
+    Model,
+    Tensor,
+    check_tensor_shape,
+)
 
 MAGIC = b"APR2"
 MAGIC_V1 = b"APRN"
@@ -44,7 +51,9 @@ TRAILER_MAGIC = b"ACRC"
 MAX_NDIM = MAX_TENSOR_NDIM
 MAX_DIM = MAX_TENSOR_DIM
 MAX_METADATA = 64 << 20  # a 256k-token tokenizer is ~20 MB of JSON
-_ENTRY_FIXED = struct.calcsize("<H") + struct.calcsize("<IB") + struct.calcsize("<QQI")
+_U16, _CODE_NDIM, _PLACE = struct.Struct("<H"), struct.Struct("<IB"), struct.Struct("<QQI")
+_SHAPES = [struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1)]
+_ENTRY_FIXED = _U16.size + _CODE_NDIM.size + _PLACE.size
 
 
 def _align(n: int) -> int:
@@ -272,10 +281,10 @@ class AprFile:
     SIGBUS.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mapped: bool = False) -> None:
         self.path = Path(path)
         self.version = VERSION
-        self._src = FileSource(self.path, AprFormatError)
+        self._src = FileSource(self.path, AprFormatError, mapped)
         try:
             size = self._src.size
             if size < HEADER.size:
@@ -347,6 +356,10 @@ class AprFile:
             )
         if count == 0:
             raise self._error("tensor count is 0: a model file holds tensors", field="tensor_count")
+        if count > MAX_TENSORS:
+            raise self._error(
+                f"tensor count {count:,} (at most {MAX_TENSORS:,})", field="tensor_count"
+            )
         if count > index_len // _ENTRY_FIXED:
             raise self._error(
                 f"tensor count {count} cannot fit in a {index_len}-byte index", field="tensor_count"
@@ -388,19 +401,18 @@ class AprFile:
         end, pos = len(m), 0
         entries: dict[str, TensorEntry] = {}
 
-        def take(fmt: str, what: str, tensor: str | None) -> tuple[Any, ...]:
+        def take(fmt: struct.Struct, what: str, tensor: str | None) -> tuple[Any, ...]:
             nonlocal pos
-            size = struct.calcsize(fmt)
-            if pos + size > end:
+            if pos + fmt.size > end:
                 raise self._error(
                     f"index ends inside {what} of tensor #{len(entries)}", tensor=tensor, field=what
                 )
-            values = struct.unpack_from(fmt, m, pos)
-            pos += size
+            values = fmt.unpack_from(m, pos)
+            pos += fmt.size
             return values
 
         for _ in range(count):
-            (name_len,) = take("<H", "name_length", None)
+            (name_len,) = take(_U16, "name_length", None)
             if pos + name_len > end:
                 raise self._error(
                     f"name of tensor #{len(entries)} runs past the index", field="name"
@@ -412,7 +424,7 @@ class AprFile:
                     f"name of tensor #{len(entries)} is not UTF-8", field="name"
                 ) from None
             pos += name_len
-            code, ndim = take("<IB", "dtype", name)
+            code, ndim = take(_CODE_NDIM, "dtype", name)
             dtype = DType.from_code(code)
             if dtype is None:
                 raise self._error(f"unknown dtype code {code}", tensor=name, field="dtype")
@@ -420,10 +432,10 @@ class AprFile:
                 raise self._error(
                     f"{ndim} dimensions (at most {MAX_NDIM})", tensor=name, field="shape"
                 )
-            shape = take(f"<{ndim}Q", "shape", name)
+            shape = take(_SHAPES[ndim], "shape", name)
             if any(d > MAX_DIM for d in shape):
                 raise self._error(f"dimension {max(shape)} is absurd", tensor=name, field="shape")
-            offset, size, crc = take("<QQI", "offset", name)
+            offset, size, crc = take(_PLACE, "offset", name)
             try:
                 expected = nbytes(dtype, shape)
             except ValueError as exc:
@@ -471,6 +483,12 @@ class AprFile:
         """Check a tensor's CRC32 in flat memory; runs of holes in a sparse file are
         checksummed arithmetically (``crc32_zeros``), not read."""
         e = self.entries[name]
+        if e.nbytes == 0:
+            if e.crc32 != 0:
+                raise self._error(
+                    "CRC32 mismatch: an empty tensor's is 0", tensor=name, field="crc32"
+                )
+            return
         crc = 0
         for kind, start, length in _extents(self._src, self._data_offset + e.offset, e.nbytes):
             if kind == "hole":
@@ -555,8 +573,8 @@ def crc32_zeros(crc: int, count: int) -> int:
 # --- model-level reader and writer -------------------------------------------------------
 
 
-def open_apr(path: Path) -> Model:
-    f = AprFile(path)
+def open_apr(path: Path, mapped: bool = False) -> Model:
+    f = AprFile(path, mapped)
     try:
         meta = f.metadata
         raw_config = meta.get("config")
@@ -580,7 +598,8 @@ def open_apr(path: Path) -> Model:
         )
         for name, e in f.entries.items()
     }
-    return Model(path, "apr", tensors, config, meta, tokenizer, [f.close])
+    maps = [f._src.map] if f._src.map is not None else []
+    return Model(path, "apr", tensors, config, meta, tokenizer, [f.close], maps)
 
 
 def write_apr(

@@ -23,7 +23,7 @@ from aprlib.dtypes import DType, nbytes
 from aprlib.errors import ConversionError, GgufFormatError
 from aprlib.filesource import FileSource
 from aprlib.gguf_defaults import with_llama_cpp_defaults
-from aprlib.modelfile import Model, Tensor, check_tensor_shape
+from aprlib.modelfile import EMBED, MAX_TENSORS, Model, Tensor, check_tensor_shape
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # v1 had 32-bit counts and is gone from llama.cpp
@@ -147,6 +147,10 @@ class _Head:
             raise self._error(f"GGUF version {version}; this reader reads 2 and 3", field="version")
         n_tensors = self.scalar("<Q", "tensor_count")
         n_kv = self.scalar("<Q", "kv_count")
+        if n_tensors > MAX_TENSORS:
+            raise self._error(
+                f"tensor count {n_tensors:,} (at most {MAX_TENSORS:,})", field="tensor_count"
+            )
         if n_kv * _MIN_KV + n_tensors * _MIN_TENSOR_INFO > self.left:
             raise self._error(
                 f"{n_kv:,} key/values and {n_tensors:,} tensor infos cannot fit in the "
@@ -244,8 +248,8 @@ def _place(
     return list(placed.values())
 
 
-def open_gguf(path: Path) -> Model:
-    src = FileSource(path, GgufFormatError)
+def open_gguf(path: Path, mapped: bool = False) -> Model:
+    src = FileSource(path, GgufFormatError, mapped)
     try:
         return _open(path, src)
     except BaseException:
@@ -313,7 +317,8 @@ def _open(path: Path, src: FileSource) -> Model:
             ).reshape(-1)
 
         tensors[p.canonical] = Tensor(p.canonical, p.dtype, p.shape, p.name, read)
-    return Model(path, "gguf", tensors, config, kv, tokenizer or None, [src.close])
+    maps = [src.map] if src.map is not None else []
+    return Model(path, "gguf", tensors, config, kv, tokenizer or None, [src.close], maps)
 
 
 def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -> dict[str, Any]:
@@ -323,6 +328,12 @@ def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -
     if model.metadata.get("aprlib.tokenizer_error"):  # a tokenizer we must not replace
         raise ConversionError(model.metadata["aprlib.tokenizer_error"])
     n = cfg.vocab_size
+    embed = model.tensors.get(EMBED)
+    if embed is not None and embed.shape and embed.shape[0] != n:
+        raise ConversionError(
+            f"{model.path}: config vocab_size {n:,} but {EMBED} has {embed.shape[0]:,} rows; "
+            "no placeholder tokenizer is written for a vocabulary the weights do not have"
+        )
     tokens = ["a", "b", "ab", *(f"<t{i}>" for i in range(3, n))][:n]
     report.notes.append(
         f"the source has no tokenizer: wrote a minimal GPT-2 style one "

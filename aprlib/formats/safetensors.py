@@ -22,7 +22,7 @@ from aprlib.dtypes import SAFETENSORS_DTYPES, DType, nbytes
 from aprlib.errors import ConversionError, ModelFileError, SafetensorsFormatError
 from aprlib.filesource import FileSource
 from aprlib.jsonlimits import load_json, read_json_file
-from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, Model, Tensor
+from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, MAX_TENSORS, Model, Tensor
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # as the safetensors package's own cap
 MAX_JSON_FILE = 16 << 20  # config.json, model.safetensors.index.json
@@ -31,9 +31,9 @@ MAX_JSON_FILE = 16 << 20  # config.json, model.safetensors.index.json
 class SafetensorsFile:
     """One safetensors file: header checked against the file; tensors read on demand."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mapped: bool = False) -> None:
         self.path = path
-        self.src = FileSource(path, SafetensorsFormatError)
+        self.src = FileSource(path, SafetensorsFormatError, mapped)
         try:
             self._parse()
         except BaseException:
@@ -62,6 +62,8 @@ class SafetensorsFile:
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise self._error("__metadata__ is not an object of strings", field="__metadata__")
         self.metadata: dict[str, str] = metadata
+        if len(header) > MAX_TENSORS:
+            raise self._error(f"{len(header):,} tensors (at most {MAX_TENSORS:,})", field="header")
         self.data_start = 8 + n
         data_len = size - self.data_start
         self.entries: dict[str, tuple[DType, tuple[int, ...], int, int]] = {}
@@ -182,7 +184,7 @@ def shard_paths(folder: Path) -> tuple[list[tuple[str, Path]], dict[str, str] | 
     return files, weight_map
 
 
-def open_safetensors(path: Path) -> Model:
+def open_safetensors(path: Path, mapped: bool = False) -> Model:
     if path.is_dir():
         folder = path
         files, weight_map = shard_paths(path)
@@ -193,7 +195,7 @@ def open_safetensors(path: Path) -> Model:
     metadata: dict[str, Any] = {}
     try:
         for shard_name, file in files:
-            shard = SafetensorsFile(file)
+            shard = SafetensorsFile(file, mapped)
             shards.append(shard)
             metadata.update(shard.metadata)
             for name, (dtype, shape, _, _) in shard.entries.items():
@@ -223,8 +225,9 @@ def open_safetensors(path: Path) -> Model:
         for shard in shards:
             shard.close()
         raise
+    maps = [s.src.map for s in shards if s.src.map is not None]
     return Model(
-        path, "safetensors", tensors, config, metadata, tokenizer, [s.close for s in shards]
+        path, "safetensors", tensors, config, metadata, tokenizer, [s.close for s in shards], maps
     )
 
 

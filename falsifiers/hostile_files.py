@@ -153,12 +153,12 @@ class AprEntry:
 
 
 def apr_index(entries: list[AprEntry]) -> bytes:
-    out = b""
+    out = []
     for e in entries:
         name = e.name.encode()
-        out += struct.pack("<H", len(name)) + name + struct.pack("<IB", e.dtype, len(e.shape))
-        out += struct.pack(f"<{len(e.shape)}QQQI", *e.shape, e.offset, e.nbytes, e.crc32)
-    return out
+        out.append(struct.pack("<H", len(name)) + name + struct.pack("<IB", e.dtype, len(e.shape)))
+        out.append(struct.pack(f"<{len(e.shape)}QQQI", *e.shape, e.offset, e.nbytes, e.crc32))
+    return b"".join(out)
 
 
 def apr_bytes(
@@ -278,3 +278,28 @@ def apr_inline(capsys: Any, *args: str) -> tuple[int, str]:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) <= 1, err
     return rc, err[0] if err else ""
+
+
+def read_apr_by_v20_rules(data: bytes) -> dict[str, tuple[int, tuple[int, ...], bytes]]:
+    """What an APR 2.0 reader (docs/apr-format.md, 2.0) makes of a file: header, regions,
+    ``tensor_count`` index entries and nothing after them; name → (dtype, shape, bytes)."""
+    fields = APR_HEADER.unpack_from(data, 0)
+    magic, major, _, _, meta_len, index_off, index_len, data_off, _, count, crc = fields
+    assert magic == b"APR2" and major == 2 and zlib.crc32(data[:60]) == crc
+    json.loads(data[64 : 64 + meta_len])
+    pos, out = index_off, {}
+    for _ in range(count):
+        (n,) = struct.unpack_from("<H", data, pos)
+        name = data[pos + 2 : pos + 2 + n].decode()
+        pos += 2 + n
+        dtype, ndim = struct.unpack_from("<IB", data, pos)
+        pos += 5
+        shape = struct.unpack_from(f"<{ndim}Q", data, pos)
+        pos += 8 * ndim
+        offset, size, tcrc = struct.unpack_from("<QQI", data, pos)
+        pos += 20
+        raw = data[data_off + offset : data_off + offset + size]
+        assert zlib.crc32(raw) == tcrc, name
+        out[name] = (dtype, shape, raw)
+    assert pos <= index_off + index_len
+    return out
