@@ -178,6 +178,10 @@ def to_float32(
         return buf.view("<f2").astype(np.float32).reshape(shape)
     if dtype is DType.BF16:
         return bf16_to_float32(buf).reshape(shape)
+    if dtype is DType.Q8_0:  # gguf.quants' own arithmetic, without its per-group overhead
+        blocks = buf.reshape(-1, 34)
+        scale = blocks[:, :2].copy().view("<f2").astype(np.float32)
+        return (blocks[:, 2:].view(np.int8).astype(np.float32) * scale).reshape(shape)
     from gguf.quants import GGMLQuantizationType, dequantize
 
     qtype = GGMLQuantizationType(int(dtype))
