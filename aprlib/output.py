@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from aprlib import __version__
-from aprlib.dtypes import DType, from_float32
+from aprlib.dtypes import DType, from_float32, nbytes, to_float32
 from aprlib.modelfile import Model, Tensor
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes done) after each tensor
@@ -86,11 +86,28 @@ def quant_fallbacks(tensors: list[Tensor], requested: DType | None) -> list[dict
     return out
 
 
+#: elements per step when quantising a matrix: its float32 copy and the quantiser's
+#: temporaries then cost tens of MB, not several times the tensor
+ENCODE_CHUNK = 1 << 22
+
+
 def encode(t: Tensor, dtype: DType) -> np.ndarray:
-    """The tensor's bytes in ``dtype`` (its own bytes, uncopied, when unchanged)."""
+    """The tensor's bytes in ``dtype`` (its own bytes, uncopied, when unchanged). A matrix
+    is quantised a band of rows at a time (blocks never cross rows: same bytes)."""
     if dtype == t.dtype:
         return t.raw()
-    return from_float32(t.to_float32(), dtype)
+    if not (dtype.info.quantized and len(t.shape) == 2 and t.shape[0] > 1):
+        return from_float32(t.to_float32(), dtype)
+    rows, cols = t.shape
+    raw = t.raw()
+    row_in, row_out = raw.size // rows, nbytes(dtype, (cols,))
+    out = np.empty(rows * row_out, dtype=np.uint8)
+    step = max(1, ENCODE_CHUNK // max(cols, 1))
+    for r in range(0, rows, step):
+        n = min(step, rows - r)
+        values = to_float32(raw[r * row_in : (r + n) * row_in], t.dtype, (n, cols))
+        out[r * row_out : (r + n) * row_out] = from_float32(values, dtype).reshape(-1)
+    return out
 
 
 def provenance(model: Model) -> dict[str, Any]:

@@ -46,3 +46,19 @@ def test_cli_reports_the_fallback_in_text_and_json(tiny_qwen2, tmp_path, capsys)
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["fallbacks"]) == 16  # every matrix of the tiny model (rows of 64 or 160)
     assert {f["written"] for f in doc["fallbacks"]} == {"Q8_0"}
+
+
+def test_quantising_in_bands_of_rows_gives_the_same_bytes(monkeypatch):
+    """encode() quantises a matrix a band of rows at a time (peak memory); blocks never
+    cross rows, so the bytes equal a whole-matrix quantisation."""
+    import numpy as np
+
+    from aprlib import model_from_arrays, output
+    from aprlib.dtypes import from_float32
+
+    values = np.random.default_rng(3).standard_normal((37, 512)).astype(np.float32)
+    model = model_from_arrays({"w": (DType.F32, values.shape, values)}, None)
+    monkeypatch.setattr(output, "ENCODE_CHUNK", 512 * 5)  # 5 rows per band, a ragged last one
+    for dtype in (DType.Q8_0, DType.Q4_K):
+        got = output.encode(model.tensors["w"], dtype)
+        assert np.array_equal(got, from_float32(values, dtype).reshape(-1)), dtype
