@@ -7,6 +7,8 @@ writer writes through ``aprlib.atomic``, so a failed conversion leaves no partia
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from aprlib.formats.gguf import write_gguf
 from aprlib.formats.safetensors import write_safetensors
 from aprlib.io import open_model
 from aprlib.modelfile import EMBED, LM_HEAD, Model, Tensor
-from aprlib.output import ConvertReport, Progress, encode, output_dtype
+from aprlib.output import ConvertReport, Progress, encode, output_dtype, quant_fallbacks
 
 __all__ = [
     "FORMATS",
@@ -98,12 +100,72 @@ def write_model(
     ``checked`` applies the tied-head rules of ``output_tensors``; without it every tensor
     is written as given (how tests build a defective file on purpose).
     """
+    folder = _folder_destination(dst)
+    if folder is not None:
+        fmt = fmt or "safetensors"
+        dst = folder / f"model.{fmt}"
     dst = Path(dst)
     fmt = target_format(dst, fmt)
+    created = folder is not None and not folder.exists()
+    if created:
+        folder.mkdir()  # type: ignore[union-attr]
+    try:
+        report = _write(model, dst, fmt, dtype, progress, checked)
+        if folder is not None and fmt == "safetensors" and model.tokenizer:
+            write_hf_tokenizer(model.tokenizer, folder)
+            report.notes.append(f"wrote an HF folder: config.json, {dst.name}, tokenizer.json")
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)  # type: ignore[arg-type]
+        raise
+    return report
+
+
+def _folder_destination(dst: Path | str) -> Path | None:
+    """A destination that names a folder (an existing one, or a path ending in '/'): an HF
+    folder is written inside it, and nothing outside it. Its parent must exist."""
+    path = Path(dst)
+    if not (path.is_dir() or str(dst).endswith(("/", os.sep))):
+        return None
+    if not path.exists() and not path.parent.is_dir():
+        raise ConversionError(f"{dst}: the folder {path.parent} does not exist")
+    return path
+
+
+def write_hf_tokenizer(tokenizer: dict, folder: Path) -> None:
+    """tokenizer.json and tokenizer_config.json from the GGUF-keyed tokenizer, atomically."""
+    import json
+
+    from aprlib.atomic import atomic_output
+    from aprlib.tokenizer import to_hf
+
+    text, config = to_hf(tokenizer)
+    for name, body in (("tokenizer.json", text), ("tokenizer_config.json", json.dumps(config))):
+        with atomic_output(folder / name) as tmp:
+            Path(tmp).write_text(body, encoding="utf-8")
+
+
+def _write(
+    model: Model,
+    dst: Path,
+    fmt: str,
+    dtype: DType | None,
+    progress: Progress | None,
+    checked: bool,
+) -> ConvertReport:
     report = ConvertReport(model.path, dst, model.format, fmt)
     tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
     if not tensors:
         raise ConversionError(f"{model.path}: holds no tensors; there is nothing to write")
+    report.fallbacks = quant_fallbacks(tensors, dtype)
+    if report.fallbacks:
+        written = sorted({f["written"] for f in report.fallbacks})
+        report.notes.append(
+            f"{len(report.fallbacks)} tensors cannot be {dtype.name if dtype else ''} "
+            f"(rows not whole blocks) and were written as {'/'.join(written)} instead, as "
+            f"llama.cpp falls back: {', '.join(f['tensor'] for f in report.fallbacks[:5])}"
+            + (" ..." if len(report.fallbacks) > 5 else "")
+        )
     WRITERS[fmt](model, tensors, dst, dtype, report, _streaming(model, progress))
     return report
 

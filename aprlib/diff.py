@@ -13,6 +13,7 @@ memory at once.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
 from collections import defaultdict
@@ -22,13 +23,26 @@ from typing import Any
 
 import numpy as np
 
-from aprlib import layout
+from aprlib import consistency, layout, swaps
 from aprlib.dtypes import DType, nbytes, to_float32
 from aprlib.io import LM_HEAD, Model, Tensor
+from aprlib.tokenizer import compare_tokenizers
 
 CHUNK_ELEMENTS = 1 << 22  # per side per step: 16 MiB of float32
 FLOATS = (DType.F32, DType.F16, DType.BF16)
 PRECISION = {DType.F32: 5, DType.F16: 4, DType.BF16: 3, DType.Q8_0: 2, DType.Q4_K: 1}
+#: bits per weight of the other GGML types, for a generic rounding bound (see _noise_bound)
+CODE_BITS = {
+    DType.Q4_0: 4, DType.Q4_1: 4, DType.Q5_0: 5, DType.Q5_1: 5, DType.Q2_K: 2, DType.Q3_K: 3,
+    DType.Q5_K: 5, DType.Q6_K: 6, DType.IQ2_XXS: 2, DType.IQ2_XS: 2, DType.IQ3_XXS: 3,
+    DType.IQ1_S: 1, DType.IQ4_NL: 4, DType.IQ3_S: 3, DType.IQ2_S: 2, DType.IQ4_XS: 4,
+    DType.IQ1_M: 1, DType.TQ1_0: 1, DType.TQ2_0: 2, DType.MXFP4: 4,
+}  # fmt: skip
+
+
+def _precision(d: DType) -> float:
+    return PRECISION.get(d, CODE_BITS.get(d, 1) / 8)
+
 
 IDENTICAL, EQUIVALENT = "IDENTICAL", "EQUIVALENT"
 TRANSPOSED, DTYPE_MISLABEL = "TRANSPOSED", "DTYPE_MISLABEL"
@@ -36,14 +50,22 @@ SCALED, SHIFTED, PERMUTED = "SCALED", "SHIFTED", "PERMUTED"
 QUANT_NOISE, VALUE_DRIFT = "QUANT_NOISE", "VALUE_DRIFT"
 SHAPE_MISMATCH, MISSING, EXTRA = "SHAPE_MISMATCH", "MISSING", "EXTRA"
 CONFIG_MISMATCH = "CONFIG_MISMATCH"
+NAN, INF, SWAPPED = "NAN", "INF", "SWAPPED"
+CONFIG_CONTRADICTS_WEIGHTS = "CONFIG_CONTRADICTS_WEIGHTS"
+TOKENIZER_MISMATCH = "TOKENIZER_MISMATCH"
 CLEAN = frozenset({IDENTICAL, EQUIVALENT})
 #: ties in the ranking go to the class that breaks a model hardest
 SEVERITY = (
+    NAN,
+    INF,
     SHAPE_MISMATCH,
     TRANSPOSED,
     DTYPE_MISLABEL,
+    SWAPPED,
+    CONFIG_CONTRADICTS_WEIGHTS,
     MISSING,
     EXTRA,
+    TOKENIZER_MISMATCH,
     PERMUTED,
     SCALED,
     SHIFTED,
@@ -51,6 +73,10 @@ SEVERITY = (
     CONFIG_MISMATCH,
     QUANT_NOISE,
 )
+#: the diagnosis leads with a non-finite value before any other class, and with expected
+#: quantisation noise only when nothing else was found (a count of many noisy tensors must
+#: not bury one mislabelled tensor)
+TIER = {NAN: 0, INF: 0, QUANT_NOISE: 2}
 
 
 @dataclass
@@ -95,16 +121,38 @@ class ConfigFinding:
 
 
 @dataclass
+class Contradiction:
+    """One side's config says one thing and its own weights another."""
+
+    side: str  # "A" | "B"
+    field: str
+    message: str
+
+
+@dataclass
 class DiffReport:
     a: str
     b: str
     pairs: list[Pair]
     config: list[ConfigFinding]
     diagnosis: dict[str, Any]
+    contradictions: list[Contradiction] = field(default_factory=list)
+    tokenizer: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return all(p.tag in CLEAN for p in self.pairs) and not self.config
+        return self.passes()
+
+    def passes(self, expect_quantized: bool = False) -> bool:
+        """No finding, or (when quantisation is expected) none beyond QUANT_NOISE pairs that
+        met their dtype's bound: the question CI asks, answered without parsing classes."""
+        allowed = CLEAN | {QUANT_NOISE} if expect_quantized else CLEAN
+        return (
+            all(p.tag in allowed for p in self.pairs)
+            and not self.config
+            and not self.contradictions
+            and not self.tokenizer
+        )
 
     def as_dict(self) -> dict[str, Any]:
         counts: dict[str, int] = defaultdict(int)
@@ -116,6 +164,11 @@ class DiffReport:
             "clean": self.clean,
             "counts": dict(sorted(counts.items())),
             "config": [{"field": c.field, "a": c.a, "b": c.b} for c in self.config],
+            "config_contradicts_weights": [
+                {"side": c.side, "field": c.field, "message": c.message}
+                for c in self.contradictions
+            ],
+            "tokenizer": self.tokenizer,
             "tensors": [p.as_dict() for p in self.pairs],
             "diagnosis": self.diagnosis,
         }
@@ -160,11 +213,59 @@ def _chunk_pairs(ta: Tensor, tb: Tensor) -> Iterator[tuple[int, np.ndarray, np.n
 
 
 def _bytes_equal(ta: Tensor, tb: Tensor) -> bool:
-    ra, rb = ta.raw(), tb.raw()
-    if ra.size != rb.size:
+    """A memcmp over the raw bytes, not a float decode: most pairs of a real diff are
+    byte-identical and cost only this. Where both tensors lie unchanged in their files
+    (``span``), they are read in pieces into two buffers reused for the whole diff, so
+    no tensor-sized buffer is allocated (and page-faulted) per pair."""
+    if ta.nbytes != tb.nbytes:
         return False
+    if ta.span is not None and tb.span is not None and _MEMCMP is not None:
+        return _spans_equal(ta, tb)
+    ra, rb = ta.raw(), tb.raw()
+    if _MEMCMP is not None and ra.flags.c_contiguous and rb.flags.c_contiguous:
+        return ra.size == 0 or _MEMCMP(ra.ctypes.data, rb.ctypes.data, ra.size) == 0
     step = CHUNK_ELEMENTS * 4
     return all(np.array_equal(ra[i : i + step], rb[i : i + step]) for i in range(0, ra.size, step))
+
+
+_BUFFERS: list[np.ndarray] = []
+
+
+def _spans_equal(ta: Tensor, tb: Tensor) -> bool:
+    from aprlib.filesource import CHUNK, FileSource
+
+    if not _BUFFERS:
+        _BUFFERS.extend(np.empty(CHUNK, dtype=np.uint8) for _ in range(2))
+    buf_a, buf_b = _BUFFERS
+    (path_a, off_a), (path_b, off_b) = ta.span, tb.span  # type: ignore[misc]
+    length = ta.nbytes
+    with FileSource(path_a) as fa, FileSource(path_b) as fb:
+        for done in range(0, length, CHUNK):
+            n = min(CHUNK, length - done)
+            fa.read_into(memoryview(buf_a)[:n], off_a + done, ta.name)
+            fb.read_into(memoryview(buf_b)[:n], off_b + done, tb.name)
+            if _MEMCMP(buf_a.ctypes.data, buf_b.ctypes.data, n) != 0:
+                return False
+    return True
+
+
+def _load_memcmp() -> Any:
+    """libc's memcmp through ctypes (numpy has no allocation-free byte compare: its
+    array_equal builds a boolean array; memoryview equality compares item by item)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        memcmp = libc.memcmp
+    except (OSError, AttributeError):  # pragma: no cover - platforms without a C library
+        return None
+    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    memcmp.restype = ctypes.c_int
+    return memcmp
+
+
+_MEMCMP = _load_memcmp()
 
 
 # --- the bound of the lower-precision side -----------------------------------------------
@@ -179,6 +280,12 @@ def _noise_bound(values: np.ndarray, low: Tensor, start: int, rows: int) -> np.n
         return v * 2.0**-11 + 2.0**-25
     if low.dtype is DType.F32:
         return None
+    if low.dtype in CODE_BITS:
+        # one step of a b-bit code spread over each 32-element group's range: looser than
+        # the exact bounds below (the block layouts differ type by type), never tighter
+        x = np.abs(values.astype(np.float64)).reshape(-1, 32)
+        step = 2 * x.max(axis=1) / max(2 ** CODE_BITS[low.dtype] - 1, 1)
+        return np.repeat(step * 1.25, 32).reshape(values.shape) + v * 2.0**-10
     raw = low.raw()
     n = low.shape[0]
     blocks = raw.reshape(n, -1)[start : start + rows].reshape(-1, low.dtype.info.block_bytes)
@@ -210,12 +317,23 @@ class Tolerance:
     rtol: float = 1e-5
 
 
-def classify(ta: Tensor, tb: Tensor, tol: Tolerance, heads: tuple[int, ...] = ()) -> Pair:
+def classify(
+    ta: Tensor,
+    tb: Tensor,
+    tol: Tolerance,
+    heads: tuple[int, ...] = (),
+    dtype_counts: tuple[dict[DType, int], dict[DType, int]] = ({}, {}),
+) -> Pair:
+    """``dtype_counts``: how many tensors of each dtype A's and B's files hold, the file's
+    own testimony on which tag of a mislabelled tensor is the odd one."""
     pair = Pair(ta.name, "", _describe(ta), _describe(tb))
     if ta.dtype == tb.dtype and ta.shape == tb.shape and _bytes_equal(ta, tb):
         pair.tag = IDENTICAL
         return pair
-    mislabel = _mislabel(ta, tb)
+    # the detectors below each read both tensors: read each once (a reader copies the
+    # bytes out of the file on every raw() call)
+    ta, tb = _read_once(ta), _read_once(tb)
+    mislabel = _mislabel(ta, tb, dtype_counts)
     if mislabel:
         pair.tag, pair.detail = DTYPE_MISLABEL, mislabel
         return pair
@@ -229,9 +347,20 @@ def classify(ta: Tensor, tb: Tensor, tol: Tolerance, heads: tuple[int, ...] = ()
         return pair
     stats = _stats(ta, tb)
     pair.stats = {k: v for k, v in stats.items() if not k.startswith("_")}
+    if stats["_nonfinite"]:
+        pair.tag, pair.detail = stats["_nonfinite"]
+        return pair
     if stats["_equal"]:
         pair.tag = EQUIVALENT
         pair.detail = f"same values, {ta.dtype.name} vs {tb.dtype.name}"
+        return pair
+    # noise first: a scaled, shifted, transposed or permuted tensor breaks the rounding
+    # bound at its first chunk, while a quantised copy would otherwise pay for every
+    # other detector's full pass before reaching this one
+    noise = _quant_noise(ta, tb)
+    if noise:
+        pair.tag, pair.detail = QUANT_NOISE, noise[0]
+        pair.stats["of_bound"] = noise[1]
         return pair
     if len(ta.shape) == 2 and ta.shape[0] == ta.shape[1] and _transposed(ta, tb):
         pair.tag, pair.detail = TRANSPOSED, "B holds A transposed (square matrix)"
@@ -240,13 +369,9 @@ def classify(ta: Tensor, tb: Tensor, tol: Tolerance, heads: tuple[int, ...] = ()
     if explained:
         pair.tag, pair.detail = explained
         return pair
-    permutation = _permutation(ta, tb, heads)
+    permutation = _permutation(ta, tb, heads, stats)
     if permutation:
         pair.tag, pair.detail = PERMUTED, permutation
-        return pair
-    noise = _quant_noise(ta, tb)
-    if noise:
-        pair.tag, pair.detail = QUANT_NOISE, noise
         return pair
     pair.tag = VALUE_DRIFT
     pair.detail = (
@@ -256,8 +381,29 @@ def classify(ta: Tensor, tb: Tensor, tol: Tolerance, heads: tuple[int, ...] = ()
     return pair
 
 
-def _mislabel(ta: Tensor, tb: Tensor) -> str:
-    """One side's raw bytes, decoded as another float dtype, are the other side's values."""
+def _read_once(t: Tensor) -> Tensor:
+    held: list[np.ndarray] = []
+
+    def raw() -> np.ndarray:
+        if not held:
+            held.append(t.raw())
+        return held[0]
+
+    return dataclasses.replace(t, _raw=raw)
+
+
+def _mislabel(
+    ta: Tensor,
+    tb: Tensor,
+    dtype_counts: tuple[dict[DType, int], dict[DType, int]] = ({}, {}),
+) -> str:
+    """One side's raw bytes, decoded as another float dtype, are the other side's values.
+
+    When both sides hold the very same bytes under two tags, either could be the liar; the
+    guilty side is the one whose tag makes the bytes implausible weights (see
+    ``_plausible``), and failing that the one whose tag is the odd one out in its own file.
+    """
+    found = []  # (guilty side, true dtype, its tag)
     for x, y, side in ((ta, tb, "A"), (tb, ta, "B")):
         if x.dtype not in FLOATS:
             continue
@@ -267,11 +413,43 @@ def _mislabel(ta: Tensor, tb: Tensor) -> str:
             if x.raw().size != nbytes(d, y.shape):
                 continue
             if _decoded_as_equals(x, d, y):
-                return (
-                    f"bytes identical, dtype tag differs: {d.name} data tagged "
-                    f"{x.dtype.name} (in {side})"
-                )
-    return ""
+                found.append((side, d, x.dtype))
+                break
+    if not found:
+        return ""
+    side, true, tag = found[0] if len(found) == 1 else _guilty(ta, found, dtype_counts)
+    return f"bytes identical, dtype tag differs: {true.name} data tagged {tag.name} (in {side})"
+
+
+def _guilty(
+    t: Tensor,
+    found: list[tuple[str, DType, DType]],
+    dtype_counts: tuple[dict[DType, int], dict[DType, int]],
+) -> tuple[str, DType, DType]:
+    """Of 'A mislabelled' and 'B mislabelled' (same bytes, two tags), the likelier one."""
+    plausible = [c for c in found if _plausible(t.raw(), c[1])]
+    if len(plausible) == 1:
+        return plausible[0]
+    for side, true, tag in found:
+        counts = dtype_counts[0 if side == "A" else 1]
+        if counts.get(true, 0) > counts.get(tag, 0):
+            return side, true, tag
+    return found[0]
+
+
+def _plausible(raw: np.ndarray, dtype: DType, sample: int = 1 << 16) -> bool:
+    """Could these bytes, read as ``dtype``, be trained weights? Weights sit within a few
+    powers of two of 2^-4 and spread over several binades. F16 bytes read as BF16 land near
+    2^-40; BF16 bytes read as F16 keep only the top bits of the exponent and collapse into
+    a binade or two around 1."""
+    width = dtype.info.block_bytes
+    count = min(raw.size // width, sample)
+    values = to_float32(raw[: count * width], dtype, (count,)).astype(np.float64)
+    values = np.abs(values[np.isfinite(values) & (values != 0)])
+    if values.size < 16:
+        return True
+    log = np.log2(values)
+    return bool(-20 <= np.median(log) <= 10 and np.std(log) >= 0.5)
 
 
 def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
@@ -290,7 +468,7 @@ def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
         if np.array_equal(mine, theirs, equal_nan=True):
             continue
         # the other side may be the wider original: then the bytes are its rounding
-        if PRECISION[d] >= PRECISION[y.dtype]:
+        if _precision(d) >= _precision(y.dtype):
             return False
         t64 = theirs.astype(np.float64)
         bound = np.abs(t64) * (2.0**-8 if d is DType.BF16 else 2.0**-11) + 2.0**-25
@@ -321,34 +499,99 @@ def _typed_view(t: Tensor) -> np.ndarray:
 
 
 def _stats(ta: Tensor, tb: Tensor) -> dict[str, Any]:
+    """Difference statistics over the positions where both sides are finite; NaN and Inf
+    are counted and located on their own, so one NaN cannot turn every figure into nan."""
     n = 0
-    equal = True
     max_abs = sum_sq = sum_a = sum_b = sum_aa = sum_bb = sum_ab = 0.0
     max_a = 0.0
-    for _, a, b in _chunk_pairs(ta, tb):
-        a64, b64 = a.astype(np.float64).reshape(-1), b.astype(np.float64).reshape(-1)
-        equal = equal and np.array_equal(a, b, equal_nan=True)
-        diff = np.abs(a64 - b64)
-        max_abs = max(max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
-        sum_sq += float(np.nansum(diff * diff))
-        sum_a += float(a64.sum())
-        sum_b += float(b64.sum())
-        sum_aa += float(a64 @ a64)
-        sum_bb += float(b64 @ b64)
-        sum_ab += float(a64 @ b64)
-        max_a = max(max_a, float(np.nanmax(np.abs(a64))) if a64.size else 0.0)
+    counts = {"nan_a": 0, "nan_b": 0, "inf_a": 0, "inf_b": 0}
+    first_bad: int | None = None
+    row = int(np.prod(ta.shape[1:])) if len(ta.shape) > 1 else 1
+    for start, a, b in _sub_chunks(_chunk_pairs(ta, tb), row):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        ca, cb = float(a64.sum()), float(b64.sum())  # nan/inf iff a value is
+        if not (np.isfinite(ca) and np.isfinite(cb)):
+            fa, fb = np.isfinite(a), np.isfinite(b)
+            na, nb = np.isnan(a), np.isnan(b)
+            counts["nan_a"] += int(na.sum())
+            counts["nan_b"] += int(nb.sum())
+            counts["inf_a"] += int((~fa & ~na).sum())
+            counts["inf_b"] += int((~fb & ~nb).sum())
+            differs = (na != nb) | (~fa & ~na & (a != b)) | (~fb & ~nb & (a != b))
+            if first_bad is None and differs.any():
+                first_bad = start * row + int(np.argmax(differs))
+            both = fa & fb
+            a64, b64 = a64[both], b64[both]
+            ca, cb = float(a64.sum()), float(b64.sum())
+        diff = a64 - b64
+        if diff.size:
+            max_abs = max(max_abs, float(diff.max()), -float(diff.min()))
+            max_a = max(max_a, float(a64.max()), -float(a64.min()))
+        # einsum, not @: BLAS threads on cache-sized pieces spin more than they compute
+        sum_sq += float(np.einsum("i,i->", diff, diff))
+        sum_a += ca
+        sum_b += cb
+        sum_aa += float(np.einsum("i,i->", a64, a64))
+        sum_bb += float(np.einsum("i,i->", b64, b64))
+        sum_ab += float(np.einsum("i,i->", a64, b64))
         n += a64.size
     norm = (sum_aa * sum_bb) ** 0.5
-    return {
+    out: dict[str, Any] = {
         "max_abs": max_abs,
         "rms": (sum_sq / n) ** 0.5 if n else 0.0,
         "relative": max_abs / max_a if max_a else float("inf") if max_abs else 0.0,
         "cosine": sum_ab / norm if norm else 1.0,
-        "_equal": equal,
+        "_equal": max_abs == 0.0 and first_bad is None,
         "_n": n,
         "_ratio": sum_ab / sum_aa if sum_aa else float("nan"),
         "_offset": (sum_b - sum_a) / n if n else 0.0,
+        "_sum_aa": sum_aa,
+        "_sum_bb": sum_bb,
+        "_nonfinite": None,
     }
+    out.update({k: v for k, v in counts.items() if v})
+    if first_bad is not None:
+        where = [int(i) for i in np.unravel_index(first_bad, ta.shape or (1,))]
+        out["_nonfinite"] = _nonfinite_finding(counts, where)
+    return out
+
+
+def _element_count(t: Tensor) -> int:
+    return int(np.prod(t.shape)) if t.shape else 1
+
+
+SUB_CHUNK = 1 << 16  # elements: float64 temporaries that stay in the CPU cache
+
+
+def _sub_chunks(
+    pairs: Iterator[tuple[int, np.ndarray, np.ndarray]], row: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, a, b) flat pieces of SUB_CHUNK elements: float64 statistics over pieces
+    that fit in cache cost the float32 read, not a round trip of float64 through memory.
+    ``first row`` stays exact: pieces are whole rows where rows fit."""
+    rows = max(1, SUB_CHUNK // max(row, 1))
+    for start, a, b in pairs:
+        a2, b2 = (
+            a.reshape(a.shape[0] if a.ndim else 1, -1),
+            b.reshape(b.shape[0] if b.ndim else 1, -1),
+        )
+        for r in range(0, a2.shape[0], rows):
+            yield start + r, a2[r : r + rows].reshape(-1), b2[r : r + rows].reshape(-1)
+
+
+def _nonfinite_finding(counts: dict[str, int], where: list[int]) -> tuple[str, str]:
+    """``(NAN, "1 NaN in B only, first at [3, 5]")``: the kind, how many, where first."""
+    parts = []
+    for kind, label in (("nan", "NaN"), ("inf", "Inf")):
+        na, nb = counts[f"{kind}_a"], counts[f"{kind}_b"]
+        if na and not nb:
+            parts.append(f"{na} {label} in A only")
+        elif nb and not na:
+            parts.append(f"{nb} {label} in B only")
+        elif na or nb:
+            parts.append(f"{label}: {na} in A, {nb} in B, not at the same places")
+    tag = NAN if counts["nan_a"] or counts["nan_b"] else INF
+    return tag, f"{', '.join(parts)}, first at {where}"
 
 
 def _affine(
@@ -383,9 +626,13 @@ def _row_keys(t: Tensor) -> list[int]:
     return keys
 
 
-def _permutation(ta: Tensor, tb: Tensor, heads: tuple[int, ...]) -> str:
+def _permutation(
+    ta: Tensor, tb: Tensor, heads: tuple[int, ...], stats: dict[str, Any] | None = None
+) -> str:
     if not ta.shape or ta.shape[0] < 2:
         return ""
+    if stats and not np.isclose(stats["_sum_aa"], stats["_sum_bb"], rtol=1e-4, atol=0.0):
+        return ""  # reordered rows keep the sum of squares: no need to hash every row
     ka, kb = _row_keys(ta), _row_keys(tb)
     if sorted(ka) != sorted(kb) or len(set(ka)) != len(ka):
         return ""
@@ -408,17 +655,44 @@ def _permutation(ta: Tensor, tb: Tensor, heads: tuple[int, ...]) -> str:
     return f"rows reordered: {moved} of {len(order)} rows moved"
 
 
-def _quant_noise(ta: Tensor, tb: Tensor) -> str:
-    low, high = (ta, tb) if PRECISION[ta.dtype] < PRECISION[tb.dtype] else (tb, ta)
+#: what ``_noise_bound`` allows per element, in words, for the output
+BOUND_TEXT = {
+    DType.BF16: "|x| 2^-8 (half a BF16 ulp)",
+    DType.F16: "|x| 2^-11 + 2^-25 (half an F16 ulp)",
+    DType.Q8_0: "d/2 per 32-element block (half a Q8_0 step)",
+    DType.Q4_K: "d*scale/2 per 32-element sub-block (half a Q4_K step)",
+    **{
+        d: f"one {bits}-bit step over each 32-element group's +-max range ({d.name})"
+        for d, bits in CODE_BITS.items()
+    },
+}
+
+
+def _quant_noise(ta: Tensor, tb: Tensor) -> tuple[str, float] | None:
+    """(which bound was met, the worst error as a share of it), or None when some element
+    exceeds the rounding bound of the lower-precision side."""
+    low, high = (ta, tb) if _precision(ta.dtype) < _precision(tb.dtype) else (tb, ta)
     if low.dtype is high.dtype or low.dtype is DType.F32:
-        return ""
+        return None
     rows = min(_rows_per_chunk(ta), _rows_per_chunk(tb))
-    for (start, h), (_, lo) in zip(_chunks(high, rows), _chunks(low, rows), strict=True):
-        bound = _noise_bound(h, low, start, h.shape[0] if h.ndim else 1)
-        if bound is None or not (np.abs(h.astype(np.float64) - lo) <= bound).all():
-            return ""
+    row = int(np.prod(ta.shape[1:])) if len(ta.shape) > 1 else max(1, _element_count(ta))
+    pieces = (
+        (start, h, lo)
+        for (start, h), (_, lo) in zip(_chunks(high, rows), _chunks(low, rows), strict=True)
+    )
+    worst = 0.0
+    for start, h, lo in _sub_chunks(pieces, row):
+        bound = _noise_bound(h, low, start, max(1, h.size // row))
+        err = np.abs(h.astype(np.float64) - lo)
+        if bound is None or not (err <= bound).all():
+            return None
+        worst = max(worst, float((err / bound).max()) if err.size else 0.0)
     side = "A" if low is ta else "B"
-    return f"within the rounding bound of {low.dtype.name} (the lower-precision side, {side})"
+    return (
+        f"within the rounding bound of {low.dtype.name} (the lower-precision side, {side}): "
+        f"bound {BOUND_TEXT[low.dtype]}, worst error {worst:.2f} of it",
+        worst,
+    )
 
 
 # --- whole models ------------------------------------------------------------------------
@@ -436,7 +710,45 @@ CONFIG_FIELDS = (
     "rope_theta",
     "tie_word_embeddings",
     "rope_type",
+    "hidden_act",
+    "attention_bias",
+    "mlp_bias",
+    "sliding_window",
+    "rope_scaling",
 )
+
+
+def _meaning(cfg: Any, name: str) -> Any:
+    """A field as the forward pass sees it: defaults filled in, spellings normalised, so
+    two configs that say the same thing in different words compare equal."""
+    if name == "head_dim":
+        return cfg.attention_head_dim
+    if name == "attention_bias":
+        return consistency.attention_bias(cfg)
+    value = getattr(cfg, name, None)
+    if name == "hidden_act":
+        return {"swish": "silu"}.get(value or "silu", value or "silu")
+    if name == "mlp_bias":
+        return bool(value)
+    if name == "rope_scaling":
+        if not value or value.get("rope_type", value.get("type")) in (None, "default"):
+            return None
+        scaling = {k: v for k, v in value.items() if v is not None}
+        if "type" in scaling:
+            scaling.setdefault("rope_type", scaling.pop("type"))
+        return {
+            k: float(v) if isinstance(v, int | float) and k != "rope_type" else v
+            for k, v in sorted(scaling.items())
+        }
+    return value
+
+
+def _same(va: Any, vb: Any) -> bool:
+    if isinstance(va, float) and isinstance(vb, float):
+        return bool(np.isclose(va, vb, rtol=1e-6))
+    if isinstance(va, dict) and isinstance(vb, dict):
+        return va.keys() == vb.keys() and all(_same(va[k], vb[k]) for k in va)
+    return bool(va == vb)
 
 
 def compare_configs(a: Model, b: Model) -> list[ConfigFinding]:
@@ -444,12 +756,25 @@ def compare_configs(a: Model, b: Model) -> list[ConfigFinding]:
         return []
     out = []
     for name in CONFIG_FIELDS:
-        va, vb = getattr(a.config, name), getattr(b.config, name)
-        if isinstance(va, float) and isinstance(vb, float) and np.isclose(va, vb, rtol=1e-6):
-            continue
-        if va != vb:
+        va, vb = _meaning(a.config, name), _meaning(b.config, name)
+        if not _same(va, vb):
             out.append(ConfigFinding(name, va, vb))
     return out
+
+
+def check_config_against_weights(
+    a: Model, b: Model, pairs: list[Pair] | tuple[()] = ()
+) -> list[Contradiction]:
+    """Each side's config against its own weights. A tensor already tagged TRANSPOSED is
+    explained by its layout, one tagged SWAPPED by the move: its shape contradicting the
+    config is that finding again."""
+    transposed = {p.name for p in pairs if p.tag in (TRANSPOSED, SWAPPED)}
+    return [
+        Contradiction(side, name, message)
+        for side, model in (("A", a), ("B", b))
+        for name, tensor, message in consistency.contradictions(model)
+        if tensor not in transposed
+    ]
 
 
 def _pair_names(a: Model, b: Model) -> list[str]:
@@ -459,6 +784,17 @@ def _pair_names(a: Model, b: Model) -> list[str]:
 
 def _natural(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _dtype_counts(model: Model) -> dict[DType, int]:
+    counts: dict[DType, int] = defaultdict(int)
+    for t in model.tensors.values():
+        counts[t.dtype] += 1
+    return counts
+
+
+#: tags a swap can hide behind: the pair differs by name, the values may sit elsewhere
+_SWAP_CANDIDATES = frozenset({VALUE_DRIFT, SHAPE_MISMATCH, PERMUTED, SCALED, SHIFTED})
 
 
 def diff_models(
@@ -475,6 +811,7 @@ def diff_models(
             }
         )
     )
+    counts = (_dtype_counts(a), _dtype_counts(b))
     pairs: list[Pair] = []
     for name in _pair_names(a, b):
         ta = _lookup(a, name)
@@ -485,14 +822,50 @@ def diff_models(
         if tb is None:
             pairs.append(Pair(name, MISSING, _describe(ta), None, "only in A"))
             continue
-        pair = classify(ta, tb, tol, heads)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are findings, not noise
+            pair = classify(ta, tb, tol, heads, counts)
         if values and pair.tag not in CLEAN:
             pair.values = {"a": _first(ta), "b": _first(tb)}
         pairs.append(pair)
         a.drop_pages()
         b.drop_pages()
+    moves = _mark_swaps(a, b, pairs)
     config = compare_configs(a, b)
-    return DiffReport(str(a.path), str(b.path), pairs, config, diagnose(pairs, config))
+    contradicts = check_config_against_weights(a, b, pairs)
+    tokenizer = compare_tokenizers(a.tokenizer, b.tokenizer)
+    return DiffReport(
+        str(a.path),
+        str(b.path),
+        pairs,
+        config,
+        diagnose(pairs, config, contradicts, tokenizer, moves),
+        contradicts,
+        tokenizer,
+    )
+
+
+def _mark_swaps(a: Model, b: Model, pairs: list[Pair]) -> list[str]:
+    """Retag as SWAPPED the pairs whose B values are another name's A values; returns the
+    moves in words (``model.layers.1.* <-> model.layers.2.*``)."""
+    suspects = [p for p in pairs if p.tag in _SWAP_CANDIDATES]
+    if len(suspects) < 2:
+        return []
+    names = [p.name for p in suspects]
+    moves = swaps.find_moves(
+        {n: t for n in names if (t := _lookup(a, n)) is not None},
+        {n: t for n in names if (t := _lookup(b, n)) is not None},
+    )
+    if not moves:
+        return []
+    for p in suspects:
+        if p.name in moves:
+            p.tag, p.detail = SWAPPED, f"B's {p.name} holds A's {moves[p.name]}"
+            p.stats = {}
+    sizes: dict[int, int] = defaultdict(int)
+    for p in pairs:
+        if m := re.match(r"^model\.layers\.(\d+)\.", p.name):
+            sizes[int(m.group(1))] += 1
+    return swaps.describe(moves, dict(sizes))
 
 
 def _lookup(model: Model, name: str) -> Tensor | None:
@@ -523,6 +896,11 @@ MEANING = {
     MISSING: "Tensors present in A only",
     EXTRA: "Tensors present in B only",
     CONFIG_MISMATCH: "Architecture config differs",
+    NAN: "NaN where the other side holds numbers",
+    INF: "Inf where the other side holds numbers",
+    SWAPPED: "B holds under one name the values A holds under another",
+    CONFIG_CONTRADICTS_WEIGHTS: "A config disagrees with its own weights",
+    TOKENIZER_MISMATCH: "Tokenizers differ",
 }
 
 
@@ -557,15 +935,29 @@ def _fold_suffixes(by_suffix: dict[str, set[int]], total: int) -> list[str]:
     return out
 
 
-def diagnose(pairs: list[Pair], config: list[ConfigFinding]) -> dict[str, Any]:
+def diagnose(
+    pairs: list[Pair],
+    config: list[ConfigFinding],
+    contradicts: list[Contradiction] | tuple[()] = (),
+    tokenizer: list[str] | tuple[()] = (),
+    moves: list[str] | tuple[()] = (),
+) -> dict[str, Any]:
     layers = {int(m.group(1)) for p in pairs if (m := re.match(r"^model\.layers\.(\d+)\.", p.name))}
     total_layers = max(layers) + 1 if layers else 0
     groups: dict[str, list[Pair]] = defaultdict(list)
     for p in pairs:
         if p.tag not in CLEAN:
             groups[p.tag].append(p)
-    classes = sorted(groups, key=lambda t: (-len(groups[t]), SEVERITY.index(t)))
-    found = [_explain(t, groups[t], total_layers, len(pairs)) for t in classes]
+    found = [_explain(t, groups[t], total_layers, len(pairs), moves) for t in groups]
+    if contradicts:
+        found.append(
+            {
+                "class": CONFIG_CONTRADICTS_WEIGHTS,
+                "tensors": [],
+                "count": len(contradicts),
+                "summary": "; ".join(f"{c.message} (in {c.side})" for c in contradicts),
+            }
+        )
     if config:
         fields = ", ".join(f"{c.field} {c.a!r} vs {c.b!r}" for c in config)
         found.append(
@@ -576,6 +968,16 @@ def diagnose(pairs: list[Pair], config: list[ConfigFinding]) -> dict[str, Any]:
                 "summary": f"{MEANING[CONFIG_MISMATCH]}: {fields}",
             }
         )
+    if tokenizer:
+        found.append(
+            {
+                "class": TOKENIZER_MISMATCH,
+                "tensors": [],
+                "count": len(tokenizer),
+                "summary": f"{MEANING[TOKENIZER_MISMATCH]}: {'; '.join(tokenizer)}",
+            }
+        )
+    found.sort(key=lambda f: (TIER.get(f["class"], 1), -f["count"], SEVERITY.index(f["class"])))
     if not found:
         equivalent = any(p.tag == EQUIVALENT for p in pairs)
         cls = EQUIVALENT if equivalent else IDENTICAL
@@ -608,18 +1010,33 @@ def _short(found: dict[str, Any]) -> str:
     return summary.split(": ", 1)[1] if ": " in summary else summary
 
 
-def _explain(tag: str, pairs: list[Pair], total_layers: int, total: int) -> dict[str, Any]:
+def _explain(
+    tag: str,
+    pairs: list[Pair],
+    total_layers: int,
+    total: int,
+    moves: list[str] | tuple[()] = (),
+) -> dict[str, Any]:
     names = [p.name for p in pairs]
     details = {p.detail for p in pairs if p.detail}
     summary = MEANING[tag]
+    where = f"all {total} tensors" if len(names) == total > 1 else fold(names, total_layers)
     if tag == DTYPE_MISLABEL and details:
         summary += ": " + sorted(details)[0].split("differs: ", 1)[-1]
     elif tag in (SCALED, SHIFTED, PERMUTED) and len(details) == 1:
         summary += f": {next(iter(details))}"
     elif tag == QUANT_NOISE and details:
-        summary += f" ({sorted(details)[0]})"
+        worst = max(pairs, key=lambda p: p.stats.get("of_bound", 0.0))
+        summary += f" ({worst.detail}; worst pair {worst.name})"
     elif tag == VALUE_DRIFT:
         worst = max(pairs, key=lambda p: p.stats.get("max_abs", 0))
         summary += f" (worst {worst.name}: {worst.detail})"
-    where = f"all {total} tensors" if len(names) == total > 1 else fold(names, total_layers)
+    elif tag in (NAN, INF):
+        first = pairs[0]
+        summary = f"{first.detail}" + (
+            f" ({MEANING[tag]}; {len(pairs)} tensors)" if len(pairs) > 1 else ""
+        )
+        where = first.name if len(pairs) == 1 else where
+    elif tag == SWAPPED and moves:
+        where = ", ".join(moves)
     return {"class": tag, "tensors": names, "count": len(names), "where": where, "summary": summary}

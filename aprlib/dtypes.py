@@ -18,9 +18,29 @@ import numpy as np
 class DType(IntEnum):
     F32 = 0
     F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
     Q8_0 = 8
+    Q2_K = 10
+    Q3_K = 11
     Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    IQ1_M = 29
     BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
+    MXFP4 = 39
 
     @property
     def info(self) -> DTypeInfo:
@@ -35,11 +55,18 @@ class DType(IntEnum):
     def parse(cls, text: str) -> DType:
         """``"bf16"``, ``"BF16"``, ``"q4_k"`` → DType; ValueError names the choices."""
         key = text.strip().upper()
-        if key in cls.__members__:
+        if key in cls.__members__ and cls[key] in ENCODABLE:
             return cls[key]
         raise ValueError(
-            f"unknown dtype {text!r}; one of {', '.join(m.lower() for m in cls.__members__)}"
+            f"unknown dtype {text!r}; one of {', '.join(d.name.lower() for d in ENCODABLE)}"
         )
+
+
+def _ggml_block(d: DType) -> tuple[int, int]:
+    """(elements, bytes) of one block, from the gguf package's table."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType(int(d))]
 
 
 @dataclass(frozen=True)
@@ -60,7 +87,36 @@ _INFO = {
     DType.BF16: DTypeInfo(1, 2, None, "BF16"),
     DType.Q8_0: DTypeInfo(32, 34, None),  # f16 scale + 32 x int8
     DType.Q4_K: DTypeInfo(256, 144, None),  # f16 d, f16 dmin, 12 bytes scales, 128 bytes nibbles
+    # read and passed through as raw blocks, decoded by gguf.quants (llama.cpp's mixes:
+    # Q4_K_M holds Q6_K, older files Q4_0/Q4_1/Q5_0/Q5_1, i-quants)
+    **{
+        d: DTypeInfo(*_ggml_block(d), None)
+        for d in (
+            DType.Q4_0,
+            DType.Q4_1,
+            DType.Q5_0,
+            DType.Q5_1,
+            DType.Q2_K,
+            DType.Q3_K,
+            DType.Q5_K,
+            DType.Q6_K,
+            DType.IQ2_XXS,
+            DType.IQ2_XS,
+            DType.IQ3_XXS,
+            DType.IQ1_S,
+            DType.IQ4_NL,
+            DType.IQ3_S,
+            DType.IQ2_S,
+            DType.IQ4_XS,
+            DType.IQ1_M,
+            DType.TQ1_0,
+            DType.TQ2_0,
+            DType.MXFP4,
+        )
+    },
 }
+#: what aprlib can encode (``--dtype``); every other type is read and passed through
+ENCODABLE = (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_K)
 
 _BY_CODE = {int(d): d for d in DType}
 
@@ -122,6 +178,10 @@ def to_float32(
         return buf.view("<f2").astype(np.float32).reshape(shape)
     if dtype is DType.BF16:
         return bf16_to_float32(buf).reshape(shape)
+    if dtype is DType.Q8_0:  # gguf.quants' own arithmetic, without its per-group overhead
+        blocks = buf.reshape(-1, 34)
+        scale = blocks[:, :2].copy().view("<f2").astype(np.float32)
+        return (blocks[:, 2:].view(np.int8).astype(np.float32) * scale).reshape(shape)
     from gguf.quants import GGMLQuantizationType, dequantize
 
     qtype = GGMLQuantizationType(int(dtype))

@@ -49,6 +49,7 @@ class FileChangedError(ModelFileError):
 class ModelMemoryError(ModelFileError):
     """A tensor or structure that does not fit in the memory this process may use."""
 
+
 class ShapeMismatchError(ModelFileError):
     """Weights whose shapes disagree with the config; names every mismatched field.
 

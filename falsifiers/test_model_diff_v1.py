@@ -155,6 +155,9 @@ DEFECTS = {
         _truncate_embedding,
         lambda n: n == "model.embed_tokens.weight",
         "Shapes differ",
+        # the variant's config says what its embedding holds: a GGUF writer refuses to
+        # invent a placeholder vocabulary the weights do not have
+        config={"vocab_size": 80},
     ),
     "CONFIG_MISMATCH": Defect(
         "CONFIG_MISMATCH",
@@ -300,3 +303,285 @@ def check_mixed(src: Path, fmt: str, work: Path) -> str:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_mixed_findings_are_all_reported_ranked(tiny_qwen2, tmp_path, fmt, evidence):
     evidence.record(diagnosis=check_mixed(tiny_qwen2.safetensors, fmt, tmp_path))
+
+
+# --- issue 10: swaps, NaN/Inf, the guilty side, config vs weights, tokenizers -----------
+
+
+def _swap(pairs: list[tuple[str, str]]) -> Callable[[Arrays], None]:
+    def mutate(arrays: Arrays) -> None:
+        for x, y in pairs:
+            arrays[x], arrays[y] = arrays[y], arrays[x]
+
+    return mutate
+
+
+def _swap_layers(i: int, j: int) -> Callable[[Arrays], None]:
+    def mutate(arrays: Arrays) -> None:
+        prefix = f"model.layers.{i}."
+        names = [n for n in arrays if n.startswith(prefix)]
+        _swap([(n, n.replace(prefix, f"model.layers.{j}.")) for n in names])(arrays)
+
+    return mutate
+
+
+SWAPS = {
+    "layers": (
+        _swap_layers(0, 1),
+        lambda n: n.startswith("model.layers."),
+        "SWAPPED model.layers.0.* <-> model.layers.1.*",
+    ),
+    "q_k": (
+        _swap(
+            [
+                (
+                    "model.layers.1.self_attn.q_proj.weight",
+                    "model.layers.1.self_attn.k_proj.weight",
+                ),
+                ("model.layers.1.self_attn.q_proj.bias", "model.layers.1.self_attn.k_proj.bias"),
+            ]
+        ),
+        lambda n: (
+            n.startswith("model.layers.1.self_attn.") and n.split(".")[4] in ("q_proj", "k_proj")
+        ),
+        "SWAPPED k_proj <-> q_proj in layer 1",
+    ),
+}
+
+
+def check_swap(src: Path, kind: str, fmt: str, work: Path) -> str:
+    mutate, targets, phrase = SWAPS[kind]
+    report = run_diff(src, write_variant(src, mutate, fmt, work / fmt))
+    for pair in report.pairs:
+        want = "SWAPPED" if targets(pair.name) else IDENTICAL
+        assert pair.tag == want, f"{fmt}: {pair.name} tagged {pair.tag}, expected {want}"
+    line = report.diagnosis["line"]
+    assert line.startswith(f"DIAGNOSIS: {phrase}"), line
+    assert not report.diagnosis["also"], line
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-012")
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", list(SWAPS))
+def test_swapped_tensors_are_named_as_a_swap(tiny_qwen2, tmp_path, kind, fmt, evidence):
+    evidence.record(diagnosis=check_swap(tiny_qwen2.safetensors, kind, fmt, tmp_path))
+
+
+def _poison(value: float, where: tuple[int, int]) -> Callable[[Arrays], None]:
+    def mutate(arrays: Arrays) -> None:
+        name = "model.layers.0.self_attn.k_proj.weight"
+        v = f32(arrays[name]).copy()
+        v[where] = value
+        arrays[name] = (DType.F32, v.shape, v)
+        _each("layers.1.mlp.up_proj", _drift)(arrays)  # a value class beside it
+        _each("layers.1.mlp.down_proj", _drift)(arrays)
+
+    return mutate
+
+
+def check_nonfinite(src: Path, value: float, fmt: str, work: Path) -> str:
+    tag = "NAN" if np.isnan(value) else "INF"
+    label = "NaN" if tag == "NAN" else "Inf"
+    report = run_diff(src, write_variant(src, _poison(value, (3, 5)), fmt, work / fmt))
+    line = report.diagnosis["line"]
+    want = (
+        f"DIAGNOSIS: {tag} model.layers.0.self_attn.k_proj.weight: 1 {label} in B only, "
+        "first at [3, 5]"
+    )
+    assert line.startswith(want), line
+    assert "also VALUE_DRIFT" in line, line
+    pair = next(p for p in report.pairs if p.name == "model.layers.0.self_attn.k_proj.weight")
+    stats = {k: v for k, v in pair.stats.items() if isinstance(v, float)}
+    assert stats and all(np.isfinite(v) for v in stats.values()), pair.stats
+    assert stats["max_abs"] == 0.0 and stats["cosine"] == pytest.approx(1.0), pair.stats
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-013")
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nonfinite_values_are_counted_located_and_ranked_first(
+    tiny_qwen2, tmp_path, value, fmt, evidence
+):
+    evidence.record(diagnosis=check_nonfinite(tiny_qwen2.safetensors, value, fmt, tmp_path))
+
+
+def _retag(name: str, dtype: DType) -> Callable[[Arrays], None]:
+    def mutate(arrays: Arrays) -> None:
+        _, shape, raw = arrays[name]
+        arrays[name] = (dtype, shape, raw)
+
+    return mutate
+
+
+def check_guilty_side(tiny, guilty: str, fmt: str, work: Path) -> str:
+    """Same bytes under two tags: the diff must blame the file whose tag is wrong."""
+    src = tiny.safetensors
+    true = DType.BF16 if tiny.dtype == "bfloat16" else DType.F16
+    lie = DType.F16 if true is DType.BF16 else DType.BF16
+    bad = write_variant(src, _retag("model.norm.weight", lie), fmt, work / fmt)
+    a, b = (bad, src) if guilty == "A" else (src, bad)
+    report = run_diff(a, b)
+    line = report.diagnosis["line"]
+    want = f"{true.name} data tagged {lie.name} (in {guilty})"
+    assert line.startswith("DIAGNOSIS: DTYPE_MISLABEL model.norm.weight"), line
+    assert want in line, line
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-014")
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("guilty", ["A", "B"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mislabel_blames_the_side_that_holds_it(
+    tiny_factory, tmp_path, dtype, guilty, fmt, evidence
+):
+    tiny = tiny_factory("qwen2", dtype=dtype)
+    evidence.record(diagnosis=check_guilty_side(tiny, guilty, fmt, tmp_path))
+
+
+def check_mislabel_outranks_noise(src: Path, fmt: str, work: Path) -> str:
+    def both(arrays: Arrays) -> None:
+        _to(DType.BF16)(arrays)
+        _retag("model.norm.weight", DType.F16)(arrays)
+
+    report = run_diff(src, write_variant(src, both, fmt, work / fmt))
+    line = report.diagnosis["line"]
+    assert line.startswith(
+        "DIAGNOSIS: DTYPE_MISLABEL model.norm.weight: Bytes identical, dtype tag differs: "
+        "BF16 data tagged F16 (in B)"
+    ), line
+    assert "; also QUANT_NOISE" in line, line
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-014")
+@pytest.mark.parametrize("fmt", ["apr", "gguf"])
+def test_mislabel_outranks_quantisation_noise(tiny_qwen2, tmp_path, fmt, evidence):
+    evidence.record(diagnosis=check_mislabel_outranks_noise(tiny_qwen2.safetensors, fmt, tmp_path))
+
+
+def check_contradiction(src: Path, fmt: str, work: Path) -> str:
+    report = run_diff(
+        src, write_variant(src, lambda a: None, fmt, work / fmt, {"num_key_value_heads": 4})
+    )
+    line = report.diagnosis["line"]
+    assert line.startswith(
+        "DIAGNOSIS: CONFIG_CONTRADICTS_WEIGHTS: num_key_value_heads=4 but k_proj has 32 rows "
+        "= 2 heads x 16 (in B)"
+    ), line
+    assert [c.side for c in report.contradictions] == ["B"], report.contradictions
+    assert all(p.tag == IDENTICAL for p in report.pairs)
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-015")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_config_that_contradicts_its_weights_is_named(tiny_qwen2, tmp_path, fmt, evidence):
+    evidence.record(diagnosis=check_contradiction(tiny_qwen2.safetensors, fmt, tmp_path))
+
+
+def tiny_vocab(n: int, bos: int, swap: tuple[int, int] | None = None) -> dict:
+    tokens = [f"<s{i}>" if i < 4 else f"t{i}" for i in range(n)]
+    if swap:
+        i, j = swap
+        tokens[i], tokens[j] = tokens[j], tokens[i]
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "qwen2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3] * 4 + [1] * (n - 4),
+        "tokenizer.ggml.merges": ["t 1", "t 2"],
+        "tokenizer.ggml.bos_token_id": bos,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+
+
+def write_with_tokenizer(src: Path, tokenizer: dict, dst: Path) -> Path:
+    with open_model(src) as model:
+        arrays = {n: (t.dtype, t.shape, t.raw().copy()) for n, t in model.tensors.items()}
+        config = model.config
+    variant = model_from_arrays(arrays, config)
+    variant.tokenizer = tokenizer
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_model(variant, dst)
+    return dst
+
+
+def check_tokenizer_mismatch(src: Path, fmt: str, work: Path) -> str:
+    n = 96
+    a = write_with_tokenizer(src, tiny_vocab(n, 1), work / "a" / f"m.{fmt}")
+    same = write_with_tokenizer(src, tiny_vocab(n, 1), work / "same" / f"m.{fmt}")
+    b = write_with_tokenizer(src, tiny_vocab(n, 0, swap=(40, 41)), work / "b" / f"m.{fmt}")
+    assert run_diff(a, same).clean
+    report = run_diff(a, b)
+    line = report.diagnosis["line"]
+    assert line.startswith("DIAGNOSIS: TOKENIZER_MISMATCH: Tokenizers differ"), line
+    assert "bos_token_id: 1 vs 0" in line, line
+    assert "tokens: first differing token id 40: 't40' vs 't41'" in line, line
+    assert apr(["diff", str(a), str(b)]) == 1
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-016")
+@pytest.mark.parametrize("fmt", ["apr", "gguf"])
+def test_tokenizers_that_differ_are_named(tiny_qwen2, tmp_path, fmt, evidence):
+    evidence.record(diagnosis=check_tokenizer_mismatch(tiny_qwen2.safetensors, fmt, tmp_path))
+
+
+def check_expect_quantized(src: Path, work: Path, capsys) -> str:
+    q8 = write_variant(src, _to(DType.Q8_0, two_d_only=True), "gguf", work / "q8")
+
+    def drift_then_quantise(arrays: Arrays) -> None:
+        _each("layers.0.mlp.up_proj", _drift)(arrays)
+        _to(DType.Q8_0, two_d_only=True)(arrays)
+
+    drift = write_variant(src, drift_then_quantise, "gguf", work / "drift")
+    assert apr(["diff", str(src), str(q8)]) == 1  # noise is a finding unless expected
+    capsys.readouterr()
+    assert apr(["diff", str(src), str(q8), "--expect", "quantized"]) == 0
+    out = capsys.readouterr().out
+    assert "bound d/2 per 32-element block (half a Q8_0 step), worst error" in out, out
+    assert apr(["diff", str(src), str(drift), "--expect", "quantized"]) == 1
+    return out.strip().splitlines()[-2]
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-017")
+def test_expect_quantized_passes_noise_and_nothing_else(tiny_qwen2, tmp_path, capsys, evidence):
+    evidence.record(line=check_expect_quantized(tiny_qwen2.safetensors, tmp_path, capsys)[:300])
+
+
+CONFIG_MEANINGS = {
+    "hidden_act": ({"hidden_act": "gelu"}, "hidden_act 'silu' vs 'gelu'"),
+    "rope_scaling": (
+        {
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 32768,
+            }
+        },
+        "rope_scaling None vs {'factor': 4.0, 'original_max_position_embeddings': 32768.0, "
+        "'rope_type': 'yarn'}",
+    ),
+    "sliding_window": ({"sliding_window": 4096}, "sliding_window None vs 4096"),
+    "rms_norm_eps": ({"rms_norm_eps": 1e-5}, "rms_norm_eps 1e-06 vs 1e-05"),
+}
+
+
+def check_config_meaning(src: Path, change: str, fmt: str, work: Path) -> str:
+    changes, phrase = CONFIG_MEANINGS[change]
+    report = run_diff(src, write_variant(src, lambda a: None, fmt, work / fmt, changes))
+    line = report.diagnosis["line"]
+    assert line.startswith("DIAGNOSIS: CONFIG_MISMATCH: Architecture config differs: "), line
+    assert phrase in line, line
+    assert [c.field for c in report.config] == [change], report.config
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-018")
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("change", list(CONFIG_MEANINGS))
+def test_config_fields_are_compared_by_meaning(tiny_qwen2, tmp_path, change, fmt, evidence):
+    evidence.record(diagnosis=check_config_meaning(tiny_qwen2.safetensors, change, fmt, tmp_path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from aprlib import diff as diff_module
@@ -20,7 +22,7 @@ DEFECTS = {
     "EXTRA": ("_pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
     "SHAPE_MISMATCH": (
         "classify",
-        lambda ta, tb, tol, heads=(): diff_module.Pair(
+        lambda ta, tb, *args: diff_module.Pair(
             ta.name, "VALUE_DRIFT" if ta.shape != tb.shape else "IDENTICAL", None, None
         ),
     ),
@@ -57,11 +59,128 @@ def test_mixed_falsifier_catches_a_diagnosis_that_keeps_only_the_first_class(
 ):
     real = diff_module.diagnose
 
-    def first_only(pairs, config):
-        found = real(pairs, config)
+    def first_only(*args):
+        found = real(*args)
         return {**found, "line": found["line"].split("; also")[0], "also": []}
 
     falsifier.check_mixed(tiny_qwen2.safetensors, "apr", tmp_path / "real")
     monkeypatch.setattr(diff_module, "diagnose", first_only)
     with pytest.raises(AssertionError):
         falsifier.check_mixed(tiny_qwen2.safetensors, "apr", tmp_path / "broken")
+
+
+def _no_nonfinite(real):
+    def stats(a, b):
+        return {**real(a, b), "_nonfinite": None}
+
+    return stats
+
+
+ISSUE10_DEFECTS = {
+    "swap blind": (
+        lambda mp: mp.setattr(diff_module.swaps, "find_moves", lambda a, b: {}),
+        lambda src, work, capsys: falsifier.check_swap(src, "layers", "apr", work),
+    ),
+    "swap misdescribed": (
+        lambda mp: mp.setattr(
+            diff_module.swaps,
+            "describe",
+            lambda moves, sizes: [" <-> ".join(sorted(moves.items())[0])],
+        ),
+        lambda src, work, capsys: falsifier.check_swap(src, "q_k", "apr", work),
+    ),
+    "nan blind": (
+        lambda mp: mp.setattr(diff_module, "_stats", _no_nonfinite(diff_module._stats)),
+        lambda src, work, capsys: falsifier.check_nonfinite(src, float("nan"), "apr", work),
+    ),
+    "inf blind": (
+        lambda mp: mp.setattr(diff_module, "_stats", _no_nonfinite(diff_module._stats)),
+        lambda src, work, capsys: falsifier.check_nonfinite(src, float("inf"), "gguf", work),
+    ),
+    "nan ranked by count": (
+        lambda mp: mp.setattr(diff_module, "TIER", {}),
+        lambda src, work, capsys: falsifier.check_nonfinite(src, float("nan"), "apr", work),
+    ),
+    "mislabel ranked by count": (
+        lambda mp: mp.setattr(diff_module, "TIER", {}),
+        lambda src, work, capsys: falsifier.check_mislabel_outranks_noise(src, "gguf", work),
+    ),
+    "contradiction blind": (
+        lambda mp: mp.setattr(diff_module.consistency, "contradictions", lambda m: iter(())),
+        lambda src, work, capsys: falsifier.check_contradiction(src, "apr", work),
+    ),
+    "tokenizer blind": (
+        lambda mp: mp.setattr(diff_module, "compare_tokenizers", lambda a, b: []),
+        lambda src, work, capsys: falsifier.check_tokenizer_mismatch(src, "gguf", work),
+    ),
+    "expect passes anything": (
+        lambda mp: mp.setattr(
+            diff_module.DiffReport, "passes", lambda self, expect_quantized=False: True
+        ),
+        lambda src, work, capsys: falsifier.check_expect_quantized(src, work, capsys),
+    ),
+    "expect never passes": (
+        lambda mp: mp.setattr(
+            diff_module.DiffReport,
+            "passes",
+            lambda self, expect_quantized=False: all(
+                p.tag in diff_module.CLEAN for p in self.pairs
+            ),
+        ),
+        lambda src, work, capsys: falsifier.check_expect_quantized(src, work, capsys),
+    ),
+}
+
+
+@pytest.mark.parametrize("defect", list(ISSUE10_DEFECTS))
+def test_issue10_diff_falsifiers_catch_their_defect(
+    tiny_qwen2, tmp_path, monkeypatch, capsys, defect
+):
+    inject, check = ISSUE10_DEFECTS[defect]
+    check(tiny_qwen2.safetensors, tmp_path / "real", capsys)
+    inject(monkeypatch)
+    with pytest.raises(AssertionError):
+        check(tiny_qwen2.safetensors, tmp_path / "broken", capsys)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_guilty_side_falsifier_catches_a_diff_that_always_blames_a(
+    tiny_factory, tmp_path, monkeypatch, dtype
+):
+    tiny = tiny_factory("qwen2", dtype=dtype)
+    falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "real")
+    monkeypatch.setattr(diff_module, "_guilty", lambda t, found, counts: found[0])
+    with pytest.raises(AssertionError):
+        falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken")
+
+
+@pytest.mark.parametrize("change", list(falsifier.CONFIG_MEANINGS))
+def test_config_meaning_falsifier_catches_a_diff_blind_to_the_field(
+    tiny_qwen2, tmp_path, monkeypatch, change
+):
+    falsifier.check_config_meaning(tiny_qwen2.safetensors, change, "gguf", tmp_path / "real")
+    fields = tuple(f for f in diff_module.CONFIG_FIELDS if f != change)
+    monkeypatch.setattr(diff_module, "CONFIG_FIELDS", fields)
+    with pytest.raises(AssertionError):
+        falsifier.check_config_meaning(tiny_qwen2.safetensors, change, "gguf", tmp_path / "broken")
+
+
+def test_config_meaning_fills_in_defaults_before_comparing():
+    from aprlib.config import qwen2_0_5b
+
+    base = qwen2_0_5b()
+    same = [
+        dataclasses.replace(base, attention_bias=True),  # qwen2's default, said out loud
+        dataclasses.replace(base, rope_scaling={"rope_type": "default"}),
+        dataclasses.replace(base, hidden_act="swish"),  # transformers' alias of silu
+    ]
+    for other in same:
+        assert all(
+            diff_module._same(diff_module._meaning(base, f), diff_module._meaning(other, f))
+            for f in diff_module.CONFIG_FIELDS
+        ), other
+    llama_defaults = dataclasses.replace(base, architecture="llama")
+    assert not diff_module._same(
+        diff_module._meaning(base, "attention_bias"),
+        diff_module._meaning(llama_defaults, "attention_bias"),
+    )

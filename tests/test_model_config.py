@@ -130,9 +130,9 @@ def test_config_002_catches_config_json_without_scaling(monkeypatch):
 
 @pytest.mark.parametrize("dropped", ["aprlib.rope_scaling", "aprlib.attention_bias"])
 def test_config_003_catches_a_field_gguf_drops(monkeypatch, tmp_path, dropped):
-    import aprlib.convert
+    import aprlib.formats.gguf  # the GGUF writer (after issue 8's one module per format)
 
-    monkeypatch.setattr(aprlib.convert, "to_gguf_kv", _without(config_mod.to_gguf_kv, dropped))
+    monkeypatch.setattr(aprlib.formats.gguf, "to_gguf_kv", _without(config_mod.to_gguf_kv, dropped))
     variant = "llama3-scaling" if "rope" in dropped else "qwen2-nobias-yarn"
     with pytest.raises(AssertionError, match="gguf changed config fields"):
         fals.check_round_trip(fals.VARIANTS[variant], tmp_path)

@@ -22,6 +22,7 @@ from aprlib.config import ConfigError, ModelConfig, from_gguf_kv, to_gguf_kv
 from aprlib.dtypes import DType, nbytes
 from aprlib.errors import ConversionError, GgufFormatError
 from aprlib.filesource import FileSource
+from aprlib.gguf_defaults import with_llama_cpp_defaults
 from aprlib.modelfile import EMBED, MAX_TENSORS, Model, Tensor, check_tensor_shape
 
 MAGIC = b"GGUF"
@@ -271,6 +272,10 @@ def _open(path: Path, src: FileSource) -> Model:
         raise GgufFormatError(path, "no data section after the tensor infos", field="offset")
     alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
     placed = _place(path, infos, alignment, max(src.size - data_start, 0))
+    embed = next((p for p in placed if p.name == "token_embd.weight"), None)
+    kv, filled = with_llama_cpp_defaults(kv, tokenizer, embed.shape[0] if embed else None)
+    if filled:
+        kv["aprlib.defaulted_keys"] = filled
     try:
         config = from_gguf_kv(kv, has_output_tensor=any(p.name == "output.weight" for p in placed))
     except ConfigError as exc:
@@ -320,6 +325,8 @@ def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -
     """The source's tokenizer, or a minimal valid GPT-2 style one llama.cpp accepts."""
     if model.tokenizer and "tokenizer.ggml.tokens" in model.tokenizer:
         return dict(model.tokenizer)
+    if model.metadata.get("aprlib.tokenizer_error"):  # a tokenizer we must not replace
+        raise ConversionError(model.metadata["aprlib.tokenizer_error"])
     n = cfg.vocab_size
     embed = model.tensors.get(EMBED)
     if embed is not None and embed.shape and embed.shape[0] < n:

@@ -220,14 +220,27 @@ def open_safetensors(path: Path, mapped: bool = False) -> Model:
                     tensor=missing[0],
                 )
         config = read_hf_config(folder)
+        tokenizer = _hf_tokenizer(folder, config, metadata)
     except BaseException:
         for shard in shards:
             shard.close()
         raise
     maps = [s.src.map for s in shards if s.src.map is not None]
     return Model(
-        path, "safetensors", tensors, config, metadata, None, [s.close for s in shards], maps
+        path, "safetensors", tensors, config, metadata, tokenizer, [s.close for s in shards], maps
     )
+
+
+def _hf_tokenizer(folder: Path, config: Any, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The folder's tokenizer.json in GGUF terms. One that cannot be carried does not stop
+    inspect or diff: the reason waits in the metadata for a converter to raise it."""
+    from aprlib.tokenizer import TokenizerError, read_hf_folder
+
+    try:
+        return read_hf_folder(folder, config.vocab_size if config else None)
+    except TokenizerError as exc:
+        metadata["aprlib.tokenizer_error"] = str(exc)
+        return None
 
 
 def write_safetensors(

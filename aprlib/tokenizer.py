@@ -1,0 +1,261 @@
+"""Tokenizers as GGUF carries them (``tokenizer.ggml.*``): the one form aprlib keeps.
+
+APR metadata holds the same keys, so a GGUF → APR → GGUF trip is a copy. An HF folder's
+``tokenizer.json`` (byte-level BPE, as Qwen2 and Llama-3 use) is read into that form the
+way llama.cpp's ``convert_hf_to_gguf.py`` does: tokens by id, padded to the embedding's
+rows with ``[PAD{i}]`` (UNUSED), added tokens typed CONTROL (special) or USER_DEFINED, merges as
+``"a b"``, special ids and ``add_bos`` from ``tokenizer_config.json``. The pre-tokenizer
+is named from its split regex; one llama.cpp does not know is an error that names it,
+never a silent default (llama.cpp would split text differently and every id would move).
+
+Two tokenizers are also compared by meaning here: the first token id whose text differs,
+the first merge that differs, special ids and the pre-tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aprlib.errors import ModelFileError
+
+PREFIX = "tokenizer.ggml."
+
+#: llama.cpp token types (llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+#: HF split regex of the pre-tokenizer → llama.cpp's ``tokenizer.ggml.pre`` name
+PRE_TOKENIZERS = {
+    (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+        r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ): "qwen2",
+    (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+        r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ): "llama-bpe",
+}
+#: the GPT-2 pre-tokenizer (ByteLevel with its built-in regex)
+GPT2 = "gpt-2"
+MAX_TOKENIZER_JSON = 256 << 20
+
+
+class TokenizerError(ModelFileError):
+    """A tokenizer that cannot be carried faithfully (names the file and the field)."""
+
+
+def read_hf_folder(folder: Path, vocab_size: int | None) -> dict[str, Any] | None:
+    """The GGUF-keyed tokenizer of an HF folder, or None when it has no tokenizer.json."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_TOKENIZER_JSON:
+        raise TokenizerError(path, f"over {MAX_TOKENIZER_JSON >> 20} MiB", field="size")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(path, f"not JSON: {exc}") from None
+    config_path = Path(folder) / "tokenizer_config.json"
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TokenizerError(config_path, f"not JSON: {exc}") from None
+    model_config: dict[str, Any] = {}
+    if (Path(folder) / "config.json").is_file():
+        try:
+            model_config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            model_config = {}  # the model reader reports a bad config.json
+    return from_hf(data, config, vocab_size, path, model_config)
+
+
+def _pre_name(data: dict[str, Any], path: Path | str) -> str:
+    pre = data.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in parts]
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return GPT2
+    if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
+        pattern = (parts[0].get("pattern") or {}).get("Regex")
+        if pattern in PRE_TOKENIZERS and parts[0].get("behavior") == "Isolated":
+            return PRE_TOKENIZERS[pattern]
+        raise TokenizerError(
+            path,
+            f"unknown pre-tokenizer split regex {pattern!r} (known: "
+            f"{', '.join(sorted(PRE_TOKENIZERS.values()))}, {GPT2}); llama.cpp would split "
+            "text differently",
+            field="pre_tokenizer",
+        )
+    raise TokenizerError(
+        path,
+        f"unknown pre-tokenizer {json.dumps(pre)[:200]} (byte-level BPE with the "
+        f"{', '.join(sorted(PRE_TOKENIZERS.values()))} or {GPT2} split is supported)",
+        field="pre_tokenizer",
+    )
+
+
+def _special_id(config: dict[str, Any], key: str, ids: dict[str, int]) -> int | None:
+    value = config.get(key)
+    if isinstance(value, dict):
+        value = value.get("content")
+    return ids.get(value) if isinstance(value, str) else None
+
+
+def from_hf(
+    data: dict[str, Any],
+    config: dict[str, Any],
+    vocab_size: int | None,
+    path: Path | str = "tokenizer.json",
+    model_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``tokenizer.json`` (+ ``tokenizer_config.json``) → ``tokenizer.ggml.*`` keys.
+
+    A special id that ``tokenizer_config.json`` does not give comes from the model's
+    ``config.json`` (``bos_token_id``...), as gguf-py's SpecialVocab does."""
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TokenizerError(
+            path, f"tokenizer model {model.get('type')!r} (only BPE is supported)", field="model"
+        )
+    pre = _pre_name(data, path)
+    ids: dict[str, int] = dict(model.get("vocab") or {})
+    added = {t["content"]: t for t in data.get("added_tokens") or []}
+    for content, token in added.items():
+        ids[content] = int(token["id"])
+    by_id = {i: t for t, i in ids.items()}
+    n = max(vocab_size or 0, max(by_id, default=-1) + 1)
+    tokens, types = [], []
+    for i in range(n):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif text in added:
+            tokens.append(text)
+            types.append(CONTROL if added[text].get("special") else USER_DEFINED)
+        else:
+            tokens.append(text)
+            types.append(NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    out: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.merges": merges,
+    }
+    for key, gguf_key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+    ):
+        token_id = _special_id(config, key, ids)
+        if token_id is None:
+            fallback = (model_config or {}).get(key + "_id")
+            token_id = fallback if isinstance(fallback, int) and 0 <= fallback < n else None
+        if token_id is not None:
+            out[PREFIX + gguf_key] = token_id
+    for key in ("add_bos_token", "add_eos_token"):
+        if isinstance(config.get(key), bool):
+            out[PREFIX + key] = config[key]
+    return out
+
+
+#: scalar fields compared one to one (the special ids and flags llama.cpp reads)
+SCALARS = (
+    "model",
+    "pre",
+    "bos_token_id",
+    "eos_token_id",
+    "padding_token_id",
+    "unknown_token_id",
+    "add_bos_token",
+    "add_eos_token",
+)
+#: list fields compared element by element, reported at the first difference
+LISTS = ("tokens", "merges", "token_type")
+
+
+def _field(tok: dict[str, Any], name: str) -> Any:
+    return tok.get(PREFIX + name)
+
+
+def compare_tokenizers(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
+    """One line per difference; empty when the two agree or either side has none (a file
+    without a tokenizer is not a file with another tokenizer)."""
+    if not a or not b:
+        return []
+    out = []
+    for name in SCALARS:
+        va, vb = _field(a, name), _field(b, name)
+        if va != vb:
+            out.append(f"{name}: {va!r} vs {vb!r}")
+    for name in LISTS:
+        la, lb = list(_field(a, name) or []), list(_field(b, name) or [])
+        if la == lb:
+            continue
+        first = next((i for i, (x, y) in enumerate(zip(la, lb, strict=False)) if x != y), None)
+        if first is None:
+            out.append(f"{name}: {len(la)} vs {len(lb)} entries (one is a prefix of the other)")
+        else:
+            what = "token id" if name != "merges" else "merge"
+            out.append(
+                f"{name}: first differing {what} {first}: {la[first]!r} vs {lb[first]!r}"
+                + (f" ({len(la)} vs {len(lb)} entries)" if len(la) != len(lb) else "")
+            )
+    return out
+
+
+def to_hf(tok: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``tokenizer.ggml.*`` → (``tokenizer.json`` text, ``tokenizer_config.json`` dict), for
+    an HF folder destination; built with the ``tokenizers`` library, so what it writes is
+    what ``tokenizers`` loads. [PAD] fillers are left out (HF has no entry for them)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if _field(tok, "model") != "gpt2":
+        raise TokenizerError(
+            "tokenizer.ggml.model",
+            f"{_field(tok, 'model')!r} cannot be written as tokenizer.json (only gpt2 BPE)",
+        )
+    pre = _field(tok, "pre")
+    patterns = {name: regex for regex, name in PRE_TOKENIZERS.items()}
+    if pre == GPT2:
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    elif pre in patterns:
+        pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(patterns[pre]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        raise TokenizerError("tokenizer.ggml.pre", f"unknown pre-tokenizer {pre!r}")
+    tokens = list(_field(tok, "tokens") or [])
+    types = list(_field(tok, "token_type") or [NORMAL] * len(tokens))
+    kept = [i for i, kind in enumerate(types) if kind != UNUSED]
+    vocab = {tokens[i]: i for i in kept}
+    merges = [tuple(m.split(" ", 1)) for m in _field(tok, "merges") or []]
+    out = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    out.pre_tokenizer = pre_tokenizer
+    out.decoder = decoders.ByteLevel()
+    added = [i for i in kept if types[i] in (CONTROL, USER_DEFINED)]
+    out.add_tokens(
+        [AddedToken(tokens[i], special=types[i] == CONTROL, normalized=False) for i in added]
+    )
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for key, gguf_key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+    ):
+        token_id = _field(tok, gguf_key)
+        if isinstance(token_id, int) and 0 <= token_id < len(tokens):
+            config[key] = tokens[token_id]
+    for key in ("add_bos_token", "add_eos_token"):
+        if isinstance(_field(tok, key), bool):
+            config[key] = _field(tok, key)
+    return out.to_str(), config

@@ -1,0 +1,230 @@
+"""Falsifiers of gguf-real-files-v1: GGUFs as llama.cpp's own converter writes them open,
+diff clean against their HF source and convert back losslessly; the keys it omits are
+filled as llama.cpp fills them (also checked on files written by hand with those keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gguf import GGUFReader, GGUFWriter
+
+from aprlib import convert, diff_models, open_model
+from aprlib.cli import main as apr
+from falsifiers.llamacpp_converter import convert_hf_to_gguf
+from falsifiers.test_tokenizer_fidelity_v1 import VOCAB, hf_folder_with_tokenizer
+
+
+def rewrite_gguf(src: Path, dst: Path, drop: set[str]) -> Path:
+    """``src`` with the keys in ``drop`` left out; every other key, type and byte kept."""
+    r = GGUFReader(src)
+    w = GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name in drop or name == "general.architecture":
+            continue
+        sub = f.types[-1] if len(f.types) > 1 else None
+        w.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+def check_without_vocab_size(tiny, arch: str, tmp_path: Path) -> int:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    convert(tiny.safetensors, tmp_path / "ours.gguf")
+    lean = rewrite_gguf(tmp_path / "ours.gguf", tmp_path / "lean.gguf", {f"{arch}.vocab_size"})
+    assert f"{arch}.vocab_size" not in GGUFReader(lean).fields
+    with open_model(lean) as m:
+        assert m.config.vocab_size == 96
+        assert m.metadata["aprlib.defaulted_keys"] == [f"{arch}.vocab_size"]
+    assert apr(["inspect", str(lean)]) == 0
+    with open_model(tiny.safetensors) as a, open_model(lean) as b:
+        report = diff_models(a, b)
+        assert report.clean, report.diagnosis["line"]
+    return 96
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-002")
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_a_gguf_without_vocab_size_opens_with_the_token_count(
+    tiny_factory, tmp_path, arch, evidence
+):
+    evidence.record(vocab_size=check_without_vocab_size(tiny_factory(arch), arch, tmp_path))
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-002")
+def test_without_tokens_the_vocab_size_is_the_embedding_rows(tiny_qwen2, tmp_path):
+    convert(tiny_qwen2.safetensors, tmp_path / "ours.gguf")
+    drop = {"qwen2.vocab_size", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type"}
+    lean = rewrite_gguf(tmp_path / "ours.gguf", tmp_path / "lean.gguf", drop)
+    with open_model(lean) as m:
+        assert m.config.vocab_size == 96
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-002")
+def test_a_gguf_without_rope_freq_base_gets_llama_cpps_default(tiny_qwen2, tmp_path):
+    convert(tiny_qwen2.safetensors, tmp_path / "ours.gguf")
+    lean = rewrite_gguf(tmp_path / "ours.gguf", tmp_path / "lean.gguf", {"qwen2.rope.freq_base"})
+    with open_model(lean) as m:
+        assert m.config.rope_theta == 10000.0
+        assert "qwen2.rope.freq_base" in m.metadata["aprlib.defaulted_keys"]
+
+
+PRE = {"qwen2": "qwen2", "llama": "llama-bpe"}
+
+
+def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
+    """llama.cpp's GGUF of an HF folder: opens, diffs clean (quantisation noise within its
+    bound where it quantised), and goes back to APR and safetensors losslessly."""
+    folder, _ = hf_folder_with_tokenizer(tiny, PRE[arch], work)
+    gguf = convert_hf_to_gguf(folder, work / f"llama-cpp-{outtype}.gguf", PRE[arch], outtype)
+    with open_model(folder) as hf, open_model(gguf) as theirs:
+        report = diff_models(hf, theirs)
+        line = report.diagnosis["line"]
+        assert report.passes(expect_quantized=outtype != "f32"), line
+        assert not report.tokenizer and not report.config, line
+        if outtype == "f32":
+            assert report.clean, line
+        else:
+            assert report.diagnosis["class"] == "QUANT_NOISE", line
+    (work / "back").mkdir()
+    convert(gguf, work / "back.apr")
+    convert(work / "back.apr", work / "back" / "model.safetensors")
+    for a, b in ((gguf, work / "back.apr"), (gguf, work / "back" / "model.safetensors")):
+        with open_model(a) as ma, open_model(b) as mb:
+            back = diff_models(ma, mb)
+            assert back.clean and not back.tokenizer, back.diagnosis["line"]
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-001")
+@pytest.mark.parametrize(
+    ("arch", "outtype"), [("qwen2", "f32"), ("llama", "f32"), ("qwen2", "q8_0"), ("llama", "bf16")]
+)
+def test_llama_cpp_converter_output_opens_diffs_clean_and_converts_back(
+    tiny_factory, tmp_path, arch, outtype, evidence
+):
+    tiny = tiny_factory(arch, vocab_size=VOCAB)
+    evidence.record(diagnosis=check_llama_cpp_gguf(tiny, arch, outtype, tmp_path)[:300])
+
+
+def _ggml_types() -> list[str]:
+    from aprlib.dtypes import ENCODABLE, DType
+
+    return [d.name for d in DType if d not in ENCODABLE]
+
+
+def write_with_type(src: Path, dst: Path, name: str, qtype: str, seed: int = 0) -> bytes:
+    """``src`` with tensor ``name`` replaced by random blocks of ``qtype``; returns them."""
+    import numpy as np
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    r = GGUFReader(src)
+    w = GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        w.add_key_value(
+            key, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None
+        )
+    t_type = GGMLQuantizationType[qtype]
+    block, size = GGML_QUANT_SIZES[t_type]
+    blocks = b""
+    for t in r.tensors:
+        if t.name != name:
+            w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+            continue
+        rows, cols = int(t.shape[1]), int(t.shape[0])
+        raw = np.random.default_rng(seed).integers(
+            0, 256, (rows, cols // block * size), dtype=np.uint8
+        )
+        w.add_tensor(t.name, raw, raw_shape=raw.shape, raw_dtype=t_type)
+        blocks = raw.tobytes()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return blocks
+
+
+def check_ggml_type(tiny, qtype: str, work: Path) -> int:
+    """A tensor of ``qtype`` opens with its logical shape and raw blocks, decodes to the
+    floats ``gguf.quants.dequantize`` gives, and passes through APR and back unchanged."""
+    import numpy as np
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    work.mkdir(parents=True, exist_ok=True)
+    convert(tiny.safetensors, work / "ours.gguf")
+    blocks = write_with_type(work / "ours.gguf", work / "typed.gguf", "blk.0.ffn_up.weight", qtype)
+    canonical = "model.layers.0.mlp.up_proj.weight"
+    with open_model(work / "typed.gguf") as m:
+        t = m.tensors[canonical]
+        assert t.dtype.name == qtype and t.shape == (512, 256)
+        assert t.raw().tobytes() == blocks
+        want = dequantize(
+            np.frombuffer(blocks, np.uint8).reshape(512, -1), GGMLQuantizationType[qtype]
+        )
+        np.testing.assert_array_equal(t.to_float32(), want.astype(np.float32))
+    assert apr(["inspect", str(work / "typed.gguf")]) == 0
+    convert(work / "typed.gguf", work / "typed.apr")
+    convert(work / "typed.apr", work / "back.gguf")
+    with open_model(work / "back.gguf") as back:
+        assert back.tensors[canonical].raw().tobytes() == blocks
+    return len(blocks)
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-003")
+@pytest.mark.parametrize("qtype", _ggml_types())
+def test_every_ggml_type_reads_decodes_and_passes_through(tiny_factory, tmp_path, qtype, evidence):
+    tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
+    evidence.record(bytes=check_ggml_type(tiny, qtype, tmp_path))
+
+
+def check_k_quant_mix(tiny, work: Path, capsys) -> str:
+    """llama.cpp's own quantiser (llama_model_quantize, Q4_K_M): its type mix opens, shows
+    in inspect, diffs as quantisation noise only, and passes through APR unchanged."""
+    import ctypes
+
+    from falsifiers.llamacpp_oracle import require_llama_cpp
+
+    llama_cpp = require_llama_cpp()
+    work.mkdir(parents=True, exist_ok=True)
+    convert(tiny.safetensors, work / "f32.gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = 1
+    rc = llama_cpp.llama_model_quantize(
+        str(work / "f32.gguf").encode(), str(work / "q4_k_m.gguf").encode(), ctypes.byref(params)
+    )
+    assert rc == 0, f"llama_model_quantize returned {rc}"
+    with open_model(work / "q4_k_m.gguf") as m:
+        kinds = {t.dtype.name for t in m.tensors.values()}
+    assert {"Q4_K", "Q6_K", "F32"} <= kinds, kinds
+    capsys.readouterr()
+    assert apr(["inspect", str(work / "q4_k_m.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert "Q4_K ×" in out and "Q6_K ×" in out, out
+    with open_model(tiny.safetensors) as a, open_model(work / "q4_k_m.gguf") as b:
+        report = diff_models(a, b)
+        line = report.diagnosis["line"]
+        assert report.passes(expect_quantized=True), line
+        assert report.diagnosis["class"] == "QUANT_NOISE", line
+    convert(work / "q4_k_m.gguf", work / "q4_k_m.apr")
+    convert(work / "q4_k_m.apr", work / "back.gguf")
+    with open_model(work / "q4_k_m.gguf") as a, open_model(work / "back.gguf") as b:
+        back = diff_models(a, b)
+        assert back.clean, back.diagnosis["line"]
+    return line
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-004")
+def test_llama_cpp_k_quant_mix_opens_diffs_as_noise_and_passes_through(
+    tiny_factory, tmp_path, capsys, evidence
+):
+    tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
+    evidence.record(diagnosis=check_k_quant_mix(tiny, tmp_path, capsys)[:300])
