@@ -18,6 +18,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from kernels._launch import interpreting
 from kernels.attention import attention, attention_reference
 from kernels.bounds import (
     ParityError,
@@ -67,8 +68,3 @@ __all__ = [
     "swiglu",
     "swiglu_reference",
 ]
-
-
-def interpreting() -> bool:
-    """Whether kernels run in triton's CPU interpreter (no CUDA device, or asked for)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

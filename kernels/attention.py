@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import block
+from kernels._launch import block, interpreting
 
 
 @triton.jit
@@ -81,8 +81,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty((batch, hq, tq, dim), dtype=q.dtype, device=q.device)
     block_d = block(dim, 256)
-    block_m = block(tq, 64)
-    block_n = block(tk, 64)
+    cap = 128 if interpreting() else 64
+    block_m = block(tq, cap)
+    block_n = block(tk, cap)
     grid = (batch * hq, triton.cdiv(tq, block_m))
     _attention_kernel[grid](
         q, k, v, out, hq, hq // hkv, tq, tk, dim, 1.0 / math.sqrt(dim),

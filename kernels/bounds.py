@@ -3,9 +3,10 @@
 A fixed atol either flakes as magnitudes grow or gets widened until green. Instead the
 tolerance is earned per case: torch eager, run in the kernel's dtype, is held against the
 same float64 reference, and the kernel's RMSE may be at most ``m`` times eager's (m = 2;
-3 for bfloat16, as in torch's own accuracy checker) plus ε, a quarter of the dtype's machine
-epsilon at the reference's RMS scale (so that an eager result that happens to be exact does
-not demand bit-identity; a correctly rounded output alone already carries about 0.29 of it).
+3 for bfloat16, as in torch's own accuracy checker) plus ε, the dtype's machine epsilon at the
+reference's RMS scale: one unit in the last place, so that a scalar (a mean loss) on which
+eager's rounding happened to land nearer the truth does not demand more than one-ulp
+agreement. (torch's checker uses an absolute 1e-5 here; ours scales with the values.)
 NaN/Inf placement is checked first, against the float64 reference rounded to the dtype: a
 kernel that overflows where the true value does not, or hides an overflow, is wrong whatever
 its RMSE over the finite entries.
@@ -19,7 +20,7 @@ import torch
 
 MULTIPLIER = {torch.bfloat16: 3.0}
 DEFAULT_MULTIPLIER = 2.0
-EPSILON_SHARE = 0.25
+EPSILON_SHARE = 1.0
 
 
 class ParityError(AssertionError):

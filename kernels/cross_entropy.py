@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._launch import block
+from kernels._launch import block, tile_elements
 
 
 @triton.jit
@@ -36,10 +36,11 @@ def _cross_entropy_kernel(
         s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
         m = m_new
     s = tl.where(row_ok, s, 1.0)  # rows past the end: keep log() away from 0
-    lse = m + tl.log(s)
     target = tl.load(targets_ptr + rows, mask=row_ok, other=0)
     picked = tl.load(logits_ptr + rows * stride_l + target, mask=row_ok, other=0.0)
-    tl.store(loss_ptr + rows, lse - picked.to(tl.float32), mask=row_ok)
+    # (m - z_t) + log(s): the large terms cancel first, as in log_softmax; m + log(s) - z_t
+    # would carry the rounding of lse at the scale of m into a small loss
+    tl.store(loss_ptr + rows, (m - picked.to(tl.float32)) + tl.log(s), mask=row_ok)
     for v0 in range(0, vocab, BLOCK_V):
         c = v0 + cols
         mask = row_ok[:, None] & (c[None, :] < vocab)
@@ -71,7 +72,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     grad = torch.empty_like(logits)
     block_v = block(vocab, 4096)
-    block_r = block(max(1, 4096 // block_v), 64, floor=1)
+    block_r = block(max(1, tile_elements() // block_v), 64, floor=1)
     grid = (triton.cdiv(n_rows, block_r),)
     _cross_entropy_kernel[grid](
         logits, targets, losses, grad, n_rows, vocab, logits.stride(0), grad.stride(0),

@@ -160,5 +160,5 @@ def dequantize_matvec_reference(
     raw: torch.Tensor, kind: str, shape: tuple[int, int], x: torch.Tensor
 ) -> torch.Tensor:
     """The gguf package's dequantisation, then a torch matvec in x's dtype (float64 for ref64)."""
-    weight = dequantize_reference(raw, kind, shape).to(x.dtype)
+    weight = dequantize_reference(raw, kind, shape).to(device=x.device, dtype=x.dtype)
     return weight @ x

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import block
+from kernels._launch import block, tile_elements
 
 
 @triton.jit
@@ -39,7 +39,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     n_rows, n_cols = rows.shape
     block_d = block(n_cols, 1 << 16)
-    block_r = block(max(1, 8192 // block_d), 64, floor=1)
+    block_r = block(max(1, tile_elements() // block_d), 64, floor=1)
     grid = (triton.cdiv(n_rows, block_r),)
     _rms_norm_kernel[grid](
         rows, weight.contiguous(), out, n_rows, n_cols, rows.stride(0), out.stride(0), eps,
