@@ -77,7 +77,7 @@ def bandwidth_rows(copy_gbs: float) -> list[Row]:
         cases.append(
             (
                 f"dequant.{kind}",
-                lambda r=raw_t, k=kind: kernels.dequantize(r, k, shape),  # noqa: B023
+                lambda r=raw_t, k=kind: kernels.dequantize(r, k, shape),
                 None,
                 (),
                 raw_t.nbytes + 4 * values,
