@@ -67,10 +67,6 @@ class CaseLog:
         )
 
 
-def _parity(name: str, kernel, eager, ref64, dtype, seed) -> ParityResult:
-    return check_parity(name, kernel, eager, ref64, dtype, seed)
-
-
 def rms_norm_case(
     rows: int, cols: int, dtype: str, log_scale: float, eps: float, seed: int, device="default"
 ) -> ParityResult:
@@ -79,7 +75,7 @@ def rms_norm_case(
     w = (1 + 0.5 * random(seed + 1, (cols,))).to(dt).to(dev)
     ref64 = kernels.rms_norm_reference(x.double(), w.double(), eps)
     eager = kernels.rms_norm_reference(x, w, eps)
-    return _parity("rms_norm", kernels.rms_norm(x, w, eps), eager, ref64, dt, seed)
+    return check_parity("rms_norm", kernels.rms_norm(x, w, eps), eager, ref64, dt, seed)
 
 
 def rope_case(
@@ -112,7 +108,7 @@ def rope_case(
     cos, sin = cos.to(dev), sin.to(dev)
     ref64 = kernels.rope_reference(x.double(), cos.double(), sin.double())
     eager = kernels.rope_reference(x, cos, sin)
-    return _parity("rope", kernels.rope(x, cos, sin), eager, ref64, dt, seed)
+    return check_parity("rope", kernels.rope(x, cos, sin), eager, ref64, dt, seed)
 
 
 def swiglu_case(
@@ -123,7 +119,7 @@ def swiglu_case(
     up = random(seed + 1, (rows, cols)).to(dt).to(dev)
     ref64 = kernels.swiglu_reference(gate.double(), up.double())
     eager = kernels.swiglu_reference(gate, up)
-    return _parity("swiglu", kernels.swiglu(gate, up), eager, ref64, dt, seed)
+    return check_parity("swiglu", kernels.swiglu(gate, up), eager, ref64, dt, seed)
 
 
 def linear_case(
@@ -135,7 +131,7 @@ def linear_case(
     b = random(seed + 2, (n,)).to(dt).to(dev) if bias else None
     ref64 = kernels.linear_reference(x.double(), w.double(), None if b is None else b.double())
     eager = kernels.linear_reference(x, w, b)
-    return _parity("linear", kernels.linear(x, w, b), eager, ref64, dt, seed)
+    return check_parity("linear", kernels.linear(x, w, b), eager, ref64, dt, seed)
 
 
 def attention_case(
@@ -157,7 +153,7 @@ def attention_case(
     v = random(seed + 2, (batch, kv_heads, tk, dim)).to(dt).to(dev)
     ref64 = kernels.attention_reference(q.double(), k.double(), v.double())
     eager = kernels.attention_reference(q, k, v)
-    return _parity("attention", kernels.attention(q, k, v), eager, ref64, dt, seed)
+    return check_parity("attention", kernels.attention(q, k, v), eager, ref64, dt, seed)
 
 
 def cross_entropy_case(
@@ -171,8 +167,8 @@ def cross_entropy_case(
     loss_eager, grad_eager = kernels.cross_entropy_reference(logits, targets)
     loss, grad = kernels.cross_entropy(logits, targets)
     return (
-        _parity("cross_entropy.loss", loss, loss_eager, loss64, dt, seed),
-        _parity("cross_entropy.grad", grad, grad_eager, grad64, dt, seed),
+        check_parity("cross_entropy.loss", loss, loss_eager, loss64, dt, seed),
+        check_parity("cross_entropy.grad", grad, grad_eager, grad64, dt, seed),
     )
 
 
@@ -206,4 +202,4 @@ def matvec_case(
     ref64 = kernels.dequantize_matvec_reference(raw, kind, shape, x.double())
     eager = kernels.dequantize_matvec_reference(raw, kind, shape, x)
     out = kernels.dequantize_matvec(raw, kind, shape, x)
-    return _parity(f"dequant_matvec.{kind}", out, eager, ref64.to(dev), torch.float32, seed)
+    return check_parity(f"dequant_matvec.{kind}", out, eager, ref64.to(dev), torch.float32, seed)

@@ -3,7 +3,8 @@
 The model, not the ops, emits trace capture points, so a model built with these ops traces
 the same points as the torch reference and ``apr bisect --backend-b triton`` can compare them
 one for one. The embedding is a gather (no arithmetic to get wrong in a kernel of its own), so
-it stays a torch index.
+it stays the reference's. Weights are cast to the activations' dtype first, as the reference
+does, so "the same dtype" means the same inputs to both backends.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from aprlib.model import Ops
 from kernels.attention import attention
 from kernels.cross_entropy import cross_entropy
 from kernels.linear import linear
@@ -35,13 +37,10 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None
 
 
-class TritonOps:
-    """Same methods and shapes as ``aprlib.model.Ops``; every arithmetic op is a kernel."""
+class TritonOps(Ops):
+    """``aprlib.model.Ops`` with every arithmetic op a Triton kernel."""
 
     name = "triton"
-
-    def embedding(self, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return weight[tokens]
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight.to(x.dtype), eps)
@@ -49,10 +48,10 @@ class TritonOps:
     def linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return linear(x, weight, bias)
+        return linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return rope(x, cos, sin)
+        return rope(x, cos.to(x.dtype), sin.to(x.dtype))
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return attention(q, k, v)

@@ -191,3 +191,22 @@ def test_failure_line_names_the_bound_that_would_have_passed():
     assert not result.passed
     assert "seed 7" in line and "bound that would have passed: 3.000e-02" in line
     assert "m = 29.9" in line
+
+
+def test_a_planted_kernel_bug_turns_backend_parity_red(monkeypatch, tmp_path, tiny_factory):
+    """The whole-model falsifier sees a kernel bug too (rope's wrong half inside the forward)."""
+    from falsifiers.test_cpu_cuda_forward_parity_v1 import forward_parity
+
+    tiny = tiny_factory("qwen2", tied=False)
+    good_logits, _ = forward_parity(tiny, "float32", "default", 5)
+    assert good_logits.passed, str(good_logits)
+    plant(
+        monkeypatch,
+        tmp_path,
+        rope_mod,
+        "_rope_kernel",
+        ("x1 * cos1 - x2 * sin1", "x1 * cos1 + x2 * sin1"),
+        ("x2 * cos2 + x1 * sin2", "x2 * cos2 - x1 * sin2"),
+    )
+    bad_logits, _ = forward_parity(tiny, "float32", "default", 5)
+    assert not bad_logits.passed and bad_logits.bound == good_logits.bound
