@@ -43,6 +43,19 @@ def random(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> torch.Tenso
     return torch.randn(shape, generator=gen, dtype=torch.float64) * scale
 
 
+def poisoned(x: torch.Tensor, seed: int, poison: bool) -> torch.Tensor:
+    """``x`` with a NaN and a ±Inf at seeded places when ``poison``: placement is checked first."""
+    if not poison:
+        return x
+    x = x.clone()
+    gen = torch.Generator().manual_seed(seed + 99)
+    flat = x.view(-1)
+    spots = torch.randint(0, flat.numel(), (2,), generator=gen)
+    flat[spots[0]] = float("nan")
+    flat[spots[1]] = float("inf") if seed % 2 else float("-inf")
+    return x
+
+
 @dataclass
 class CaseLog:
     """Results of one falsifier's cases: seeds and the worst share of the bound."""
@@ -68,10 +81,17 @@ class CaseLog:
 
 
 def rms_norm_case(
-    rows: int, cols: int, dtype: str, log_scale: float, eps: float, seed: int, device="default"
+    rows: int,
+    cols: int,
+    dtype: str,
+    log_scale: float,
+    eps: float,
+    seed: int,
+    device="default",
+    poison: bool = False,
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
-    x = (random(seed, (rows, cols), 10.0**log_scale)).to(dt).to(dev)
+    x = poisoned(random(seed, (rows, cols), 10.0**log_scale), seed, poison).to(dt).to(dev)
     w = (1 + 0.5 * random(seed + 1, (cols,))).to(dt).to(dev)
     ref64 = kernels.rms_norm_reference(x.double(), w.double(), eps)
     eager = kernels.rms_norm_reference(x, w, eps)
@@ -112,10 +132,16 @@ def rope_case(
 
 
 def swiglu_case(
-    rows: int, cols: int, dtype: str, log_scale: float, seed: int, device="default"
+    rows: int,
+    cols: int,
+    dtype: str,
+    log_scale: float,
+    seed: int,
+    device="default",
+    poison: bool = False,
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
-    gate = random(seed, (rows, cols), 10.0**log_scale).to(dt).to(dev)
+    gate = poisoned(random(seed, (rows, cols), 10.0**log_scale), seed, poison).to(dt).to(dev)
     up = random(seed + 1, (rows, cols)).to(dt).to(dev)
     ref64 = kernels.swiglu_reference(gate.double(), up.double())
     eager = kernels.swiglu_reference(gate, up)
@@ -123,10 +149,17 @@ def swiglu_case(
 
 
 def linear_case(
-    m: int, k: int, n: int, bias: bool, dtype: str, seed: int, device="default"
+    m: int,
+    k: int,
+    n: int,
+    bias: bool,
+    dtype: str,
+    seed: int,
+    device="default",
+    poison: bool = False,
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
-    x = random(seed, (m, k)).to(dt).to(dev)
+    x = poisoned(random(seed, (m, k)), seed, poison).to(dt).to(dev)
     w = (random(seed + 1, (n, k)) / k**0.5).to(dt).to(dev)
     b = random(seed + 2, (n,)).to(dt).to(dev) if bias else None
     ref64 = kernels.linear_reference(x.double(), w.double(), None if b is None else b.double())

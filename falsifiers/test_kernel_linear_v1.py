@@ -27,9 +27,10 @@ def test_linear_within_earned_bound(device, evidence):
         bias=st.booleans(),
         dtype=kc.dtypes,
         seed=kc.seeds,
+        poison=st.booleans(),
     )
-    def run(m, k, n, bias, dtype, seed):
-        log.check(kc.linear_case(m, k, n, bias, dtype, seed, device))
+    def run(m, k, n, bias, dtype, seed, poison):
+        log.check(kc.linear_case(m, k, n, bias, dtype, seed, device, poison))
 
     run()
     log.record(evidence)

@@ -25,9 +25,10 @@ def test_rms_norm_within_earned_bound(device, evidence):
         log_scale=st.floats(-4, 2),
         eps=st.sampled_from([1e-6, 1e-5]),
         seed=kc.seeds,
+        poison=st.booleans(),
     )
-    def run(rows, cols, dtype, log_scale, eps, seed):
-        log.check(kc.rms_norm_case(rows, cols, dtype, log_scale, eps, seed, device))
+    def run(rows, cols, dtype, log_scale, eps, seed, poison):
+        log.check(kc.rms_norm_case(rows, cols, dtype, log_scale, eps, seed, device, poison))
 
     run()
     log.record(evidence)

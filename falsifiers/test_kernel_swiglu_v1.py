@@ -24,9 +24,10 @@ def test_swiglu_within_earned_bound(device, evidence):
         dtype=kc.dtypes,
         log_scale=st.floats(-3, 2),
         seed=kc.seeds,
+        poison=st.booleans(),
     )
-    def run(rows, cols, dtype, log_scale, seed):
-        log.check(kc.swiglu_case(rows, cols, dtype, log_scale, seed, device))
+    def run(rows, cols, dtype, log_scale, seed, poison):
+        log.check(kc.swiglu_case(rows, cols, dtype, log_scale, seed, device, poison))
 
     run()
     log.record(evidence)

@@ -74,6 +74,17 @@ DEFECTS = {
         [("1.0 / tl.sqrt(mean_sq + eps)", "1.0 / (tl.sqrt(mean_sq) + eps)")],
         lambda: kc.rms_norm_case(5, 96, "float32", -3.0, 1e-5, 11),
     ),
+    "rms_norm: NaN scrubbed to zero (placement)": (
+        rms_norm_mod,
+        "_rms_norm_kernel",
+        [
+            (
+                "    x = x.to(tl.float32)\n",
+                "    x = x.to(tl.float32)\n    x = tl.where(x == x, x, 0.0)\n",
+            )
+        ],
+        lambda: kc.rms_norm_case(4, 64, "bfloat16", 0.0, 1e-6, 23, poison=True),
+    ),
     "rope: the wrong half rotated": (
         rope_mod,
         "_rope_kernel",
