@@ -2,22 +2,21 @@
 
 Where torch sees no CUDA device, importing this package sets ``TRITON_INTERPRET=1`` before
 triton is first imported, so every kernel runs in triton's numpy interpreter on any CPU (the
-algorithm-level check). ``triton.jit`` reads that setting when a kernel is decorated, which
-is when this package imports its modules; setting it here rather than in a conftest means
-scripts, the CLI and tests all get the same behaviour. A caller that imported triton and
-decorated kernels of its own earlier is unaffected. On a CUDA host nothing is set and the
-kernels compile natively.
+algorithm-level check); on a CUDA host nothing is set and the kernels compile natively.
+triton reads the setting when it is imported (its own ``tl.sum`` etc. are jit functions
+decorated then), so it must come before anything imports triton, and importing a
+transformers model does. Hence two places: here, for scripts and the CLI that import
+``kernels`` first, and the root ``conftest.py``, for pytest sessions in which a test module
+imports transformers first (it checks for an NVIDIA driver rather than importing torch). Too
+late to choose, this package raises ``TritonModeError`` with the fix rather than failing
+inside the first kernel with triton's "Cannot call @triton.jit'd outside of the scope of a
+kernel".
 """
 
 from __future__ import annotations
 
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
+# first: chooses triton's interpreter before any kernel module imports triton
+from kernels._mode import TritonModeError  # isort: skip
 from kernels._launch import interpreting
 from kernels.attention import attention, attention_reference
 from kernels.bounds import (
@@ -44,6 +43,7 @@ from kernels.swiglu import swiglu, swiglu_reference
 __all__ = [
     "ParityError",
     "ParityResult",
+    "TritonModeError",
     "TritonOps",
     "assert_parity",
     "attention",

@@ -126,3 +126,20 @@ def test_dequantize_handles_nan_and_subnormal_scales_like_gguf():
     got = kernels.dequantize(raw, "q8_0", (4, 32))
     want = kernels.dequantize_reference(raw, "q8_0", (4, 32))
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+def test_too_late_to_choose_the_interpreter_is_a_clear_error():
+    """triton imported natively on a host without CUDA: one line with the fix, not a crash."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import torch, triton\nimport kernels\n"
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA host compiles natively")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "TritonModeError" in done.stderr and "set TRITON_INTERPRET=1" in done.stderr
