@@ -200,7 +200,7 @@ def cross_entropy_case(
     loss_eager, grad_eager = kernels.cross_entropy_reference(logits, targets)
     loss, grad = kernels.cross_entropy(logits, targets)
     return (
-        check_parity("cross_entropy.loss", loss, loss_eager, loss64, dt, seed),
+        check_parity("cross_entropy.losses", loss, loss_eager, loss64, dt, seed),
         check_parity("cross_entropy.grad", grad, grad_eager, grad64, dt, seed),
     )
 

@@ -52,9 +52,12 @@ def _cross_entropy_kernel(
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of ``logits`` [N, V] at ``targets`` [N] and its gradient.
+    """Cross-entropy of each row of ``logits`` [N, V] at ``targets`` [N], and the gradient of
+    their mean.
 
-    Returns ``(loss, grad)``: loss a float32 scalar, grad [N, V] in the logits' dtype.
+    Returns ``(losses, grad)``: losses float32 [N] (the mean loss is ``losses.mean()``; rows
+    are returned so a parity check has N values to measure, not one lucky scalar), grad
+    [N, V] in the logits' dtype.
     """
     if logits.dim() != 2 or targets.shape != (logits.shape[0],):
         raise ValueError(
@@ -78,15 +81,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
         logits, targets, losses, grad, n_rows, vocab, logits.stride(0), grad.stride(0),
         1.0 / n_rows, BLOCK_R=block_r, BLOCK_V=block_v,
     )  # fmt: skip
-    return losses.mean(), grad
+    return losses, grad
 
 
 def cross_entropy_reference(
     logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch's F.cross_entropy (mean) in the logits' dtype, and its autograd gradient."""
+    """torch's F.cross_entropy per row in the logits' dtype, and autograd's gradient of the mean."""
     leaf = logits.detach().clone().requires_grad_(True)
-    loss = F.cross_entropy(leaf, targets)
-    loss.backward()
+    losses = F.cross_entropy(leaf, targets, reduction="none")
+    losses.mean().backward()
     assert leaf.grad is not None
-    return loss.detach(), leaf.grad
+    return losses.detach(), leaf.grad

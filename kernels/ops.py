@@ -27,9 +27,9 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss, grad = cross_entropy(logits.detach(), targets)
+        losses, grad = cross_entropy(logits.detach(), targets)
         ctx.save_for_backward(grad)
-        return loss
+        return losses.mean()
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
