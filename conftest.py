@@ -18,10 +18,6 @@ pytest_plugins = ["pytester"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# triton picks its CPU interpreter when it is first imported, and importing a transformers
-# model imports triton: choose before any test module does (kernels/__init__.py explains)
-if not os.path.exists("/proc/driver/nvidia/version"):
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TINY = dict(
     vocab_size=96,

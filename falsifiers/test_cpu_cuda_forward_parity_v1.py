@@ -90,3 +90,60 @@ def test_triton_decode_with_kv_cache_within_bound(
             log.check(kernels.check_parity(f"decode step {i}", *outs, torch.float32, seed))
             step = outs[2][:, -1:].argmax(-1)
     log.record(evidence, steps=4)
+
+
+# planted kernel bug -> the capture point bisect must name as the first that introduces it
+PLANTED = {
+    "rms_norm eps outside sqrt": (
+        "rms_norm",
+        "_rms_norm_kernel",
+        [("1.0 / tl.sqrt(mean_sq + eps)", "1.0 / (tl.sqrt(mean_sq) + eps)")],
+        "layers.0.attn_norm",
+    ),
+    "rope wrong half": (
+        "rope",
+        "_rope_kernel",
+        [("x1 * cos1 - x2 * sin1", "x1 * cos1 + x2 * sin1")],
+        "layers.0.attn.q.rope",
+    ),
+    "attention kv-head mapping": (
+        "attention",
+        "_attention_kernel",
+        [("kv_h = h // group", "kv_h = h % (n_q_heads // group)")],
+        "layers.0.attn.out",
+    ),
+    "swiglu sigmoid sign": (
+        "swiglu",
+        "_swiglu_kernel",
+        [("g / (1.0 + tl.exp(-g)) * u", "g / (1.0 + tl.exp(g)) * u")],
+        "layers.0.mlp.swiglu",
+    ),
+    "linear K tail dropped": (
+        "linear",
+        "_linear_kernel",
+        [("for k0 in range(0, K, BLOCK_K):", "for k0 in range(0, K - BLOCK_K + 1, BLOCK_K):")],
+        "layers.0.mlp.down",  # the first K (160) that is not a multiple of its block
+    ),
+}
+
+
+@pytest.mark.falsifies("FALSIFY-FWDPAR-003")
+@pytest.mark.parametrize("bug", list(PLANTED))
+def test_bisect_names_the_capture_point_of_a_planted_kernel_bug(
+    bug, tiny_factory, monkeypatch, tmp_path, evidence
+):
+    import importlib
+
+    from aprlib.bisect import bisect, load_side, twin
+    from falsifiers.kernel_mutants import plant
+
+    module, kernel, edits, expected = PLANTED[bug]
+    path = tiny_factory("qwen2", tied=False).safetensors
+    tokens = tokens_for(SEEDS["qwen2"] + 20, 96, (1, 11), torch.device("cpu"))[0].tolist()
+    reference = load_side(path)
+    assert bisect(reference, twin(reference, "triton"), tokens).clean, "clean before planting"
+    plant(monkeypatch, tmp_path, importlib.import_module(f"kernels.{module}"), kernel, *edits)
+    report = bisect(reference, twin(reference, "triton"), tokens)
+    introduced = [p.name for p in report.introduced]
+    evidence.record(first_introduced=introduced[0] if introduced else None, expected=expected)
+    assert introduced and introduced[0] == expected, f"bisect named {introduced[:3]}"

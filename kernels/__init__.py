@@ -3,14 +3,12 @@
 Where torch sees no CUDA device, importing this package sets ``TRITON_INTERPRET=1`` before
 triton is first imported, so every kernel runs in triton's numpy interpreter on any CPU (the
 algorithm-level check); on a CUDA host nothing is set and the kernels compile natively.
-triton reads the setting when it is imported (its own ``tl.sum`` etc. are jit functions
-decorated then), so it must come before anything imports triton, and importing a
-transformers model does. Hence two places: here, for scripts and the CLI that import
-``kernels`` first, and the root ``conftest.py``, for pytest sessions in which a test module
-imports transformers first (it checks for an NVIDIA driver rather than importing torch). Too
-late to choose, this package raises ``TritonModeError`` with the fix rather than failing
-inside the first kernel with triton's "Cannot call @triton.jit'd outside of the scope of a
-kernel".
+triton fixes that choice for its own library functions (``tl.sum``, ...) when it is first
+imported, and torch imports triton by itself (``torch._dynamo`` does, even for a meta-device
+``nn.Embedding``), so on a host without CUDA where that already happened natively, the
+package re-wraps those functions for the interpreter (``kernels._mode``): native triton cannot
+run there anyway. Where even that fails, importing raises ``TritonModeError`` naming the fix
+(``TRITON_INTERPRET=1`` in the environment) rather than failing inside the first kernel.
 """
 
 from __future__ import annotations

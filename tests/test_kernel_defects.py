@@ -13,15 +13,12 @@ out-of-bounds read in the interpreter would be a different, nondeterministic tes
 from __future__ import annotations
 
 import importlib.util
-import inspect
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from falsifiers import kernel_cases as kc
+from falsifiers.kernel_mutants import plant
 from kernels import ParityResult
 
 # the package root re-exports functions named like their modules, so fetch the modules
@@ -29,29 +26,6 @@ attention_mod, cross_entropy_mod, dequant_mod, linear_mod, rms_norm_mod, rope_mo
     importlib.import_module(f"kernels.{name}")
     for name in ("attention", "cross_entropy", "dequant", "linear", "rms_norm", "rope", "swiglu")
 )
-
-
-def plant(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    module: ModuleType,
-    kernel: str,
-    *edits: tuple[str, str],
-) -> None:
-    """Replace ``module.kernel`` with the kernel of a copy of the module with ``edits``."""
-    source = inspect.getsource(module)
-    for old, new in edits:
-        assert source.count(old) == 1, f"planted bug {old!r} matches {source.count(old)} times"
-        source = source.replace(old, new)
-    name = f"mutant_{module.__name__.rsplit('.', 1)[-1]}"
-    path = tmp_path / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mutant = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, mutant)
-    spec.loader.exec_module(mutant)
-    monkeypatch.setattr(module, kernel, getattr(mutant, kernel))
 
 
 def red_with_same_bound(
