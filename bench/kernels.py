@@ -147,10 +147,16 @@ def forward_row() -> Row | None:
 
     config = qwen2_0_5b()
     tokens = torch.randint(0, config.vocab_size, (1, 512), device="cuda")
+    reference = Transformer(config).eval()  # parameters on the meta device until assigned
+    state = {
+        name: (1.0 if "norm" in name else 0.0)
+        + 0.02 * torch.randn(p.shape, device="cuda", dtype=torch.bfloat16)
+        for name, p in reference.state_dict().items()
+    }
+    reference.load_state_dict(state, assign=True)
+    triton = Transformer(config, ops=kernels.TritonOps()).eval()
+    triton.load_state_dict(state, assign=True)
     with torch.no_grad():
-        reference = Transformer(config).to("cuda", torch.bfloat16).eval()
-        triton = Transformer(config, ops=kernels.TritonOps()).to("cuda", torch.bfloat16).eval()
-        triton.load_state_dict(reference.state_dict())
         return {
             "kernel": "forward 0.5B x 512 tokens",
             "triton_ms": timed(lambda: triton(tokens)),
