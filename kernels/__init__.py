@@ -1,7 +1,7 @@
 """Triton kernels of the forward pass, each beside the torch reference it must match.
 
 Where torch sees no CUDA device, importing this package sets ``TRITON_INTERPRET=1`` before
-triton is first imported, so every kernel runs in triton's numpy interpreter on any CPU (the
+its kernel modules are decorated, so every kernel runs in triton's numpy interpreter on any CPU (the
 algorithm-level check); on a CUDA host nothing is set and the kernels compile natively.
 triton fixes that choice for its own library functions (``tl.sum``, ...) when it is first
 imported, and torch imports triton by itself (``torch._dynamo`` does, even for a meta-device
