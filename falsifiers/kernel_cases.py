@@ -87,7 +87,7 @@ def rms_norm_case(
     log_scale: float,
     eps: float,
     seed: int,
-    device="default",
+    device: str = "default",
     poison: bool = False,
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
@@ -107,7 +107,7 @@ def rope_case(
     llama3: bool,
     offset: int,
     seed: int,
-    device="default",
+    device: str = "default",
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
     dim = 2 * half
@@ -137,7 +137,7 @@ def swiglu_case(
     dtype: str,
     log_scale: float,
     seed: int,
-    device="default",
+    device: str = "default",
     poison: bool = False,
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
@@ -155,7 +155,7 @@ def linear_case(
     bias: bool,
     dtype: str,
     seed: int,
-    device="default",
+    device: str = "default",
     poison: bool = False,
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
@@ -177,7 +177,7 @@ def attention_case(
     dtype: str,
     log_scale: float,
     seed: int,
-    device="default",
+    device: str = "default",
 ) -> ParityResult:
     dt, dev = DTYPES[dtype], device_of(device)
     tk = tq + tk_extra
@@ -190,7 +190,7 @@ def attention_case(
 
 
 def cross_entropy_case(
-    rows: int, vocab: int, dtype: str, log_scale: float, seed: int, device="default"
+    rows: int, vocab: int, dtype: str, log_scale: float, seed: int, device: str = "default"
 ) -> tuple[ParityResult, ParityResult]:
     dt, dev = DTYPES[dtype], device_of(device)
     logits = random(seed, (rows, vocab), 10.0**log_scale).to(dt).to(dev)
@@ -215,7 +215,7 @@ def quantised(kind: str, rows: int, blocks: int, log_scale: float, seed: int) ->
 
 
 def dequant_mismatches(
-    kind: str, rows: int, blocks: int, log_scale: float, seed: int, device="default"
+    kind: str, rows: int, blocks: int, log_scale: float, seed: int, device: str = "default"
 ) -> int:
     """Elements whose float32 bits differ from ``gguf.quants.dequantize`` (0 = bit-exact)."""
     raw = torch.from_numpy(quantised(kind, rows, blocks, log_scale, seed).copy())
@@ -226,7 +226,7 @@ def dequant_mismatches(
 
 
 def matvec_case(
-    kind: str, rows: int, blocks: int, log_scale: float, seed: int, device="default"
+    kind: str, rows: int, blocks: int, log_scale: float, seed: int, device: str = "default"
 ) -> ParityResult:
     dev = device_of(device)
     raw = torch.from_numpy(quantised(kind, rows, blocks, log_scale, seed).copy()).to(dev)

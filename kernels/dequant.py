@@ -140,7 +140,9 @@ def _matvec_kernel(
     tl.store(out_ptr + rows, acc, mask=rows < n_rows)
 
 
-def dequantize_matvec(raw: torch.Tensor, kind: str, shape: tuple[int, int], x: torch.Tensor):
+def dequantize_matvec(
+    raw: torch.Tensor, kind: str, shape: tuple[int, int], x: torch.Tensor
+) -> torch.Tensor:
     """``W @ x`` for a quantised ``W`` of ``shape`` [N, K] without materialising W (float32)."""
     _check_raw(raw, kind, shape)
     n_rows, n_cols = shape
