@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 # this file is named kernels.py: keep its folder off sys.path so `import kernels` is the package
@@ -28,7 +29,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
-Row = dict[str, object]
+Row = dict[str, Any]
+Case = tuple[str, Callable[..., Any], Callable[..., Any] | None, tuple[Any, ...], int]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -61,7 +63,7 @@ def bandwidth_rows(copy_gbs: float) -> list[Row]:
     cos, sin = cos.to(dev), sin.to(dev)
     gate = torch.randn(8192, 14336, device=dev, dtype=bf16)
     up = torch.randn_like(gate)
-    cases = [
+    cases: list[Case] = [
         ("rms_norm", kernels.rms_norm, kernels.rms_norm_reference, (x, w, 1e-6), 2 * x.nbytes),
         ("rope", kernels.rope, kernels.rope_reference, (q, cos, sin), 2 * q.nbytes),
         ("swiglu", kernels.swiglu, kernels.swiglu_reference, (gate, up), 3 * gate.nbytes),
