@@ -19,8 +19,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 # this file is named kernels.py: keep its folder off sys.path so `import kernels` is the package
 HERE = Path(__file__).resolve().parent
@@ -87,13 +88,13 @@ def bandwidth_rows(copy_gbs: float) -> list[Row]:
         )
     for name, kernel, reference, args, nbytes in cases:
         row: Row = {"kernel": name}
-        ms = timed(lambda k=kernel, a=args: k(*a))
+        ms = timed(partial(kernel, *args))
         row.update(triton_ms=ms, gbs=nbytes / ms / 1e6, pct_copy=100 * nbytes / ms / 1e6 / copy_gbs)
         if reference is not None:
-            row["eager_ms"] = timed(lambda r=reference, a=args: r(*a))
+            row["eager_ms"] = timed(partial(reference, *args))
             fast = compiled(reference)
             fast(*args)
-            row["compile_ms"] = timed(lambda f=fast, a=args: f(*a))
+            row["compile_ms"] = timed(partial(fast, *args))
         rows.append(row)
     return rows
 
