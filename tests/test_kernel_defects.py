@@ -12,7 +12,7 @@ out-of-bounds read in the interpreter would be a different, nondeterministic tes
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Callable
 
 import pytest
