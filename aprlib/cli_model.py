@@ -88,6 +88,7 @@ def register(sub: Any) -> dict[str, Any]:
     )
     qa.add_argument("model", type=Path)
     qa.add_argument("--stream", type=Path, help="token ids (comma/space separated) for loss")
+    qa.add_argument("--max-loss", type=float, help="loss gate bound in nats (default ln(vocab))")
     qa.add_argument("--no-parity", action="store_true", help="skip the llama.cpp gate")
     qa.add_argument("--json", action="store_true")
     return {"logits": _logits, "trace": _trace, "bisect": _bisect, "qa": _qa}
@@ -204,7 +205,8 @@ def _trace(args: argparse.Namespace) -> int:
 
     t = Table(title=f"{args.model} vs {args.compare} (scope {args.scope})")
     t.add_column("point", no_wrap=True)
-    for col in ("status", "std A", "std B", "ratio", "absmax ratio"):
+    t.add_column("status", no_wrap=True)
+    for col in ("std A", "std B", "ratio", "absmax ratio"):
         t.add_column(col)
     for r in rows:
         if r.scope != args.scope:
@@ -337,7 +339,7 @@ def _qa(args: argparse.Namespace) -> int:
     if args.stream:
         text = args.stream.read_text(encoding="utf-8").replace("\n", ",").replace(" ", ",")
         stream = parse_tokens(text)
-    gates = run_qa(args.model, stream, parity=not args.no_parity)
+    gates = run_qa(args.model, stream, parity=not args.no_parity, max_loss=args.max_loss)
     data = gates_json(gates)
     if args.json:
         print(json.dumps(data, indent=2, default=str))

@@ -122,20 +122,23 @@ def logits_gate(logits: np.ndarray) -> Gate:
     )
 
 
-def loss_gate(net: Any, stream: list[int] | None) -> Gate:
+def loss_gate(net: Any, stream: list[int] | None, max_loss: float | None = None) -> Gate:
+    """Loss on ``stream`` below ``max_loss`` (default ln(vocab): no better than guessing)."""
     import torch
 
     vocab = net.config.vocab_size
+    bound = math.log(vocab) if max_loss is None else max_loss
     if not stream:
         return Gate("loss", "SKIP", "no --stream given", {"ln_vocab": math.log(vocab)})
     with torch.no_grad():
         loss = float(net.loss(torch.tensor([stream])))
-    ok = math.isfinite(loss) and loss < math.log(vocab)
+    ok = math.isfinite(loss) and loss < bound
     return Gate(
         "loss",
         "PASS" if ok else "FAIL",
-        f"loss {loss:.4f} vs ln(vocab) {math.log(vocab):.4f} on {len(stream)} tokens",
-        {"loss": loss, "ln_vocab": math.log(vocab), "tokens": len(stream)},
+        f"loss {loss:.4f} vs bound {bound:.4f} (ln(vocab) {math.log(vocab):.4f}) "
+        f"on {len(stream)} tokens",
+        {"loss": loss, "bound": bound, "ln_vocab": math.log(vocab), "tokens": len(stream)},
     )
 
 
@@ -179,7 +182,12 @@ def parity_gate(model: Any, reference: np.ndarray, tokens: list[int], work: Path
     )
 
 
-def run_qa(path: Path | str, stream: list[int] | None = None, parity: bool = True) -> list[Gate]:
+def run_qa(
+    path: Path | str,
+    stream: list[int] | None = None,
+    parity: bool = True,
+    max_loss: float | None = None,
+) -> list[Gate]:
     """Every gate on the model at ``path``; the forward gates need it to load first."""
     import torch
 
@@ -200,7 +208,7 @@ def run_qa(path: Path | str, stream: list[int] | None = None, parity: bool = Tru
         with torch.no_grad():
             reference = net(torch.tensor([tokens]))[0].float().numpy()
         gates.append(logits_gate(reference))
-        gates.append(loss_gate(net, stream))
+        gates.append(loss_gate(net, stream, max_loss))
         del net
         steps: list[Callable[[Any, np.ndarray, list[int], Path], Gate]] = [round_trip_gate]
         if parity:
