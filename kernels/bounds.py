@@ -79,7 +79,10 @@ class ParityResult:
 
     @property
     def ratio(self) -> float:
-        """Kernel RMSE as a share of its bound (≤ 1 passes)."""
+        """Kernel RMSE as a share of its bound (≤ 1 passes; 0 when there was no error at all,
+        as when every output is NaN in both)."""
+        if self.kernel_rmse == 0.0:
+            return 0.0
         return self.kernel_rmse / self.bound if self.bound > 0 else float("inf")
 
     @property

@@ -155,3 +155,10 @@ def test_kernels_run_after_torch_imported_triton_natively():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "True"]
+
+
+def test_share_of_bound_is_zero_without_error_and_infinite_past_a_zero_bound():
+    exact = kernels.ParityResult("k", torch.float32, 1, 0.0, 0.0, 2.0, 0.0)
+    wrong = kernels.ParityResult("k", torch.float32, 1, 1e-3, 0.0, 2.0, 0.0)
+    assert exact.passed and exact.ratio == 0.0
+    assert not wrong.passed and wrong.ratio == float("inf")
