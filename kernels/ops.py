@@ -1,0 +1,67 @@
+"""``TritonOps``: the reference model's ops (``aprlib.model.Ops``) routed through the kernels.
+
+The model, not the ops, emits trace capture points, so a model built with these ops traces
+the same points as the torch reference and ``apr bisect --backend-b triton`` can compare them
+one for one. The embedding is a gather (no arithmetic to get wrong in a kernel of its own), so
+it stays the reference's. Weights are cast to the activations' dtype first, as the reference
+does, so "the same dtype" means the same inputs to both backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from aprlib.model import Ops
+from kernels.attention import attention
+from kernels.cross_entropy import cross_entropy
+from kernels.linear import linear
+from kernels.rms_norm import rms_norm
+from kernels.rope import rope
+from kernels.swiglu import swiglu
+
+
+class _FusedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose backward is the gradient the kernel already wrote."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses, grad = cross_entropy(logits.detach(), targets)
+        ctx.save_for_backward(grad)
+        return losses.mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None
+
+
+class TritonOps(Ops):
+    """``aprlib.model.Ops`` with every arithmetic op a Triton kernel."""
+
+    name = "triton"
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return rms_norm(x, weight.to(x.dtype), eps)
+
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return rope(x, cos.to(x.dtype), sin.to(x.dtype))
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v)
+
+    def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return swiglu(gate, up)
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        vocab = logits.shape[-1]
+        loss: torch.Tensor = _FusedCrossEntropy.apply(
+            logits.reshape(-1, vocab), targets.reshape(-1)
+        )
+        return loss
