@@ -122,7 +122,9 @@ def broken_inputs(pretrained: Pretrained, inits: dict[str, Path], work: Path) ->
     big_tokenizer = edited("tok")
     vocab = {f"t{i}": i for i in range(pretrained.vocab + 5)}
     (big_tokenizer / "tokenizer.json").write_text(
-        json.dumps({"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}})
+        json.dumps(
+            {"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}}
+        )
     )
     return [
         ("missing", ["--init", str(work / "nope.apr")], ["nope.apr", "no such file"]),
@@ -247,12 +249,17 @@ def check_checkpoint_round_trips(
     model, _, _ = load_init(work / "a.apr")
     reloaded = evaluate(model, windows(pretrained, settings), settings.batch)
     assert reloaded == straight.records[-1]["val_loss"], "the checkpoint does not reload exactly"
-    first = dataclasses.replace(settings, steps=10)
     out = work / "b.apr"
-    run(pretrained.train, first, init=init, val=pretrained.val, out=out)
+
+    def killed_at_13(record: dict[str, Any]) -> None:
+        if record["step"] == 13:
+            raise KeyboardInterrupt  # the run dies between its checkpoints at 10 and 20
+
+    with pytest.raises(KeyboardInterrupt):
+        run(pretrained.train, settings, init=init, val=pretrained.val, out=out, report=killed_at_13)
     resumed = run(pretrained.train, settings, val=pretrained.val, out=out, resume=True)
     assert comparable(resumed.records) == comparable(straight.records), (
-        "10 steps + --resume to 20 differ from 20 uninterrupted steps"
+        "killed at 13, resumed from 10: the run differs from 20 uninterrupted steps"
     )
     logged = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert comparable(logged) == comparable(straight.records), "the JSONL log disagrees"
