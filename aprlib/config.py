@@ -9,12 +9,17 @@ published style is written.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import json
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 SUPPORTED_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+#: Llama-shaped families read as ``llama`` (same tensors, same forward)
+LLAMA_SHAPED = {"mistral": "MistralForCausalLM"}
+#: q/k/v bias when a config does not say: Qwen2 has one, Llama does not
+FAMILY_ATTENTION_BIAS = {"qwen2": True, "llama": False}
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,29 @@ class ModelConfig:
     torch_dtype: str | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    hidden_act: str = "silu"
+    attention_bias: bool | None = None  # None: the family's default (qwen2 True, llama False)
+    mlp_bias: bool = False
+    sliding_window: int | None = None  # None: no sliding window in use
+    #: normalised: rope_type ("llama3", "yarn", "linear", ...), factor, and where present
+    #: low_freq_factor, high_freq_factor, original_max_position_embeddings
+    rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def attention_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether q/k/v projections carry a bias (the family default when unstated)."""
+        if self.attention_bias is not None:
+            return self.attention_bias
+        return FAMILY_ATTENTION_BIAS.get(self.architecture, False)
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """Llama's ``attention_bias`` covers o_proj too; Qwen2's o_proj never has one."""
+        return self.architecture == "llama" and self.qkv_bias
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +105,8 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         for name, cls in SUPPORTED_ARCHITECTURES.items():
             if cls in archs:
                 arch = name
+    if arch is None and (model_type in LLAMA_SHAPED or set(archs) & set(LLAMA_SHAPED.values())):
+        arch = "llama"
     if arch is None:
         raise ConfigError(
             f"unsupported architecture (model_type={model_type!r}, architectures={archs}); "
@@ -123,6 +149,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         torch_dtype=config.get("torch_dtype", config.get("dtype")),
         bos_token_id=config.get("bos_token_id"),
         eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
+        **hf_extras(config),
     )
 
 
@@ -136,7 +163,15 @@ def to_hf(cfg: ModelConfig) -> dict[str, Any]:
         value = getattr(cfg, ours)
         if value is not None:
             out[hf] = value
-    out["hidden_act"] = "silu"
+    out["hidden_act"] = cfg.hidden_act
+    out["mlp_bias"] = cfg.mlp_bias
+    if cfg.attention_bias is not None:
+        out["attention_bias"] = cfg.attention_bias
+    out["use_sliding_window"] = cfg.sliding_window is not None
+    if cfg.sliding_window is not None:
+        out["sliding_window"] = cfg.sliding_window
+    if cfg.rope_scaling is not None:
+        out["rope_scaling"] = dict(cfg.rope_scaling)
     return out
 
 
@@ -150,6 +185,7 @@ def to_gguf_kv(cfg: ModelConfig) -> dict[str, Any]:
     kv[f"{cfg.architecture}.attention.value_length"] = cfg.attention_head_dim
     kv[f"{cfg.architecture}.attention.key_length"] = cfg.attention_head_dim
     kv[f"{cfg.architecture}.rope.dimension_count"] = cfg.attention_head_dim
+    kv.update(gguf_extras(cfg))
     return kv
 
 
@@ -169,7 +205,133 @@ def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
         values["head_dim"] = values.get("hidden_size", 0) // values["num_attention_heads"]
     values.setdefault("max_position_embeddings", 2048)
     values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
+    values.update(extras_from_gguf_kv(kv, arch))
     try:
         return ModelConfig(**values)
     except TypeError as exc:
         raise ConfigError(f"GGUF metadata lacks a required field: {exc}") from None
+
+
+# --- the fields beyond the shapes: activation, biases, sliding window, rope scaling --------
+
+#: llama.cpp's ``{arch}.rope.scaling.type`` values; other types (llama3) travel as JSON in
+#: ``aprlib.rope_scaling`` (llama.cpp asserts on a scaling type it does not know)
+GGUF_ROPE_SCALING_TYPES = frozenset({"linear", "yarn"})
+
+
+def normalise_rope_scaling(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """HF's ``rope_scaling`` (``type`` or ``rope_type``) or v5 ``rope_parameters`` → ours.
+
+    ``None`` when no scaling is in use (absent, or ``rope_type: default``), so that a
+    config saved by transformers 5 and its published original compare equal.
+    """
+    if not raw:
+        return None
+    kind = raw.get("rope_type", raw.get("type"))
+    if kind in (None, "default"):
+        return None
+    out: dict[str, Any] = {"rope_type": str(kind)}
+    for key, value in raw.items():
+        if key in ("rope_type", "type", "rope_theta"):
+            continue
+        out[key] = (
+            float(value) if isinstance(value, int | float) and key.endswith("factor") else value
+        )
+    return out
+
+
+def hf_extras(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``ModelConfig`` fields beyond the shapes, from an HF config (either style)."""
+    window = config.get("sliding_window")
+    in_use = config.get("use_sliding_window", True)  # qwen2 says; mistral's is always on
+    bias = config.get("attention_bias")
+    return {
+        "hidden_act": str(config.get("hidden_act", "silu")),
+        "attention_bias": None if bias is None else bool(bias),
+        "mlp_bias": bool(config.get("mlp_bias", False)),
+        "sliding_window": int(window) if window is not None and in_use else None,
+        "rope_scaling": normalise_rope_scaling(
+            config.get("rope_scaling") or config.get("rope_parameters")
+        ),
+    }
+
+
+def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
+    """llama.cpp's keys where it has one; ``aprlib.*`` for what llama.cpp has no key for."""
+    arch = cfg.architecture
+    kv: dict[str, Any] = {"aprlib.hidden_act": cfg.hidden_act, "aprlib.mlp_bias": cfg.mlp_bias}
+    if cfg.attention_bias is not None:
+        kv["aprlib.attention_bias"] = cfg.attention_bias
+    if cfg.sliding_window is not None:
+        kv[f"{arch}.attention.sliding_window"] = cfg.sliding_window
+    scaling = cfg.rope_scaling
+    if scaling is not None:
+        if scaling["rope_type"] in GGUF_ROPE_SCALING_TYPES:
+            kv[f"{arch}.rope.scaling.type"] = scaling["rope_type"]
+            kv[f"{arch}.rope.scaling.factor"] = float(scaling["factor"])
+            if "original_max_position_embeddings" in scaling:
+                kv[f"{arch}.rope.scaling.original_context_length"] = int(
+                    scaling["original_max_position_embeddings"]
+                )
+        kv["aprlib.rope_scaling"] = json.dumps(scaling, sort_keys=True)
+    return kv
+
+
+def extras_from_gguf_kv(kv: dict[str, Any], arch: str) -> dict[str, Any]:
+    """Inverse of ``gguf_extras``; also reads llama.cpp's own rope-scaling keys alone."""
+    out: dict[str, Any] = {}
+    if "aprlib.hidden_act" in kv:
+        out["hidden_act"] = str(kv["aprlib.hidden_act"])
+    if "aprlib.mlp_bias" in kv:
+        out["mlp_bias"] = bool(kv["aprlib.mlp_bias"])
+    if "aprlib.attention_bias" in kv:
+        out["attention_bias"] = bool(kv["aprlib.attention_bias"])
+    if f"{arch}.attention.sliding_window" in kv:
+        out["sliding_window"] = int(kv[f"{arch}.attention.sliding_window"])
+    if "aprlib.rope_scaling" in kv:
+        try:
+            out["rope_scaling"] = normalise_rope_scaling(json.loads(kv["aprlib.rope_scaling"]))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"aprlib.rope_scaling is not a JSON object: {exc}") from None
+    elif kv.get(f"{arch}.rope.scaling.type", "none") != "none":
+        scaling: dict[str, Any] = {
+            "rope_type": str(kv[f"{arch}.rope.scaling.type"]),
+            "factor": float(str(np.float32(kv.get(f"{arch}.rope.scaling.factor", 1.0)))),
+        }
+        if f"{arch}.rope.scaling.original_context_length" in kv:
+            scaling["original_max_position_embeddings"] = int(
+                kv[f"{arch}.rope.scaling.original_context_length"]
+            )
+        out["rope_scaling"] = scaling
+    return out
+
+
+# --- presets: the published configs, read through from_hf ---------------------------------
+
+
+def qwen2_0_5b() -> ModelConfig:
+    """Qwen2.5-0.5B (tied head)."""
+    from aprlib import presets
+
+    return from_hf(presets.QWEN2_5_0_5B)
+
+
+def qwen2_1_5b() -> ModelConfig:
+    """Qwen2.5-1.5B (tied head)."""
+    from aprlib import presets
+
+    return from_hf(presets.QWEN2_5_1_5B)
+
+
+def qwen2_7b() -> ModelConfig:
+    """Qwen2.5-7B (untied head)."""
+    from aprlib import presets
+
+    return from_hf(presets.QWEN2_5_7B)
+
+
+def llama3_2_1b() -> ModelConfig:
+    """Llama-3.2-1B (tied head, llama3 rope scaling)."""
+    from aprlib import presets
+
+    return from_hf(presets.LLAMA3_2_1B)

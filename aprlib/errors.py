@@ -40,3 +40,16 @@ class GgufFormatError(ModelFileError):
 
 class ConversionError(Exception):
     """A conversion that cannot be done faithfully (it leaves no output file)."""
+
+
+class ShapeMismatchError(ModelFileError):
+    """Weights whose shapes disagree with the config; names every mismatched field.
+
+    ``mismatches`` holds ``(field, config value, weights value)`` for each one, so a loader
+    fails before anything is truncated or broadcast.
+    """
+
+    def __init__(self, path: Path | str, mismatches: list[tuple[str, object, object]]) -> None:
+        self.mismatches = mismatches
+        text = "; ".join(f"{f}: config {c}, weights {w}" for f, c, w in mismatches)
+        super().__init__(path, f"weights disagree with the config: {text}", field="config")

@@ -1,0 +1,452 @@
+"""The reference transformer: Qwen2 and Llama in one readable forward (the spec in code).
+
+Read it top to bottom: ``Ops`` holds the arithmetic (a backend such as Triton swaps it);
+``Transformer`` holds the weights in the module tree Hugging Face uses, so ``state_dict()``
+keys are the HF tensor names, and its ``forward`` says in order what every layer does:
+
+    x = embed(tokens)
+    for each layer:
+        h = rms_norm(x);   q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)
+        q, k = rope(q), rope(k);   a = causal_gqa_attention(q, k, v)
+        x = x + a·Woᵀ
+        h = rms_norm(x);   x = x + (silu(h·Wgᵀ) * h·Wuᵀ)·Wdᵀ
+    logits = rms_norm(x)·Wheadᵀ   (Whead = the embedding when tied)
+
+Every intermediate is announced at a named capture point (``CAPTURE`` below) to whatever
+hooks are attached (trace, bisect); nothing is cloned or computed for them when none are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aprlib.config import ModelConfig
+from aprlib.errors import ModelFileError
+from aprlib.io import LM_HEAD, Model, open_model
+from aprlib.shapes import check_weights_match
+
+Hook = Callable[[str, Tensor], None]
+
+
+class Ops:
+    """torch eager reference arithmetic; a backend overrides any of these methods.
+
+    Weights are cast to the activations' dtype, so one set of float32 weights can run a
+    float64 reference pass (what bisect measures its noise floor against).
+    """
+
+    def embedding(self, tokens: Tensor, weight: Tensor) -> Tensor:
+        return F.embedding(tokens, weight)
+
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        # half precision is normalised in float32, as HF does; float32/64 in their own dtype
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return weight.to(x.dtype) * normed.to(x.dtype)
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """HF ``rotate_half``: the first half of each head pairs with the second half."""
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal GQA: q head h reads kv head h // (Hq // Hkv); query i sits at Tk-Tq+i."""
+        tq, tk = q.shape[-2], k.shape[-2]
+        mask = None
+        if tq != tk:  # decoding with a cache: the queries are the last tq positions
+            mask = causal_mask(tq, tk, q.device)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+        )
+
+    def swiglu(self, gate: Tensor, up: Tensor) -> Tensor:
+        return F.silu(gate) * up
+
+    def cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def causal_mask(tq: int, tk: int, device: torch.device | str = "cpu") -> Tensor:
+    """True where query i (at absolute position tk-tq+i) may attend to key j."""
+    rows = torch.arange(tk - tq, tk, device=device)[:, None]
+    return torch.arange(tk, device=device)[None, :] <= rows
+
+
+# --- rotary position embedding -------------------------------------------------------------
+
+
+def rope_inv_freq(cfg: ModelConfig) -> Tensor:
+    """Per-pair rotation frequencies (float64), with the config's rope scaling applied."""
+    dim = cfg.attention_head_dim
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    scaling = cfg.rope_scaling
+    if scaling is None:
+        return inv_freq
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":  # long wavelengths slowed by `factor`, short kept, smooth between
+        factor, low, high = (
+            scaling["factor"],
+            scaling["low_freq_factor"],
+            scaling["high_freq_factor"],
+        )
+        old_context = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+        return torch.where(medium, smoothed, scaled)
+    raise NotImplementedError(
+        f"rope_scaling type {kind!r} is not implemented by the reference forward "
+        "(default, linear and llama3 are)"
+    )
+
+
+def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin ``[T, head_dim]`` for the given absolute positions (computed in float64)."""
+    angles = positions.to(torch.float64)[:, None] * rope_inv_freq(cfg).to(positions.device)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+# --- capture points ------------------------------------------------------------------------
+
+
+def capture_graph(num_layers: int) -> dict[str, tuple[str, ...]]:
+    """Every capture point in the order it fires, mapped to the points it is computed from.
+
+    Bisect uses the inputs to tell a point that *introduces* a divergence (inputs agree,
+    output does not) from one that only inherits it. ``attn.scores`` is qkᵀ/√d before the
+    causal mask and softmax (every query-key pair), a view for statistics beside the path.
+    """
+    graph: dict[str, tuple[str, ...]] = {"embed": ()}
+    resid = "embed"
+    for i in range(num_layers):
+        p = f"layers.{i}."
+        graph[p + "attn_norm"] = (resid,)
+        for name in "qkv":
+            graph[p + f"attn.{name}.pre_bias"] = (p + "attn_norm",)
+            graph[p + f"attn.{name}.post_bias"] = (p + f"attn.{name}.pre_bias",)
+        graph[p + "attn.q.rope"] = (p + "attn.q.post_bias",)
+        graph[p + "attn.k.rope"] = (p + "attn.k.post_bias",)
+        graph[p + "attn.scores"] = (p + "attn.q.rope", p + "attn.k.rope")
+        graph[p + "attn.out"] = (p + "attn.q.rope", p + "attn.k.rope", p + "attn.v.post_bias")
+        graph[p + "attn.o_proj"] = (p + "attn.out",)
+        graph[p + "resid.attn"] = (resid, p + "attn.o_proj")
+        graph[p + "ffn_norm"] = (p + "resid.attn",)
+        graph[p + "mlp.gate"] = (p + "ffn_norm",)
+        graph[p + "mlp.up"] = (p + "ffn_norm",)
+        graph[p + "mlp.swiglu"] = (p + "mlp.gate", p + "mlp.up")
+        graph[p + "mlp.down"] = (p + "mlp.swiglu",)
+        graph[p + "resid.mlp"] = (p + "resid.attn", p + "mlp.down")
+        resid = p + "resid.mlp"
+    graph["final_norm"] = (resid,)
+    graph["logits"] = ("final_norm",)
+    return graph
+
+
+class CaptureError(RuntimeError):
+    """A forward under capture that did not fire every declared point (or fired an unknown)."""
+
+
+# --- the module tree (HF names) ------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size))
+
+
+def _linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
+    return nn.Linear(n_in, n_out, bias=bias, device="meta")
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, d = cfg.hidden_size, cfg.attention_head_dim
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.q_proj = _linear(h, self.n_heads * d, cfg.qkv_bias)
+        self.k_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
+        self.v_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
+        self.o_proj = _linear(self.n_heads * d, h, cfg.o_proj_bias)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = _linear(h, i, b)
+        self.up_proj = _linear(h, i, b)
+        self.down_proj = _linear(i, h, b)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size)
+        self.mlp = MLP(cfg)
+
+
+class Body(nn.Module):
+    """HF's ``model``: embeddings, layers, final norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device="meta")
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size)
+
+
+@dataclass
+class KVCache:
+    """Keys and values (after RoPE) of the positions seen so far, one pair per layer."""
+
+    keys: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[-2] if self.keys else 0
+
+    def extend(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if layer == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = torch.cat((self.keys[layer], k), dim=-2)
+            self.values[layer] = torch.cat((self.values[layer], v), dim=-2)
+        return self.keys[layer], self.values[layer]
+
+
+class Transformer(nn.Module):
+    """Qwen2 / Llama (and Mistral-shaped) decoder; parameters are built on the meta device
+    and filled by ``from_file`` or ``load_state_dict(..., assign=True)``.
+
+    A tied model has no ``lm_head`` parameter: the head is the embedding, by construction.
+    """
+
+    def __init__(self, config: ModelConfig, ops: Ops | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.ops = ops or Ops()
+        self.model = Body(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config.hidden_size, config.vocab_size, False)
+        if config.hidden_act != "silu":
+            raise NotImplementedError(f"hidden_act {config.hidden_act!r} (only silu)")
+        rope_inv_freq(config)  # an unsupported rope scaling fails here, not mid-forward
+        self._hooks: list[Hook] = []
+        self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
+
+    # -- loading --------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(
+        cls,
+        path_or_model: Path | str | Model,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        ops: Ops | None = None,
+    ) -> Transformer:
+        """Any format through ``open_model``; refuses weights that disagree with the config."""
+        if isinstance(path_or_model, Model):
+            return cls._from_model(path_or_model, dtype, device, ops)
+        with open_model(path_or_model) as model:
+            return cls._from_model(model, dtype, device, ops)
+
+    @classmethod
+    def _from_model(
+        cls, model: Model, dtype: torch.dtype, device: torch.device | str, ops: Ops | None
+    ) -> Transformer:
+        cfg = model.config
+        if cfg is None:
+            raise ModelFileError(model.path, "no architecture config", field="config")
+        shapes = {name: t.shape for name, t in model.tensors.items()}
+        check_weights_match(cfg, shapes, model.path)
+        net = cls(cfg, ops)
+        state = {
+            name: torch.from_numpy(t.to_float32().copy()).to(device=device, dtype=dtype)
+            for name, t in model.tensors.items()
+            if not (name == LM_HEAD and cfg.tie_word_embeddings)
+        }
+        net.load_state_dict(state, strict=True, assign=True)
+        return net.eval()
+
+    # -- capture ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def capture(self, hook: Hook) -> Iterator[None]:
+        """Call ``hook(name, tensor)`` at every capture point, with a clone of the tensor.
+
+        On leaving, the hook is removed, and every forward run inside must have fired each
+        declared point exactly once, in order (``CaptureError`` otherwise).
+        """
+        fired: list[str] = []
+
+        def record(name: str, x: Tensor) -> None:
+            fired.append(name)
+            hook(name, x)
+
+        self._hooks.append(record)
+        try:
+            yield
+        finally:
+            self._hooks.remove(record)
+        order = list(capture_graph(self.config.num_hidden_layers))
+        runs = len(fired) // len(order)
+        if fired != order * runs or len(fired) % len(order):
+            missing = sorted(set(order) - set(fired))
+            raise CaptureError(
+                f"capture points did not fire as declared: missing {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}, fired {len(fired)} for {runs} forward(s) "
+                f"of {len(order)} points"
+            )
+
+    def _emit(self, name: str, x: Tensor) -> None:
+        if self._hooks:
+            copy = x.detach().clone()  # the caller may overwrite x in place later
+            for hook in list(self._hooks):
+                hook(name, copy)
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits ``[B, T, vocab]`` for ``tokens`` ``[B, T]`` (after the cache's positions)."""
+        cfg, ops, emit = self.config, self.ops, self._emit
+        start = cache.length if cache is not None else 0
+        total = start + tokens.shape[1]
+        if cfg.sliding_window is not None and total > cfg.sliding_window:
+            raise NotImplementedError(
+                f"{total} positions exceed sliding_window {cfg.sliding_window}: the reference "
+                "forward has no sliding-window mask"
+            )
+        x = ops.embedding(tokens, self.model.embed_tokens.weight)
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
+        emit("embed", x)
+        positions = torch.arange(start, total, device=tokens.device)
+        cos, sin = rope_tables(cfg, positions, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = self._layer(i, layer, x, cos, sin, cache)
+        x = ops.rms_norm(x, self.model.norm.weight, cfg.rms_norm_eps)
+        emit("final_norm", x)
+        head = self.model.embed_tokens.weight if cfg.tie_word_embeddings else self.lm_head.weight
+        logits = ops.linear(x, head)
+        emit("logits", logits)
+        return logits
+
+    def _layer(
+        self,
+        i: int,
+        layer: DecoderLayer,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        cache: KVCache | None,
+    ) -> Tensor:
+        cfg, ops, p = self.config, self.ops, f"layers.{i}."
+        attn, mlp = layer.self_attn, layer.mlp
+        b, t, _ = x.shape
+
+        h = ops.rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
+        self._emit(p + "attn_norm", h)
+        heads = {}
+        for name, proj, n in (
+            ("q", attn.q_proj, attn.n_heads),
+            ("k", attn.k_proj, attn.n_kv),
+            ("v", attn.v_proj, attn.n_kv),
+        ):
+            y = ops.linear(h, proj.weight)
+            self._emit(p + f"attn.{name}.pre_bias", y)
+            if proj.bias is not None:
+                y = y + proj.bias.to(y.dtype)
+            self._emit(p + f"attn.{name}.post_bias", y)
+            heads[name] = y.view(b, t, n, attn.head_dim).transpose(1, 2)  # [B, H, T, D]
+        q = ops.rope(heads["q"], cos, sin)
+        k = ops.rope(heads["k"], cos, sin)
+        self._emit(p + "attn.q.rope", q)
+        self._emit(p + "attn.k.rope", k)
+        v = heads["v"]
+        if cache is not None:
+            k, v = cache.extend(i, k, v)
+        if self._hooks:
+            rep = attn.n_heads // attn.n_kv
+            scores = q @ k.repeat_interleave(rep, dim=1).transpose(-1, -2)
+            self._emit(p + "attn.scores", scores / math.sqrt(attn.head_dim))
+        a = ops.attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+        self._emit(p + "attn.out", a)
+        o = ops.linear(a, attn.o_proj.weight, attn.o_proj.bias)
+        self._emit(p + "attn.o_proj", o)
+        x = x + o
+        self._emit(p + "resid.attn", x)
+
+        h = ops.rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
+        self._emit(p + "ffn_norm", h)
+        gate = ops.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
+        self._emit(p + "mlp.gate", gate)
+        up = ops.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
+        self._emit(p + "mlp.up", up)
+        s = ops.swiglu(gate, up)
+        self._emit(p + "mlp.swiglu", s)
+        down = ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
+        self._emit(p + "mlp.down", down)
+        x = x + down
+        self._emit(p + "resid.mlp", x)
+        return x
+
+    # -- using it ---------------------------------------------------------------------------
+
+    def loss(self, tokens: Tensor) -> Tensor:
+        """Mean next-token cross-entropy over ``tokens`` ``[B, T]`` (T >= 2)."""
+        logits = self(tokens[:, :-1])
+        return self.ops.cross_entropy(logits, tokens[:, 1:])
+
+    @torch.no_grad()
+    def perplexity(self, tokens: Tensor) -> float:
+        return math.exp(float(self.loss(tokens)))
+
+    @torch.no_grad()
+    def generate(self, tokens: Tensor, max_new_tokens: int, eos: int | None = None) -> Tensor:
+        """Greedy continuation with a KV cache: the prompt once, then one token per step."""
+        cache = KVCache()
+        logits = self(tokens, cache)
+        out = tokens
+        for _ in range(max_new_tokens):
+            nxt = logits[:, -1:].argmax(-1)
+            out = torch.cat((out, nxt), dim=1)
+            if eos is not None and bool((nxt == eos).all()):
+                break
+            logits = self(nxt, cache)
+        return out
+
+
+def as_reference64(net: Transformer) -> Transformer:
+    """The same weights (shared, not copied) run with float64 activations."""
+    twin = Transformer(net.config, Ops())
+    twin.load_state_dict(net.state_dict(), strict=True, assign=True)
+    twin.compute_dtype = torch.float64
+    return twin.eval()
+
+
+def state_arrays(net: Transformer) -> dict[str, Any]:
+    """HF name → numpy float32 array (for writing through ``model_from_arrays``)."""
+    return {k: v.detach().float().cpu().numpy() for k, v in net.state_dict().items()}

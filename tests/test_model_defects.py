@@ -1,0 +1,160 @@
+"""The forward-parity and arch-polymorphic falsifiers turn red on injected defects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aprlib import Ops, layout
+from aprlib import model as model_mod
+from aprlib import shapes as shapes_mod
+from falsifiers import test_arch_polymorphic_v1 as arch
+from falsifiers import test_forward_parity_hf_v1 as fwd
+
+QWEN = fwd.FIXED["qwen2-gqa-untied"]
+LLAMA3 = fwd.FIXED["llama3-scaled-tied-bias"]
+
+
+class InterleavedRope(Ops):
+    """GPT-J pairing (adjacent elements) instead of HF's rotate_half."""
+
+    def rope(self, x, cos, sin):
+        pairs = x.unflatten(-1, (-1, 2))
+        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        return x * cos + rotated * sin
+
+
+class TiledGqa(Ops):
+    """q head h reads kv head h % Hkv (repeat instead of repeat_interleave)."""
+
+    def attention(self, q, k, v):
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat(1, rep, 1, 1), v.repeat(1, rep, 1, 1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class Float32Linear(Ops):
+    def linear(self, x, weight, bias=None):
+        return super().linear(x.float(), weight.float(), bias).to(x.dtype)
+
+
+@pytest.mark.parametrize("ops", [InterleavedRope(), TiledGqa()], ids=["rope-pairs", "gqa-map"])
+def test_fwd_001_catches_wrong_ops(ops):
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(QWEN, ops)
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0, 10.0], ids=["dropped", "doubled", "x10"])
+def test_fwd_001_catches_a_mis_scaled_bias(monkeypatch, scale):
+    real = fwd.ours_from
+
+    def loader(model, ops=None):
+        net = real(model, ops)
+        with torch.no_grad():
+            for layer in net.model.layers:
+                layer.self_attn.q_proj.bias.mul_(scale)
+        return net
+
+    monkeypatch.setattr(fwd, "ours_from", loader)
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(QWEN)
+
+
+def test_fwd_001_catches_ignored_llama3_scaling(monkeypatch):
+    real = model_mod.rope_inv_freq
+    monkeypatch.setattr(
+        model_mod,
+        "rope_inv_freq",
+        lambda cfg: real(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None})),
+    )
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(LLAMA3)
+
+
+def test_fwd_002_catches_a_cache_that_forgets(monkeypatch):
+    def forgetful(self, layer, k, v):
+        if layer == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = torch.cat((self.keys[layer][..., :1, :], k), dim=-2)
+            self.values[layer] = torch.cat((self.values[layer][..., :1, :], v), dim=-2)
+        return self.keys[layer], self.values[layer]
+
+    monkeypatch.setattr(model_mod.KVCache, "extend", forgetful)
+    with pytest.raises(AssertionError):
+        fwd.check_generation_and_loss(QWEN)
+
+
+def test_fwd_002_catches_a_loss_shifted_by_one(monkeypatch):
+    def shifted(self, tokens):
+        return self.ops.cross_entropy(self(tokens[:, :-1]), tokens[:, :-1])
+
+    monkeypatch.setattr(model_mod.Transformer, "loss", shifted)
+    with pytest.raises(AssertionError):
+        fwd.check_generation_and_loss(QWEN)
+
+
+def test_fwd_003_catches_a_silent_downcast(monkeypatch):
+    real = fwd.ours_from
+    monkeypatch.setattr(fwd, "ours_from", lambda model, ops=None: real(model, Float32Linear()))
+    with pytest.raises(AssertionError):
+        fwd.check_float64(LLAMA3)
+
+
+def test_arch_001_catches_a_loader_that_names_one_field(monkeypatch, tiny_factory, tmp_path):
+    real = shapes_mod.field_mismatches
+    monkeypatch.setattr(shapes_mod, "field_mismatches", lambda cfg, s: real(cfg, s)[:1])
+    changes, expected = arch.EDITS["layers+ffn"]
+    with pytest.raises(AssertionError, match="not named"):
+        arch.check_mismatch_named(tiny_factory("qwen2"), tmp_path, changes, expected)
+
+
+def test_arch_001_catches_a_loader_that_does_not_check(monkeypatch, tiny_factory, tmp_path):
+    monkeypatch.setattr(model_mod, "check_weights_match", lambda *a, **k: None)
+    changes, expected = arch.EDITS["hidden"]
+    with pytest.raises((pytest.fail.Exception, RuntimeError)):
+        arch.check_mismatch_named(tiny_factory("qwen2"), tmp_path, changes, expected)
+
+
+def test_arch_002_catches_a_gguf_loader_that_keeps_llama_permutation(
+    monkeypatch, tiny_factory, tmp_path
+):
+    monkeypatch.setattr(layout, "unpermute_qk", lambda rows, heads: rows)
+    with pytest.raises(AssertionError, match=r"m\.gguf"):
+        arch.check_every_format(tiny_factory("llama"), tmp_path)
+
+
+def test_capture_fires_every_point_in_order_and_leaves_no_hook():
+    model = fwd.hf_model(LLAMA3)
+    net = fwd.ours_from(model)
+    seen: list[str] = []
+    tokens = torch.randint(0, 80, (1, 9))
+    with torch.no_grad(), net.capture(lambda name, x: seen.append(name)):
+        net(tokens)
+    assert seen == list(model_mod.capture_graph(2))
+    assert not net._hooks
+
+
+def test_capture_refuses_a_forward_that_skips_a_point(monkeypatch):
+    net = fwd.ours_from(fwd.hf_model(QWEN))
+    real = net._emit
+    monkeypatch.setattr(net, "_emit", lambda n, x: None if n.endswith("mlp.up") else real(n, x))
+    with (
+        pytest.raises(model_mod.CaptureError, match=r"mlp\.up"),
+        torch.no_grad(),
+        net.capture(lambda name, x: None),
+    ):
+        net(torch.randint(0, 96, (1, 5)))
+    assert not net._hooks
+
+
+def test_capture_hands_out_clones():
+    net = fwd.ours_from(fwd.hf_model(QWEN))
+    kept: dict[str, torch.Tensor] = {}
+    tokens = torch.randint(0, 96, (1, 5))
+    with torch.no_grad(), net.capture(lambda n, x: kept.__setitem__(n, x)):
+        net(tokens)
+    emb = net.model.embed_tokens.weight[tokens]
+    kept["embed"].add_(1.0)  # a hook that writes in place must not reach the model
+    assert torch.equal(net.model.embed_tokens.weight[tokens], emb)
