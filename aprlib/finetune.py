@@ -35,6 +35,7 @@ from aprlib.tokens import check_ids, check_tokenizer, load_tokens, tokenizer_siz
 
 #: config fields that describe provenance or tokens, not the shapes or maths of the network
 NOT_ARCHITECTURE = frozenset({"torch_dtype", "bos_token_id", "eos_token_id"})
+INIT_STD = 0.02  # transformers' initializer_range for Qwen2 and Llama
 
 
 class FinetuneError(ValueError):
@@ -217,9 +218,22 @@ def load_init(
 
 
 def fresh_model(config: ModelConfig, seed: int, device: str = "cpu") -> Transformer:
-    """The from-scratch model: the same architecture, weights drawn from ``seed``."""
-    torch.manual_seed(seed)
-    return Transformer(config).to(device_of(device))
+    """The from-scratch model: the same architecture, weights drawn from ``seed``.
+
+    transformers' initialisation (normal, std 0.02; zero biases; unit norms), drawn in name
+    order from a generator of its own, so the same seed gives the same weights on any device.
+    """
+    net = Transformer(config).to_empty(device=device_of(device))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(net.named_parameters()):
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * INIT_STD)
+    return net
 
 
 # --- data --------------------------------------------------------------------------------
@@ -273,13 +287,11 @@ def step_zero(
     expected: float | None = None,
     tolerance: float = 0.05,
 ) -> StepZero:
-    """Measure the bounds on the same windows; the fresh model draws from its own seed, so
-    measuring it leaves the training run's random stream untouched."""
-    rng = torch.get_rng_state()
+    """All three losses on the same windows (the fresh model draws from a generator of its
+    own, so measuring it leaves the run's random streams untouched)."""
     scratch = fresh_model(config, settings.seed, settings.device)
     scratch_loss = evaluate(scratch, windows, settings.batch)
     del scratch
-    torch.set_rng_state(rng)
     return StepZero(
         evaluate(model, windows, settings.batch),
         scratch_loss,

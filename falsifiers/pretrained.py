@@ -107,5 +107,5 @@ def pretrain(folder: Path, steps: int = 250, tied: bool = True, seed: int = 0) -
         optimizer.step()
     model.eval()
     model.save_pretrained(folder)
-    assert float(loss) < 0.6 * math.log(vocab), f"pretraining did not learn: loss {loss}"
+    assert float(loss.detach()) < 0.6 * math.log(vocab), f"pretraining did not learn: loss {loss}"
     return Pretrained(folder, model, folder / "train.bin", folder / "val.npy")

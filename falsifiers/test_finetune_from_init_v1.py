@@ -30,11 +30,11 @@ from aprlib.finetune import (
     Settings,
     evaluate,
     finetune,
+    fresh_model,
     load_init,
     val_windows,
 )
 from aprlib.io import EMBED, LM_HEAD, model_from_arrays, open_model
-from aprlib.model import Transformer
 from falsifiers.pretrained import SEQ, Pretrained, pretrain
 
 SETTINGS = Settings(steps=6, lr=1e-3, batch=8, seq=SEQ, eval_every=3, eval_windows=16, seed=0)
@@ -84,9 +84,8 @@ def check_scratch_unchanged(run: Finetune, pretrained: Pretrained, init: Path) -
     assert comparable(alone.records) == comparable(flagged.records), (
         "--init F --from-scratch trains differently from the same architecture without --init"
     )
-    torch.manual_seed(SETTINGS.seed)
-    fresh = evaluate(Transformer(config), windows(pretrained), SETTINGS.batch)
-    assert alone.records[0]["val_loss"] == fresh, "step 0 is not Transformer(config) under the seed"
+    fresh = evaluate(fresh_model(config, SETTINGS.seed), windows(pretrained), SETTINGS.batch)
+    assert alone.records[0]["val_loss"] == fresh, "step 0 is not fresh_model(config, seed)"
     assert alone.train_losses[-1] < alone.records[0]["val_loss"]
     return {"step0": fresh, "last_train_loss": alone.train_losses[-1]}
 
@@ -133,7 +132,7 @@ def broken_inputs(pretrained: Pretrained, inits: dict[str, Path], work: Path) ->
         (
             "config/weights",
             ["--init", str(edited("narrow", intermediate_size=128))],
-            ["mlp", "128"],
+            ["narrow", "intermediate_size: config 128, weights 160"],
         ),
         (
             "untied config, tied weights",
