@@ -137,7 +137,7 @@ def broken_inputs(pretrained: Pretrained, inits: dict[str, Path], work: Path) ->
         (
             "untied config, tied weights",
             ["--init", str(edited("untied", tie_word_embeddings=False))],
-            [LM_HEAD],
+            ["untied", "tie_word_embeddings: config False, weights True"],
         ),
         (
             "requested config",
