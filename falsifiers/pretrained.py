@@ -9,7 +9,9 @@ start large, as Qwen2's are, so a dropped bias is a real defect rather than a ro
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,20 @@ def markov_stream(length: int, vocab: int, seed: int) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny models on one intra-op thread: on a shared 2-core runner two OpenMP threads spin
+    against each other and cost ten times the CPU for the same result."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class Pretrained:
     """``folder`` holds config.json + model.safetensors; ``model`` is the transformers one."""
@@ -74,6 +90,11 @@ class Pretrained:
 
 
 def pretrain(folder: Path, steps: int = 250, tied: bool = True, seed: int = 0) -> Pretrained:
+    with one_thread():
+        return _pretrain(folder, steps, tied, seed)
+
+
+def _pretrain(folder: Path, steps: int, tied: bool, seed: int) -> Pretrained:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -35,13 +35,19 @@ from aprlib.finetune import (
     val_windows,
 )
 from aprlib.io import EMBED, LM_HEAD, model_from_arrays, open_model
-from falsifiers.pretrained import SEQ, Pretrained, pretrain
+from falsifiers.pretrained import SEQ, Pretrained, one_thread, pretrain
 
 SETTINGS = Settings(steps=6, lr=1e-3, batch=8, seq=SEQ, eval_every=3, eval_windows=16, seed=0)
 ORACLE_TOLERANCE = 1e-4  # float32 forward vs transformers' float32 forward, in nats
 EXPECT_TOLERANCE = 0.01  # nats above the oracle a defect-free load may sit (it sits at 1e-5)
 FORMATS = ("safetensors", "apr", "gguf")
 Finetune = Callable[..., Any]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
