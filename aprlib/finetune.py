@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from aprlib.config import ModelConfig, from_hf
-from aprlib.dtypes import DType
+from aprlib.dtypes import DType, from_float32
 from aprlib.io import LM_HEAD, model_from_arrays, open_model
 from aprlib.model import Transformer
 from aprlib.tokens import check_ids, check_tokenizer, load_tokens, tokenizer_size
@@ -36,6 +36,7 @@ from aprlib.tokens import check_ids, check_tokenizer, load_tokens, tokenizer_siz
 #: config fields that describe provenance or tokens, not the shapes or maths of the network
 NOT_ARCHITECTURE = frozenset({"torch_dtype", "bos_token_id", "eos_token_id"})
 INIT_STD = 0.02  # transformers' initializer_range for Qwen2 and Llama
+CHECKPOINT_DTYPE = DType.F32  # lossless for the float32 weights that train
 
 
 class FinetuneError(ValueError):
@@ -354,7 +355,7 @@ def save_checkpoint(
         if name == LM_HEAD and config.tie_word_embeddings:
             continue
         value = p.detach().to("cpu", torch.float32).contiguous().numpy()
-        arrays[name] = (DType.F32, tuple(value.shape), value)
+        arrays[name] = (CHECKPOINT_DTYPE, value.shape, from_float32(value, CHECKPOINT_DTYPE))
     built = model_from_arrays(arrays, config, path=path)
     built.tokenizer = tokenizer
     write_model(built, path, fmt="apr")

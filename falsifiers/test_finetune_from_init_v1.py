@@ -38,7 +38,9 @@ from aprlib.io import EMBED, LM_HEAD, model_from_arrays, open_model
 from falsifiers.pretrained import SEQ, Pretrained, one_thread, pretrain
 
 SETTINGS = Settings(steps=6, lr=1e-3, batch=8, seq=SEQ, eval_every=3, eval_windows=16, seed=0)
-ORACLE_TOLERANCE = 1e-4  # float32 forward vs transformers' float32 forward, in nats
+# float32 forward vs transformers' float32 forward, in nats: they agree to ~1e-8 here; every
+# weight rounded through BF16 on the way moves the loss by ~5e-5
+ORACLE_TOLERANCE = 1e-5
 EXPECT_TOLERANCE = 0.01  # nats above the oracle a defect-free load may sit (it sits at 1e-5)
 FORMATS = ("safetensors", "apr", "gguf")
 Finetune = Callable[..., Any]
@@ -50,20 +52,35 @@ def _one_thread():
         yield
 
 
+_SHARED: dict[str, Any] = {}  # one pretrained model per process, for tests/ as well
+
+
+def shared_pretrained(factory: pytest.TempPathFactory) -> Pretrained:
+    if "pretrained" not in _SHARED:
+        _SHARED["pretrained"] = pretrain(factory.mktemp("pretrained"))
+    return _SHARED["pretrained"]
+
+
+def shared_inits(factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The pretrained model in every format: a safetensors folder, APR, GGUF F32."""
+    if "inits" not in _SHARED:
+        pretrained, work = shared_pretrained(factory), factory.mktemp("inits")
+        paths = {"safetensors": pretrained.folder}
+        for fmt in ("apr", "gguf"):
+            paths[fmt] = work / f"init.{fmt}"
+            convert(pretrained.folder / "model.safetensors", paths[fmt])
+        _SHARED["inits"] = paths
+    return _SHARED["inits"]
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Pretrained:
-    return pretrain(tmp_path_factory.mktemp("pretrained"))
+    return shared_pretrained(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def inits(pretrained: Pretrained, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The pretrained model in every format: a safetensors folder, APR, GGUF F32."""
-    work = tmp_path_factory.mktemp("inits")
-    paths = {"safetensors": pretrained.folder}
-    for fmt in ("apr", "gguf"):
-        paths[fmt] = work / f"init.{fmt}"
-        convert(pretrained.folder / "model.safetensors", paths[fmt])
-    return paths
+def inits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return shared_inits(tmp_path_factory)
 
 
 def windows(pretrained: Pretrained, settings: Settings = SETTINGS) -> torch.Tensor:
@@ -195,7 +212,7 @@ def step_zero_of(run: Finetune, pretrained: Pretrained, init: Path, **kwargs: An
 
 def check_init_loss_is_the_models_own(run: Finetune, pretrained: Pretrained, init: Path) -> dict:
     oracle = oracle_loss(pretrained)
-    zero = step_zero_of(run, pretrained, init)
+    zero = step_zero_of(run, pretrained, init, force=True)  # measure; the gate is 008's
     assert abs(zero.init_loss - oracle) <= ORACLE_TOLERANCE, (
         f"{init.name}: step-0 loss {zero.init_loss:.6f}, transformers {oracle:.6f}"
     )
@@ -209,7 +226,7 @@ def test_init_loss_equals_the_saved_models_own(pretrained, inits, fmt, evidence)
 
 
 def check_init_beats_both_bounds(run: Finetune, pretrained: Pretrained, init: Path) -> dict:
-    zero = step_zero_of(run, pretrained, init)
+    zero = step_zero_of(run, pretrained, init, force=True)
     assert zero.ln_vocab == math.log(pretrained.vocab)
     assert zero.init_loss < zero.ln_vocab, f"{zero.init_loss} >= ln(vocab) {zero.ln_vocab}"
     assert zero.init_loss < zero.scratch_loss, f"{zero.init_loss} >= scratch {zero.scratch_loss}"
