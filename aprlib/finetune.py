@@ -457,7 +457,7 @@ def finetune(
     windows = val_windows(val_ids, settings.seq, settings.eval_windows)
     batches = Batches(train_ids, settings.batch, settings.seq, settings.seed)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, foreach=False
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     result = Result(None, checkpoint=out)
     log_path = Path(log) if log is not None else (out.with_suffix(".jsonl") if out else None)
