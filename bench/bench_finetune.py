@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's aprlib
-from aprlib.config import ModelConfig, to_hf  # noqa: E402
-from aprlib.finetune import Batches  # noqa: E402
-from aprlib.model import Transformer  # noqa: E402
+from aprlib.config import ModelConfig, to_hf
+from aprlib.finetune import Batches
+from aprlib.model import Transformer
 
 SMALL_QWEN2 = ModelConfig(
     architecture="qwen2",
