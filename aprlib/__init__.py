@@ -20,6 +20,7 @@ from aprlib.shapes import check_weights_match, expected_shapes
 
 #: torch-backed names, imported on first use so that file I/O never imports torch
 _LAZY = {"Transformer": "aprlib.model", "Ops": "aprlib.model"}
+_LAZY.update(dict.fromkeys(("FinetuneError", "InitLossError", "StepZero"), "aprlib.finetune"))
 
 
 def __getattr__(name: str) -> Any:
@@ -33,9 +34,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ConfigError",
     "DType",
+    "FinetuneError",
+    "InitLossError",
     "ModelConfig",
     "Ops",
     "ShapeMismatchError",
+    "StepZero",
     "Transformer",
     "check_weights_match",
     "convert",
