@@ -4,15 +4,17 @@ The architecture always comes from the init file's own config (safetensors folde
 APR), never from a default: a trainer with hard-coded constants turns a 0.5B checkpoint
 into a category error. A ``--config``/``--arch`` the user passes is compared with it field
 by field and a disagreement stops the run by name. Before the first update the validation
-loss of the init weights is measured beside ln(vocab) and the from-scratch loss: weights
-that arrived intact are far below both; a BF16 tensor read as F16, a transposed FFN, a
-dropped bias or an untrained head put it at or above uniform, and training on top of that
-would waste the run. Checkpoints are APR files (atomic) with the optimiser state beside
-them, so a run resumes exactly where it stopped.
+loss of the init weights is measured beside ln(vocab) and the from-scratch loss (and the
+loss the source is known to reach, when the user gives it): weights that arrived intact
+are below them all; a BF16 tensor read as F16, a transposed FFN, a dropped bias or an
+untrained head push it up, and training on top of that would waste the run. Checkpoints
+are APR files (atomic) with the optimiser state beside them, so a run resumes exactly
+where it stopped.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -141,17 +143,36 @@ class Result:
 
 
 def config_differences(init: ModelConfig, requested: ModelConfig) -> list[str]:
-    """``field: init X, requested Y`` for every architectural field that differs."""
+    """``field: init X, requested Y`` for every architectural field that differs.
+
+    Fields a format may leave implicit are compared as resolved (``head_dim`` from the
+    heads, ``attention_bias`` from the family), so a GGUF and its config.json agree.
+    """
+    resolved = {"head_dim": "attention_head_dim", "attention_bias": "qkv_bias"}
     out = []
     for f in fields(ModelConfig):
         if f.name in NOT_ARCHITECTURE:
             continue
-        a, b = getattr(init, f.name), getattr(requested, f.name)
-        if f.name == "head_dim":
-            a, b = init.attention_head_dim, requested.attention_head_dim
+        a = getattr(init, resolved.get(f.name, f.name))
+        b = getattr(requested, resolved.get(f.name, f.name))
         if a != b:
             out.append(f"{f.name}: init {a}, requested {b}")
     return out
+
+
+def presets() -> dict[str, Callable[[], ModelConfig]]:
+    """The published-config presets of aprlib.config, by function name."""
+    from aprlib import config as module
+
+    return {
+        name: fn
+        for name, fn in vars(module).items()
+        if inspect.isfunction(fn)
+        and fn.__module__ == module.__name__
+        and not name.startswith("_")
+        and not inspect.signature(fn).parameters
+        and fn.__annotations__.get("return") in ("ModelConfig", ModelConfig)
+    }
 
 
 def requested_config(
@@ -171,15 +192,11 @@ def requested_config(
         except ValueError as exc:  # JSONDecodeError and ConfigError
             raise FinetuneError(f"{path}: {exc}") from None
     if arch is not None:
-        from aprlib import config as presets
-
-        preset = getattr(presets, arch.replace("-", "_").replace(".", "_"), None)
-        if not callable(preset) or arch.startswith("_") or preset in (from_hf,):
-            raise FinetuneError(f"unknown --arch {arch!r}; a preset of aprlib.config")
-        made = preset()
-        if not isinstance(made, ModelConfig):
-            raise FinetuneError(f"unknown --arch {arch!r}; a preset of aprlib.config")
-        return made
+        known = presets()
+        name = arch.replace("-", "_").replace(".", "_")
+        if name not in known:
+            raise FinetuneError(f"unknown --arch {arch!r}; one of {', '.join(sorted(known))}")
+        return known[name]()
     return None
 
 

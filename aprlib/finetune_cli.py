@@ -127,7 +127,9 @@ class _Progress:
         from rich.console import Console
 
         self.console = Console(stderr=quiet)
-        self.total, self.quiet, self.bar, self.task = total, quiet, None, None
+        self.total, self.quiet = total, quiet
+        self.bar: Any = None
+        self.task: Any = None
 
     def __enter__(self) -> _Progress:
         if self.console.is_terminal and not self.quiet:

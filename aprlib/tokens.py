@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 #: flat binary dtypes by name (the file carries no header, so the caller says which)
-BINARY_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+BINARY_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 NPY_MAGIC = b"\x93NUMPY"
 
 
