@@ -78,9 +78,12 @@ class Settings:
     data_dtype: str = "uint16"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "seq", "eval_windows"):
+        for name in ("steps", "batch", "seq", "eval_windows", "eval_every"):
             if getattr(self, name) < 1:
                 raise FinetuneError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("warmup", "save_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise FinetuneError(f"--{name.replace('_', '-')} must be >= 0")
         if not self.lr > 0:
             raise FinetuneError("--lr must be > 0")
 
@@ -320,15 +323,7 @@ def step_zero(
 
 
 def diagnose(init: Path | str, zero: StepZero) -> str:
-    """What ``apr qa`` says about the init, or else the symptom and where to look."""
-    try:
-        from aprlib import qa  # type: ignore[attr-defined]
-
-        summary = qa.diagnose(init)  # issue11's qa, when merged
-        if summary:
-            return str(summary)
-    except (ImportError, AttributeError, TypeError):
-        pass
+    """The symptom, the usual causes and where to look (one line)."""
     return (
         f"{init}: step-0 val loss {zero.init_loss:.4f} is {' and '.join(zero.failures)}: the "
         "weights did not arrive (a BF16 tensor read as F16, a transposed weight, a dropped "

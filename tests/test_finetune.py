@@ -8,12 +8,14 @@ import dataclasses
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
 import aprlib.finetune as ft
 from aprlib.cli import main as apr_main
 from aprlib.config import from_hf, to_hf
+from aprlib.convert import convert
 from falsifiers import test_finetune_from_init_v1 as fal
 from falsifiers.pretrained import one_thread
 
@@ -259,3 +261,21 @@ def test_usage_errors(tmp_path, capsys):
     assert "give --init MODEL" in capsys.readouterr().err
     assert apr_main(["finetune", "--data", str(data), "--steps", "0", "--arch", "x"]) == 1
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("arch", "tied"), [("llama", False), ("qwen2", False)])
+def test_step_zero_equals_transformers_for_other_families(tiny_factory, tmp_path, arch, tied):
+    """Llama (q/k permuted in GGUF) and an untied Qwen2: the step-0 loss through GGUF is
+    transformers' loss of the same random weights (forced: random weights fail the gate)."""
+    tiny = tiny_factory(arch, tied=tied)
+    gguf = tmp_path / "m.gguf"
+    convert(tiny.safetensors, gguf)
+    ids = np.random.default_rng(1).integers(0, 96, size=600).astype(np.uint16)
+    ids.tofile(tmp_path / "t.bin")
+    settings = dataclasses.replace(fal.SETTINGS, steps=1, eval_windows=4)
+    result = ft.finetune(tmp_path / "t.bin", settings, init=gguf, force=True)
+    cut = len(ids) - max(settings.seq + 1, len(ids) // 10)
+    windows = ft.val_windows(ids[cut:], settings.seq, settings.eval_windows)
+    with torch.no_grad():
+        oracle = float(tiny.model(windows, labels=windows).loss)
+    assert abs(result.step_zero.init_loss - oracle) < 1e-5
