@@ -279,3 +279,23 @@ def test_step_zero_equals_transformers_for_other_families(tiny_factory, tmp_path
     with torch.no_grad():
         oracle = float(tiny.model(windows, labels=windows).loss)
     assert abs(result.step_zero.init_loss - oracle) < 1e-5
+
+
+def test_a_kill_between_weights_and_state_is_refused_on_resume(
+    pretrained, inits, tmp_path, monkeypatch
+):
+    settings = dataclasses.replace(fal.SETTINGS, steps=4, save_every=2)
+    out = tmp_path / "k.apr"
+    real = ft._atomic_torch_save
+
+    def die_at_step_4(state, path):
+        if state["step"] == 4:
+            raise KeyboardInterrupt  # the weights of step 4 are in place, the state is not
+        real(state, path)
+
+    monkeypatch.setattr(ft, "_atomic_torch_save", die_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(pretrained.train, settings, init=inits["apr"], val=pretrained.val, out=out)
+    assert not list(tmp_path.glob(".k.apr*")), "a temporary file was left behind"
+    with pytest.raises(ft.FinetuneError, match=r"optimiser state \(step 2\) does not belong"):
+        ft.finetune(pretrained.train, settings, val=pretrained.val, out=out, resume=True)
