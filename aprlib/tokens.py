@@ -60,15 +60,20 @@ def load_tokens(path: Path | str, dtype: str = "uint16") -> np.ndarray:
     return ids
 
 
+CHUNK = 1 << 24  # ids scanned at a time: a 9-billion-token train.bin is never copied whole
+
+
 def check_ids(ids: np.ndarray, vocab_size: int, path: Path | str) -> None:
     """Refuse a stream with an id the embedding has no row for, naming the first one."""
-    top = int(ids.max())
-    if top >= vocab_size:
-        where = int(np.argmax(np.asarray(ids) >= vocab_size))
+    for start in range(0, len(ids), CHUNK):
+        chunk = np.asarray(ids[start : start + CHUNK])
+        if int(chunk.max()) < vocab_size:
+            continue
+        where = int(np.argmax(chunk >= vocab_size))
         raise TokenDataError(
             path,
-            f"token id {int(ids[where])} at position {where} is >= the model's vocab_size "
-            f"{vocab_size} (largest id {top}): the data was tokenized for another model",
+            f"token id {int(chunk[where])} at position {start + where} is >= the model's "
+            f"vocab_size {vocab_size}: the data was tokenized for another model",
         )
 
 

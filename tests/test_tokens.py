@@ -83,11 +83,13 @@ def test_missing_file_and_unknown_dtype(tmp_path):
         load_tokens(tmp_path / "t.bin", "int8")
 
 
-def test_an_id_outside_the_vocab_is_named_with_its_position(tmp_path):
-    ids = np.array([1, 2, 3, 151_935, 151_936, 7], dtype=np.uint32)
+def test_an_id_outside_the_vocab_is_named_with_its_position(monkeypatch):
+    ids = np.array([1, 2, 3, 151_935, 151_936, 7, 200_000], dtype=np.uint32)
     check_ids(ids[:4], 151_936, "t.bin")
-    with pytest.raises(TokenDataError, match=r"token id 151936 at position 4 .* 151936"):
-        check_ids(ids, 151_936, "t.bin")
+    for chunk in (1 << 24, 3):  # the first offender, also when it sits in a later chunk
+        monkeypatch.setattr("aprlib.tokens.CHUNK", chunk)
+        with pytest.raises(TokenDataError, match=r"token id 151936 at position 4 .* 151936"):
+            check_ids(ids, 151_936, "t.bin")
 
 
 def test_tokenizer_sizes(tmp_path):
