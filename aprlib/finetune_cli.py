@@ -130,6 +130,7 @@ class _Progress:
         self.total, self.quiet = total, quiet
         self.bar: Any = None
         self.task: Any = None
+        self.speed: float | None = None  # smoothed: one step's rate jumps with the load
 
     def __enter__(self) -> _Progress:
         if self.console.is_terminal and not self.quiet:
@@ -152,18 +153,20 @@ class _Progress:
             if not self.quiet:
                 self.console.print(_step_zero_line(r), highlight=False, soft_wrap=True)
             return
+        rate = r["tokens_per_s"]
+        self.speed = rate if self.speed is None else 0.9 * self.speed + 0.1 * rate
         if self.bar is not None:
             self.bar.update(
                 self.task,
                 completed=r["step"],
                 loss=f"{r['train_loss']:.4f}",
-                speed=f"{r['tokens_per_s']:,.0f}",
+                speed=f"{self.speed:,.0f}",
             )
         if r.get("val_loss") is not None and not self.quiet:
             self.console.print(
                 f"step {r['step']}: train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  "
                 f"lr {r['lr']:.2e}  grad norm {r['grad_norm']:.3f}  "
-                f"{r['tokens_per_s']:,.0f} tok/s",
+                f"{self.speed:,.0f} tok/s",
                 highlight=False,
                 soft_wrap=True,
             )
