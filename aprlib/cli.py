@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aprlib import __version__
+from aprlib.cli_model import register as register_model_commands
 from aprlib.finetune_cli import register as register_finetune
 
 EXIT_OK, EXIT_BAD_FILE, EXIT_USAGE = 0, 1, 2
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (SCALED/SHIFTED)")
     d.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (SCALED/SHIFTED)")
     d.add_argument("--json", action="store_true", help="one JSON document")
+    parser.set_defaults(model_commands=register_model_commands(sub))
     register_finetune(sub)
     return parser
 
@@ -74,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "handler"):  # subcommands that live in their own module
             return args.handler(args)
-        return {"inspect": _inspect, "convert": _convert, "diff": _diff}[args.command](args)
+        return {"inspect": _inspect, "convert": _convert, "diff": _diff, **args.model_commands}[
+            args.command
+        ](args)
     except (ModelFileError, ConversionError, ConfigError) as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
         return bad_file

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aprlib.config import ModelConfig
+from aprlib.config import ConfigError, ModelConfig
 from aprlib.errors import ModelFileError
 from aprlib.io import LM_HEAD, Model, open_model
 from aprlib.shapes import check_weights_match
@@ -111,7 +111,7 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
         return torch.where(medium, smoothed, scaled)
-    raise NotImplementedError(
+    raise ConfigError(
         f"rope_scaling type {kind!r} is not implemented by the reference forward "
         "(default, linear and llama3 are)"
     )
@@ -252,7 +252,7 @@ class Transformer(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = _linear(config.hidden_size, config.vocab_size, False)
         if config.hidden_act != "silu":
-            raise NotImplementedError(f"hidden_act {config.hidden_act!r} (only silu)")
+            raise ConfigError(f"hidden_act {config.hidden_act!r} (only silu)")
         rope_inv_freq(config)  # an unsupported rope scaling fails here, not mid-forward
         self._hooks: list[Hook] = []
         self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
@@ -335,7 +335,7 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         total = start + tokens.shape[1]
         if cfg.sliding_window is not None and total > cfg.sliding_window:
-            raise NotImplementedError(
+            raise ConfigError(
                 f"{total} positions exceed sliding_window {cfg.sliding_window}: the reference "
                 "forward has no sliding-window mask"
             )

@@ -1,0 +1,359 @@
+"""The forward-pass subcommands of ``apr``: logits, trace, bisect, qa.
+
+Registered from ``aprlib/cli.py`` by ``register``; each handler returns the exit code:
+0 = PASS / clean, 1 = FAIL / diverged / bad input file, 2 = usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def register(sub: Any) -> dict[str, Any]:
+    """Add the subcommands to ``sub`` (argparse subparsers); returns name → handler."""
+    lg = sub.add_parser(
+        "logits",
+        help="logits of a token sequence, saved or compared across backends",
+        description="Logits (float32, every position, never truncated) of MODEL on --tokens. "
+        "--compare OTHER (a model file or a saved .npy) prints NMSE (and dB), max abs diff, KL "
+        "divergence with its direction, top-1 agreement, top-5 overlap and Δp percentiles, "
+        "then a verdict from named gates. Exit 0 PASS, 1 FAIL or bad file, 2 usage (also "
+        "when the token ids differ: nothing is compared).",
+    )
+    lg.add_argument("model", type=Path)
+    lg.add_argument("--tokens", required=True, help="comma-separated token ids")
+    lg.add_argument("--out", type=Path, help="write logits .npy (+ .npy.json with the tokens)")
+    lg.add_argument(
+        "--backend", default="reference", help="reference | llama.cpp | transformers | triton"
+    )
+    lg.add_argument("--compare", type=Path, help="model file or saved .npy to compare against")
+    lg.add_argument("--compare-backend", help="backend for --compare (default: --backend)")
+    lg.add_argument("--expect", choices=("f32", "bf16", "q8_0", "q4_k"), help="dtype gates")
+    lg.add_argument("--max-kl", type=float, help="gate: mean KL(A||B) in nats")
+    lg.add_argument("--min-top1", type=float, help="gate: top-1 agreement")
+    lg.add_argument("--max-nmse", type=float, help="gate: NMSE")
+    lg.add_argument("--json", action="store_true", help="one JSON document")
+
+    tr = sub.add_parser(
+        "trace",
+        help="per-point activation statistics (and compare two traces)",
+        description="Statistics (mean, std, min, max, abs-max, L2, NaN/Inf) at every capture "
+        "point, over all tokens and over the last token. --compare OTHER.json pairs points "
+        "only by the same name and scope and names points one side lacks.",
+    )
+    tr.add_argument("model", type=Path, help="a model file, or a trace .json with --compare")
+    tr.add_argument("--tokens", help="comma-separated token ids")
+    tr.add_argument("--backend", default="reference")
+    tr.add_argument("--dtype", default="float32", choices=DTYPES)
+    tr.add_argument("--json", type=Path, dest="json_out", help="write the trace as JSON")
+    tr.add_argument("--compare", type=Path, help="another trace .json to compare with")
+    tr.add_argument("--scope", choices=("all", "last"), default="all", help="rows shown")
+
+    bi = sub.add_parser(
+        "bisect",
+        help="the first capture point where two forwards diverge",
+        description="Run A and B on the same tokens (B: another file, or A on --backend-b / "
+        "--dtype-b) beside a float64 run of A, streaming, and name the first point that "
+        "INTRODUCES a divergence (inputs agree, output does not): RMSE(B,ref64) > "
+        "m*RMSE(A,ref64) + atol + rtol*RMS(ref64). Exit 0 clean, 1 diverged or bad file.",
+    )
+    bi.add_argument("a", type=Path)
+    bi.add_argument("b", type=Path, nargs="?")
+    bi.add_argument("--tokens", required=True)
+    bi.add_argument("--backend-a", default="reference")
+    bi.add_argument("--backend-b", default="reference")
+    bi.add_argument("--dtype-a", default="float32", choices=DTYPES)
+    bi.add_argument("--dtype-b", choices=DTYPES)
+    bi.add_argument("--m", type=float, default=2.0, help="noise-floor multiplier (2)")
+    bi.add_argument("--atol", type=float, default=0.0)
+    bi.add_argument("--rtol", type=float, default=1e-6)
+    bi.add_argument("--override", action="append", default=[], help="PATTERN=m:X[,atol:Y][,rtol:Z]")
+    bi.add_argument("--bundle", type=Path, help="write a repro bundle for the first finding")
+    bi.add_argument("--json", action="store_true")
+
+    qa = sub.add_parser(
+        "qa",
+        help="PASS/FAIL gates on a model (tensors, logits, loss, round trip, parity)",
+        description="Gates: load, tensors, zeros, embedding_rows, std_range, logits, loss "
+        "(with --stream), round_trip, backend_parity (llama.cpp, when installed). Exit 1 "
+        "on any FAIL, naming the gate.",
+    )
+    qa.add_argument("model", type=Path)
+    qa.add_argument("--stream", type=Path, help="token ids (comma/space separated) for loss")
+    qa.add_argument("--max-loss", type=float, help="loss gate bound in nats (default ln(vocab))")
+    qa.add_argument("--no-parity", action="store_true", help="skip the llama.cpp gate")
+    qa.add_argument("--json", action="store_true")
+    return {"logits": _logits, "trace": _trace, "bisect": _bisect, "qa": _qa}
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if isinstance(x, float) and math.isfinite(x) else str(x)
+
+
+# --- logits ------------------------------------------------------------------------------
+
+
+def _logits(args: argparse.Namespace) -> int:
+    from aprlib.logits import (
+        DTYPE_GATES,
+        Gates,
+        TokenMismatchError,
+        compare_logits,
+        compute_logits,
+        is_npy,
+        load_logits,
+        parse_tokens,
+        save_logits,
+    )
+
+    tokens = parse_tokens(args.tokens)
+    logits = compute_logits(args.model, tokens, args.backend)
+    if args.out:
+        save_logits(args.out, logits, tokens, {"model": str(args.model), "backend": args.backend})
+    if args.compare is None:
+        if args.json:
+            print(json.dumps({"tokens": tokens, "shape": list(logits.shape), "out": str(args.out)}))
+        else:
+            print(
+                f"logits {logits.shape[0]}x{logits.shape[1]} float32 ({args.backend})"
+                + (f" -> {args.out}" if args.out else "")
+            )
+        return EXIT_OK
+    if is_npy(args.compare):
+        other, other_tokens = load_logits(args.compare)
+    else:
+        other_tokens = tokens
+        other = compute_logits(args.compare, tokens, args.compare_backend or args.backend)
+    base = DTYPE_GATES[args.expect] if args.expect else Gates()
+    gates = Gates(
+        max_kl=args.max_kl if args.max_kl is not None else base.max_kl,
+        min_top1=args.min_top1 if args.min_top1 is not None else base.min_top1,
+        max_nmse=args.max_nmse if args.max_nmse is not None else base.max_nmse,
+    )
+    try:
+        c = compare_logits(logits, other, tokens, other_tokens, gates)
+    except TokenMismatchError as exc:
+        print(f"apr: refused: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(c.to_dict(), indent=2, default=str))
+    else:
+        _print_comparison(c, args)
+    return EXIT_OK if c.verdict == "PASS" else EXIT_FAIL
+
+
+def _print_comparison(c: Any, args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"A: {args.model} ({args.backend})   B: {args.compare}")
+    t = Table()
+    for col in ("measure", "value", "gate"):
+        t.add_column(col)
+    rows = [
+        ("NMSE", f"{c.nmse:.3g} ({c.nmse_db:.1f} dB)", "nmse"),
+        ("max abs diff", _fmt(c.max_abs), "max_abs"),
+        ("KL mean / max", f"{c.kl_mean:.3g} / {c.kl_max:.3g} nats", "kl_mean"),
+        ("top-1 agreement", f"{c.top1:.2%}", "top1"),
+        ("top-5 overlap", f"{c.top5_overlap:.2%}", ""),
+        ("Δp p1/p5/p50/p95/p99", " / ".join(f"{v:+.3g}" for v in c.dp_percentiles.values()), ""),
+        ("Δp rms", _fmt(c.dp_rms), ""),
+    ]
+    for name, value, gate in rows:
+        g = c.gates.get(gate)
+        mark = "" if g is None else f"{'ok' if g['pass'] else 'FAIL'} (bound {g['bound']:.3g})"
+        t.add_row(name, value, mark)
+    console.print(t)
+    console.print(c.kl_direction)
+    print(f"VERDICT: {c.verdict}" + (f" ({', '.join(c.failed)} failed)" if c.failed else ""))
+
+
+# --- trace -------------------------------------------------------------------------------
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from aprlib.logits import parse_tokens
+    from aprlib.trace import compare_traces, load_trace, save_trace, trace_file
+
+    if args.model.suffix == ".json":
+        trace = load_trace(args.model)
+    else:
+        if not args.tokens:
+            raise ValueError("--tokens is required to trace a model")
+        trace = trace_file(args.model, parse_tokens(args.tokens), args.backend, args.dtype)
+        if args.json_out:
+            save_trace(trace, args.json_out)
+    if args.compare is None:
+        _print_trace(trace, args.scope)
+        return EXIT_OK
+    rows = compare_traces(trace, load_trace(args.compare))
+    from rich.table import Table
+
+    t = Table(title=f"{args.model} vs {args.compare} (scope {args.scope})")
+    t.add_column("point", no_wrap=True)
+    t.add_column("status", no_wrap=True)
+    for col in ("std A", "std B", "ratio", "absmax ratio"):
+        t.add_column(col)
+    for r in rows:
+        if r.scope != args.scope:
+            continue
+        std_a = _fmt(r.a.std) if r.a else "-"
+        std_b = _fmt(r.b.std) if r.b else "-"
+        ratio, absmax = r.ratio("std"), r.ratio("absmax")
+        t.add_row(
+            r.name,
+            r.status,
+            std_a,
+            std_b,
+            _fmt(ratio) if ratio is not None else "-",
+            _fmt(absmax) if absmax is not None else "-",
+        )
+    _console().print(t)
+    missing = [r for r in rows if r.status != "compared"]
+    return EXIT_FAIL if missing else EXIT_OK
+
+
+def _print_trace(trace: Any, scope: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{trace.model} ({trace.backend}, {trace.dtype}) scope {scope}")
+    t.add_column("point", no_wrap=True)
+    for col in ("shape", "mean", "std", "min", "max", "absmax", "L2", "nan", "inf"):
+        t.add_column(col)
+    for p in trace.points:
+        if p.scope == scope:
+            t.add_row(
+                p.name,
+                "x".join(map(str, p.shape)),
+                *(_fmt(getattr(p, s)) for s in ("mean", "std", "min", "max", "absmax", "l2")),
+                str(p.nan),
+                str(p.inf),
+            )
+    _console().print(t)
+
+
+# --- bisect ------------------------------------------------------------------------------
+
+
+def _bisect(args: argparse.Namespace) -> int:
+    from aprlib.bisect import (
+        Tolerance,
+        bisect,
+        load_side,
+        parse_override,
+        twin,
+        write_bundle,
+    )
+    from aprlib.logits import parse_tokens
+
+    tokens = parse_tokens(args.tokens)
+    net_a = load_side(args.a, args.backend_a, args.dtype_a)
+    if args.b is not None:
+        net_b = load_side(args.b, args.backend_b, args.dtype_b or args.dtype_a)
+        label_b = f"{args.b} ({args.backend_b}, {args.dtype_b or args.dtype_a})"
+    elif args.backend_b != args.backend_a or args.dtype_b:
+        net_b = twin(net_a, args.backend_b, args.dtype_b)
+        label_b = f"{args.a} ({args.backend_b}, {args.dtype_b or args.dtype_a})"
+    else:
+        raise ValueError("give B, or --backend-b / --dtype-b to run A another way")
+    overrides = dict(parse_override(o) for o in args.override)
+    report = bisect(
+        net_a,
+        net_b,
+        tokens,
+        Tolerance(args.m, args.atol, args.rtol),
+        overrides,
+        (f"{args.a} ({args.backend_a}, {args.dtype_a})", label_b),
+    )
+    data = report.to_dict()
+    finding = report.first_nonfinite or (report.introduced[0] if report.introduced else None)
+    if args.bundle and finding is not None:
+        data["bundle"] = [
+            str(p) for p in write_bundle(args.bundle, net_a, net_b, tokens, finding.name)
+        ]
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        _print_bisect(report, data)
+    return EXIT_OK if report.clean else EXIT_FAIL
+
+
+def _print_bisect(report: Any, data: dict[str, Any]) -> None:
+    console = _console()
+    console.print(f"A: {report.a}\nB: {report.b}\ntokens: {len(report.tokens)}")
+    nonfinite = report.first_nonfinite
+    if nonfinite is not None:
+        console.print(
+            f"[red]first NaN/Inf[/] in B at {nonfinite.name}: {nonfinite.nonfinite_b} values "
+            f"(A has {nonfinite.nonfinite_a})"
+        )
+    if not report.introduced:
+        print("BISECT: CLEAN — every point within its noise floor" if nonfinite is None else "")
+        return
+    first = report.introduced[0]
+    before = report.before(first)
+    for label, p in (("point before", before), ("INTRODUCED at", first)):
+        if p is None:
+            continue
+        console.print(
+            f"{label} {p.name}: RMSE(A,ref64) {p.rmse_a:.3g}  RMSE(B,ref64) {p.rmse_b:.3g}  "
+            f"bound {p.bound:.3g}  ({'diverged' if p.diverged else 'agrees'})"
+        )
+    console.print(
+        f"inputs {', '.join(first.inputs) or '(none)'} agree; would have passed with "
+        f"m >= {first.needed['m']:.3g} or atol >= {first.needed['atol']:.3g}"
+    )
+    inherited = data["inherited"]
+    console.print(
+        f"{len(inherited)} later points inherit it"
+        + (f" (first: {inherited[0]})" if inherited else "")
+    )
+    others = [p.name for p in report.introduced[1:]]
+    if others:
+        console.print(f"also introduced independently: {', '.join(others[:5])}")
+    print(f"BISECT: DIVERGED — introduced at {first.name}")
+
+
+# --- qa ----------------------------------------------------------------------------------
+
+
+def _qa(args: argparse.Namespace) -> int:
+    from aprlib.logits import parse_tokens
+    from aprlib.qa import gates_json, run_qa
+
+    stream = None
+    if args.stream:
+        text = args.stream.read_text(encoding="utf-8").replace("\n", ",").replace(" ", ",")
+        stream = parse_tokens(text)
+    gates = run_qa(args.model, stream, parity=not args.no_parity, max_loss=args.max_loss)
+    data = gates_json(gates)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"apr qa {args.model}")
+        for col in ("gate", "status", "detail"):
+            t.add_column(col)
+        colour = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}
+        for g in gates:
+            t.add_row(g.name, f"[{colour[g.status]}]{g.status}[/]", g.detail)
+        _console().print(t)
+        print(
+            f"QA: {data['verdict']}" + (f" ({', '.join(data['failed'])})" if data["failed"] else "")
+        )
+    return EXIT_FAIL if data["failed"] else EXIT_OK

@@ -1,0 +1,174 @@
+"""Per-point statistics of a forward, each tagged with its capture point and scope.
+
+An incident this prevents: an "18x divergence" that was one stack's statistics over all
+tokens against the other's over the last token, and a pre-bias capture compared with a
+post-bias one. Here every statistic carries its point name and its scope ("all" tokens or
+the "last" token), and two traces are compared only where both name and scope match; a
+point one side lacks is reported as missing, never paired with a neighbour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SCOPES = ("all", "last")
+STATS = ("mean", "std", "min", "max", "absmax", "l2")
+
+
+@dataclass(frozen=True)
+class PointStats:
+    name: str
+    scope: str  # "all" tokens or the "last" token
+    shape: tuple[int, ...]
+    dtype: str
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    absmax: float
+    l2: float
+    nan: int
+    inf: int
+
+
+def stats_of(name: str, x: Any, scope: str) -> PointStats:
+    """Statistics (in float64, over the finite values) of ``x``; token axis is -2."""
+    import torch
+
+    shape, dtype = tuple(x.shape), str(x.dtype).removeprefix("torch.")
+    if scope == "last":
+        x = x[..., -1:, :]
+    x = x.detach().to(torch.float64).reshape(-1)
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    finite = x[torch.isfinite(x)]
+    if finite.numel() == 0:
+        nil = math.nan
+        return PointStats(
+            name, scope, shape, dtype, x.numel(), nil, nil, nil, nil, nil, nil, nan, inf
+        )
+    return PointStats(
+        name,
+        scope,
+        shape,
+        dtype,
+        x.numel(),
+        float(finite.mean()),
+        float(finite.std(unbiased=False)),
+        float(finite.min()),
+        float(finite.max()),
+        float(finite.abs().max()),
+        float(finite.norm()),
+        nan,
+        inf,
+    )
+
+
+@dataclass
+class Trace:
+    model: str
+    backend: str
+    dtype: str
+    tokens: list[int]
+    points: list[PointStats]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trace:
+        points = [PointStats(**{**p, "shape": tuple(p["shape"])}) for p in data["points"]]
+        return cls(data["model"], data["backend"], data["dtype"], list(data["tokens"]), points)
+
+
+def trace_forward(
+    net: Any, tokens: list[int], model: str = "", backend: str = "reference"
+) -> Trace:
+    """Run one forward of ``net`` (a ``Transformer``) and keep only statistics per point."""
+    import torch
+
+    points: list[PointStats] = []
+
+    def hook(name: str, x: torch.Tensor) -> None:
+        points.extend(stats_of(name, x, scope) for scope in SCOPES)
+
+    dtype = str(next(net.parameters()).dtype).removeprefix("torch.")
+    with torch.no_grad(), net.capture(hook):
+        net(torch.tensor([tokens]))
+    return Trace(model, backend, dtype, list(tokens), points)
+
+
+def trace_file(
+    path: Path | str, tokens: list[int], backend: str = "reference", dtype: str = "float32"
+) -> Trace:
+    import torch
+
+    from aprlib.backends import make_ops
+    from aprlib.model import Transformer
+
+    net = Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
+    return trace_forward(net, tokens, str(path), backend)
+
+
+def save_trace(trace: Trace, path: Path) -> None:
+    from aprlib.convert import _atomic_file
+
+    with _atomic_file(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(trace.to_dict(), fh, indent=1, allow_nan=True)
+
+
+def load_trace(path: Path) -> Trace:
+    from aprlib.errors import ModelFileError
+
+    try:
+        return Trace.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(path, f"not a trace file: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PointComparison:
+    name: str
+    scope: str
+    status: str  # "compared" | "missing in A" | "missing in B"
+    a: PointStats | None
+    b: PointStats | None
+
+    def ratio(self, stat: str) -> float | None:
+        """B's statistic over A's, for points compared under the same name and scope."""
+        if self.a is None or self.b is None:
+            return None
+        x, y = getattr(self.a, stat), getattr(self.b, stat)
+        return y / x if x not in (0, 0.0) else (math.inf if y else 1.0)
+
+
+class TraceMismatchError(ValueError):
+    """Traces of different token ids: their statistics describe different inputs."""
+
+
+def compare_traces(a: Trace, b: Trace) -> list[PointComparison]:
+    """Pair points by (name, scope) only, in A's order, then what only B has."""
+    if a.tokens != b.tokens:
+        raise TraceMismatchError(
+            "the traces were taken over different token ids; their statistics are not comparable"
+        )
+    index_b = {(p.name, p.scope): p for p in b.points}
+    seen = set()
+    rows = []
+    for p in a.points:
+        key = (p.name, p.scope)
+        seen.add(key)
+        other = index_b.get(key)
+        rows.append(
+            PointComparison(p.name, p.scope, "compared" if other else "missing in B", p, other)
+        )
+    rows.extend(
+        PointComparison(p.name, p.scope, "missing in A", None, p)
+        for p in b.points
+        if (p.name, p.scope) not in seen
+    )
+    return rows

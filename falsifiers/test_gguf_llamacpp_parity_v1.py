@@ -1,0 +1,66 @@
+"""Falsifiers of gguf-llamacpp-parity-v1: real llama.cpp on our GGUF vs our reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aprlib import DType, model_from_arrays, open_model, write_model
+from aprlib.dtypes import from_float32
+from aprlib.logits import DTYPE_GATES, compare_logits, llamacpp_logits, reference_logits
+from falsifiers.llamacpp_oracle import require_llama_cpp
+
+WIDE = dict(hidden_size=256, intermediate_size=512)  # Q4_K needs rows of 256
+EARNED_M = 3.0
+
+
+def gguf_in(src: Path, dst: Path, dtype: DType) -> Path:
+    """2-D weights in ``dtype``, 1-D (norms, biases) in F32, as llama.cpp's converter writes."""
+    with open_model(src) as model:
+        arrays = {}
+        for t in model:
+            d = dtype if len(t.shape) == 2 else DType.F32
+            arrays[t.name] = (d, t.shape, from_float32(t.to_float32(), d))
+        write_model(model_from_arrays(arrays, model.config), dst)
+    return dst
+
+
+def tokens_for(seed: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(0, 96, 40)]
+
+
+def check_parity(tiny, work: Path, dtype: DType) -> dict[str, float]:
+    require_llama_cpp()
+    tokens = tokens_for(1)
+    reference = reference_logits(tiny.safetensors, tokens)
+    gguf = gguf_in(tiny.safetensors, work / f"m-{dtype.name}.gguf", dtype)
+    theirs = llamacpp_logits(gguf, tokens)
+    c = compare_logits(reference, theirs, tokens, tokens, DTYPE_GATES[dtype.name.lower()])
+    assert c.verdict == "PASS", f"{dtype.name}: failed {c.failed}: {c.gates}"
+    out = {"kl_mean": c.kl_mean, "top1": c.top1, "nmse": c.nmse}
+    if dtype is not DType.F32:  # the bound earned from the dtype's own error in this run
+        ours_q = reference_logits(gguf, tokens)
+        own = compare_logits(reference, ours_q, tokens, tokens).kl_mean
+        assert c.kl_mean <= EARNED_M * own + 1e-9, (
+            f"{dtype.name}: llama.cpp KL {c.kl_mean:.3g} > {EARNED_M} x the dequantised "
+            f"weights' own KL {own:.3g}"
+        )
+        out["own_kl"] = own
+    return out
+
+
+@pytest.mark.falsifies("FALSIFY-LLAMACPP-001")
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_f32_gguf_in_llamacpp_equals_reference(tiny_factory, tmp_path, arch, evidence):
+    evidence.record(**check_parity(tiny_factory(arch, **WIDE), tmp_path, DType.F32))
+
+
+@pytest.mark.falsifies("FALSIFY-LLAMACPP-002")
+@pytest.mark.parametrize("dtype", [DType.BF16, DType.Q8_0, DType.Q4_K], ids=lambda d: d.name)
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_quantised_gguf_in_llamacpp_within_dtype_bound(
+    tiny_factory, tmp_path, arch, dtype, evidence
+):
+    evidence.record(**check_parity(tiny_factory(arch, **WIDE), tmp_path, dtype))
