@@ -323,11 +323,25 @@ def step_zero(
 
 
 def diagnose(init: Path | str, zero: StepZero) -> str:
-    """The symptom, the usual causes and where to look (one line)."""
+    """The symptom and what ``apr qa``'s tensor gates say about the file, in one line.
+
+    A gate that fails names the tensor (a BF16 read as F16 is far outside its family's
+    spread); when they all pass the values are plausible but wired wrong (a transposed
+    weight, a dropped bias), which only a comparison with the source shows.
+    """
+    from aprlib.qa import tensor_gates
+
+    with open_model(init) as model:
+        failed = [g for g in tensor_gates(model) if g.status == "FAIL"]
+    qa = (
+        "apr qa: " + "; ".join(f"{g.name} FAIL: {g.detail}" for g in failed)
+        if failed
+        else "apr qa's tensor gates pass, so plausible values are wired wrong (a transposed "
+        "weight, a dropped bias, an untrained head)"
+    )
     return (
         f"{init}: step-0 val loss {zero.init_loss:.4f} is {' and '.join(zero.failures)}: the "
-        "weights did not arrive (a BF16 tensor read as F16, a transposed weight, a dropped "
-        "bias or an untrained output head); compare the file with its source "
+        f"weights did not arrive; {qa}; compare the file with its source "
         "(`apr diff INIT SOURCE`), or pass --force to train anyway"
     )
 

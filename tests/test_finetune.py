@@ -230,6 +230,7 @@ def test_step_zero_refusal_prints_the_bounds_and_force_overrides(
     assert "step 0: val loss" in captured.out and "ln(vocab) 4.5643" in captured.out
     [line] = captured.err.strip().splitlines()
     assert "not below ln(vocab)" in line and "--force" in line
+    assert "apr qa: std_range FAIL: model.embed_tokens.weight std" in line  # names the tensor
     assert apr_main([*argv, "--steps", "1", "--force"]) == 0
 
 
