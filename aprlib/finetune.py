@@ -453,6 +453,8 @@ def finetune(
     out = Path(out) if out is not None else None
     if resume and (out is None or not out.is_file()):
         raise FinetuneError(f"--resume needs an existing checkpoint at --out ({out})")
+    if not resume and out is not None and out.exists():
+        raise FinetuneError(f"{out} exists: pass --resume to continue it, or choose another --out")
     if init is None and requested is None and not resume:
         raise FinetuneError("give --init MODEL, or --config/--arch for a from-scratch run")
     tokenizer: dict[str, Any] | None = None

@@ -218,6 +218,9 @@ def test_cli_end_to_end_from_gguf_and_apr(pretrained, inits, tmp_path, capsys):
     resumed = [*argv, "--steps", "5", "--seq", "32", "--batch", "4", "--resume"]
     assert apr_main([*resumed, "--out", str(tmp_path / "apr.apr")]) == 0
     assert "done: step 5" in capsys.readouterr().out
+    again = ["finetune", "--init", str(inits["apr"]), "--data", str(pretrained.train)]
+    assert apr_main([*again, "--steps", "1", "--out", str(tmp_path / "apr.apr")]) == 1
+    assert "exists: pass --resume" in capsys.readouterr().err  # a finished run is not clobbered
 
 
 def test_step_zero_refusal_prints_the_bounds_and_force_overrides(
