@@ -33,7 +33,13 @@ from aprlib.config import ModelConfig, from_hf
 from aprlib.dtypes import DType, from_float32
 from aprlib.io import LM_HEAD, model_from_arrays, open_model
 from aprlib.model import Transformer
-from aprlib.tokens import check_ids, check_tokenizer, load_tokens, tokenizer_size
+from aprlib.tokens import (
+    check_ids,
+    check_tokenizer,
+    load_tokens,
+    tokenizer_json_size,
+    tokenizer_size,
+)
 
 #: config fields that describe provenance or tokens, not the shapes or maths of the network
 NOT_ARCHITECTURE = frozenset({"torch_dtype", "bos_token_id", "eos_token_id"})
@@ -447,6 +453,7 @@ def finetune(
     report: Reporter | None = None,
     expect_loss: float | None = None,
     expect_tolerance: float = 0.05,
+    tokenizer_file: Path | str | None = None,
 ) -> Result:
     """Train; see the module docstring. ``report`` sees every log record as it is made."""
     torch.manual_seed(settings.seed)
@@ -472,6 +479,9 @@ def finetune(
     if from_scratch and not resume:
         model = fresh_model(config, settings.seed, settings.device)
 
+    if tokenizer_file is not None:  # the tokenizer that made --data
+        size = tokenizer_json_size(Path(tokenizer_file))
+        check_tokenizer(size, config.vocab_size, str(tokenizer_file))
     train_ids = load_tokens(data, settings.data_dtype)
     check_ids(train_ids, config.vocab_size, data)
     if val is not None:

@@ -30,6 +30,9 @@ def register(sub: Any) -> None:
     p.add_argument("--data", type=Path, required=True, help="token ids: flat uint16/uint32 or .npy")
     p.add_argument("--val", type=Path, help="validation ids (default: the last 10%% of --data)")
     p.add_argument("--data-dtype", default="uint16", choices=("uint16", "uint32"))
+    p.add_argument(
+        "--tokenizer", type=Path, help="tokenizer.json that made --data; must fit the embedding"
+    )
     p.add_argument("--steps", type=int, required=True, help="total optimiser steps")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (3e-4)")
     p.add_argument("--warmup", type=int, default=0, help="linear warmup steps (0)")
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 report=progress.record,
                 expect_loss=args.expect_loss,
                 expect_tolerance=args.expect_tol,
+                tokenizer_file=args.tokenizer,
             )
     # FinetuneError, TokenDataError, ConfigError and the model's shape errors are ValueErrors;
     # a missing tensor is a KeyError naming it

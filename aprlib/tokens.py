@@ -89,6 +89,8 @@ def tokenizer_size(tokenizer: dict[str, Any] | None, folder: Path | None = None)
 
 def tokenizer_json_size(path: Path) -> int:
     """Entries of an HF ``tokenizer.json``: the model vocabulary plus added tokens."""
+    if not path.is_file():
+        raise TokenDataError(path, "no such tokenizer file")
     try:
         from tokenizers import Tokenizer
 
@@ -101,14 +103,20 @@ def tokenizer_json_size(path: Path) -> int:
             raise TokenDataError(path, f"unreadable tokenizer: {exc}") from None
 
 
-def check_tokenizer(size: int | None, vocab_size: int, where: str) -> None:
-    """A tokenizer larger than the embedding emits ids the model has no row for.
+#: how many more embedding rows than tokenizer entries count as padding (Qwen2.5 pads
+#: 151,665 entries to 151,936 rows, 0.18%; nanoGPT pads GPT-2's 50,257 to 50,304, 0.09%)
+PADDING_SLACK = 0.01
 
-    A smaller one is normal (Qwen2 pads its embedding to 151,936 rows for 151,665 tokens).
-    """
-    if size is not None and size > vocab_size:
+
+def check_tokenizer(size: int | None, vocab_size: int, where: str) -> None:
+    """The tokenizer must fit the embedding: no larger (it emits ids the model has no row
+    for) and smaller only by padding (a 50,257-entry GPT-2 tokenizer in front of a
+    151,936-row Qwen2 embedding makes valid ids that mean other tokens)."""
+    if size is None:
+        return
+    if size > vocab_size or vocab_size - size > PADDING_SLACK * vocab_size:
         raise TokenDataError(
             where,
             f"tokenizer has {size} entries but the embedding has {vocab_size} rows "
-            "(vocab_size): the tokenizer belongs to another model",
+            f"(vocab_size): the tokenizer belongs to another model",
         )

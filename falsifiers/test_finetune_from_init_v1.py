@@ -148,6 +148,16 @@ def broken_inputs(pretrained: Pretrained, inits: dict[str, Path], work: Path) ->
             {"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}}
         )
     )
+    small_tokenizer = work / "gpt2ish.json"  # the data's tokenizer: fewer entries than rows
+    small_vocab = {f"t{i}": i for i in range(pretrained.vocab // 2)}
+    small_tokenizer.write_text(
+        json.dumps(
+            {
+                "version": "1.0",
+                "model": {"type": "WordLevel", "vocab": small_vocab, "unk_token": "t0"},
+            }
+        )
+    )
     return [
         ("missing", ["--init", str(work / "nope.apr")], ["nope.apr", "no such file"]),
         ("bad magic", ["--init", str(bad_magic)], ["bad.apr", "magic"]),
@@ -173,6 +183,11 @@ def broken_inputs(pretrained: Pretrained, inits: dict[str, Path], work: Path) ->
             ["wide.npy", f"token id {pretrained.vocab}", "vocab_size"],
         ),
         ("tokenizer", ["--init", str(big_tokenizer)], ["tokenizer", str(pretrained.vocab + 5)]),
+        (
+            "data tokenizer",
+            ["--init", str(inits["gguf"]), "--tokenizer", str(small_tokenizer)],
+            ["gpt2ish.json", f"{pretrained.vocab // 2} entries", f"{pretrained.vocab} rows"],
+        ),
     ]
 
 

@@ -108,11 +108,14 @@ def test_tokenizer_sizes(tmp_path):
         tokenizer_json_size(tmp_path / "broken.json")
 
 
-def test_a_tokenizer_larger_than_the_embedding_is_refused():
-    check_tokenizer(151_665, 151_936, "qwen")  # Qwen2 pads its embedding: fine
+def test_a_tokenizer_of_another_model_is_refused():
+    check_tokenizer(151_665, 151_936, "qwen")  # Qwen2.5 pads its embedding: fine
+    check_tokenizer(50_257, 50_304, "nanogpt")  # so does nanoGPT
     check_tokenizer(None, 10, "none")
     with pytest.raises(TokenDataError, match="tokenizer has 50257 entries but the embedding"):
-        check_tokenizer(50_257, 32_000, "m.gguf")
+        check_tokenizer(50_257, 32_000, "m.gguf")  # larger: ids without a row
+    with pytest.raises(TokenDataError, match=r"tokenizer has 50257 entries .* 151936 rows"):
+        check_tokenizer(50_257, 151_936, "qwen")  # GPT-2 ids fed to Qwen2
 
 
 @settings(max_examples=60, deadline=None)
