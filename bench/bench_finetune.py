@@ -120,12 +120,14 @@ def main() -> None:
         logits = hf(input_ids=window[:, :-1]).logits
         return F.cross_entropy(logits.reshape(-1, vocab).float(), window[:, 1:].reshape(-1))
 
-    steps = {"apr finetune": stepper(ours, ours.loss, args.bf16), "transformers": None}
-    steps["transformers"] = stepper(hf, hf_loss, args.bf16)
+    steps = {
+        "apr finetune": stepper(ours, ours.loss, args.bf16),
+        "transformers": stepper(hf, hf_loss, args.bf16),
+    }
     ids = torch.randint(0, vocab, (1_000_000,), generator=torch.Generator().manual_seed(0))
     batches = Batches(ids.numpy(), args.batch, args.seq, seed=0)
     times: dict[str, list[float]] = {name: [] for name in steps}
-    peaks = {}
+    peaks: dict[str, int | None] = {}
     for i in range(args.steps + 2):  # two warm-up steps each
         window = batches.next().to(args.device)
         for name, step in steps.items():
@@ -145,7 +147,8 @@ def main() -> None:
         f"{', bf16 autocast' if args.bf16 else ''}, threads {torch.get_num_threads()}"
     )
     for name in steps:
-        peak = f", peak {peaks[name] / 2**30:.2f} GiB" if peaks[name] is not None else ""
+        used = peaks[name]
+        peak = f", peak {used / 2**30:.2f} GiB" if used is not None else ""
         spread = f"{min(times[name]) * 1e3:.0f}-{max(times[name]) * 1e3:.0f} ms"
         print(f"{name:>13}: {rate[name]:,.0f} tokens/s (median of {args.steps}, {spread}){peak}")
     print(f"ratio (apr finetune / transformers): {rate['apr finetune'] / rate['transformers']:.2f}")
