@@ -20,7 +20,6 @@ import math
 import os
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from aprlib.checkpoint import load_state, save_checkpoint
 from aprlib.config import ModelConfig, from_hf
-from aprlib.dtypes import DType, from_float32
-from aprlib.io import LM_HEAD, model_from_arrays, open_model
+from aprlib.io import open_model
 from aprlib.model import Transformer
 from aprlib.tokens import (
     check_ids,
@@ -44,7 +43,6 @@ from aprlib.tokens import (
 #: config fields that describe provenance or tokens, not the shapes or maths of the network
 NOT_ARCHITECTURE = frozenset({"torch_dtype", "bos_token_id", "eos_token_id"})
 INIT_STD = 0.02  # transformers' initializer_range for Qwen2 and Llama
-CHECKPOINT_DTYPE = DType.F32  # lossless for the float32 weights that train
 
 
 class FinetuneError(ValueError):
@@ -350,78 +348,6 @@ def diagnose(init: Path | str, zero: StepZero) -> str:
         f"weights did not arrive; {qa}; compare the file with its source "
         "(`apr diff INIT SOURCE`), or pass --force to train anyway"
     )
-
-
-# --- checkpoints -------------------------------------------------------------------------
-
-
-def weights_digest(model: Transformer) -> int:
-    """CRC32 over every parameter's float32 bytes: ties a sidecar to its weights."""
-    crc = 0
-    for name, p in sorted(model.state_dict().items()):
-        crc = zlib.crc32(name.encode(), crc)
-        crc = zlib.crc32(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes(), crc)
-    return crc
-
-
-def sidecar(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".optim.pt")
-
-
-def save_checkpoint(
-    model: Transformer,
-    config: ModelConfig,
-    path: Path,
-    tokenizer: dict[str, Any] | None,
-    state: dict[str, Any],
-) -> None:
-    """The weights as APR (F32, atomic) and ``state`` beside them (atomic too).
-
-    The sidecar names the weights by digest, so a pair torn by a kill between the two
-    renames is refused on resume instead of pairing step-N moments with step-M weights.
-    """
-    from aprlib.convert import write_model
-
-    arrays = {}
-    for name, p in model.state_dict().items():
-        if name == LM_HEAD and config.tie_word_embeddings:
-            continue
-        value = p.detach().to("cpu", torch.float32).contiguous().numpy()
-        arrays[name] = (CHECKPOINT_DTYPE, value.shape, from_float32(value, CHECKPOINT_DTYPE))
-    built = model_from_arrays(arrays, config, path=path)
-    built.tokenizer = tokenizer
-    write_model(built, path, fmt="apr")
-    _atomic_torch_save({**state, "weights_digest": weights_digest(model)}, sidecar(path))
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_state(path: Path, model: Transformer) -> dict[str, Any]:
-    side = sidecar(path)
-    if not side.is_file():
-        raise FinetuneError(f"{side}: no optimiser state beside the checkpoint; cannot resume")
-    try:
-        state = torch.load(side, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a torn or foreign file
-        raise FinetuneError(f"{side}: unreadable optimiser state: {exc}") from None
-    if state.get("weights_digest") != weights_digest(model):
-        raise FinetuneError(
-            f"{side}: optimiser state (step {state.get('step')}) does not belong to the weights "
-            f"in {path} (a save was interrupted?); cannot resume"
-        )
-    return state
 
 
 # --- the run -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import aprlib.checkpoint as ckpt
 import aprlib.finetune as ft
 from aprlib.cli import main as apr_main
 from aprlib.config import from_hf, to_hf
@@ -114,7 +115,7 @@ def test_005_red_when_no_update_reaches_the_weights(pretrained, inits, monkeypat
 
 
 def test_006_red_on_a_lossy_checkpoint(pretrained, inits, tmp_path, monkeypatch):
-    monkeypatch.setattr(ft, "CHECKPOINT_DTYPE", ft.DType.BF16)
+    monkeypatch.setattr(ckpt, "CHECKPOINT_DTYPE", ckpt.DType.BF16)
     with pytest.raises(RED):
         fal.check_checkpoint_round_trips(ft.finetune, pretrained, inits["apr"], tmp_path)
 
@@ -241,10 +242,10 @@ def test_resume_refuses_optimiser_state_of_other_weights(pretrained, inits, tmp_
     settings = dataclasses.replace(fal.SETTINGS, steps=2)
     out = tmp_path / "c.apr"
     ft.finetune(pretrained.train, settings, init=inits["apr"], val=pretrained.val, out=out)
-    state = torch.load(ft.sidecar(out), weights_only=False)
+    state = torch.load(ckpt.sidecar(out), weights_only=False)
     state["weights_digest"] ^= 1  # a sidecar torn from its weights by a kill between renames
-    torch.save(state, ft.sidecar(out))
-    with pytest.raises(ft.FinetuneError, match="does not belong to the weights"):
+    torch.save(state, ckpt.sidecar(out))
+    with pytest.raises(ckpt.CheckpointError, match="does not belong to the weights"):
         ft.finetune(
             pretrained.train,
             dataclasses.replace(settings, steps=4),
@@ -290,16 +291,16 @@ def test_a_kill_between_weights_and_state_is_refused_on_resume(
 ):
     settings = dataclasses.replace(fal.SETTINGS, steps=4, save_every=2)
     out = tmp_path / "k.apr"
-    real = ft._atomic_torch_save
+    real = ckpt._atomic_torch_save
 
     def die_at_step_4(state, path):
         if state["step"] == 4:
             raise KeyboardInterrupt  # the weights of step 4 are in place, the state is not
         real(state, path)
 
-    monkeypatch.setattr(ft, "_atomic_torch_save", die_at_step_4)
+    monkeypatch.setattr(ckpt, "_atomic_torch_save", die_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(pretrained.train, settings, init=inits["apr"], val=pretrained.val, out=out)
     assert not list(tmp_path.glob(".k.apr*")), "a temporary file was left behind"
-    with pytest.raises(ft.FinetuneError, match=r"optimiser state \(step 2\) does not belong"):
+    with pytest.raises(ckpt.CheckpointError, match=r"optimiser state \(step 2\) does not belong"):
         ft.finetune(pretrained.train, settings, val=pretrained.val, out=out, resume=True)
