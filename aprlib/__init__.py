@@ -37,6 +37,7 @@ from aprlib.shapes import check_weights_match, expected_shapes
 
 #: torch-backed names, imported on first use so that file I/O never imports torch
 _LAZY = {"Transformer": "aprlib.model", "Ops": "aprlib.model"}
+_LAZY.update(dict.fromkeys(("FinetuneError", "InitLossError", "StepZero"), "aprlib.finetune"))
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +56,8 @@ __all__ = [
     "FileChangedError",
     "GgufFormatError",
     "Model",
+    "FinetuneError",
+    "InitLossError",
     "ModelConfig",
     "ModelFileError",
     "ModelMemoryError",
@@ -62,6 +65,7 @@ __all__ = [
     "SafetensorsFormatError",
     "ShapeMismatchError",
     "Tensor",
+    "StepZero",
     "Transformer",
     "__version__",
     "check_weights_match",

@@ -16,6 +16,7 @@ from typing import Any
 
 from aprlib import __version__
 from aprlib.cli_model import register as register_model_commands
+from aprlib.finetune_cli import register as register_finetune
 
 EXIT_OK, EXIT_BAD_FILE, EXIT_USAGE = 0, 1, 2
 INSPECT_ROWS = 200
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         "their dtype's rounding bound then exit 0",
     )
     parser.set_defaults(model_commands=register_model_commands(sub))
+    register_finetune(sub)
     return parser
 
 
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bad_file = EXIT_USAGE if args.command == "diff" else EXIT_BAD_FILE  # diff: 1 = findings
     try:
+        if hasattr(args, "handler"):  # subcommands that live in their own module
+            return args.handler(args)
         return {"inspect": _inspect, "convert": _convert, "diff": _diff, **args.model_commands}[
             args.command
         ](args)
