@@ -51,7 +51,7 @@ def save_checkpoint(
     The sidecar names the weights by digest, so a pair torn by a kill between the two
     renames is refused on resume instead of pairing step-N moments with step-M weights.
     """
-    from aprlib.convert import write_model
+    from aprlib.conversion import write_model
 
     arrays = {}
     for name, p in model.state_dict().items():

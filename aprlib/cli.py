@@ -185,8 +185,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if cfg:
         console.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     table = Table(show_lines=False)
-    for col, just in (("tensor", "left"), ("dtype", "left"), ("shape", "left"), ("bytes", "right")):
-        table.add_column(col, justify=just)
+    for col in ("tensor", "dtype", "shape", "bytes"):
+        table.add_column(col, justify="right" if col == "bytes" else "left")
     shown = info["tensors"][: max(args.limit, 0)]
     for t in shown:
         table.add_row(t["name"], t["dtype"], "×".join(map(str, t["shape"])), f"{t['bytes']:,}")

@@ -201,6 +201,13 @@ def check_config_values(raw: Any, source: str) -> None:
         )
 
 
+def _first_eos(value: Any) -> int | None:
+    """HF configs may list several EOS ids; ``ModelConfig`` keeps the first (none if empty)."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
 def from_hf(config: dict[str, Any]) -> ModelConfig:
     """Read an HF ``config.json`` dict (either style)."""
     check_config_values(config, "hf")
@@ -233,9 +240,8 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
     ]
     if rope_theta is None:
         missing.append("rope_theta (or rope_parameters.rope_theta)")
-    if missing:
+    if missing or rope_theta is None:  # rope_theta None is already named in missing
         raise ConfigError(f"config lacks {', '.join(missing)}")
-    eos = config.get("eos_token_id")
     return ModelConfig(
         architecture=arch,
         vocab_size=int(config["vocab_size"]),
@@ -254,7 +260,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         ),
         torch_dtype=config.get("torch_dtype", config.get("dtype")),
         bos_token_id=config.get("bos_token_id"),
-        eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
+        eos_token_id=_first_eos(config.get("eos_token_id")),
         **hf_extras(config),
     )
 

@@ -242,8 +242,8 @@ def _spans_equal(ta: Tensor, tb: Tensor) -> bool:
     with FileSource(path_a) as fa, FileSource(path_b) as fb:
         for done in range(0, length, CHUNK):
             n = min(CHUNK, length - done)
-            fa.read_into(memoryview(buf_a)[:n], off_a + done, ta.name)
-            fb.read_into(memoryview(buf_b)[:n], off_b + done, tb.name)
+            fa.read_into(buf_a.data[:n], off_a + done, ta.name)
+            fb.read_into(buf_b.data[:n], off_b + done, tb.name)
             if _MEMCMP(buf_a.ctypes.data, buf_b.ctypes.data, n) != 0:
                 return False
     return True
@@ -302,8 +302,10 @@ def _noise_bound(values: np.ndarray, low: Tensor, start: int, rows: int) -> np.n
         step = d * sc
         lowest = -dmin * m
         highest = 15 * step + lowest
-        x = values.astype(np.float64).reshape(-1, 8, 32)
-        outside = np.maximum(0, np.maximum(lowest[..., None] - x, x - highest[..., None]))
+        sub_blocks = values.astype(np.float64).reshape(-1, 8, 32)
+        outside = np.maximum(
+            0, np.maximum(lowest[..., None] - sub_blocks, sub_blocks - highest[..., None])
+        )
         bound = (step[..., None] / 2 + outside).reshape(-1)
     return bound.reshape(values.shape) + v * 2.0**-20
 
@@ -817,6 +819,8 @@ def diff_models(
         ta = _lookup(a, name)
         tb = _lookup(b, name)
         if ta is None:
+            # the names are the two models' own tensors, so B holds this one
+            assert tb is not None, name
             pairs.append(Pair(name, EXTRA, None, _describe(tb), "only in B"))
             continue
         if tb is None:
@@ -928,9 +932,10 @@ def _fold_suffixes(by_suffix: dict[str, set[int]], total: int) -> list[str]:
         else:
             groups[(suffix, "", frozenset(layers))].append("")
     out = []
-    for (prefix, tail, layers), stems in sorted(groups.items(), key=lambda g: g[0][0]):
+    for (prefix, tail, in_layers), stems in sorted(groups.items(), key=lambda g: g[0][0]):
         stem = stems[0] if len(stems) == 1 else "{" + ",".join(sorted(stems)) + "}"
-        where = f"{len(layers)}/{total} layers" if total else f"{len(layers)} layers"
+        count = len(in_layers)
+        where = f"{count}/{total} layers" if total else f"{count} layers"
         out.append(f"{prefix}{stem}{tail} in {where}")
     return out
 

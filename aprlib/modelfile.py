@@ -129,6 +129,11 @@ def check_tensor_shape(shape: tuple[int, ...], name: str) -> None:
         raise ValueError(f"tensor {name!r}: dimension {max(shape)} exceeds 2**40")
 
 
+def _returning(raw: np.ndarray) -> Callable[[], np.ndarray]:
+    """A loader bound to this array now (a lambda in the loop would bind the last one)."""
+    return lambda: raw
+
+
 def model_from_arrays(
     tensors: dict[str, tuple[DType, tuple[int, ...], np.ndarray]],
     config: ModelConfig | None,
@@ -140,5 +145,5 @@ def model_from_arrays(
         raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
         if raw.size != nbytes(dtype, shape):
             raise ValueError(f"{name}: {raw.size} bytes for {dtype.name}{list(shape)}")
-        built[name] = Tensor(name, dtype, tuple(shape), name, lambda r=raw: r)
+        built[name] = Tensor(name, dtype, tuple(shape), name, _returning(raw))
     return Model(Path(path), "memory", built, config)

@@ -143,7 +143,7 @@ def loss_gate(net: Any, stream: list[int] | None, max_loss: float | None = None)
 
 
 def round_trip_gate(model: Any, reference: np.ndarray, tokens: list[int], work: Path) -> Gate:
-    from aprlib.convert import write_model
+    from aprlib.conversion import write_model
     from aprlib.logits import reference_logits
 
     diffs = {}

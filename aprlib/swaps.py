@@ -67,8 +67,15 @@ def describe(moves: dict[str, str], layer_sizes: dict[int, int]) -> list[str]:
         mx, my = _LAYER.match(x), _LAYER.match(y)
         px = _PROJ.match(mx.group(2)) if mx else None
         py = _PROJ.match(my.group(2)) if my else None
-        same_layer = mx and my and mx.group(1) == my.group(1)
-        if same_layer and px and py and px.group(3) == py.group(3) and moves.get(y) == x:
+        if (
+            mx
+            and my
+            and mx.group(1) == my.group(1)
+            and px
+            and py
+            and px.group(3) == py.group(3)
+            and moves.get(y) == x
+        ):
             a, b = sorted((px.group(2), py.group(2)))
             within[(int(mx.group(1)), px.group(1) or "", a, b)].add(x)
     for (layer, _, a, b), names in sorted(within.items()):

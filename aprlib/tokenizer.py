@@ -222,6 +222,7 @@ def to_hf(tok: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         )
     pre = _field(tok, "pre")
     patterns = {name: regex for regex, name in PRE_TOKENIZERS.items()}
+    pre_tokenizer: pre_tokenizers.PreTokenizer
     if pre == GPT2:
         pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     elif pre in patterns:

@@ -1,4 +1,4 @@
-"""mypy over provable/ (the lead extends the list to aprlib/ after merging)."""
+"""mypy over every package the project ships."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ["provable"]
+PACKAGES = ["provable", "aprlib", "kernels"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")

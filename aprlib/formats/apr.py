@@ -10,6 +10,7 @@ complete.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -182,7 +183,7 @@ class AprWriter:
 
     def write(self, name: str, raw: bytes | memoryview | np.ndarray) -> None:
         entry = self._expect(name)
-        view = memoryview(raw if not isinstance(raw, np.ndarray) else np.ascontiguousarray(raw))
+        view = np.ascontiguousarray(raw).data if isinstance(raw, np.ndarray) else memoryview(raw)
         view = view.cast("B")
         if view.nbytes != entry.nbytes:
             raise ValueError(
@@ -473,7 +474,7 @@ class AprFile:
         """The tensor's bytes (a fresh uint8 array); checks the CRC32 when asked."""
         e = self.entries[name]
         data = self._src.read(self._data_offset + e.offset, e.nbytes, tensor=name, field="data")
-        if verify and zlib.crc32(data) != e.crc32:
+        if verify and zlib.crc32(data.data) != e.crc32:
             raise self._error(
                 "CRC32 mismatch: the tensor's bytes are damaged", tensor=name, field="crc32"
             )
@@ -593,8 +594,8 @@ def open_apr(path: Path, mapped: bool = False) -> Model:
             e.dtype,
             e.shape,
             name,
-            lambda n=name: f.raw(n),
-            _verify=lambda n=name: f.verify(n),
+            functools.partial(f.raw, name),
+            _verify=functools.partial(f.verify, name),
         )
         for name, e in f.entries.items()
     }

@@ -7,6 +7,7 @@ llama-architecture q/k rows are un-permuted on read and permuted on write.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import struct
 from collections.abc import Iterable
@@ -295,7 +296,7 @@ def _open(path: Path, src: FileSource) -> Model:
                 p.dtype,
                 p.shape,
                 p.name,
-                lambda w=where, p=p: src.read(w, p.nbytes, tensor=p.name, field="data"),
+                functools.partial(src.read, where, p.nbytes, tensor=p.name, field="data"),
                 span=(path, where),
             )
             continue

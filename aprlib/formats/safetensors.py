@@ -7,6 +7,7 @@ tensors overlap; a folder's ``config.json`` supplies the architecture.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import struct
@@ -208,7 +209,7 @@ def open_safetensors(path: Path, mapped: bool = False) -> Model:
                     dtype,
                     shape,
                     name,
-                    lambda s=shard, n=name: s.raw(n),
+                    functools.partial(shard.raw, name),
                     span=(file, shard.data_start + shard.entries[name][2]),
                 )
         if weight_map is not None:
@@ -280,7 +281,7 @@ def write_safetensors(
             fh.write(struct.pack("<Q", len(head)) + head)
             for t, out in plan:
                 data = np.ascontiguousarray(output.encode(t, out))
-                fh.write(memoryview(data))
+                fh.write(data.data)
                 report.advance(t.name, data.nbytes, progress)
         write_hf_config(model.config, dst.parent)
 
