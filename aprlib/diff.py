@@ -88,6 +88,8 @@ class Pair:
     detail: str = ""
     stats: dict[str, float] = field(default_factory=dict)
     values: dict[str, list[float]] = field(default_factory=dict)
+    #: a DTYPE_MISLABEL whose guilty side this tensor alone could not tell (see _settle_sides)
+    side_undecided: bool = False
 
     @property
     def score(self) -> float:
@@ -335,9 +337,9 @@ def classify(
     # the detectors below each read both tensors: read each once (a reader copies the
     # bytes out of the file on every raw() call)
     ta, tb = _read_once(ta), _read_once(tb)
-    mislabel = _mislabel(ta, tb, dtype_counts)
+    mislabel, decided = _mislabel(ta, tb, dtype_counts)
     if mislabel:
-        pair.tag, pair.detail = DTYPE_MISLABEL, mislabel
+        pair.tag, pair.detail, pair.side_undecided = DTYPE_MISLABEL, mislabel, not decided
         return pair
     if ta.shape != tb.shape:
         if len(ta.shape) == 2 and tuple(reversed(ta.shape)) == tb.shape and _transposed(ta, tb):
@@ -398,12 +400,14 @@ def _mislabel(
     ta: Tensor,
     tb: Tensor,
     dtype_counts: tuple[dict[DType, int], dict[DType, int]] = ({}, {}),
-) -> str:
+) -> tuple[str, bool]:
     """One side's raw bytes, decoded as another float dtype, are the other side's values.
 
     When both sides hold the very same bytes under two tags, either could be the liar; the
     guilty side is the one whose tag makes the bytes implausible weights (see
     ``_plausible``), and failing that the one whose tag is the odd one out in its own file.
+    Returns the finding and whether this tensor decided the side (False: a guess that the
+    file's other tensors may overrule).
     """
     found = []  # (guilty side, true dtype, its tag)
     for x, y, side in ((ta, tb, "A"), (tb, ta, "B")):
@@ -418,25 +422,57 @@ def _mislabel(
                 found.append((side, d, x.dtype))
                 break
     if not found:
-        return ""
-    side, true, tag = found[0] if len(found) == 1 else _guilty(ta, found, dtype_counts)
-    return f"bytes identical, dtype tag differs: {true.name} data tagged {tag.name} (in {side})"
+        return "", True
+    (side, true, tag), decided = (
+        (found[0], True) if len(found) == 1 else _guilty(ta, found, dtype_counts)
+    )
+    return _mislabel_detail(side, true.name, tag.name), decided
+
+
+def _mislabel_detail(side: str, true: str, tag: str) -> str:
+    return f"bytes identical, dtype tag differs: {true} data tagged {tag} (in {side})"
+
+
+_MISLABEL_DETAIL = re.compile(r"(\w+) data tagged (\w+) \(in ([AB])\)$")
+
+
+def _settle_sides(pairs: list[Pair]) -> None:
+    """Give undecided mislabels the side the decided ones agree on.
+
+    A norm weight near 1 reads as plausible weights under either tag (F16 bytes read as
+    BF16 land near 2^-7), so that tensor alone cannot say which file lies; the 2-D weights
+    of the same files can, and one file mislabels all its tensors the same way.
+    """
+    votes = {"A": 0, "B": 0}
+    for p in pairs:
+        if p.tag == DTYPE_MISLABEL and not p.side_undecided:
+            m = _MISLABEL_DETAIL.search(p.detail)
+            if m:
+                votes[m.group(3)] += 1
+    if votes["A"] == votes["B"]:
+        return
+    side = "A" if votes["A"] > votes["B"] else "B"
+    for p in pairs:
+        m = _MISLABEL_DETAIL.search(p.detail) if p.side_undecided else None
+        if m and m.group(3) != side:  # the other reading of the same bytes: tags swap
+            p.detail = _mislabel_detail(side, m.group(2), m.group(1))
 
 
 def _guilty(
     t: Tensor,
     found: list[tuple[str, DType, DType]],
     dtype_counts: tuple[dict[DType, int], dict[DType, int]],
-) -> tuple[str, DType, DType]:
-    """Of 'A mislabelled' and 'B mislabelled' (same bytes, two tags), the likelier one."""
+) -> tuple[tuple[str, DType, DType], bool]:
+    """Of 'A mislabelled' and 'B mislabelled' (same bytes, two tags), the likelier one, and
+    whether the evidence decided it (else the first is a guess)."""
     plausible = [c for c in found if _plausible(t.raw(), c[1])]
     if len(plausible) == 1:
-        return plausible[0]
+        return plausible[0], True
     for side, true, tag in found:
         counts = dtype_counts[0 if side == "A" else 1]
         if counts.get(true, 0) > counts.get(tag, 0):
-            return side, true, tag
-    return found[0]
+            return (side, true, tag), True
+    return found[0], False
 
 
 def _plausible(raw: np.ndarray, dtype: DType, sample: int = 1 << 16) -> bool:
@@ -833,6 +869,7 @@ def diff_models(
         pairs.append(pair)
         a.drop_pages()
         b.drop_pages()
+    _settle_sides(pairs)
     moves = _mark_swaps(a, b, pairs)
     config = compare_configs(a, b)
     contradicts = check_config_against_weights(a, b, pairs)

@@ -415,18 +415,32 @@ def _retag(name: str, dtype: DType) -> Callable[[Arrays], None]:
     return mutate
 
 
-def check_guilty_side(tiny, guilty: str, fmt: str, work: Path) -> str:
-    """Same bytes under two tags: the diff must blame the file whose tag is wrong."""
+def _retag_all(dtype: DType) -> Callable[[Arrays], None]:
+    def mutate(arrays: Arrays) -> None:
+        for name, (_, shape, raw) in list(arrays.items()):
+            arrays[name] = (dtype, shape, raw)
+
+    return mutate
+
+
+def check_guilty_side(tiny, guilty: str, fmt: str, work: Path, whole_file: bool = False) -> str:
+    """Same bytes under two tags: the diff must blame the file whose tag is wrong, for one
+    tensor and for a file whose every tensor is retagged (norms near 1 read plausibly under
+    either tag, so there the 2-D weights must speak for the file)."""
     src = tiny.safetensors
     true = DType.BF16 if tiny.dtype == "bfloat16" else DType.F16
     lie = DType.F16 if true is DType.BF16 else DType.BF16
-    bad = write_variant(src, _retag("model.norm.weight", lie), fmt, work / fmt)
+    mutate = _retag_all(lie) if whole_file else _retag("model.norm.weight", lie)
+    bad = write_variant(src, mutate, fmt, work / fmt)
     a, b = (bad, src) if guilty == "A" else (src, bad)
     report = run_diff(a, b)
     line = report.diagnosis["line"]
     want = f"{true.name} data tagged {lie.name} (in {guilty})"
-    assert line.startswith("DIAGNOSIS: DTYPE_MISLABEL model.norm.weight"), line
+    first = "DTYPE_MISLABEL" if whole_file else "DTYPE_MISLABEL model.norm.weight"
+    assert line.startswith(f"DIAGNOSIS: {first}"), line
     assert want in line, line
+    wrong = [p.name for p in report.pairs if p.tag == "DTYPE_MISLABEL" and want not in p.detail]
+    assert not wrong, f"blamed on the wrong side: {wrong}"
     return line
 
 
@@ -439,6 +453,16 @@ def test_mislabel_blames_the_side_that_holds_it(
 ):
     tiny = tiny_factory("qwen2", dtype=dtype)
     evidence.record(diagnosis=check_guilty_side(tiny, guilty, fmt, tmp_path))
+
+
+@pytest.mark.falsifies("FALSIFY-DIFF-014")
+@pytest.mark.parametrize("guilty", ["A", "B"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_wholly_mislabelled_file_is_blamed_in_every_tensor(
+    tiny_factory, tmp_path, dtype, guilty, evidence
+):
+    tiny = tiny_factory("qwen2", dtype=dtype)
+    evidence.record(diagnosis=check_guilty_side(tiny, guilty, "apr", tmp_path, whole_file=True))
 
 
 def check_mislabel_outranks_noise(src: Path, fmt: str, work: Path) -> str:

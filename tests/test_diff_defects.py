@@ -11,7 +11,7 @@ from falsifiers import test_model_diff_v1 as falsifier
 
 DEFECTS = {
     "TRANSPOSED": ("_transposed", lambda *a, **k: False),
-    "DTYPE_MISLABEL": ("_mislabel", lambda *a, **k: ""),
+    "DTYPE_MISLABEL": ("_mislabel", lambda *a, **k: ("", True)),
     "SCALED": ("_affine", lambda *a, **k: None),
     "SHIFTED": ("_affine", lambda *a, **k: None),
     "PERMUTED": ("_permutation", lambda *a, **k: ""),
@@ -149,9 +149,22 @@ def test_guilty_side_falsifier_catches_a_diff_that_always_blames_a(
 ):
     tiny = tiny_factory("qwen2", dtype=dtype)
     falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "real")
-    monkeypatch.setattr(diff_module, "_guilty", lambda t, found, counts: found[0])
+    monkeypatch.setattr(diff_module, "_guilty", lambda t, found, counts: (found[0], True))
     with pytest.raises(AssertionError):
         falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken")
+
+
+def test_guilty_side_falsifier_catches_a_diff_that_guesses_per_tensor(
+    tiny_factory, tmp_path, monkeypatch
+):
+    """Without the file-level settling, a wholly retagged F16 file (tagged BF16) gets its
+    norms, plausible under either tag, blamed on whichever side comes first. (BF16 bytes
+    read as F16 are implausible even for norms, so only this direction needs the file.)"""
+    tiny = tiny_factory("qwen2", dtype="float16")
+    falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "real", whole_file=True)
+    monkeypatch.setattr(diff_module, "_settle_sides", lambda pairs: None)
+    with pytest.raises(AssertionError):
+        falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken", whole_file=True)
 
 
 @pytest.mark.parametrize("change", list(falsifier.CONFIG_MEANINGS))
