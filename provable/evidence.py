@@ -254,33 +254,34 @@ def merge_record(
 def _stable(section: dict[str, Any]) -> dict[str, Any]:
     """What must match for a section to count as unchanged.
 
-    The host, the commit and the time never count. In a passing section measured floats
-    do not count either: a max-abs-diff that moves at the 1e-7 level inside its bound is
-    the same outcome (every run's values go to ``history.jsonl``); their keys, and every
-    non-float value and every requirement (a key naming a tolerance, bound or limit), still
-    count.
+    The host, the commit and the time never count. In a passing section measured values
+    do not count either: a max-abs-diff that moves at the 1e-7 level inside its bound, the
+    seeds a property test drew on this machine, how many fuzz cases each error class took:
+    all the same outcome (every run's values go to ``history.jsonl``). Their keys still
+    count, and so does every requirement (a key naming a tolerance, bound or limit), whose
+    change is a change of the claim.
     """
     stable = {k: v for k, v in section.items() if k not in _VOLATILE}
     if "failure" not in section and "recorded" in stable:
-        stable["recorded"] = _without_floats(stable["recorded"])
+        stable["recorded"] = _requirements_only(stable["recorded"])
     return stable
 
 
 #: recorded keys that state the requirement, not a measurement: their value always counts
 _REQUIREMENT_KEY = re.compile(r"tol|bound|limit|threshold|require|allow|expect", re.IGNORECASE)
+#: ... unless the key says it measures against one (``worst_share_of_bound``)
+_MEASURED_KEY = re.compile(r"worst|share|ratio|_over_|_of_|measured|observed", re.IGNORECASE)
 
 
-def _without_floats(value: Any) -> Any:
-    if isinstance(value, float):
-        return "<float>"
+def _is_requirement(key: object) -> bool:
+    return bool(_REQUIREMENT_KEY.search(str(key))) and not _MEASURED_KEY.search(str(key))
+
+
+def _requirements_only(value: Any) -> Any:
+    """``value`` with every leaf under a non-requirement key masked, its keys kept."""
     if isinstance(value, dict):
-        return {
-            k: v if _REQUIREMENT_KEY.search(str(k)) else _without_floats(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_without_floats(v) for v in value]
-    return value
+        return {k: v if _is_requirement(k) else _requirements_only(v) for k, v in value.items()}
+    return "<measured>"
 
 
 def evidence_text(record: dict[str, Any]) -> str:

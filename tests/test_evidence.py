@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from provable.evidence import json_safe, merge_record, write_evidence
@@ -38,10 +39,10 @@ def test_json_safe_scalars_nan_and_arrays():
     }
 
 
-def section(value, commit):
+def section(value, commit, **more):
     return {
         "tests": [{"nodeid": "t", "outcome": "passed"}],
-        "recorded": {"t": {"v": value}},
+        "recorded": {"t": {"v": value, **more}},
         "host": {"python": "3"},
         "commit": commit,
         "dirty": False,
@@ -60,8 +61,29 @@ def test_unchanged_section_keeps_its_first_commit(tmp_path):
     path = tmp_path / "e.json"
     assert write_evidence(path, first) is True
     assert write_evidence(path, again) is False  # identical bytes: not rewritten
-    changed = merge_record(first, record({"cpu": section(2, "c3")}), ["cpu"], True)
-    assert changed["runs"]["cpu"]["commit"] == "c3"
+    changed = merge_record(first, record({"cpu": section(1, "c3", tolerance=1e-3)}), ["cpu"], True)
+    assert changed["runs"]["cpu"]["commit"] == "c3"  # the requirement changed: a new claim
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (1, 2),
+        (1.25, 1.5),
+        ("seed 7 was worst", "seed 42 was worst"),
+        ([0, 3, 5], [0, 7, 99, 4]),
+        ({"AprFormatError": 30, "ModelFileError": 10}, {"AprFormatError": 30, "ModelFileError": 9}),
+    ],
+    ids=["int", "float", "str", "list", "counts"],
+)
+def test_a_pass_whose_measurements_move_keeps_its_evidence(before, after):
+    """Seeds drawn on another machine, fuzz outcome counts, a worst case: the same pass."""
+    kept = {"tolerance": 1e-5, "worst_share_of_bound": 0.3}
+    first = merge_record(None, record({"cpu": section(before, "c1", **kept)}), ["cpu"], False)
+    moved = {"tolerance": 1e-5, "worst_share_of_bound": 0.9}
+    again = merge_record(first, record({"cpu": section(after, "c2", **moved)}), ["cpu"], True)
+    assert again["runs"]["cpu"]["commit"] == "c1"
+    assert again == first
 
 
 def test_other_host_sections_are_kept_only_while_their_passes_count():
