@@ -263,7 +263,12 @@ def _stable(section: dict[str, Any]) -> dict[str, Any]:
     """
     stable = {k: v for k, v in section.items() if k not in _VOLATILE}
     if "failure" not in section and "recorded" in stable:
-        stable["recorded"] = _requirements_only(stable["recorded"])
+        recorded = stable["recorded"]  # keyed by node id, whose name may say "bound"
+        stable["recorded"] = (
+            {nodeid: _requirements_only(v) for nodeid, v in recorded.items()}
+            if isinstance(recorded, dict)
+            else _requirements_only(recorded)
+        )
     return stable
 
 

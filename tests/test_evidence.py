@@ -42,7 +42,7 @@ def test_json_safe_scalars_nan_and_arrays():
 def section(value, commit, **more):
     return {
         "tests": [{"nodeid": "t", "outcome": "passed"}],
-        "recorded": {"t": {"v": value, **more}},
+        "recorded": {"t::test_within_earned_bound": {"v": value, **more}},
         "host": {"python": "3"},
         "commit": commit,
         "dirty": False,
