@@ -257,17 +257,17 @@ def _stable(section: dict[str, Any]) -> dict[str, Any]:
     The host, the commit and the time never count. In a passing section measured values
     do not count either: a max-abs-diff that moves at the 1e-7 level inside its bound, the
     seeds a property test drew on this machine, how many fuzz cases each error class took:
-    all the same outcome (every run's values go to ``history.jsonl``). Their keys still
-    count, and so does every requirement (a key naming a tolerance, bound or limit), whose
-    change is a change of the claim.
+    all the same outcome (every run's values go to ``history.jsonl``). The names a test
+    recorded still count, and so does every requirement (a key naming a tolerance, bound or
+    limit, at any depth), whose change is a change of the claim.
     """
     stable = {k: v for k, v in section.items() if k not in _VOLATILE}
     if "failure" not in section and "recorded" in stable:
-        recorded = stable["recorded"]  # keyed by node id, whose name may say "bound"
+        recorded = stable["recorded"]  # {node id: what that test recorded}
         stable["recorded"] = (
-            {nodeid: _requirements_only(v) for nodeid, v in recorded.items()}
+            {nodeid: _claims(v) for nodeid, v in recorded.items()}
             if isinstance(recorded, dict)
-            else _requirements_only(recorded)
+            else None
         )
     return stable
 
@@ -282,11 +282,27 @@ def _is_requirement(key: object) -> bool:
     return bool(_REQUIREMENT_KEY.search(str(key))) and not _MEASURED_KEY.search(str(key))
 
 
-def _requirements_only(value: Any) -> Any:
-    """``value`` with every leaf under a non-requirement key masked, its keys kept."""
-    if isinstance(value, dict):
-        return {k: v if _is_requirement(k) else _requirements_only(v) for k, v in value.items()}
-    return "<measured>"
+def _claims(value: Any) -> Any:
+    """What of a test's recorded values states the claim: the names it recorded, and the
+    value of every requirement key however deep. Measurements (and the keys of dicts of
+    measurements, such as counts per error class) are left out."""
+    if not isinstance(value, dict):
+        return None
+    return {"recorded": sorted(map(str, value)), "requirements": _requirements(value)}
+
+
+def _requirements(value: dict[Any, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, item in value.items():
+        if _is_requirement(key):
+            found[str(key)] = item
+        elif isinstance(item, dict) and (inner := _requirements(item)):
+            found[str(key)] = inner
+        elif isinstance(item, list):
+            inner_list = [_requirements(x) for x in item if isinstance(x, dict)]
+            if any(inner_list):
+                found[str(key)] = inner_list
+    return found
 
 
 def evidence_text(record: dict[str, Any]) -> str:

@@ -72,9 +72,10 @@ def test_unchanged_section_keeps_its_first_commit(tmp_path):
         (1.25, 1.5),
         ("seed 7 was worst", "seed 42 was worst"),
         ([0, 3, 5], [0, 7, 99, 4]),
-        ({"AprFormatError": 30, "ModelFileError": 10}, {"AprFormatError": 30, "ModelFileError": 9}),
+        ({"AprFormatError": 30, "ModelFileError": 10}, {"AprFormatError": 40}),
+        ([{"format": "apr", "cases": 40}], [{"format": "apr", "cases": 39, "slowest_s": 0.1}]),
     ],
-    ids=["int", "float", "str", "list", "counts"],
+    ids=["int", "float", "str", "list", "counts", "per-format"],
 )
 def test_a_pass_whose_measurements_move_keeps_its_evidence(before, after):
     """Seeds drawn on another machine, fuzz outcome counts, a worst case: the same pass."""
@@ -92,3 +93,12 @@ def test_other_host_sections_are_kept_only_while_their_passes_count():
     assert set(both["runs"]) == {"cpu", "cuda"} and both["passed_on"] == ["cpu", "cuda"]
     failed = merge_record(both, record({"cpu": section(1, "c3")}, "failed"), [], False)
     assert set(failed["runs"]) == {"cpu"} and failed["passed_on"] == []
+
+
+def test_a_requirement_deep_inside_a_recording_still_counts():
+    """A case limit loosened inside a per-format list is a change of the claim."""
+    limit = [{"format": "apr", "case_limit_s": 2.0}]
+    first = merge_record(None, record({"cpu": section(limit, "c1")}), ["cpu"], False)
+    looser = [{"format": "apr", "case_limit_s": 20.0}]
+    again = merge_record(first, record({"cpu": section(looser, "c2")}), ["cpu"], True)
+    assert again["runs"]["cpu"]["commit"] == "c2"
