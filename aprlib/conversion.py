@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from aprlib.dtypes import DType
+from aprlib.dtypes import DType, from_float32, to_float32
 from aprlib.errors import ConversionError
 from aprlib.formats.apr import write_apr
-from aprlib.formats.gguf import write_gguf
+from aprlib.formats.gguf import WIDENED_KEY, write_gguf
 from aprlib.formats.safetensors import write_safetensors
 from aprlib.io import open_model
 from aprlib.modelfile import EMBED, LM_HEAD, Model, Tensor
@@ -145,6 +146,30 @@ def write_hf_tokenizer(tokenizer: dict, folder: Path) -> None:
             Path(tmp).write_text(body, encoding="utf-8")
 
 
+def restore_widened_vectors(model: Model, tensors: list[Tensor]) -> list[Tensor]:
+    """Vectors our GGUF writer widened to F32 for llama.cpp go back to the source's dtype,
+    where that is exact, so that HF -> GGUF -> HF keeps every dtype."""
+    marks = model.metadata.get(WIDENED_KEY) if model.format == "gguf" else None
+    if not isinstance(marks, list):
+        return tensors
+    wanted = dict(m.split("=", 1) for m in marks if isinstance(m, str) and "=" in m)
+    out = []
+    for t in tensors:
+        name = wanted.get(t.name)
+        if t.dtype is DType.F32 and name in ("F16", "BF16"):
+            target = DType[name]
+            values = t.to_float32()
+            raw = from_float32(values, target)
+            if np.array_equal(to_float32(raw, target, t.shape), values):
+                t = Tensor(t.name, target, t.shape, t.source_name, _bytes(raw), t.tied_to)
+        out.append(t)
+    return out
+
+
+def _bytes(raw: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: raw
+
+
 def _write(
     model: Model,
     dst: Path,
@@ -153,8 +178,10 @@ def _write(
     progress: Progress | None,
     checked: bool,
 ) -> ConvertReport:
-    report = ConvertReport(model.path, dst, model.format, fmt)
+    report = ConvertReport(model.path, dst, model.format, fmt, llama_cpp_vectors=checked)
     tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
+    if checked and fmt != "gguf":
+        tensors = restore_widened_vectors(model, tensors)
     if not tensors:
         raise ConversionError(f"{model.path}: holds no tensors; there is nothing to write")
     report.fallbacks = quant_fallbacks(tensors, dtype)

@@ -30,6 +30,9 @@ class ConvertReport:
     bytes_written: int = 0
     notes: list[str] = field(default_factory=list)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    #: write F16/BF16 vectors as F32 in a GGUF, as llama.cpp needs (``apr convert`` does;
+    #: ``write_model`` writes what it is given)
+    llama_cpp_vectors: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {

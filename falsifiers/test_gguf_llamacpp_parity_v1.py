@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aprlib import DType, model_from_arrays, open_model, write_model
+from aprlib.cli import main as apr
 from aprlib.dtypes import from_float32
 from aprlib.logits import DTYPE_GATES, compare_logits, llamacpp_logits, reference_logits
 from falsifiers.llamacpp_oracle import require_llama_cpp
@@ -64,3 +68,54 @@ def test_quantised_gguf_in_llamacpp_within_dtype_bound(
     tiny_factory, tmp_path, arch, dtype, evidence
 ):
     evidence.record(**check_parity(tiny_factory(arch, **WIDE), tmp_path, dtype))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = (
+    "import sys, numpy as np\n"
+    "from aprlib.logits import llamacpp_logits\n"
+    "tokens = [int(t) for t in sys.argv[3].split(',')]\n"
+    "np.save(sys.argv[2], llamacpp_logits(sys.argv[1], tokens))\n"
+)
+
+
+def llamacpp_logits_in_child(gguf: Path, tokens: list[int], work: Path) -> np.ndarray:
+    """llama.cpp in a child process: a GGUF it cannot run aborts the child, not pytest."""
+    out = work / f"{gguf.stem}-logits.npy"
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(gguf), str(out), ",".join(map(str, tokens))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    said = [ln for ln in proc.stderr.splitlines() if "ggml" in ln or "Error" in ln][-2:]
+    assert proc.returncode == 0, f"llama.cpp died on {gguf.name} (exit {proc.returncode}): {said}"
+    return np.load(out)
+
+
+def check_half_precision_convert(tiny, work: Path) -> dict[str, float]:
+    """`apr convert` of an F16/BF16 HF model, dtype kept, must give a GGUF llama.cpp runs.
+
+    The reference runs the same half-precision weights in float32, so llama.cpp's only error
+    is rounding its activations to the weights' dtype: the BF16 gate (rounding step 2^-8)
+    bounds it for F16 too, whose step is 2^-11."""
+    require_llama_cpp()
+    tokens = tokens_for(2)
+    gguf = work / "half.gguf"
+    assert apr(["convert", str(tiny.safetensors), str(gguf)]) == 0
+    reference = reference_logits(tiny.safetensors, tokens)
+    theirs = llamacpp_logits_in_child(gguf, tokens, work)
+    c = compare_logits(reference, theirs, tokens, tokens, DTYPE_GATES["bf16"])
+    assert c.verdict == "PASS", f"{tiny.dtype}: failed {c.failed}: {c.gates}"
+    return {"kl_mean": c.kl_mean, "top1": c.top1, "nmse": c.nmse}
+
+
+@pytest.mark.falsifies("FALSIFY-LLAMACPP-003")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_half_precision_model_converted_runs_in_llamacpp(
+    tiny_factory, tmp_path, arch, dtype, evidence
+):
+    tiny = tiny_factory(arch, dtype=dtype, **WIDE)
+    evidence.record(**check_half_precision_convert(tiny, tmp_path))

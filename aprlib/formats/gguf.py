@@ -383,6 +383,19 @@ def _add_kv(writer: Any, kv: Iterable[tuple[str, Any]]) -> None:
                 writer.add_array(key, value)
 
 
+#: GGUF key: ``NAME=DTYPE`` for every vector written F32 for llama.cpp instead of DTYPE
+WIDENED_KEY = "aprlib.widened_vectors"
+
+
+def gguf_dtype(t: Tensor, out: DType) -> DType:
+    """The dtype a tensor takes in a GGUF: vectors in F16/BF16 are widened to F32 (exact),
+    as llama.cpp's own converter writes every 1-D tensor; its CPU backend has no F16/BF16
+    kernel for the element-wise ops that apply norms and biases, and aborts the process."""
+    if len(t.shape) <= 1 and out in (DType.F16, DType.BF16):
+        return DType.F32
+    return out
+
+
 def write_gguf(
     model: Model,
     tensors: list[Tensor],
@@ -399,6 +412,18 @@ def write_gguf(
             f"{model.path}: GGUF needs the architecture config "
             "(config.json beside the safetensors file)"
         )
+    permute = cfg.architecture in layout.PERMUTED_QK_ARCHS
+    plan = []
+    widened = []
+    for t in tensors:
+        name = layout.hf_to_gguf(t.name)
+        if name is None:
+            raise ConversionError(f"{model.path}: no GGUF name for tensor {t.name!r}")
+        requested = output.output_dtype(t, dtype)
+        out = gguf_dtype(t, requested) if report.llama_cpp_vectors else requested
+        if out != requested:
+            widened.append(f"{t.name}={requested.name}")
+        plan.append((name, t, out))
     with atomic_output(dst) as tmp:
         writer = GGUFWriter(tmp, cfg.architecture)
         kv = to_gguf_kv(cfg)
@@ -406,14 +431,10 @@ def write_gguf(
         kv["general.name"] = model.path.stem
         kv["general.source.format"] = model.format
         kv["general.converter"] = f"aprlib {__version__}"
+        if widened:  # so that a conversion back can restore the source's dtype exactly
+            kv[WIDENED_KEY] = widened
         _add_kv(writer, kv.items())
-        permute = cfg.architecture in layout.PERMUTED_QK_ARCHS
-        plan = []
-        for t in tensors:
-            name = layout.hf_to_gguf(t.name)
-            if name is None:
-                raise ConversionError(f"{model.path}: no GGUF name for tensor {t.name!r}")
-            out = output.output_dtype(t, dtype)
+        for name, t, out in plan:
             writer.add_tensor_info(
                 name,
                 layout.gguf_writer_byte_shape(t.shape, out),
@@ -421,11 +442,10 @@ def write_gguf(
                 nbytes(out, t.shape),
                 raw_dtype=GGMLQuantizationType(int(out)),
             )
-            plan.append((t, out))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t, out in plan:
+        for _, t, out in plan:
             data = np.ascontiguousarray(output.encode(t, out))
             heads = (
                 layout.qk_heads(t.name, cfg.num_attention_heads, cfg.num_key_value_heads)
@@ -438,4 +458,9 @@ def write_gguf(
                 ).reshape(-1)
             writer.write_tensor_data(data)
             report.advance(t.name, data.nbytes, progress)
+    if widened:
+        report.notes.append(
+            f"{len(widened)} F16/BF16 vectors (norms, biases) written as F32, exactly: "
+            "llama.cpp computes them in F32 and aborts on half-precision ones"
+        )
         writer.close()
