@@ -18,23 +18,16 @@ from typing import Any
 
 import numpy as np
 
-TINY_PRETRAIN = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-6,
-)
+from conftest import TINY
+
+TINY_PRETRAIN = TINY  # the shape every other tiny fixture has (root conftest.py)
 SEQ = 32
 P_FIRST, P_SECOND = 0.97, 0.0  # successor probabilities; the rest is uniform noise
 
 
 def markov_stream(length: int, vocab: int, seed: int) -> np.ndarray:
-    """Ids where each id is followed by one of two fixed successors (80/20), else noise."""
+    """Ids where each id is followed by its fixed successor (P_FIRST), a second fixed one
+    (P_SECOND), else noise."""
     rng = np.random.default_rng(seed)
     table = np.random.default_rng(1234).integers(0, vocab, size=(vocab, 2))
     out = np.empty(length, dtype=np.uint16)
