@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -480,8 +480,3 @@ def as_reference64(net: Transformer) -> Transformer:
     twin.load_state_dict(net.state_dict(), strict=True, assign=True)
     twin.compute_dtype = torch.float64
     return twin.eval()
-
-
-def state_arrays(net: Transformer) -> dict[str, Any]:
-    """HF name → numpy float32 array (for writing through ``model_from_arrays``)."""
-    return {k: v.detach().float().cpu().numpy() for k, v in net.state_dict().items()}
