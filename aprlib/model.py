@@ -107,23 +107,32 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
     kind = scaling["rope_type"]
     if kind == "linear":
         return inv_freq / scaling["factor"]
-    if kind == "llama3":  # long wavelengths slowed by `factor`, short kept, smooth between
-        factor, low, high = (
+    if kind == "llama3":
+        return llama3_scaled(
+            inv_freq,
             scaling["factor"],
             scaling["low_freq_factor"],
             scaling["high_freq_factor"],
+            scaling["original_max_position_embeddings"],
         )
-        old_context = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
-        smooth = (old_context / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
-        return torch.where(medium, smoothed, scaled)
     raise ConfigError(
         f"rope_scaling type {kind!r} is not implemented by the reference forward "
         "(default, linear and llama3 are)"
     )
+
+
+def llama3_scaled(
+    inv_freq: Tensor, factor: float, low: float, high: float, old_context: float
+) -> Tensor:
+    """HF's llama3 rope scaling in ``inv_freq``'s dtype: long wavelengths slowed by
+    ``factor``, short kept, smooth between. One formula for the float64 reference and the
+    kernels' float32 tables (which must match transformers bit for bit)."""
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
