@@ -758,7 +758,7 @@ def _meaning(cfg: Any, name: str) -> Any:
     if name == "head_dim":
         return cfg.attention_head_dim
     if name == "attention_bias":
-        return consistency.attention_bias(cfg)
+        return cfg.qkv_bias
     value = getattr(cfg, name, None)
     if name == "hidden_act":
         return {"swish": "silu"}.get(value or "silu", value or "silu")
