@@ -66,10 +66,7 @@ class Ops:
         return out if bias is None else out + bias
 
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """HF ``rotate_half``: the first half of each head pairs with the second half."""
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        return x * cos + rotate_half(x) * sin
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal GQA: q head h reads kv head h // (Hq // Hkv); query i sits at Tk-Tq+i."""
@@ -95,6 +92,12 @@ def causal_mask(tq: int, tk: int, device: torch.device | str = "cpu") -> Tensor:
 
 
 # --- rotary position embedding -------------------------------------------------------------
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """HF ``rotate_half``: the first half of each head pairs with the second half."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:

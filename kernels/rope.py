@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from aprlib.model import llama3_scaled
+from aprlib.model import llama3_scaled, rotate_half
 from kernels._launch import block
 
 
@@ -64,11 +64,6 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         cos.stride(0), BLOCK_T=block_t, BLOCK_H=block_h,
     )  # fmt: skip
     return out
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
