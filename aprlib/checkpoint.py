@@ -7,14 +7,13 @@ than pairing step-N optimiser moments with step-M weights.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aprlib.atomic import atomic_output
 from aprlib.config import ModelConfig
 from aprlib.dtypes import DType, from_float32
 from aprlib.io import LM_HEAD, model_from_arrays
@@ -66,17 +65,8 @@ def save_checkpoint(
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_state(path: Path, model: torch.nn.Module) -> dict[str, Any]:

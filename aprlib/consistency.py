@@ -10,18 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from aprlib.config import ModelConfig
 from aprlib.io import EMBED, LM_HEAD, Model
 
-#: family default of ``attention_bias`` when a config leaves it unset
-ATTENTION_BIAS_DEFAULT = {"qwen2": True, "llama": False}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-
-
-def attention_bias(cfg: ModelConfig) -> bool:
-    """The effective flag: the field (branch issue11) or the family default."""
-    value = getattr(cfg, "attention_bias", None)
-    return ATTENTION_BIAS_DEFAULT.get(cfg.architecture, False) if value is None else bool(value)
 
 
 def contradictions(model: Model) -> Iterator[tuple[str, str, str]]:
@@ -66,7 +57,7 @@ def contradictions(model: Model) -> Iterator[tuple[str, str, str]]:
         "mlp.up_proj.weight": ("intermediate_size", cfg.intermediate_size),
     }
     said: set[str] = set()  # one finding per field: the first layer that contradicts it
-    bias = attention_bias(cfg)
+    bias = cfg.qkv_bias  # the field, or the family default when unset
     for layer in sorted(layers):
         for suffix, (field, rows) in expected.items():
             name = f"model.layers.{layer}.{suffix}"

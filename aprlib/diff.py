@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from aprlib import consistency, layout, swaps
-from aprlib.dtypes import DType, nbytes, to_float32
+from aprlib.dtypes import DType, element_count, nbytes, to_float32
 from aprlib.io import LM_HEAD, Model, Tensor
 from aprlib.tokenizer import compare_tokenizers
 
@@ -187,7 +187,7 @@ def _describe(t: Tensor) -> dict[str, Any]:
 
 
 def _rows_per_chunk(t: Tensor) -> int:
-    row = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+    row = element_count(t.shape[1:])
     if t.dtype.info.quantized and len(t.shape) < 2:
         return t.shape[0] if t.shape else 1
     return max(1, CHUNK_ELEMENTS // max(row, 1))
@@ -495,7 +495,7 @@ def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
         return False
     raw = x.raw()
     ybytes = y.raw()
-    count = int(np.prod(y.shape)) if y.shape else 1
+    count = element_count(y.shape)
     step = CHUNK_ELEMENTS
     width = d.info.block_bytes
     yw = y.dtype.info.block_bytes
@@ -544,7 +544,7 @@ def _stats(ta: Tensor, tb: Tensor) -> dict[str, Any]:
     max_a = 0.0
     counts = {"nan_a": 0, "nan_b": 0, "inf_a": 0, "inf_b": 0}
     first_bad: int | None = None
-    row = int(np.prod(ta.shape[1:])) if len(ta.shape) > 1 else 1
+    row = element_count(ta.shape[1:])
     for start, a, b in _sub_chunks(_chunk_pairs(ta, tb), row):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         ca, cb = float(a64.sum()), float(b64.sum())  # nan/inf iff a value is
@@ -592,10 +592,6 @@ def _stats(ta: Tensor, tb: Tensor) -> dict[str, Any]:
         where = [int(i) for i in np.unravel_index(first_bad, ta.shape or (1,))]
         out["_nonfinite"] = _nonfinite_finding(counts, where)
     return out
-
-
-def _element_count(t: Tensor) -> int:
-    return int(np.prod(t.shape)) if t.shape else 1
 
 
 SUB_CHUNK = 1 << 16  # elements: float64 temporaries that stay in the CPU cache
@@ -713,7 +709,7 @@ def _quant_noise(ta: Tensor, tb: Tensor) -> tuple[str, float] | None:
     if low.dtype is high.dtype or low.dtype is DType.F32:
         return None
     rows = min(_rows_per_chunk(ta), _rows_per_chunk(tb))
-    row = int(np.prod(ta.shape[1:])) if len(ta.shape) > 1 else max(1, _element_count(ta))
+    row = element_count(ta.shape[1:]) if len(ta.shape) > 1 else max(1, element_count(ta.shape))
     pieces = (
         (start, h, lo)
         for (start, h), (_, lo) in zip(_chunks(high, rows), _chunks(low, rows), strict=True)
@@ -762,7 +758,7 @@ def _meaning(cfg: Any, name: str) -> Any:
     if name == "head_dim":
         return cfg.attention_head_dim
     if name == "attention_bias":
-        return consistency.attention_bias(cfg)
+        return cfg.qkv_bias
     value = getattr(cfg, name, None)
     if name == "hidden_act":
         return {"swish": "silu"}.get(value or "silu", value or "silu")

@@ -17,10 +17,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aprlib.atomic import atomic_output
 from aprlib.checkpoint import load_state, save_checkpoint
 from aprlib.config import ModelConfig, from_hf
 from aprlib.io import open_model
@@ -514,24 +513,10 @@ def finetune(
 
 def _write_log(path: Path, records: list[dict[str, Any]]) -> None:
     """The whole log, atomically (a resumed run drops lines past its checkpoint)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def read_log(path: Path | str) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)

@@ -19,7 +19,6 @@ import numpy as np
 
 from aprlib.errors import ModelFileError
 
-EXTERNAL_BACKENDS = ("llama.cpp", "transformers")
 NPY_MAGIC = b"\x93NUMPY"
 
 

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +66,7 @@ class Ops:
         return out if bias is None else out + bias
 
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """HF ``rotate_half``: the first half of each head pairs with the second half."""
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        return x * cos + rotate_half(x) * sin
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal GQA: q head h reads kv head h // (Hq // Hkv); query i sits at Tk-Tq+i."""
@@ -97,6 +94,12 @@ def causal_mask(tq: int, tk: int, device: torch.device | str = "cpu") -> Tensor:
 # --- rotary position embedding -------------------------------------------------------------
 
 
+def rotate_half(x: Tensor) -> Tensor:
+    """HF ``rotate_half``: the first half of each head pairs with the second half."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
     """Per-pair rotation frequencies (float64), with the config's rope scaling applied."""
     dim = cfg.attention_head_dim
@@ -107,23 +110,32 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
     kind = scaling["rope_type"]
     if kind == "linear":
         return inv_freq / scaling["factor"]
-    if kind == "llama3":  # long wavelengths slowed by `factor`, short kept, smooth between
-        factor, low, high = (
+    if kind == "llama3":
+        return llama3_scaled(
+            inv_freq,
             scaling["factor"],
             scaling["low_freq_factor"],
             scaling["high_freq_factor"],
+            scaling["original_max_position_embeddings"],
         )
-        old_context = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
-        smooth = (old_context / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
-        return torch.where(medium, smoothed, scaled)
     raise ConfigError(
         f"rope_scaling type {kind!r} is not implemented by the reference forward "
         "(default, linear and llama3 are)"
     )
+
+
+def llama3_scaled(
+    inv_freq: Tensor, factor: float, low: float, high: float, old_context: float
+) -> Tensor:
+    """HF's llama3 rope scaling in ``inv_freq``'s dtype: long wavelengths slowed by
+    ``factor``, short kept, smooth between. One formula for the float64 reference and the
+    kernels' float32 tables (which must match transformers bit for bit)."""
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -480,8 +492,3 @@ def as_reference64(net: Transformer) -> Transformer:
     twin.load_state_dict(net.state_dict(), strict=True, assign=True)
     twin.compute_dtype = torch.float64
     return twin.eval()
-
-
-def state_arrays(net: Transformer) -> dict[str, Any]:
-    """HF name → numpy float32 array (for writing through ``model_from_arrays``)."""
-    return {k: v.detach().float().cpu().numpy() for k, v in net.state_dict().items()}

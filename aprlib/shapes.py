@@ -13,9 +13,8 @@ from pathlib import Path
 
 from aprlib.config import ModelConfig
 from aprlib.errors import ShapeMismatchError
+from aprlib.modelfile import EMBED, LM_HEAD
 
-EMBED = "model.embed_tokens.weight"
-LM_HEAD = "lm_head.weight"
 FINAL_NORM = "model.norm.weight"
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 

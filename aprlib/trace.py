@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 SCOPES = ("all", "last")
-STATS = ("mean", "std", "min", "max", "absmax", "l2")
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,13 @@ import torch
 import triton
 import triton.language as tl
 
+from aprlib.dtypes import DType, element_count
 from kernels._launch import block
 
 Q8_0, Q4_K = "q8_0", "q4_k"
-BLOCK_BYTES = {Q8_0: 34, Q4_K: 144}
-BLOCK_VALUES = {Q8_0: 32, Q4_K: 256}
+_DTYPES = {Q8_0: DType.Q8_0, Q4_K: DType.Q4_K}
+BLOCK_BYTES = {kind: d.info.block_bytes for kind, d in _DTYPES.items()}
+BLOCK_VALUES = {kind: d.info.block_elements for kind, d in _DTYPES.items()}
 
 
 @triton.jit
@@ -82,7 +84,7 @@ def _dequant_kernel(
 def _check_raw(raw: torch.Tensor, kind: str, shape: tuple[int, ...]) -> int:
     if kind not in BLOCK_BYTES:
         raise ValueError(f"dequantize: unknown block type {kind!r} (q8_0 or q4_k)")
-    count = int(np.prod(shape)) if shape else 1
+    count = element_count(shape)
     values, size = BLOCK_VALUES[kind], BLOCK_BYTES[kind]
     if raw.dtype != torch.uint8 or raw.dim() != 1:
         raise ValueError(f"dequantize: raw {kind} bytes must be a 1-D uint8 tensor")
@@ -113,8 +115,7 @@ def dequantize_reference(raw: torch.Tensor, kind: str, shape: tuple[int, ...]) -
     from gguf.quants import dequantize as gguf_dequantize
 
     _check_raw(raw, kind, shape)
-    qtype = {Q8_0: GGMLQuantizationType.Q8_0, Q4_K: GGMLQuantizationType.Q4_K}[kind]
-    values = gguf_dequantize(raw.cpu().numpy(), qtype)
+    values = gguf_dequantize(raw.cpu().numpy(), GGMLQuantizationType(int(_DTYPES[kind])))
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
 
 

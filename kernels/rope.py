@@ -7,13 +7,13 @@ GPT-J/interleaved convention that llama.cpp's permuted q/k weights undo).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from aprlib.model import llama3_scaled, rotate_half
 from kernels._launch import block
 
 
@@ -66,11 +66,6 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """HF's apply_rotary_pos_emb for one tensor, in x's dtype."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -78,19 +73,14 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
-    """HF's _compute_llama3_parameters: long wavelengths divided by ``factor``, short kept."""
-    factor = float(scaling["factor"])
-    low = float(scaling.get("low_freq_factor", 1.0))
-    high = float(scaling.get("high_freq_factor", 4.0))
-    original = float(scaling.get("original_max_position_embeddings", 8192))
-    low_wavelen = original / low
-    high_wavelen = original / high
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-    smooth = (original / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return torch.where(medium, smoothed, scaled)
+    """HF's _compute_llama3_parameters, with HF's defaults for the fields left out."""
+    return llama3_scaled(
+        inv_freq,
+        float(scaling["factor"]),
+        float(scaling.get("low_freq_factor", 1.0)),
+        float(scaling.get("high_freq_factor", 4.0)),
+        float(scaling.get("original_max_position_embeddings", 8192)),
+    )
 
 
 def rope_cos_sin(
