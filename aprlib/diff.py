@@ -88,8 +88,8 @@ class Pair:
     detail: str = ""
     stats: dict[str, float] = field(default_factory=dict)
     values: dict[str, list[float]] = field(default_factory=dict)
-    #: a DTYPE_MISLABEL whose guilty side this tensor alone could not tell (see _settle_sides)
-    side_undecided: bool = False
+    #: a DTYPE_MISLABEL's reading of the bytes (see _settle_sides); not reported as such
+    mislabel: Mislabel | None = field(default=None, repr=False)
 
     @property
     def score(self) -> float:
@@ -337,9 +337,9 @@ def classify(
     # the detectors below each read both tensors: read each once (a reader copies the
     # bytes out of the file on every raw() call)
     ta, tb = _read_once(ta), _read_once(tb)
-    mislabel, decided = _mislabel(ta, tb, dtype_counts)
-    if mislabel:
-        pair.tag, pair.detail, pair.side_undecided = DTYPE_MISLABEL, mislabel, not decided
+    mislabel = _mislabel(ta, tb, dtype_counts)
+    if mislabel is not None:
+        pair.tag, pair.detail, pair.mislabel = DTYPE_MISLABEL, mislabel.detail, mislabel
         return pair
     if ta.shape != tb.shape:
         if len(ta.shape) == 2 and tuple(reversed(ta.shape)) == tb.shape and _transposed(ta, tb):
@@ -400,14 +400,13 @@ def _mislabel(
     ta: Tensor,
     tb: Tensor,
     dtype_counts: tuple[dict[DType, int], dict[DType, int]] = ({}, {}),
-) -> tuple[str, bool]:
+) -> Mislabel | None:
     """One side's raw bytes, decoded as another float dtype, are the other side's values.
 
     When both sides hold the very same bytes under two tags, either could be the liar; the
     guilty side is the one whose tag makes the bytes implausible weights (see
     ``_plausible``), and failing that the one whose tag is the odd one out in its own file.
-    Returns the finding and whether this tensor decided the side (False: a guess that the
-    file's other tensors may overrule).
+    ``decided`` is False when the side is a guess that the file's other tensors may overrule.
     """
     found = []  # (guilty side, true dtype, its tag)
     for x, y, side in ((ta, tb, "A"), (tb, ta, "B")):
@@ -422,18 +421,34 @@ def _mislabel(
                 found.append((side, d, x.dtype))
                 break
     if not found:
-        return "", True
+        return None
     (side, true, tag), decided = (
         (found[0], True) if len(found) == 1 else _guilty(ta, found, dtype_counts)
     )
-    return _mislabel_detail(side, true.name, tag.name), decided
+    return Mislabel(side, true, tag, decided)
 
 
-def _mislabel_detail(side: str, true: str, tag: str) -> str:
-    return f"bytes identical, dtype tag differs: {true} data tagged {tag} (in {side})"
+@dataclass(frozen=True)
+class Mislabel:
+    """Side ``side`` holds ``true`` data tagged ``tag``."""
 
+    side: str
+    true: DType
+    tag: DType
+    decided: bool
 
-_MISLABEL_DETAIL = re.compile(r"(\w+) data tagged (\w+) \(in ([AB])\)$")
+    @property
+    def detail(self) -> str:
+        return (
+            f"bytes identical, dtype tag differs: {self.true.name} data tagged "
+            f"{self.tag.name} (in {self.side})"
+        )
+
+    def blamed_on(self, side: str) -> Mislabel:
+        """The other reading of the same bytes: the other side lies, the tags swap."""
+        if side == self.side:
+            return self
+        return Mislabel(side, self.tag, self.true, decided=True)
 
 
 def _settle_sides(pairs: list[Pair]) -> None:
@@ -445,17 +460,15 @@ def _settle_sides(pairs: list[Pair]) -> None:
     """
     votes = {"A": 0, "B": 0}
     for p in pairs:
-        if p.tag == DTYPE_MISLABEL and not p.side_undecided:
-            m = _MISLABEL_DETAIL.search(p.detail)
-            if m:
-                votes[m.group(3)] += 1
+        if p.mislabel is not None and p.mislabel.decided:
+            votes[p.mislabel.side] += 1
     if votes["A"] == votes["B"]:
         return
     side = "A" if votes["A"] > votes["B"] else "B"
     for p in pairs:
-        m = _MISLABEL_DETAIL.search(p.detail) if p.side_undecided else None
-        if m and m.group(3) != side:  # the other reading of the same bytes: tags swap
-            p.detail = _mislabel_detail(side, m.group(2), m.group(1))
+        if p.mislabel is not None and not p.mislabel.decided:
+            p.mislabel = p.mislabel.blamed_on(side)
+            p.detail = p.mislabel.detail
 
 
 def _guilty(

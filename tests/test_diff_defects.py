@@ -11,7 +11,7 @@ from falsifiers import test_model_diff_v1 as falsifier
 
 DEFECTS = {
     "TRANSPOSED": ("_transposed", lambda *a, **k: False),
-    "DTYPE_MISLABEL": ("_mislabel", lambda *a, **k: ("", True)),
+    "DTYPE_MISLABEL": ("_mislabel", lambda *a, **k: None),
     "SCALED": ("_affine", lambda *a, **k: None),
     "SHIFTED": ("_affine", lambda *a, **k: None),
     "PERMUTED": ("_permutation", lambda *a, **k: ""),
