@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from provable.evidence import EVIDENCE_PROPERTY, Evidence
+from provable.evidence import EVIDENCE_PROPERTY, MAX_MESSAGE_CHARS, Evidence
 from provable.findings import display_path
 from provable.registry import BindingError, Registry
 from provable.session import FalsifierRun, SessionScope, TestResult
@@ -412,7 +412,7 @@ def _apply_report(result: TestResult, report: pytest.TestReport, recorded: Any) 
         text = report.longreprtext or ""
         if report.when != "call":
             text = f"error in {report.when}: {text}"
-        result.message = text[-6000:]
+        result.message = text[-MAX_MESSAGE_CHARS:]
     elif report.when == "call" and report.passed and result.outcome == "pending":
         result.outcome = "passed"
     elif report.skipped and result.outcome != "failed":
