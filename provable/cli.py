@@ -89,23 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from provable.cli_more import COMMANDS, run_command
+    from provable.cli_more import COMMANDS
 
-    if args.command in COMMANDS:
-        return run_command(args)
+    commands = {
+        "validate": _validate,
+        "status": _status,
+        "new": _new,
+        "check": _check,
+        "dashboard": _dashboard,
+        "merge": _merge,
+        **COMMANDS,
+    }
     try:
-        commands = {
-            "validate": _validate,
-            "status": _status,
-            "new": _new,
-            "check": _check,
-            "dashboard": _dashboard,
-            "merge": _merge,
-        }
         return commands[args.command](args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130
-    except BrokenPipeError:  # pragma: no cover - `pv status | head`
+    except BrokenPipeError:  # pragma: no cover - `pv status | head`, `pv graph | head`
         return EXIT_OK
 
 

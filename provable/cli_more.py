@@ -14,15 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from provable.cli import EXIT_FINDINGS, EXIT_OK, _usage
+
 if TYPE_CHECKING:
     from provable.model import Contract
-
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
-
-
-def _usage(message: str) -> int:
-    print(f"pv: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -267,12 +262,3 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diff": _diff,
     "equations": _equations,
 }
-
-
-def run_command(args: argparse.Namespace) -> int:
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:  # pragma: no cover
-        return 130
-    except BrokenPipeError:  # pragma: no cover - `pv graph | head`
-        return EXIT_OK
