@@ -168,9 +168,7 @@ def _audit(args: argparse.Namespace) -> int:
         return _usage(f"{args.binding}: no such binding file")
     try:
         report = audit(args.paths or ["contracts"], args.tests, args.binding)
-    except UsageError as exc:
-        return _usage(str(exc))
-    except CollectionFailed as exc:
+    except (UsageError, CollectionFailed) as exc:
         return _usage(str(exc))
     if args.strict:
         report.findings = [f.strict() for f in report.findings]
