@@ -19,14 +19,8 @@ def write_atomic(
     """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_beside(path, payload)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(OSError):  # the old file's permissions, or the umask's
-            os.chmod(tmp, _mode_for(path))
         if exclusive:
             os.link(tmp, path)  # atomic create-if-absent
             os.unlink(tmp)
@@ -38,6 +32,24 @@ def write_atomic(
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def temp_beside(path: Path, payload: bytes) -> Path:
+    """``payload`` durably in a fresh temp file in ``path``'s folder, with the permissions
+    ``path`` has (or would get): ready to be renamed onto it. Nothing is left on failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(OSError):  # the old file's permissions, or the umask's
+            os.chmod(tmp, _mode_for(path))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
 
 
 def _mode_for(path: Path) -> int:

@@ -89,23 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from provable.cli_more import COMMANDS, run_command
+    from provable.cli_more import COMMANDS
 
-    if args.command in COMMANDS:
-        return run_command(args)
+    commands = {
+        "validate": _validate,
+        "status": _status,
+        "new": _new,
+        "check": _check,
+        "dashboard": _dashboard,
+        "merge": _merge,
+        **COMMANDS,
+    }
     try:
-        commands = {
-            "validate": _validate,
-            "status": _status,
-            "new": _new,
-            "check": _check,
-            "dashboard": _dashboard,
-            "merge": _merge,
-        }
         return commands[args.command](args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130
-    except BrokenPipeError:  # pragma: no cover - `pv status | head`
+    except BrokenPipeError:  # pragma: no cover - `pv status | head`, `pv graph | head`
         return EXIT_OK
 
 
@@ -114,11 +113,18 @@ def _usage(message: str) -> int:
     return EXIT_USAGE
 
 
-def _validate(args: argparse.Namespace) -> int:
-    from provable.validate import UsageError, validate_arguments
+def _recover_named(arguments: Sequence[str]) -> None:
+    """Finish or roll back an interrupted write around the files and folders named, so
+    what is read next is whole (globs and missing names are left to discovery)."""
     from provable.writer import recover_around
 
-    recover_around(Path(p) for p in args.paths if Path(p).is_dir() or Path(p).is_file())
+    recover_around(Path(a) for a in arguments if Path(a).is_dir() or Path(a).is_file())
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from provable.validate import UsageError, validate_arguments
+
+    _recover_named(args.paths)
     try:
         report = validate_arguments(args.paths, strict=args.strict)
     except UsageError as exc:
@@ -130,10 +136,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from provable.discovery import UsageError, discover_all
     from provable.status import collect, print_table, problem_row, render_json, render_markdown
-    from provable.writer import recover_around
 
     arguments = args.paths or ["contracts"]
-    recover_around(Path(p) for p in arguments if Path(p).is_dir() or Path(p).is_file())
+    _recover_named(arguments)
     try:
         found = discover_all(arguments)
     except UsageError as exc:

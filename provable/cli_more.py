@@ -14,15 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from provable.cli import EXIT_FINDINGS, EXIT_OK, _usage
+
 if TYPE_CHECKING:
     from provable.model import Contract
-
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
-
-
-def _usage(message: str) -> int:
-    print(f"pv: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -173,9 +168,7 @@ def _audit(args: argparse.Namespace) -> int:
         return _usage(f"{args.binding}: no such binding file")
     try:
         report = audit(args.paths or ["contracts"], args.tests, args.binding)
-    except UsageError as exc:
-        return _usage(str(exc))
-    except CollectionFailed as exc:
+    except (UsageError, CollectionFailed) as exc:
         return _usage(str(exc))
     if args.strict:
         report.findings = [f.strict() for f in report.findings]
@@ -267,12 +260,3 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diff": _diff,
     "equations": _equations,
 }
-
-
-def run_command(args: argparse.Namespace) -> int:
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:  # pragma: no cover
-        return 130
-    except BrokenPipeError:  # pragma: no cover - `pv graph | head`
-        return EXIT_OK

@@ -212,17 +212,16 @@ def _diff_equations(old: Contract, new: Contract) -> list[Change]:
     for name in [n for n in b if n in a]:
         ea, eb = _dict(a[name]), _dict(b[name])
         line = new.line_of("equations", name)
-        for key in ("formula", "domain", "codomain"):
-            if _norm(ea.get(key)) != _norm(eb.get(key)):
-                out.append(
-                    Change(
-                        MAJOR,
-                        "equation-changed",
-                        f"equation {name}: {key} changed from {_norm(ea.get(key))!r} "
-                        f"to {_norm(eb.get(key))!r}",
-                        line,
-                    )
-                )
+        out.extend(
+            _fields_changed(
+                "equation-changed",
+                f"equation {name}",
+                ea,
+                eb,
+                ("formula", "domain", "codomain"),
+                line,
+            )
+        )
         ia = {_norm(i) for i in _list(ea.get("invariants"))}
         ib = {_norm(i) for i in _list(eb.get("invariants"))}
         for inv in sorted(ia - ib):
@@ -230,6 +229,22 @@ def _diff_equations(old: Contract, new: Contract) -> list[Change]:
         for inv in sorted(ib - ia):
             out.append(Change(MINOR, "invariant-added", f"equation {name}: {inv!r}", line))
     return out
+
+
+def _fields_changed(
+    kind: str, what: str, a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...], line: int
+) -> list[Change]:
+    """A changed formula, domain, type... rewrites the claim itself: major."""
+    return [
+        Change(
+            MAJOR,
+            kind,
+            f"{what}: {key} changed from {_norm(a.get(key))!r} to {_norm(b.get(key))!r}",
+            line,
+        )
+        for key in keys
+        if _norm(a.get(key)) != _norm(b.get(key))
+    ]
 
 
 def _tolerance(value: Any) -> float | None:
@@ -271,17 +286,18 @@ def _match_obligations(
     return pairs, left_a, left_b
 
 
+def _obligations(contract: Contract) -> tuple[list[int], list[dict[str, Any]]]:
+    """The obligations that are mappings, with their positions in the file's list (for lines)."""
+    listed = _list(contract.data.get("proof_obligations"))
+    idx = [i for i, o in enumerate(listed) if isinstance(o, dict)]
+    return idx, [listed[i] for i in idx]
+
+
 def _diff_obligations(old: Contract, new: Contract) -> list[Change]:
     out: list[Change] = []
-    a = [o for o in _list(old.data.get("proof_obligations")) if isinstance(o, dict)]
-    b = [o for o in _list(new.data.get("proof_obligations")) if isinstance(o, dict)]
+    idx_a, a = _obligations(old)
+    idx_b, b = _obligations(new)
     pairs, removed, added = _match_obligations(a, b)
-    idx_a = [
-        i for i, o in enumerate(_list(old.data.get("proof_obligations"))) if isinstance(o, dict)
-    ]
-    idx_b = [
-        i for i, o in enumerate(_list(new.data.get("proof_obligations"))) if isinstance(o, dict)
-    ]
 
     def label(o: dict[str, Any]) -> str:
         return str(o.get("id") or repr(_norm(o.get("property"))))
@@ -311,17 +327,16 @@ def _diff_obligations(old: Contract, new: Contract) -> list[Change]:
         name = label(ob)
         if _norm(oa.get("property")) != _norm(ob.get("property")):
             out.append(Change(PATCH, "obligation-reworded", f"obligation {name}: property", line))
-        for key in ("type", "formal", "applies_to"):
-            if _norm(oa.get(key)) != _norm(ob.get(key)):
-                out.append(
-                    Change(
-                        MAJOR,
-                        "obligation-changed",
-                        f"obligation {name}: {key} changed from {_norm(oa.get(key))!r} "
-                        f"to {_norm(ob.get(key))!r}",
-                        line,
-                    )
-                )
+        out.extend(
+            _fields_changed(
+                "obligation-changed",
+                f"obligation {name}",
+                oa,
+                ob,
+                ("type", "formal", "applies_to"),
+                line,
+            )
+        )
         out.extend(_diff_tolerance(name, oa.get("tolerance"), ob.get("tolerance"), line))
         if _norm(oa.get("equations", oa.get("equation"))) != _norm(
             ob.get("equations", ob.get("equation"))

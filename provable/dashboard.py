@@ -19,10 +19,10 @@ from typing import Any
 
 from provable import evidence as ev
 from provable.atomic import write_atomic
-from provable.model import Contract, is_binding_registry, load_contract
+from provable.model import Contract, read_contract
 from provable.status import ORDER, ContractRow, collect, falsifier_status, scoreboard
 from provable.validate import UsageError, discover
-from provable.yamlsource import YamlSourceError, read_yaml
+from provable.yamlsource import YamlSourceError
 
 STATUSES = tuple(s.value for s in ORDER)  # DISCHARGED, PARTIAL, PROPOSED, FALSIFIED
 COLOURS = {
@@ -82,13 +82,12 @@ class Dashboard:
 
 
 def _contract(path: Path) -> Contract | None:
+    """The contract in ``path``; None for a binding registry or a file that is no contract."""
     try:
-        doc = read_yaml(path)
-        if is_binding_registry(doc.data) or not isinstance(doc.data, dict):
-            return None
-        return load_contract(path)
-    except (YamlSourceError, ValueError, OSError):
+        contract = read_contract(path)
+    except (YamlSourceError, ValueError, OSError):  # NotAMapping is a ValueError
         return None
+    return contract if isinstance(contract, Contract) else None
 
 
 def _falsifier_views(contract: Contract, evidence_dir: Path, out: Path) -> list[FalsifierView]:

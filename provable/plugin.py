@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from provable.evidence import EVIDENCE_PROPERTY, Evidence
+from provable.evidence import EVIDENCE_PROPERTY, MAX_MESSAGE_CHARS, Evidence
 from provable.findings import display_path
 from provable.registry import BindingError, Registry
-from provable.session import FalsifierRun, SessionScope, TestResult
+from provable.session import FalsifierRun, SessionScope, TestResult, test_file
 
 __all__ = ["FalsifierRun", "ProvablePlugin", "TestResult", "cuda_available", "evidence"]
 
@@ -193,7 +193,7 @@ class ProvablePlugin:
     ) -> None:
         keep: list[pytest.Item] = []
         deselected: list[pytest.Item] = []
-        self.collected_files.update(item.nodeid.split("::", 1)[0] for item in items)
+        self.collected_files.update(test_file(item.nodeid) for item in items)
         for item in items:
             marks = list(item.iter_markers())  # one walk over the node chain
             names = {m.name for m in marks}
@@ -319,11 +319,11 @@ class ProvablePlugin:
             narrowed.update(self.collected_files)
         for arg in self.config.args:
             if "::" in arg:
-                path = Path(self.config.invocation_params.dir, arg.split("::", 1)[0])
+                path = Path(self.config.invocation_params.dir, test_file(arg))
                 try:
                     narrowed.add(path.resolve().relative_to(root).as_posix())
                 except ValueError:
-                    narrowed.add(arg.split("::", 1)[0])
+                    narrowed.add(test_file(arg))
         return SessionScope(
             root,
             frozenset(self.collected_files),
@@ -412,7 +412,7 @@ def _apply_report(result: TestResult, report: pytest.TestReport, recorded: Any) 
         text = report.longreprtext or ""
         if report.when != "call":
             text = f"error in {report.when}: {text}"
-        result.message = text[-6000:]
+        result.message = text[-MAX_MESSAGE_CHARS:]
     elif report.when == "call" and report.passed and result.outcome == "pending":
         result.outcome = "passed"
     elif report.skipped and result.outcome != "failed":

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from provable.session import test_file
+
 GIT_TIMEOUT_S = 30
 
 
@@ -34,7 +36,7 @@ def blob_id(path: Path) -> str | None:
 
 def files_of(nodeids: Iterable[str]) -> list[str]:
     """The files of pytest node ids (``path/test_x.py::test_y[1]`` → ``path/test_x.py``)."""
-    return sorted({n.split("::", 1)[0] for n in nodeids if n})
+    return sorted({test_file(n) for n in nodeids if n})
 
 
 def sources_of(root: Path, nodeids: Iterable[str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ to ``provable.writer`` as one unit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,8 +102,7 @@ def _plan_and_write(
     root = project_root(folder)
     commit, dirty = ev.git_state(root)
     facts = RunFacts(commit, dirty, ev.now(), _dt.date.today().isoformat())
-    lock = lock_for(folder) if write else _NoLock()
-    with lock:
+    with lock_for(folder) if write else contextlib.nullcontext():
         if write:
             recover(folder, root / "evidence", locked=True)
         changes = [
@@ -117,14 +117,6 @@ def _plan_and_write(
         for c in changes:
             ev.append_history(root / "evidence" / c.cid, list(c.history))
     return [replace(c, written=c.new_text is not None) for c in changes]
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _plan_one(

@@ -18,18 +18,15 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from provable.atomic import _mode_for as mode_for
-from provable.atomic import fsync_dir
+from provable.atomic import fsync_dir, temp_beside
 
 LOCK_NAME = ".provable.lock"
 JOURNAL_NAME = ".provable-journal.json"
-TEMP_SUFFIX = ".tmp"
-#: ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")``: 8 random characters
+#: ``atomic.temp_beside``'s names, ``.<name>.<8 random characters>.tmp``
 _OUR_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp\Z")
 LOCK_TIMEOUT_S = 120.0
 
@@ -46,19 +43,8 @@ def lock_for(folder: Path, timeout: float = LOCK_TIMEOUT_S) -> Any:
 
 
 def _temp_beside(target: Path, data: bytes) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(name, mode_for(target))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    return Path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)  # a new contract's evidence folder
+    return temp_beside(target, data)
 
 
 def commit_files(

@@ -124,6 +124,19 @@ def test_rebuild_is_stable_and_missing_folder_is_a_usage_error(project, capsys):
     assert "nope" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_binding_registry_is_skipped_and_a_non_contract_is_an_error_row(project):
+    (project / "contracts" / "binding.yaml").write_text(
+        "version: '1'\nbindings:\n  - contract: x\n    equation: y\n"
+    )
+    (project / "contracts" / "zz-list.yaml").write_text("- not\n- a contract\n")
+    board = build_dashboard(project / "contracts", project / "evidence", project / "d")
+    assert board.errors
+    listed = {Path(c.row.path).name: c for c in board.contracts}
+    assert "binding.yaml" not in listed
+    assert listed["zz-list.yaml"].row.error and listed["zz-list.yaml"].falsifiers == []
+    assert all(c.falsifiers for name, c in listed.items() if name != "zz-list.yaml")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_the_page_in_headless_chromium_shows_pv_status_numbers(project, capsys):
     out = project / "dashboard"
