@@ -14,30 +14,26 @@ memory at once.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from aprlib import consistency, layout, swaps
+from aprlib import consistency, layout, pairscan, swaps
 from aprlib.dtypes import DType, element_count, nbytes, to_float32
 from aprlib.io import LM_HEAD, Model, Tensor
+from aprlib.quantnoise import BOUND_TEXT, CODE_BITS
 from aprlib.tokenizer import compare_tokenizers
 
 CHUNK_ELEMENTS = 1 << 22  # per side per step: 16 MiB of float32
+SAMPLE = 1 << 12  # elements a mislabel test decodes before committing to a full pass
 FLOATS = (DType.F32, DType.F16, DType.BF16)
 PRECISION = {DType.F32: 5, DType.F16: 4, DType.BF16: 3, DType.Q8_0: 2, DType.Q4_K: 1}
-#: bits per weight of the other GGML types, for a generic rounding bound (see _noise_bound)
-CODE_BITS = {
-    DType.Q4_0: 4, DType.Q4_1: 4, DType.Q5_0: 5, DType.Q5_1: 5, DType.Q2_K: 2, DType.Q3_K: 3,
-    DType.Q5_K: 5, DType.Q6_K: 6, DType.IQ2_XXS: 2, DType.IQ2_XS: 2, DType.IQ3_XXS: 3,
-    DType.IQ1_S: 1, DType.IQ4_NL: 4, DType.IQ3_S: 3, DType.IQ2_S: 2, DType.IQ4_XS: 4,
-    DType.IQ1_M: 1, DType.TQ1_0: 1, DType.TQ2_0: 2, DType.MXFP4: 4,
-}  # fmt: skip
 
 
 def _precision(d: DType) -> float:
@@ -214,104 +210,6 @@ def _chunk_pairs(ta: Tensor, tb: Tensor) -> Iterator[tuple[int, np.ndarray, np.n
         yield start, a, b
 
 
-def _bytes_equal(ta: Tensor, tb: Tensor) -> bool:
-    """A memcmp over the raw bytes, not a float decode: most pairs of a real diff are
-    byte-identical and cost only this. Where both tensors lie unchanged in their files
-    (``span``), they are read in pieces into two buffers reused for the whole diff, so
-    no tensor-sized buffer is allocated (and page-faulted) per pair."""
-    if ta.nbytes != tb.nbytes:
-        return False
-    if ta.span is not None and tb.span is not None and _MEMCMP is not None:
-        return _spans_equal(ta, tb)
-    ra, rb = ta.raw(), tb.raw()
-    if _MEMCMP is not None and ra.flags.c_contiguous and rb.flags.c_contiguous:
-        return ra.size == 0 or _MEMCMP(ra.ctypes.data, rb.ctypes.data, ra.size) == 0
-    step = CHUNK_ELEMENTS * 4
-    return all(np.array_equal(ra[i : i + step], rb[i : i + step]) for i in range(0, ra.size, step))
-
-
-_BUFFERS: list[np.ndarray] = []
-
-
-def _spans_equal(ta: Tensor, tb: Tensor) -> bool:
-    from aprlib.filesource import CHUNK, FileSource
-
-    if not _BUFFERS:
-        _BUFFERS.extend(np.empty(CHUNK, dtype=np.uint8) for _ in range(2))
-    buf_a, buf_b = _BUFFERS
-    (path_a, off_a), (path_b, off_b) = ta.span, tb.span  # type: ignore[misc]
-    length = ta.nbytes
-    with FileSource(path_a) as fa, FileSource(path_b) as fb:
-        for done in range(0, length, CHUNK):
-            n = min(CHUNK, length - done)
-            fa.read_into(buf_a.data[:n], off_a + done, ta.name)
-            fb.read_into(buf_b.data[:n], off_b + done, tb.name)
-            if _MEMCMP(buf_a.ctypes.data, buf_b.ctypes.data, n) != 0:
-                return False
-    return True
-
-
-def _load_memcmp() -> Any:
-    """libc's memcmp through ctypes (numpy has no allocation-free byte compare: its
-    array_equal builds a boolean array; memoryview equality compares item by item)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        memcmp = libc.memcmp
-    except (OSError, AttributeError):  # pragma: no cover - platforms without a C library
-        return None
-    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    memcmp.restype = ctypes.c_int
-    return memcmp
-
-
-_MEMCMP = _load_memcmp()
-
-
-# --- the bound of the lower-precision side -----------------------------------------------
-
-
-def _noise_bound(values: np.ndarray, low: Tensor, start: int, rows: int) -> np.ndarray | None:
-    """Per-element bound of the rounding that ``low``'s dtype does to ``values``."""
-    v = np.abs(values.astype(np.float64))
-    if low.dtype is DType.BF16:
-        return v * 2.0**-8 + 1e-38
-    if low.dtype is DType.F16:
-        return v * 2.0**-11 + 2.0**-25
-    if low.dtype is DType.F32:
-        return None
-    if low.dtype in CODE_BITS:
-        # one step of a b-bit code spread over each 32-element group's range: looser than
-        # the exact bounds below (the block layouts differ type by type), never tighter
-        x = np.abs(values.astype(np.float64)).reshape(-1, 32)
-        step = 2 * x.max(axis=1) / max(2 ** CODE_BITS[low.dtype] - 1, 1)
-        return np.repeat(step * 1.25, 32).reshape(values.shape) + v * 2.0**-10
-    raw = low.raw()
-    n = low.shape[0]
-    blocks = raw.reshape(n, -1)[start : start + rows].reshape(-1, low.dtype.info.block_bytes)
-    if low.dtype is DType.Q8_0:
-        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).reshape(-1)
-        per_block = d / 2 + 127 * np.maximum(d * 2.0**-11, 2.0**-25) * 1.01
-        bound = np.repeat(per_block, 32)
-    else:  # Q4_K
-        from aprlib.q4k import _scale_min_k4
-
-        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)
-        dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
-        sc, m = _scale_min_k4(blocks[:, 4:16])
-        step = d * sc
-        lowest = -dmin * m
-        highest = 15 * step + lowest
-        sub_blocks = values.astype(np.float64).reshape(-1, 8, 32)
-        outside = np.maximum(
-            0, np.maximum(lowest[..., None] - sub_blocks, sub_blocks - highest[..., None])
-        )
-        bound = (step[..., None] / 2 + outside).reshape(-1)
-    return bound.reshape(values.shape) + v * 2.0**-20
-
-
 # --- one pair ----------------------------------------------------------------------------
 
 
@@ -331,40 +229,52 @@ def classify(
     """``dtype_counts``: how many tensors of each dtype A's and B's files hold, the file's
     own testimony on which tag of a mislabelled tensor is the odd one."""
     pair = Pair(ta.name, "", _describe(ta), _describe(tb))
-    if ta.dtype == tb.dtype and ta.shape == tb.shape and _bytes_equal(ta, tb):
+    if ta.dtype == tb.dtype and ta.shape == tb.shape and pairscan.bytes_equal(ta, tb):
         pair.tag = IDENTICAL
         return pair
-    # the detectors below each read both tensors: read each once (a reader copies the
-    # bytes out of the file on every raw() call)
-    ta, tb = _read_once(ta), _read_once(tb)
-    mislabel = _mislabel(ta, tb, dtype_counts)
-    if mislabel is not None:
-        pair.tag, pair.detail, pair.mislabel = DTYPE_MISLABEL, mislabel.detail, mislabel
-        return pair
     if ta.shape != tb.shape:
-        if len(ta.shape) == 2 and tuple(reversed(ta.shape)) == tb.shape and _transposed(ta, tb):
+        ta, tb = _read_once(ta), _read_once(tb)
+        mislabel = _mislabel(ta, tb, dtype_counts)
+        if mislabel is not None:
+            pair.tag, pair.detail, pair.mislabel = DTYPE_MISLABEL, mislabel.detail, mislabel
+        elif len(ta.shape) == 2 and tuple(reversed(ta.shape)) == tb.shape and _transposed(ta, tb):
             pair.tag = TRANSPOSED
             pair.detail = f"B holds A transposed: {list(ta.shape)} vs {list(tb.shape)}"
         else:
             pair.tag = SHAPE_MISMATCH
             pair.detail = f"{list(ta.shape)} vs {list(tb.shape)}"
         return pair
-    stats = _stats(ta, tb)
+    # one pass decides the common cases (a lossless re-encoding, a quantised copy within
+    # its dtype's bound) and gathers the statistics every other detector starts from
+    stats = pairscan.scan(ta, tb, _lower(ta, tb))
     pair.stats = {k: v for k, v in stats.items() if not k.startswith("_")}
-    if stats["_nonfinite"]:
-        pair.tag, pair.detail = stats["_nonfinite"]
-        return pair
     if stats["_equal"]:
         pair.tag = EQUIVALENT
         pair.detail = f"same values, {ta.dtype.name} vs {tb.dtype.name}"
         return pair
-    # noise first: a scaled, shifted, transposed or permuted tensor breaks the rounding
-    # bound at its first chunk, while a quantised copy would otherwise pay for every
-    # other detector's full pass before reaching this one
-    noise = _quant_noise(ta, tb)
-    if noise:
-        pair.tag, pair.detail = QUANT_NOISE, noise[0]
-        pair.stats["of_bound"] = noise[1]
+    if stats["_noise"] is not None:
+        low = _lower(ta, tb)
+        assert low is not None
+        side = "A" if low is ta else "B"
+        pair.tag = QUANT_NOISE
+        pair.detail = (
+            f"within the rounding bound of {low.dtype.name} (the lower-precision side, "
+            f"{side}): bound {BOUND_TEXT.get(low.dtype, '?')}, "
+            f"worst error {stats['_noise']:.2f} of it"
+        )
+        pair.stats["of_bound"] = stats["_noise"]
+        return pair
+    # the rare cases: each detector below reads both tensors again, so read each once
+    # (a reader copies the bytes out of the file on every raw() call)
+    ta, tb = _read_once(ta), _read_once(tb)
+    mislabel = _mislabel(ta, tb, dtype_counts)
+    if mislabel is not None:  # before NaN: F16 bytes read as BF16 may decode to Inf/NaN
+        pair.tag, pair.detail, pair.mislabel = DTYPE_MISLABEL, mislabel.detail, mislabel
+        pair.stats = {}
+        return pair
+    if stats["_first_bad"] is not None:
+        where = [int(i) for i in np.unravel_index(stats["_first_bad"], ta.shape or (1,))]
+        pair.tag, pair.detail = _nonfinite_finding(stats["_counts"], where)
         return pair
     if len(ta.shape) == 2 and ta.shape[0] == ta.shape[1] and _transposed(ta, tb):
         pair.tag, pair.detail = TRANSPOSED, "B holds A transposed (square matrix)"
@@ -383,6 +293,15 @@ def classify(
         f"{stats['relative']:.3g}, cosine {stats['cosine']:.6f}"
     )
     return pair
+
+
+def _lower(ta: Tensor, tb: Tensor) -> Tensor | None:
+    """The side whose dtype rounds the other's values, where one does (not F32: nothing
+    is rounded to the wider side's precision there)."""
+    low, high = (ta, tb) if _precision(ta.dtype) < _precision(tb.dtype) else (tb, ta)
+    if low.dtype is high.dtype or low.dtype is DType.F32:
+        return None
+    return low
 
 
 def _read_once(t: Tensor) -> Tensor:
@@ -512,8 +431,10 @@ def _decoded_as_equals(x: Tensor, d: DType, y: Tensor) -> bool:
     step = CHUNK_ELEMENTS
     width = d.info.block_bytes
     yw = y.dtype.info.block_bytes
-    for i in range(0, count, step):
-        n = min(step, count - i)
+    # a small first piece: most pairs that reach here are no mislabel, and say so at once
+    starts = [0, *range(min(SAMPLE, count), count, step)] if count else []
+    for i, end in zip(starts, [*starts[1:], count], strict=True):
+        n = end - i
         mine = to_float32(raw[i * width : (i + n) * width], d, (n,))
         theirs = to_float32(ybytes[i * yw : (i + n) * yw], y.dtype, (n,))
         if np.array_equal(mine, theirs, equal_nan=True):
@@ -549,83 +470,6 @@ def _typed_view(t: Tensor) -> np.ndarray:
     return t.raw().view(kinds[t.dtype]).reshape(t.shape)
 
 
-def _stats(ta: Tensor, tb: Tensor) -> dict[str, Any]:
-    """Difference statistics over the positions where both sides are finite; NaN and Inf
-    are counted and located on their own, so one NaN cannot turn every figure into nan."""
-    n = 0
-    max_abs = sum_sq = sum_a = sum_b = sum_aa = sum_bb = sum_ab = 0.0
-    max_a = 0.0
-    counts = {"nan_a": 0, "nan_b": 0, "inf_a": 0, "inf_b": 0}
-    first_bad: int | None = None
-    row = element_count(ta.shape[1:])
-    for start, a, b in _sub_chunks(_chunk_pairs(ta, tb), row):
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        ca, cb = float(a64.sum()), float(b64.sum())  # nan/inf iff a value is
-        if not (np.isfinite(ca) and np.isfinite(cb)):
-            fa, fb = np.isfinite(a), np.isfinite(b)
-            na, nb = np.isnan(a), np.isnan(b)
-            counts["nan_a"] += int(na.sum())
-            counts["nan_b"] += int(nb.sum())
-            counts["inf_a"] += int((~fa & ~na).sum())
-            counts["inf_b"] += int((~fb & ~nb).sum())
-            differs = (na != nb) | (~fa & ~na & (a != b)) | (~fb & ~nb & (a != b))
-            if first_bad is None and differs.any():
-                first_bad = start * row + int(np.argmax(differs))
-            both = fa & fb
-            a64, b64 = a64[both], b64[both]
-            ca, cb = float(a64.sum()), float(b64.sum())
-        diff = a64 - b64
-        if diff.size:
-            max_abs = max(max_abs, float(diff.max()), -float(diff.min()))
-            max_a = max(max_a, float(a64.max()), -float(a64.min()))
-        # einsum, not @: BLAS threads on cache-sized pieces spin more than they compute
-        sum_sq += float(np.einsum("i,i->", diff, diff))
-        sum_a += ca
-        sum_b += cb
-        sum_aa += float(np.einsum("i,i->", a64, a64))
-        sum_bb += float(np.einsum("i,i->", b64, b64))
-        sum_ab += float(np.einsum("i,i->", a64, b64))
-        n += a64.size
-    norm = (sum_aa * sum_bb) ** 0.5
-    out: dict[str, Any] = {
-        "max_abs": max_abs,
-        "rms": (sum_sq / n) ** 0.5 if n else 0.0,
-        "relative": max_abs / max_a if max_a else float("inf") if max_abs else 0.0,
-        "cosine": sum_ab / norm if norm else 1.0,
-        "_equal": max_abs == 0.0 and first_bad is None,
-        "_n": n,
-        "_ratio": sum_ab / sum_aa if sum_aa else float("nan"),
-        "_offset": (sum_b - sum_a) / n if n else 0.0,
-        "_sum_aa": sum_aa,
-        "_sum_bb": sum_bb,
-        "_nonfinite": None,
-    }
-    out.update({k: v for k, v in counts.items() if v})
-    if first_bad is not None:
-        where = [int(i) for i in np.unravel_index(first_bad, ta.shape or (1,))]
-        out["_nonfinite"] = _nonfinite_finding(counts, where)
-    return out
-
-
-SUB_CHUNK = 1 << 16  # elements: float64 temporaries that stay in the CPU cache
-
-
-def _sub_chunks(
-    pairs: Iterator[tuple[int, np.ndarray, np.ndarray]], row: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(first row, a, b) flat pieces of SUB_CHUNK elements: float64 statistics over pieces
-    that fit in cache cost the float32 read, not a round trip of float64 through memory.
-    ``first row`` stays exact: pieces are whole rows where rows fit."""
-    rows = max(1, SUB_CHUNK // max(row, 1))
-    for start, a, b in pairs:
-        a2, b2 = (
-            a.reshape(a.shape[0] if a.ndim else 1, -1),
-            b.reshape(b.shape[0] if b.ndim else 1, -1),
-        )
-        for r in range(0, a2.shape[0], rows):
-            yield start + r, a2[r : r + rows].reshape(-1), b2[r : r + rows].reshape(-1)
-
-
 def _nonfinite_finding(counts: dict[str, int], where: list[int]) -> tuple[str, str]:
     """``(NAN, "1 NaN in B only, first at [3, 5]")``: the kind, how many, where first."""
     parts = []
@@ -648,6 +492,8 @@ def _affine(
     c, k = stats["_ratio"], stats["_offset"]
     scaled = np.isfinite(c) and abs(c - 1) > 1e-3
     shifted = abs(k) > tol.atol * 10
+    if not scaled and not shifted:
+        return None  # the statistics rule both out: no element-wise pass
     for _, a, b in _chunk_pairs(ta, tb):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         limit = tol.atol + tol.rtol * np.abs(b64)
@@ -665,7 +511,12 @@ def _affine(
     return None
 
 
-def _row_keys(t: Tensor) -> list[int]:
+def _row_keys(t: Tensor, raw_bytes: bool = False) -> list[int]:
+    """A CRC per row: of the raw bytes where both sides share a dtype (equal bytes, equal
+    values), else of the decoded float32 row."""
+    if raw_bytes and t.shape:
+        raw = t.raw().reshape(t.shape[0], -1)
+        return [zlib.crc32(r.data) for r in raw]
     keys = []
     for _, rows in _chunks(t):
         flat = np.ascontiguousarray(rows.reshape(rows.shape[0], -1))
@@ -680,7 +531,8 @@ def _permutation(
         return ""
     if stats and not np.isclose(stats["_sum_aa"], stats["_sum_bb"], rtol=1e-4, atol=0.0):
         return ""  # reordered rows keep the sum of squares: no need to hash every row
-    ka, kb = _row_keys(ta), _row_keys(tb)
+    same = ta.dtype == tb.dtype and not ta.dtype.info.quantized
+    ka, kb = _row_keys(ta, same), _row_keys(tb, same)
     if sorted(ka) != sorted(kb) or len(set(ka)) != len(ka):
         return ""
     index = {k: i for i, k in enumerate(ka)}
@@ -700,46 +552,6 @@ def _permutation(
                 )
     moved = int((order != identity).sum())
     return f"rows reordered: {moved} of {len(order)} rows moved"
-
-
-#: what ``_noise_bound`` allows per element, in words, for the output
-BOUND_TEXT = {
-    DType.BF16: "|x| 2^-8 (half a BF16 ulp)",
-    DType.F16: "|x| 2^-11 + 2^-25 (half an F16 ulp)",
-    DType.Q8_0: "d/2 per 32-element block (half a Q8_0 step)",
-    DType.Q4_K: "d*scale/2 per 32-element sub-block (half a Q4_K step)",
-    **{
-        d: f"one {bits}-bit step over each 32-element group's +-max range ({d.name})"
-        for d, bits in CODE_BITS.items()
-    },
-}
-
-
-def _quant_noise(ta: Tensor, tb: Tensor) -> tuple[str, float] | None:
-    """(which bound was met, the worst error as a share of it), or None when some element
-    exceeds the rounding bound of the lower-precision side."""
-    low, high = (ta, tb) if _precision(ta.dtype) < _precision(tb.dtype) else (tb, ta)
-    if low.dtype is high.dtype or low.dtype is DType.F32:
-        return None
-    rows = min(_rows_per_chunk(ta), _rows_per_chunk(tb))
-    row = element_count(ta.shape[1:]) if len(ta.shape) > 1 else max(1, element_count(ta.shape))
-    pieces = (
-        (start, h, lo)
-        for (start, h), (_, lo) in zip(_chunks(high, rows), _chunks(low, rows), strict=True)
-    )
-    worst = 0.0
-    for start, h, lo in _sub_chunks(pieces, row):
-        bound = _noise_bound(h, low, start, max(1, h.size // row))
-        err = np.abs(h.astype(np.float64) - lo)
-        if bound is None or not (err <= bound).all():
-            return None
-        worst = max(worst, float((err / bound).max()) if err.size else 0.0)
-    side = "A" if low is ta else "B"
-    return (
-        f"within the rounding bound of {low.dtype.name} (the lower-precision side, {side}): "
-        f"bound {BOUND_TEXT[low.dtype]}, worst error {worst:.2f} of it",
-        worst,
-    )
 
 
 # --- whole models ------------------------------------------------------------------------
@@ -845,8 +657,15 @@ _SWAP_CANDIDATES = frozenset({VALUE_DRIFT, SHAPE_MISMATCH, PERMUTED, SCALED, SHI
 
 
 def diff_models(
-    a: Model, b: Model, tol: Tolerance | None = None, values: bool = False
+    a: Model,
+    b: Model,
+    tol: Tolerance | None = None,
+    values: bool = False,
+    workers: int | None = None,
 ) -> DiffReport:
+    """``workers``: threads comparing pairs at once (default: the CPUs this process may
+    use, at most 4). numpy, pread, memcmp and zlib drop the GIL, so pairs overlap; the
+    report is the same for any number (pairs are classified independently, in order)."""
     tol = tol or Tolerance()
     heads = tuple(
         sorted(
@@ -859,25 +678,25 @@ def diff_models(
         )
     )
     counts = (_dtype_counts(a), _dtype_counts(b))
-    pairs: list[Pair] = []
-    for name in _pair_names(a, b):
+
+    def compare(name: str) -> Pair:
         ta = _lookup(a, name)
         tb = _lookup(b, name)
         if ta is None:
             # the names are the two models' own tensors, so B holds this one
             assert tb is not None, name
-            pairs.append(Pair(name, EXTRA, None, _describe(tb), "only in B"))
-            continue
+            return Pair(name, EXTRA, None, _describe(tb), "only in B")
         if tb is None:
-            pairs.append(Pair(name, MISSING, _describe(ta), None, "only in A"))
-            continue
+            return Pair(name, MISSING, _describe(ta), None, "only in A")
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are findings, not noise
             pair = classify(ta, tb, tol, heads, counts)
         if values and pair.tag not in CLEAN:
             pair.values = {"a": _first(ta), "b": _first(tb)}
-        pairs.append(pair)
         a.drop_pages()
         b.drop_pages()
+        return pair
+
+    pairs = _in_order(compare, _pair_names(a, b), workers or _default_workers())
     _settle_sides(pairs)
     moves = _mark_swaps(a, b, pairs)
     config = compare_configs(a, b)
@@ -892,6 +711,31 @@ def diff_models(
         contradicts,
         tokenizer,
     )
+
+
+def _default_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def _in_order(work: Callable[[str], Pair], names: list[str], workers: int) -> list[Pair]:
+    """``[work(n) for n in names]`` on ``workers`` threads; the first error stops the rest
+    (a damaged tensor ends the diff with its own error, not after every other pair)."""
+    if workers <= 1 or len(names) < 2:
+        return [work(n) for n in names]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="apr-diff") as pool:
+        futures = [pool.submit(work, n) for n in names]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _mark_swaps(a: Model, b: Model, pairs: list[Pair]) -> list[str]:

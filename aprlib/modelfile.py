@@ -43,6 +43,10 @@ class Tensor:
     span: tuple[Path, int] | None = None
     #: the format's integrity check in flat memory, where it has one (APR's CRC32)
     _verify: Callable[[], None] | None = field(default=None, repr=False)
+    #: where the bytes at ``span`` carry a stored CRC32 (APR): raises the format's error
+    #: naming the tensor unless the CRC32 of those bytes, computed by whoever read them
+    #: from the span, is the stored one. A reader of ``span`` must call it.
+    _check_crc: Callable[[int], None] | None = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -54,6 +58,17 @@ class Tensor:
 
     def to_float32(self) -> np.ndarray:
         return to_float32(self.raw(), self.dtype, self.shape)
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether bytes read from ``span`` must be checked with ``check_crc``."""
+        return self._check_crc is not None
+
+    def check_crc(self, crc: int) -> None:
+        """Raise the format's error if ``crc`` (of the bytes at ``span``) is not the stored
+        one; a no-op for formats without a checksum."""
+        if self._check_crc is not None:
+            self._check_crc(crc)
 
     def verify(self) -> bool:
         """Check the tensor's checksum without holding it; False where the format has none."""

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from aprlib import diff as diff_module
+from aprlib import pairscan, quantnoise
 from falsifiers import test_model_diff_v1 as falsifier
 
 DEFECTS = {
@@ -15,9 +16,11 @@ DEFECTS = {
     "SCALED": ("_affine", lambda *a, **k: None),
     "SHIFTED": ("_affine", lambda *a, **k: None),
     "PERMUTED": ("_permutation", lambda *a, **k: ""),
-    "QUANT_NOISE/bf16": ("_quant_noise", lambda *a, **k: ""),
-    "QUANT_NOISE/q8_0": ("_quant_noise", lambda *a, **k: ""),
-    "VALUE_DRIFT": ("_quant_noise", lambda *a, **k: "anything is noise"),
+    # the rounding bound: never met (blind to noise) or always met (anything is noise)
+    "QUANT_NOISE/bf16": ("worst_share", lambda *a, **k: float("inf")),
+    "QUANT_NOISE/q8_0": ("worst_share", lambda *a, **k: float("inf")),
+    # anything is noise: every pair has a lower side, and every bound is met
+    "VALUE_DRIFT": ("_lower", lambda ta, tb: tb),
     "MISSING": ("_pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
     "EXTRA": ("_pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
     "SHAPE_MISMATCH": (
@@ -37,7 +40,11 @@ def test_each_diff_falsifier_catches_a_blind_detector(tiny_qwen2, tmp_path, monk
     falsifier.check_defect(
         tiny_qwen2.safetensors, falsifier.DEFECTS[defect], fmt, tmp_path / "real"
     )
-    monkeypatch.setattr(diff_module, name, broken)
+    owner = quantnoise if name == "worst_share" else diff_module
+    monkeypatch.setattr(owner, name, broken)
+    if name == "_lower":
+        monkeypatch.setattr(quantnoise, "has_bound", lambda low: True)
+        monkeypatch.setattr(quantnoise, "worst_share", lambda *a, **k: 0.0)
     with pytest.raises(AssertionError):
         falsifier.check_defect(
             tiny_qwen2.safetensors, falsifier.DEFECTS[defect], fmt, tmp_path / "broken"
@@ -47,9 +54,9 @@ def test_each_diff_falsifier_catches_a_blind_detector(tiny_qwen2, tmp_path, monk
 def test_no_false_alarm_falsifier_catches_a_diff_that_never_sees_equality(
     tiny_qwen2, tmp_path, monkeypatch
 ):
-    real = diff_module._stats
-    monkeypatch.setattr(diff_module, "_bytes_equal", lambda a, b: False)
-    monkeypatch.setattr(diff_module, "_stats", lambda a, b: {**real(a, b), "_equal": False})
+    real = pairscan.scan
+    monkeypatch.setattr(pairscan, "bytes_equal", lambda a, b: False)
+    monkeypatch.setattr(pairscan, "scan", lambda a, b, low: {**real(a, b, low), "_equal": False})
     with pytest.raises(AssertionError):
         falsifier.check_no_false_alarm(falsifier.lossless_paths(tiny_qwen2, tmp_path))
 
@@ -70,8 +77,8 @@ def test_mixed_falsifier_catches_a_diagnosis_that_keeps_only_the_first_class(
 
 
 def _no_nonfinite(real):
-    def stats(a, b):
-        return {**real(a, b), "_nonfinite": None}
+    def stats(a, b, low):
+        return {**real(a, b, low), "_first_bad": None}
 
     return stats
 
@@ -90,11 +97,11 @@ ISSUE10_DEFECTS = {
         lambda src, work, capsys: falsifier.check_swap(src, "q_k", "apr", work),
     ),
     "nan blind": (
-        lambda mp: mp.setattr(diff_module, "_stats", _no_nonfinite(diff_module._stats)),
+        lambda mp: mp.setattr(pairscan, "scan", _no_nonfinite(pairscan.scan)),
         lambda src, work, capsys: falsifier.check_nonfinite(src, float("nan"), "apr", work),
     ),
     "inf blind": (
-        lambda mp: mp.setattr(diff_module, "_stats", _no_nonfinite(diff_module._stats)),
+        lambda mp: mp.setattr(pairscan, "scan", _no_nonfinite(pairscan.scan)),
         lambda src, work, capsys: falsifier.check_nonfinite(src, float("inf"), "gguf", work),
     ),
     "nan ranked by count": (

@@ -16,7 +16,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,13 @@ class AprWriter:
         )
         self._next += 1
 
-    def copy(self, name: str, source: Path | str, offset: int) -> None:
+    def copy(
+        self,
+        name: str,
+        source: Path | str,
+        offset: int,
+        check_crc: Callable[[int], None] | None = None,
+    ) -> None:
         """Write a tensor whose bytes lie unchanged in ``source`` at ``offset``.
 
         The kernel copies file to file (copy_file_range, on a background thread) while a
@@ -179,6 +185,8 @@ class AprWriter:
                 done += n
         finally:
             os.close(fd)
+        if check_crc is not None:  # an APR source: what was copied is what it stored
+            check_crc(crc)
         self._written(entry, crc)
 
     def write(self, name: str, raw: bytes | memoryview | np.ndarray) -> None:
@@ -480,6 +488,13 @@ class AprFile:
             )
         return data
 
+    def check_crc(self, name: str, crc: int) -> None:
+        """Raise unless ``crc``, computed by a reader of the tensor's span, is the stored one."""
+        if crc != self.entries[name].crc32:
+            raise self._error(
+                "CRC32 mismatch: the tensor's bytes are damaged", tensor=name, field="crc32"
+            )
+
     def verify(self, name: str) -> None:
         """Check a tensor's CRC32 in flat memory; runs of holes in a sparse file are
         checksummed arithmetically (``crc32_zeros``), not read."""
@@ -588,14 +603,16 @@ def open_apr(path: Path, mapped: bool = False) -> Model:
     except (ConfigError, TypeError) as exc:
         f.close()
         raise AprFormatError(path, f"metadata config: {exc}", field="metadata.config") from None
-    tensors = {  # no span: an APR source's bytes are read (and their CRC checked) on the way
+    tensors = {  # a reader of the span checks the CRC32 of what it read (check_crc)
         name: Tensor(
             name,
             e.dtype,
             e.shape,
             name,
             functools.partial(f.raw, name),
+            span=(path, f._data_offset + e.offset),
             _verify=functools.partial(f.verify, name),
+            _check_crc=functools.partial(f.check_crc, name),
         )
         for name, e in f.entries.items()
     }
@@ -625,7 +642,7 @@ def write_apr(
     with AprWriter(dst, metadata, plan) as w:
         for t, p in zip(tensors, plan, strict=True):
             if p.dtype == t.dtype and t.span is not None:
-                w.copy(t.name, *t.span)
+                w.copy(t.name, *t.span, check_crc=t.check_crc)
             else:
                 w.write(t.name, output.encode(t, p.dtype))
             report.advance(t.name, nbytes(p.dtype, p.shape), progress)

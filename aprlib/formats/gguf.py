@@ -26,6 +26,7 @@ from aprlib.filesource import FileSource
 from aprlib.gguf_defaults import with_llama_cpp_defaults
 from aprlib.modelfile import EMBED, MAX_TENSORS, Model, Tensor, check_tensor_shape
 
+_U64 = struct.Struct("<Q")
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # v1 had 32-bit counts and is gone from llama.cpp
 MAX_NDIM = 4  # GGML_MAX_DIMS
@@ -99,6 +100,32 @@ class _Head:
         except UnicodeDecodeError:
             raise self._error("string is not UTF-8", tensor=tensor, field=what) from None
 
+    def _strings(self, count: int, key: str) -> list[str]:
+        """``count`` strings: a vocabulary's 150k tokens in one tight loop (the per-string
+        ``string()`` path cost 0.4 s, more than the rest of an ``apr diff``)."""
+        out: list[str] = []
+        unpack = _U64.unpack_from
+        buf, pos = self.buf, self.pos
+        try:
+            for _ in range(count):
+                if pos + 8 > len(buf):
+                    self.pos = pos
+                    self._need(8, key)
+                    buf = self.buf
+                (n,) = unpack(buf, pos)
+                end = pos + 8 + n
+                if end > len(buf):
+                    self.pos = pos + 8
+                    self._need(n, key)
+                    buf = self.buf
+                out.append(buf[pos + 8 : end].decode("utf-8"))
+                pos = end
+        except UnicodeDecodeError:
+            self.pos = pos
+            raise self._error("string is not UTF-8", field=key) from None
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, key: str) -> Any:
         if vtype == STRING:
             return self.string(key)
@@ -121,7 +148,7 @@ class _Head:
                     f"array of {count:,} strings cannot fit in the {self.left:,} bytes left",
                     field=key,
                 )
-            return [self.string(key) for _ in range(count)]
+            return self._strings(count, key)
         fmt = SCALARS.get(etype)
         if fmt is None:
             raise self._error(f"unknown array element type {etype}", field=key)

@@ -1,0 +1,106 @@
+"""The rounding bound of a lower-precision encoding, element by element, in float32.
+
+``apr diff`` calls a pair QUANT_NOISE only when every element of the higher-precision side
+lies within the rounding its lower-precision twin's dtype does. The bounds are exact
+statements about the encodings (half an ulp, half a quantisation step), evaluated in
+float32 on cache-sized pieces: a quantised diff touches every element of both files, so
+a float64 round trip per element would cost more than reading the files. Float32 is
+enough because every bound carries a relative slack (``SLACK``) far above the float32
+rounding of ``|high - low|``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aprlib.dtypes import DType
+
+Q8_0_BLOCK = np.dtype([("d", "<f2"), ("q", "i1", (32,))])  # one block: scale, 32 codes
+
+#: relative slack on every bound: float32 evaluation of |high - low| and of the bound
+#: itself rounds by at most a few 2^-24; 2^-16 covers that with room, and is far below
+#: any real defect (a scaled or shifted tensor misses the bound by orders of magnitude)
+SLACK = np.float32(1 + 2.0**-16)
+TINY = np.float32(2.0**-126)  # the smallest normal float32: keeps 0/0 out, never subnormal
+
+#: bits per weight of the other GGML types, for a generic rounding bound
+CODE_BITS = {
+    DType.Q4_0: 4, DType.Q4_1: 4, DType.Q5_0: 5, DType.Q5_1: 5, DType.Q2_K: 2, DType.Q3_K: 3,
+    DType.Q5_K: 5, DType.Q6_K: 6, DType.IQ2_XXS: 2, DType.IQ2_XS: 2, DType.IQ3_XXS: 3,
+    DType.IQ1_S: 1, DType.IQ4_NL: 4, DType.IQ3_S: 3, DType.IQ2_S: 2, DType.IQ4_XS: 4,
+    DType.IQ1_M: 1, DType.TQ1_0: 1, DType.TQ2_0: 2, DType.MXFP4: 4,
+}  # fmt: skip
+
+#: what each bound allows per element, in words, for the output
+BOUND_TEXT = {
+    DType.BF16: "|x| 2^-8 (half a BF16 ulp)",
+    DType.F16: "|x| 2^-11 + 2^-25 (half an F16 ulp)",
+    DType.Q8_0: "d/2 per 32-element block (half a Q8_0 step)",
+    DType.Q4_K: "d*scale/2 per 32-element sub-block (half a Q4_K step)",
+    **{
+        d: f"one {bits}-bit step over each 32-element group's +-max range ({d.name})"
+        for d, bits in CODE_BITS.items()
+    },
+}
+
+
+def has_bound(low: DType) -> bool:
+    return low in BOUND_TEXT
+
+
+def worst_share(low: DType, high: np.ndarray, err: np.ndarray, low_raw: np.ndarray) -> float:
+    """The largest ``err / bound`` over these elements (> 1: some element breaks the bound).
+
+    ``high``: the higher-precision side's values (float32, flat, whole rows); ``err``:
+    ``|high - low|`` for the same elements; ``low_raw``: the low side's bytes of exactly
+    those elements (whole blocks, since pieces are whole rows).
+    """
+    if not err.size:
+        return 0.0
+    if low is DType.BF16 or low is DType.F16:
+        bound = np.abs(high)
+        bound *= np.float32(2.0**-8 if low is DType.BF16 else 2.0**-11)
+        bound += TINY if low is DType.BF16 else np.float32(2.0**-25)
+        bound *= SLACK
+        np.divide(err, bound, out=bound)
+        return float(bound.max())
+    if low is DType.Q8_0:
+        d = low_raw.view(Q8_0_BLOCK)["d"].astype(np.float32)
+        # half a step, plus the f16 rounding of the stored scale over 127 steps
+        per_block = d * np.float32(0.5) + np.float32(127 * 1.01) * np.maximum(
+            d * np.float32(2.0**-11), np.float32(2.0**-25)
+        )
+        inverse = np.float32(1) / (per_block * SLACK + TINY)
+        return float((err.reshape(-1, 32) * inverse[:, None]).max())
+    if low is DType.Q4_K:
+        return _q4_k_share(high, err, low_raw)
+    bits = CODE_BITS[low]
+    groups = np.abs(high).reshape(-1, 32)
+    step = groups.max(axis=1) * np.float32(2 / max(2**bits - 1, 1) * 1.25)
+    bound = groups * np.float32(2.0**-10) + step[:, None]
+    bound *= SLACK
+    bound += TINY
+    return float((err.reshape(-1, 32) / bound).max())
+
+
+def _q4_k_share(high: np.ndarray, err: np.ndarray, low_raw: np.ndarray) -> float:
+    """Half a step of each 32-element sub-block, plus how far a value lies outside the
+    sub-block's representable range [-dmin*m, 15*d*sc - dmin*m] (ggml clamps there)."""
+    from aprlib.q4k import scale_min_k4
+
+    blocks = low_raw.reshape(-1, 144)
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
+    dmin = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
+    sc, m = scale_min_k4(blocks[:, 4:16])
+    step = (d * sc.astype(np.float32)).reshape(-1)
+    lowest = (-dmin * m.astype(np.float32)).reshape(-1)
+    highest = step * np.float32(15) + lowest
+    values = high.reshape(-1, 32)
+    outside = np.maximum(lowest[:, None] - values, values - highest[:, None])
+    np.maximum(outside, np.float32(0), out=outside)
+    outside += (step * np.float32(0.5))[:, None]
+    outside += np.abs(values) * np.float32(2.0**-20)
+    outside *= SLACK
+    outside += TINY
+    np.divide(err.reshape(-1, 32), outside, out=outside)
+    return float(outside.max())
