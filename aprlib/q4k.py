@@ -42,7 +42,7 @@ def _make_qkx2_quants(
     outer axis numpy adds row after row, the same left-to-right order as ggml's loop
     (``tests/test_q4k_awkward.py`` pins this); the two that start from element 0 stay loops.
     """
-    n, count = x.shape
+    n = x.shape[0]
     mn = x[0].copy()
     mx = x[0].copy()
     sum_w = w[0].copy()

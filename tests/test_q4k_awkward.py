@@ -100,9 +100,7 @@ def test_axis0_reduce_adds_rows_in_order():
     """The quantiser's sums rely on ``np.add.reduce(a, axis=0, initial=0)`` adding row
     after row like ggml's loop; a numpy that sums pairwise here would change the bytes."""
     rng = np.random.default_rng(5)
-    a = (rng.standard_normal((32, 999)) * 10.0 ** rng.integers(-8, 8, (32, 999))).astype(
-        np.float32
-    )
+    a = (rng.standard_normal((32, 999)) * 10.0 ** rng.integers(-8, 8, (32, 999))).astype(np.float32)
     a[:, :50] = -0.0
     loop = np.zeros(999, dtype=np.float32)
     for row in a:
