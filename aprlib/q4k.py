@@ -2,9 +2,10 @@
 
 The ``gguf`` package dequantises Q4_K but cannot quantise it, so this is ours. To match
 ggml bit for bit, every float operation is float32 in ggml's order: sums run left to right
-over the 32 elements of a sub-block (one numpy operation per element position, vectorised
-across all sub-blocks), rounding uses ggml's ``nearest_int`` trick, and the f16 scales
-round to nearest even. ``tests`` hold it to ``ggml_quantize_chunk`` from the ggml library
+over the 32 elements of a sub-block (row after row of a ``[32, sub-blocks]`` array, so
+every numpy pass is contiguous and covers thousands of sub-blocks), rounding is ggml's
+``nearest_int`` (``np.rint`` where that provably agrees), and the f16 scales round to
+nearest even. ``tests`` hold it to ``ggml_quantize_chunk`` from the ggml library
 that ``llama-cpp-python`` ships.
 
 Block layout (144 bytes per 256 values): f16 ``d``, f16 ``dmin``, 12 bytes of packed 6-bit
@@ -173,7 +174,7 @@ def _quantize(x: np.ndarray) -> np.ndarray:
     weights += av_x  # av_x + |x|: one float add, either order gives the same bits
     scales, mins, L = _make_qkx2_quants(sub, weights)
     scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
-    L = L.T.reshape(nb, 8, 32)
+    L = L.T.reshape(nb, 8, 32).astype(np.uint8)
 
     # ggml keeps a running max from 0 with ``>``, which skips NaN (a sub-block whose first
     # value is NaN has a NaN scale); np.max would spread the NaN to the whole block
@@ -181,8 +182,8 @@ def _quantize(x: np.ndarray) -> np.ndarray:
     max_min = np.where(mins > 0, mins, _F(0)).max(axis=1)
     inv_scale = np.where(max_scale > 0, _F(63) / np.where(max_scale > 0, max_scale, 1), _F(0))
     inv_min = np.where(max_min > 0, _F(63) / np.where(max_min > 0, max_min, 1), _F(0))
-    ls = np.minimum(_nearest_int(inv_scale[:, None] * scales), 63).astype(np.uint8)
-    lm = np.minimum(_nearest_int(inv_min[:, None] * mins), 63).astype(np.uint8)
+    ls = _six_bit_codes(inv_scale[:, None] * scales)
+    lm = _six_bit_codes(inv_min[:, None] * mins)
 
     packed = np.zeros((nb, 12), dtype=np.uint8)
     packed[:, 0:4] = ls[:, 0:4]
@@ -210,6 +211,12 @@ def _quantize(x: np.ndarray) -> np.ndarray:
     out[:, 4:16] = packed
     out[:, 16:] = qs
     return out
+
+
+def _six_bit_codes(values: np.ndarray) -> np.ndarray:
+    """ggml's ``uint8_t ls = nearest_int(v); ls = MIN(63, ls)``: the int is cut to its low
+    byte first, so -1 becomes 255 and then 63 (clamping first would keep 255)."""
+    return np.minimum(_nearest_int(values).astype(np.uint8), np.uint8(63))
 
 
 def _scale_min_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

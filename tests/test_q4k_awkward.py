@@ -132,3 +132,12 @@ def test_integer_path_alone_matches_ggml(monkeypatch):
     rng = np.random.default_rng(9)
     x = np.stack([sub_block(KINDS[i % len(KINDS)], rng) for i in range(64)]).reshape(4, 512)
     assert np.array_equal(quantize_q4_k(x), oracle.ggml_quantize(x, "Q4_K"))
+
+
+def test_six_bit_codes_cut_to_a_byte_before_the_clamp():
+    """ggml stores nearest_int in a uint8_t, then takes MIN(63, .): -1 -> 255 -> 63."""
+    from aprlib import q4k
+
+    values = np.array([-1.0, -256.0, 0.4, 62.6, 63.0, 70.0, 255.0, 256.0, 300.0], np.float32)
+    expected = [63, 0, 0, 63, 63, 63, 63, 0, 44]
+    assert q4k._six_bit_codes(values).tolist() == expected
