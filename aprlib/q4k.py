@@ -2,9 +2,10 @@
 
 The ``gguf`` package dequantises Q4_K but cannot quantise it, so this is ours. To match
 ggml bit for bit, every float operation is float32 in ggml's order: sums run left to right
-over the 32 elements of a sub-block (one numpy operation per element position, vectorised
-across all sub-blocks), rounding uses ggml's ``nearest_int`` trick, and the f16 scales
-round to nearest even. ``tests`` hold it to ``ggml_quantize_chunk`` from the ggml library
+over the 32 elements of a sub-block (row after row of a ``[32, sub-blocks]`` array, so
+every numpy pass is contiguous and covers thousands of sub-blocks), rounding is ggml's
+``nearest_int`` (``np.rint`` where that provably agrees), and the f16 scales round to
+nearest even. ``tests`` hold it to ``ggml_quantize_chunk`` from the ggml library
 that ``llama-cpp-python`` ships.
 
 Block layout (144 bytes per 256 values): f16 ``d``, f16 ``dmin``, 12 bytes of packed 6-bit
@@ -35,65 +36,116 @@ def _make_qkx2_quants(
     rdelta: float = 0.1,
     nstep: int = 20,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised over sub-blocks (rows of x): returns (scale, the_min, L)."""
-    n = x.shape[1]
-    mn = x[:, 0].copy()
-    mx = x[:, 0].copy()
-    sum_w = w[:, 0].copy()
-    sum_x = sum_w * x[:, 0]
+    """Vectorised over sub-blocks: x and w are ``[32, sub-blocks]`` (element position
+    first, so each step below is a contiguous pass); returns (scale, the_min, L[32, n]).
+
+    ggml's sums that start from 0 are ``np.add.reduce(..., axis=0, initial=0)``: along the
+    outer axis numpy adds row after row, the same left-to-right order as ggml's loop
+    (``tests/test_q4k_awkward.py`` pins this); the two that start from element 0 stay loops.
+    """
+    n = x.shape[0]
+    mn = x[0].copy()
+    mx = x[0].copy()
+    sum_w = w[0].copy()
+    sum_x = sum_w * x[0]
     for i in range(1, n):
-        xi, wi = x[:, i], w[:, i]
-        mn = np.where(xi < mn, xi, mn)
-        mx = np.where(xi > mx, xi, mx)
-        sum_w = sum_w + wi
-        sum_x = sum_x + wi * xi
-    mn = np.where(mn > 0, _F(0), mn)
+        xi, wi = x[i], w[i]
+        np.copyto(mn, xi, where=xi < mn)
+        np.copyto(mx, xi, where=xi > mx)
+        sum_w += wi
+        sum_x += wi * xi
+    data_min = mn.copy()
+    # NaN/Inf anywhere in a sub-block: the float shortcut in _levels must not be taken
+    finite = np.isfinite(np.add.reduce(x, axis=0) * _F(0))
+    mn[mn > 0] = _F(0)
     flat = mx == mn
     flat_min = mn.copy()
+    buf = _Buffers(x.shape)
     span = np.where(flat, _F(1), mx - mn)
     iscale = _F(nmax) / span
     scale = _F(1) / iscale
-    L = np.clip(_nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-    best = np.zeros_like(mn)
-    for i in range(n):
-        diff = scale * L[:, i].astype(_F) + mn - x[:, i]
-        best = best + w[:, i] * (diff * diff)
+    L = _levels(x, mn, iscale, nmax, buf, _regular(iscale, mx, data_min, mn, finite)).copy()
+    best = _weighted_error(x, w, L, scale, mn, buf)
     for step in range(nstep + 1):
         # ggml updates ``min`` when a step wins, and later steps scale from the new one
         span = np.where(flat, _F(1), mx - mn)
         iscale = (_F(rmin) + _F(rdelta) * _F(step) + _F(nmax)) / span
-        laux = np.clip(_nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-        lf = laux.astype(_F)
-        sum_l = np.zeros_like(mn)
-        sum_l2 = np.zeros_like(mn)
-        sum_xl = np.zeros_like(mn)
-        for i in range(n):
-            wl = w[:, i] * lf[:, i]
-            sum_l = sum_l + wl
-            sum_l2 = sum_l2 + wl * lf[:, i]
-            sum_xl = sum_xl + wl * x[:, i]
+        laux = _levels(x, mn, iscale, nmax, buf, _regular(iscale, mx, data_min, mn, finite))
+        wl = np.multiply(w, laux, out=buf.wl)
+        sum_l = np.add.reduce(wl, axis=0, initial=_F(0))
+        sum_l2 = np.add.reduce(np.multiply(wl, laux, out=buf.tmp), axis=0, initial=_F(0))
+        sum_xl = np.add.reduce(np.multiply(wl, x, out=buf.tmp), axis=0, initial=_F(0))
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         safe_d = np.where(ok, D, _F(1))
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / safe_d
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / safe_d
         positive = this_min > 0
-        this_min = np.where(positive, _F(0), this_min)
+        this_min[positive] = _F(0)
         safe_l2 = np.where(sum_l2 == 0, _F(1), sum_l2)
         this_scale = np.where(positive, sum_xl / safe_l2, this_scale)
-        cur = np.zeros_like(mn)
-        for i in range(n):
-            diff = this_scale * lf[:, i] + this_min - x[:, i]
-            cur = cur + w[:, i] * (diff * diff)
+        cur = _weighted_error(x, w, laux, this_scale, this_min, buf)
         better = ok & (cur < best)
-        L = np.where(better[:, None], laux, L)
-        best = np.where(better, cur, best)
-        scale = np.where(better, this_scale, scale)
-        mn = np.where(better, this_min, mn)
-    L = np.where(flat[:, None], 0, L)
+        if better.any():
+            np.copyto(L, laux, where=better)
+            best = np.where(better, cur, best)
+            scale = np.where(better, this_scale, scale)
+            mn = np.where(better, this_min, mn)
+    L[:, flat] = _F(0)
     scale = np.where(flat, _F(0), scale)
     mn = np.where(flat, flat_min, mn)
     return scale, -mn, L
+
+
+class _Buffers:
+    """Scratch arrays reused across the 22 steps, so no step allocates."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.levels = np.empty(shape, dtype=_F)
+        self.wl = np.empty(shape, dtype=_F)
+        self.tmp = np.empty(shape, dtype=_F)
+        self.ints = np.empty(shape, dtype=np.int32)
+
+
+_SAFE = _F(2.0**21)  # well inside the +-2^22 where the float trick equals nearest_int
+
+
+def _regular(
+    iscale: np.ndarray, mx: np.ndarray, data_min: np.ndarray, mn: np.ndarray, finite: np.ndarray
+) -> bool:
+    """True when every ``iscale * (x - mn)`` of the chunk is finite and far inside
+    +-2^22. Rounding is monotone, so the products lie between those of the sub-block's
+    smallest and largest value; there ``np.rint`` gives exactly ggml's ``nearest_int``."""
+    hi = np.abs(iscale * (mx - mn))
+    lo = np.abs(iscale * (data_min - mn))
+    return bool((finite & (hi < _SAFE) & (lo < _SAFE)).all())
+
+
+def _levels(
+    x: np.ndarray, mn: np.ndarray, iscale: np.ndarray, nmax: int, buf: _Buffers, regular: bool
+) -> np.ndarray:
+    """``clamp(nearest_int(iscale * (x - mn)), 0, nmax)`` as float32, in ``buf.levels``."""
+    v = np.subtract(x, mn, out=buf.tmp)
+    v *= iscale
+    if regular:
+        np.rint(v, out=v)
+        return np.clip(v, _F(0), _F(nmax), out=buf.levels)
+    ints = _nearest_int(v)
+    np.clip(ints, 0, nmax, out=ints)
+    buf.levels[...] = ints
+    return buf.levels
+
+
+def _weighted_error(
+    x: np.ndarray, w: np.ndarray, L: np.ndarray, scale: np.ndarray, mn: np.ndarray, buf: _Buffers
+) -> np.ndarray:
+    """ggml's sum over i of ``w[i] * (scale * L[i] + min - x[i])^2``, left to right."""
+    diff = np.multiply(L, scale, out=buf.tmp)
+    diff += mn
+    diff -= x
+    diff *= diff
+    diff *= w
+    return np.add.reduce(diff, axis=0, initial=_F(0))
 
 
 def quantize_q4_k(values: np.ndarray) -> np.ndarray:
@@ -115,21 +167,23 @@ def quantize_q4_k(values: np.ndarray) -> np.ndarray:
 
 def _quantize(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
-    sub = x.reshape(nb * 8, 32)
-    sum_x2 = np.zeros(nb * 8, dtype=_F)
-    for i in range(32):
-        sum_x2 = sum_x2 + sub[:, i] * sub[:, i]
+    sub = np.ascontiguousarray(x.reshape(nb * 8, 32).T)  # [32, sub-blocks]
+    sum_x2 = np.add.reduce(sub * sub, axis=0, initial=_F(0))
     av_x = np.sqrt(sum_x2 / _F(32))
-    weights = av_x[:, None] + np.abs(sub)
+    weights = np.abs(sub)
+    weights += av_x  # av_x + |x|: one float add, either order gives the same bits
     scales, mins, L = _make_qkx2_quants(sub, weights)
-    scales, mins, L = scales.reshape(nb, 8), mins.reshape(nb, 8), L.reshape(nb, 8, 32)
+    scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+    L = L.T.reshape(nb, 8, 32).astype(np.uint8)
 
-    max_scale = np.maximum(scales.max(axis=1), _F(0))
-    max_min = np.maximum(mins.max(axis=1), _F(0))
+    # ggml keeps a running max from 0 with ``>``, which skips NaN (a sub-block whose first
+    # value is NaN has a NaN scale); np.max would spread the NaN to the whole block
+    max_scale = np.where(scales > 0, scales, _F(0)).max(axis=1)
+    max_min = np.where(mins > 0, mins, _F(0)).max(axis=1)
     inv_scale = np.where(max_scale > 0, _F(63) / np.where(max_scale > 0, max_scale, 1), _F(0))
     inv_min = np.where(max_min > 0, _F(63) / np.where(max_min > 0, max_min, 1), _F(0))
-    ls = np.minimum(_nearest_int(inv_scale[:, None] * scales), 63).astype(np.uint8)
-    lm = np.minimum(_nearest_int(inv_min[:, None] * mins), 63).astype(np.uint8)
+    ls = _six_bit_codes(inv_scale[:, None] * scales)
+    lm = _six_bit_codes(inv_min[:, None] * mins)
 
     packed = np.zeros((nb, 12), dtype=np.uint8)
     packed[:, 0:4] = ls[:, 0:4]
@@ -157,6 +211,12 @@ def _quantize(x: np.ndarray) -> np.ndarray:
     out[:, 4:16] = packed
     out[:, 16:] = qs
     return out
+
+
+def _six_bit_codes(values: np.ndarray) -> np.ndarray:
+    """ggml's ``uint8_t ls = nearest_int(v); ls = MIN(63, ls)``: the int is cut to its low
+    byte first, so -1 becomes 255 and then 63 (clamping first would keep 255)."""
+    return np.minimum(_nearest_int(values).astype(np.uint8), np.uint8(63))
 
 
 def _scale_min_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
