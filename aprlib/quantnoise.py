@@ -48,17 +48,26 @@ def has_bound(low: DType) -> bool:
     return low in BOUND_TEXT
 
 
-def worst_share(low: DType, high: np.ndarray, err: np.ndarray, low_raw: np.ndarray) -> float:
+def worst_share(
+    low: DType,
+    high: np.ndarray,
+    err: np.ndarray,
+    low_raw: np.ndarray,
+    work: np.ndarray | None = None,
+) -> float:
     """The largest ``err / bound`` over these elements (> 1: some element breaks the bound).
 
     ``high``: the higher-precision side's values (float32, flat, whole rows); ``err``:
     ``|high - low|`` for the same elements; ``low_raw``: the low side's bytes of exactly
-    those elements (whole blocks, since pieces are whole rows).
+    those elements (whole blocks, since pieces are whole rows); ``work``: a float32 scratch
+    array of at least ``err.size`` (a fresh half-megabyte array per piece is page-faulted
+    in every time, which cost as much as the arithmetic).
     """
     if not err.size:
         return 0.0
+    out = work[: err.size] if work is not None else np.empty_like(err)
     if low is DType.BF16 or low is DType.F16:
-        bound = np.abs(high)
+        bound = np.abs(high, out=out)
         bound *= np.float32(2.0**-8 if low is DType.BF16 else 2.0**-11)
         bound += TINY if low is DType.BF16 else np.float32(2.0**-25)
         bound *= SLACK
@@ -71,7 +80,9 @@ def worst_share(low: DType, high: np.ndarray, err: np.ndarray, low_raw: np.ndarr
             d * np.float32(2.0**-11), np.float32(2.0**-25)
         )
         inverse = np.float32(1) / (per_block * SLACK + TINY)
-        return float((err.reshape(-1, 32) * inverse[:, None]).max())
+        share = out.reshape(-1, 32)
+        np.multiply(err.reshape(-1, 32), inverse[:, None], out=share)
+        return float(share.max())
     if low is DType.Q4_K:
         return _q4_k_share(high, err, low_raw)
     bits = CODE_BITS[low]

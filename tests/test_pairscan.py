@@ -42,6 +42,8 @@ def _reference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         "rms": float(np.sqrt((d * d).mean())) if d.size else 0.0,
         "sum_aa": float(a64 @ a64),
         "offset": float((b64 - a64).mean()) if d.size else 0.0,
+        "cosine": float(a64 @ b64 / np.sqrt((a64 @ a64) * (b64 @ b64))) if d.size else 1.0,
+        "ratio": float(a64 @ b64 / (a64 @ a64)) if d.size else float("nan"),
     }
 
 
@@ -79,6 +81,8 @@ def test_scan_statistics_equal_float64_numpy(
     assert got["rms"] == pytest.approx(want["rms"], rel=1e-5, abs=1e-12)
     assert got["_sum_aa"] == pytest.approx(want["sum_aa"], rel=1e-5)
     assert got["_offset"] == pytest.approx(want["offset"], rel=1e-3, abs=1e-7)
+    assert got["cosine"] == pytest.approx(want["cosine"], abs=1e-6)
+    assert got["_ratio"] == pytest.approx(want["ratio"], rel=1e-5, abs=1e-6, nan_ok=True)
     if nonfinite is None:
         assert got["_first_bad"] is None
     else:
