@@ -75,9 +75,23 @@ def _parser() -> argparse.ArgumentParser:
         help="quantized: B is a quantised copy of A (or A of B); QUANT_NOISE pairs within "
         "their dtype's rounding bound then exit 0",
     )
+    d.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="tensor pairs compared at once (default: the CPUs available, at most 4); "
+        "the report is the same for any number",
+    )
     parser.set_defaults(model_commands=register_model_commands(sub))
     register_finetune(sub)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,7 +273,9 @@ def _diff(args: argparse.Namespace) -> int:
     from aprlib.io import open_model
 
     with open_model(args.a) as a, open_model(args.b) as b:
-        report = diff_models(a, b, Tolerance(args.atol, args.rtol), values=args.values)
+        report = diff_models(
+            a, b, Tolerance(args.atol, args.rtol), values=args.values, workers=args.threads
+        )
     passes = report.passes(expect_quantized=args.expect == "quantized")
     if args.json:
         print(json.dumps({**report.as_dict(), "passes": passes}, indent=2, default=str))

@@ -203,3 +203,15 @@ def test_workers_do_not_change_the_report(tiny_qwen2, tmp_path):
         one = diff_models(ma, mb, workers=1).as_dict()
         four = diff_models(ma, mb, workers=4).as_dict()
     assert one == four and one["diagnosis"]["class"] == "QUANT_NOISE"
+
+
+def test_cli_threads_must_be_positive(tiny_qwen2, capsys):
+    from aprlib.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["diff", str(tiny_qwen2.safetensors), str(tiny_qwen2.safetensors), "--threads", "0"])
+    assert exit_.value.code == 2 and "--threads" in capsys.readouterr().err
+    assert (
+        main(["diff", str(tiny_qwen2.safetensors), str(tiny_qwen2.safetensors), "--threads", "3"])
+        == 0
+    )
