@@ -85,3 +85,12 @@ def contradictions(model: Model) -> Iterator[tuple[str, str, str]]:
             )
     if not cfg.tie_word_embeddings and LM_HEAD not in shapes and EMBED in shapes:
         yield "tie_word_embeddings", LM_HEAD, f"tie_word_embeddings=false but there is no {LM_HEAD}"
+    if cfg.tie_word_embeddings and LM_HEAD in shapes:
+        # transformers and llama.cpp both omit a tied head; a file that stores one anyway
+        # holds a copy that a loader honouring the file may train or quantise on its own
+        yield (
+            "tie_word_embeddings",
+            LM_HEAD,
+            f"tie_word_embeddings=true but the file also stores {LM_HEAD} (a tied head is "
+            f"{EMBED}; drop the copy or untie the config)",
+        )
