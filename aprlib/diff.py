@@ -696,7 +696,7 @@ def diff_models(
         b.drop_pages()
         return pair
 
-    pairs = _in_order(compare, _pair_names(a, b), workers or _default_workers())
+    pairs = _in_order(compare, _pair_names(a, b), workers or default_workers())
     _settle_sides(pairs)
     moves = _mark_swaps(a, b, pairs)
     config = compare_configs(a, b)
@@ -713,7 +713,7 @@ def diff_models(
     )
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - platforms without affinity

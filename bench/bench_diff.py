@@ -160,9 +160,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="generate into (and reuse) this folder")
     args = parser.parse_args()
     from aprlib.convert import convert
-    from aprlib.diff import _default_workers
+    from aprlib.diff import default_workers
 
-    threads = _default_workers()
+    threads = default_workers()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="apr-diff-bench-"))
     cfg = {**QWEN, "num_hidden_layers": args.layers}
     try:
