@@ -109,3 +109,49 @@ def test_summary_line_counts_runnable_entries_only():
     doc = summarise(results, clean, 12.3)
     assert doc["summary"] == "killed 1/2 · diagnosis right 1/2 · false alarms 1 · 12 s"
     assert doc["not_yet_runnable"] == 1
+
+
+def _tokenizer_source(tiny_factory, work: Path) -> dict[str, Path]:
+    from falsifiers import test_tokenizer_fidelity_v1 as tok
+
+    tiny = tiny_factory("qwen2", vocab_size=tok.VOCAB)
+    folder, _ = tok.hf_folder_with_tokenizer(tiny, "qwen2", work)
+    return {"qwen2-tokenizer": folder / "model.safetensors"}
+
+
+def test_merge_dropped_runs_and_apr_diff_names_the_merge(tiny_factory, tmp_path):
+    entry = CATALOGUE["tokenizer-merge-dropped"]
+    assert entry.pending is None and not entry.missing()
+    sources = _tokenizer_source(tiny_factory, tmp_path / "src")
+    with open_model(sources["qwen2-tokenizer"]) as source:
+        first = source.tokenizer["tokenizer.ggml.merges"][0]
+    (tmp_path / "a").mkdir()
+    quick = dataclasses.replace(entry, falsifiers=())  # the diff stage alone
+    result = run_one(quick, sources, _known_falsifiers(), tmp_path / "a")
+    assert result.status == "killed" and result.diff_class == "TOKENIZER_MISMATCH"
+    assert result.diagnosis_right and f"merge 0: {first!r}" in (result.diff_line or "")
+    # nothing lost, nothing seen: the edit seam itself raises no alarm
+    (tmp_path / "b").mkdir()
+    identity = dataclasses.replace(quick, patch=inj.tokenizer_edit(lambda t: t))
+    assert run_one(identity, sources, {}, tmp_path / "b").diff_class == "IDENTICAL"
+    # another merge dropped is caught, but the entry's right diagnosis names merge 0
+    (tmp_path / "c").mkdir()
+
+    def drop_fifth(tokenizer):
+        merges = tokenizer["tokenizer.ggml.merges"]
+        return {**tokenizer, "tokenizer.ggml.merges": merges[:5] + merges[6:]}
+
+    other = dataclasses.replace(quick, patch=inj.tokenizer_edit(drop_fifth))
+    result = run_one(other, sources, {}, tmp_path / "c")
+    assert result.status == "killed" and result.diagnosis_right is False
+
+
+def test_merge_dropped_turns_the_round_trip_falsifier_red(tiny_factory, tmp_path):
+    from falsifiers import test_tokenizer_fidelity_v1 as tok
+
+    tiny = tiny_factory("qwen2", vocab_size=tok.VOCAB)
+    tok.check_round_trip(tiny, tmp_path / "clean")
+    with pytest.MonkeyPatch.context() as mp:
+        CATALOGUE["tokenizer-merge-dropped"].patch(mp)
+        with pytest.raises(AssertionError):
+            tok.check_round_trip(tiny, tmp_path / "defective")

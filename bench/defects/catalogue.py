@@ -23,6 +23,8 @@ FILE_SUITE = (*LAYOUT, *TIED, *DTYPE, *LOSSLESS)
 CONFIG = ("FALSIFY-CONFIG-001", "FALSIFY-CONFIG-002", "FALSIFY-CONFIG-003")
 #: the reference forward against transformers (branch issue11: forward-parity-hf-v1)
 FORWARD = ("FALSIFY-FWD-001", "FALSIFY-FWD-002")
+#: a tokenizer carried into GGUF (and through APR) tokenizes like its source
+TOKENIZER = ("FALSIFY-TOK-001", "FALSIFY-TOK-002")
 
 # --- weight layout ------------------------------------------------------------------------
 
@@ -463,10 +465,14 @@ register(
         "tokenizer-merge-dropped",
         "a tokenizer with one BPE merge dropped in the converted file",
         "tokenizer differs across formats",
-        fmt=None,
+        TOKENIZER,
+        model="qwen2-tokenizer",
+        fmt="gguf",
+        patch=inj.tokenizer_edit(inj.first_merge_dropped),
         requires=("aprlib.tokenizer",),
         expect=("TOKENIZER_MISMATCH",),
-        pending="the tiny fixtures carry no tokenizer yet; needs a tiny BPE fixture",
+        where=("merges: first differing merge 0:",),  # the dropped merge, by index and text
+        notes="the source folder carries a byte-level BPE trained in the run",
     )
 )
 

@@ -234,6 +234,33 @@ def q8_0_scale_halved(mp: Any) -> None:
     mp.setattr(quants, "quantize", defective)
 
 
+def first_merge_dropped(tokenizer: dict[str, Any]) -> dict[str, Any]:
+    """The first BPE merge lost, as by a reader that skips line 0 of ``merges.txt`` as its
+    ``#version`` header even where there is none (a tokenizer.json's merge list has none)."""
+    merges = list(tokenizer.get("tokenizer.ggml.merges") or [])
+    return {**tokenizer, "tokenizer.ggml.merges": merges[1:]}
+
+
+def tokenizer_edit(edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[Any], None]:
+    """A code defect in the converter's writer: every file it writes carries ``edit`` of the
+    source's tokenizer. The source is read as it is, so ``apr diff`` source vs output sees the
+    loss; files that tests write on purpose (``checked=False``) pass untouched."""
+
+    def patch(mp: Any) -> None:
+        module = converter_module()
+        real = module.write_model
+
+        def defective(model: Any, dst: Any, *args: Any, **kw: Any) -> Any:
+            checked = kw.get("checked", args[3] if len(args) > 3 else False)
+            if checked and model.tokenizer:
+                model = dataclasses.replace(model, tokenizer=edit(dict(model.tokenizer)))
+            return real(model, dst, *args, **kw)
+
+        mp.setattr(module, "write_model", defective)
+
+    return patch
+
+
 # --- the seam --------------------------------------------------------------------------------
 
 

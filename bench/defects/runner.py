@@ -32,6 +32,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "qwen2-f16": {"architecture": "qwen2", "dtype": "float16"},
     # rows of 256: wide enough for Q4_K super-blocks (the 64-wide models stay F32 in Q4_K)
     "qwen2-wide": {"architecture": "qwen2", "hidden_size": 256, "intermediate_size": 512},
+    # its folder carries a byte-level BPE (tokenizer.json) trained in the run, qwen2 split
+    "qwen2-tokenizer": {"architecture": "qwen2", "tokenizer": "qwen2"},
 }
 
 
@@ -256,10 +258,27 @@ def build_sources(work: Path) -> dict[str, Path]:
 
     sources = {}
     for name, spec in MODELS.items():
+        spec = dict(spec)
+        pre = spec.pop("tokenizer", None)
+        if pre is not None:
+            spec.setdefault("vocab_size", _tokenizer_fixture().VOCAB)
         with contextlib.redirect_stderr(io.StringIO()):  # transformers' progress bars
             model = build_tiny(work / "sources" / name, **spec)
         sources[name] = model.safetensors
+        if pre is not None:
+            folder, _ = _tokenizer_fixture().hf_folder_with_tokenizer(
+                model, pre, work / "sources" / f"{name}-folder"
+            )
+            sources[name] = folder / "model.safetensors"
     return sources
+
+
+def _tokenizer_fixture() -> Any:
+    """The tokenizer-fidelity falsifiers' own fixture (a BPE trained with ``tokenizers`` on
+    their corpus), so the bench injects into the tokenizer those falsifiers check."""
+    import importlib
+
+    return importlib.import_module("falsifiers.test_tokenizer_fidelity_v1")
 
 
 def no_shrinking() -> None:
