@@ -714,6 +714,8 @@ def diff_models(
 
 
 def default_workers() -> int:
+    """Threads ``diff_models`` uses unless told: the CPUs this process may use, at most 4
+    (each holds two 16 MiB read buffers and its pieces; measured only up to 2 here)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - platforms without affinity
