@@ -390,6 +390,45 @@ def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
     return kv
 
 
+#: yarn parameters llama.cpp's loader does not read (measured: a GGUF with
+#: ``rope.scaling.yarn_beta_fast`` set runs exactly as one without it)
+_YARN_UNREAD = ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")
+_YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}
+
+
+def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
+    """Where llama.cpp will not rotate as this config says, in words for the convert notes.
+
+    Linear, yarn (at its default betas) and llama3 (as ``rope_freqs.weight``) carry over;
+    dynamic NTK has no llama.cpp equivalent, and yarn's other knobs are not read.
+    """
+    scaling = cfg.rope_scaling
+    if scaling is None:
+        return []
+    kind = scaling["rope_type"]
+    if kind == "dynamic":
+        return [
+            f"rope_scaling dynamic has no llama.cpp equivalent: llama.cpp rotates unscaled, "
+            f"exact up to max_position_embeddings {cfg.max_position_embeddings:,} and "
+            "different beyond it"
+        ]
+    if kind == "yarn":
+        unread = [
+            f"{k}={scaling[k]}"
+            for k in _YARN_UNREAD
+            if scaling.get(k) is not None and scaling[k] != _YARN_DEFAULTS.get(k)
+        ]
+        if unread:
+            return [
+                f"rope_scaling yarn with {', '.join(unread)}: llama.cpp does not read these "
+                "and uses its defaults, so its RoPE differs from the source's"
+            ]
+        return []
+    if kind in ("linear", "llama3"):
+        return []
+    return [f"rope_scaling {kind} has no llama.cpp equivalent: llama.cpp rotates unscaled"]
+
+
 def extras_from_gguf_kv(kv: dict[str, Any], arch: str) -> dict[str, Any]:
     """Inverse of ``gguf_extras``; also reads llama.cpp's own rope-scaling keys alone."""
     out: dict[str, Any] = {}

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,10 +100,16 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> Tensor:
-    """Per-pair rotation frequencies (float64), with the config's rope scaling applied."""
+def rope_inv_freq(cfg: ModelConfig, seq_len: int = 0) -> Tensor:
+    """Per-pair rotation frequencies (float64), with the config's rope scaling applied.
+
+    ``seq_len``: positions this forward covers; only dynamic NTK scaling depends on it (it
+    rescales the base once a sequence outgrows ``max_position_embeddings``, as
+    transformers does for the positions it computes).
+    """
     dim = cfg.attention_head_dim
-    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
+    inv_freq = 1.0 / cfg.rope_theta**exponents
     scaling = cfg.rope_scaling
     if scaling is None:
         return inv_freq
@@ -118,10 +124,66 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
             scaling["high_freq_factor"],
             scaling["original_max_position_embeddings"],
         )
+    if kind == "yarn":
+        return yarn_scaled(inv_freq, cfg.rope_theta, dim, scaling, cfg.max_position_embeddings)
+    if kind == "dynamic":
+        longest = max(seq_len, cfg.max_position_embeddings)
+        factor = scaling["factor"]
+        growth = factor * longest / cfg.max_position_embeddings - (factor - 1)
+        return 1.0 / (cfg.rope_theta * growth ** (dim / (dim - 2))) ** exponents
     raise ConfigError(
         f"rope_scaling type {kind!r} is not implemented by the reference forward "
-        "(default, linear and llama3 are)"
+        "(default, linear, llama3, yarn and dynamic are)"
     )
+
+
+def rope_attention_factor(cfg: ModelConfig) -> float:
+    """What cos and sin are multiplied by: YaRN's temperature (1 for every other kind)."""
+    scaling = cfg.rope_scaling
+    if scaling is None or scaling["rope_type"] != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor = _yarn_factor(scaling, cfg.max_position_embeddings)
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
+    return _yarn_mscale(factor)
+
+
+def _yarn_factor(scaling: dict[str, Any], max_positions: int) -> float:
+    factor = scaling.get("factor")
+    original = scaling.get("original_max_position_embeddings") or max_positions
+    return float(factor) if factor is not None else max_positions / original
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_scaled(
+    inv_freq: Tensor, base: float, dim: int, scaling: dict[str, Any], max_positions: int
+) -> Tensor:
+    """YaRN (transformers' ``_compute_yarn_parameters``): frequencies that turn fewer than
+    ``beta_slow`` times over the original context are interpolated (divided by the
+    factor), those turning more than ``beta_fast`` times are kept, a linear ramp between."""
+    factor = _yarn_factor(scaling, max_positions)
+    original = scaling.get("original_max_position_embeddings") or max_positions
+    beta_fast = scaling.get("beta_fast") or 32
+    beta_slow = scaling.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # the share of each frequency extrapolated (kept as it is)
+    return inv_freq / factor * (1 - keep) + inv_freq * keep
 
 
 def llama3_scaled(
@@ -140,9 +202,12 @@ def llama3_scaled(
 
 def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """cos/sin ``[T, head_dim]`` for the given absolute positions (computed in float64)."""
-    angles = positions.to(torch.float64)[:, None] * rope_inv_freq(cfg).to(positions.device)
+    seq_len = int(positions.max()) + 1 if positions.numel() else 0
+    inv_freq = rope_inv_freq(cfg, seq_len).to(positions.device)
+    angles = positions.to(torch.float64)[:, None] * inv_freq
     angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    scale = rope_attention_factor(cfg)
+    return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
 
 
 # --- capture points ------------------------------------------------------------------------

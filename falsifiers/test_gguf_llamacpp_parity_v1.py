@@ -61,6 +61,25 @@ def test_f32_gguf_in_llamacpp_equals_reference(tiny_factory, tmp_path, arch, evi
     evidence.record(**check_parity(tiny_factory(arch, **WIDE), tmp_path, DType.F32))
 
 
+#: rope scalings llama.cpp implements from our GGUF keys, checked at 40 positions, most
+#: beyond the original context (8): a scaling dropped or mis-keyed rotates them differently
+ROPE_SCALINGS = {
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8},
+    "linear": {"rope_type": "linear", "factor": 4.0},
+}
+
+
+@pytest.mark.falsifies("FALSIFY-LLAMACPP-001")
+@pytest.mark.parametrize("scaling", sorted(ROPE_SCALINGS))
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_f32_gguf_with_rope_scaling_in_llamacpp_equals_reference(tmp_path, arch, scaling, evidence):
+    from conftest import build_tiny
+
+    rope = {**ROPE_SCALINGS[scaling], "rope_theta": 1e4}
+    tiny = build_tiny(tmp_path / "src", arch, rope_parameters=rope, **WIDE)
+    evidence.record(**check_parity(tiny, tmp_path, DType.F32))
+
+
 @pytest.mark.falsifies("FALSIFY-LLAMACPP-002")
 @pytest.mark.parametrize("dtype", [DType.BF16, DType.Q8_0, DType.Q4_K], ids=lambda d: d.name)
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])

@@ -65,10 +65,35 @@ def test_fwd_001_catches_ignored_llama3_scaling(monkeypatch):
     monkeypatch.setattr(
         model_mod,
         "rope_inv_freq",
-        lambda cfg: real(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None})),
+        lambda cfg, seq_len=0: real(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None})),
     )
     with pytest.raises(AssertionError, match="max"):
         fwd.check_parity(LLAMA3)
+
+
+@pytest.mark.parametrize("name", ["yarn-untied", "dynamic-tied-bias"])
+def test_fwd_001_catches_ignored_yarn_and_dynamic_scaling(monkeypatch, name):
+    real = model_mod.rope_inv_freq
+    monkeypatch.setattr(
+        model_mod,
+        "rope_inv_freq",
+        lambda cfg, seq_len=0: real(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None})),
+    )
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(fwd.FIXED[name])
+
+
+def test_fwd_001_catches_yarn_without_its_attention_factor(monkeypatch):
+    monkeypatch.setattr(model_mod, "rope_attention_factor", lambda cfg: 1.0)
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(fwd.FIXED["yarn-untied"])
+
+
+def test_fwd_001_catches_dynamic_scaling_that_ignores_the_length(monkeypatch):
+    real = model_mod.rope_inv_freq
+    monkeypatch.setattr(model_mod, "rope_inv_freq", lambda cfg, seq_len=0: real(cfg, 0))
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(fwd.FIXED["dynamic-tied-bias"])
 
 
 def test_fwd_002_catches_a_cache_that_forgets(monkeypatch):
@@ -158,3 +183,47 @@ def test_capture_hands_out_clones():
     emb = net.model.embed_tokens.weight[tokens]
     kept["embed"].add_(1.0)  # a hook that writes in place must not reach the model
     assert torch.equal(net.model.embed_tokens.weight[tokens], emb)
+
+
+def test_llamacpp_parity_catches_a_gguf_writer_that_drops_yarn(monkeypatch, tmp_path):
+    """FALSIFY-LLAMACPP-001's rope-scaling case turns red when the writer forgets yarn."""
+    from aprlib import config as config_mod
+    from falsifiers import test_gguf_llamacpp_parity_v1 as lcpp
+
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setattr(config_mod, "GGUF_ROPE_SCALING_TYPES", frozenset())
+    with pytest.raises(AssertionError, match="F32: failed"):
+        lcpp.test_f32_gguf_with_rope_scaling_in_llamacpp_equals_reference(
+            tmp_path, "qwen2", "yarn", _NoEvidence()
+        )
+
+
+class _NoEvidence:
+    def record(self, **_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("rope", "says"),
+    [
+        ({"rope_type": "dynamic", "factor": 4.0}, "dynamic has no llama.cpp equivalent"),
+        (
+            {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 8,
+                "beta_fast": 8.0,
+            },
+            "beta_fast=8.0: llama.cpp does not read",
+        ),
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}, None),
+    ],
+)
+def test_gguf_convert_says_where_llamacpp_will_not_rotate_as_the_source(tmp_path, rope, says):
+    from aprlib import convert
+    from conftest import build_tiny
+
+    tiny = build_tiny(tmp_path / "src", "llama", rope_parameters={**rope, "rope_theta": 1e4})
+    report = convert(tiny.safetensors, tmp_path / "out.gguf")
+    notes = " ".join(report.notes)
+    assert (says in notes) if says else ("rope_scaling" not in notes), report.notes

@@ -19,7 +19,13 @@ import numpy as np
 
 from aprlib import __version__, layout, output
 from aprlib.atomic import atomic_output
-from aprlib.config import ConfigError, ModelConfig, from_gguf_kv, to_gguf_kv
+from aprlib.config import (
+    ConfigError,
+    ModelConfig,
+    from_gguf_kv,
+    llama_cpp_rope_gaps,
+    to_gguf_kv,
+)
 from aprlib.dtypes import DType, nbytes
 from aprlib.errors import ConversionError, GgufFormatError
 from aprlib.filesource import FileSource
@@ -439,6 +445,7 @@ def write_gguf(
             f"{model.path}: GGUF needs the architecture config "
             "(config.json beside the safetensors file)"
         )
+    report.notes.extend(llama_cpp_rope_gaps(cfg))  # the file is right; llama.cpp's RoPE is not
     permute = cfg.architecture in layout.PERMUTED_QK_ARCHS
     plan = []
     widened = []
