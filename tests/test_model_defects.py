@@ -60,7 +60,8 @@ def test_fwd_001_catches_a_mis_scaled_bias(monkeypatch, scale):
         fwd.check_parity(QWEN)
 
 
-def test_fwd_001_catches_ignored_llama3_scaling(monkeypatch):
+@pytest.mark.parametrize("name", ["llama3", "yarn-untied", "dynamic-tied-bias"])
+def test_fwd_001_catches_ignored_rope_scaling(monkeypatch, name):
     real = model_mod.rope_inv_freq
     monkeypatch.setattr(
         model_mod,
@@ -68,19 +69,7 @@ def test_fwd_001_catches_ignored_llama3_scaling(monkeypatch):
         lambda cfg, seq_len=0: real(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None})),
     )
     with pytest.raises(AssertionError, match="max"):
-        fwd.check_parity(LLAMA3)
-
-
-@pytest.mark.parametrize("name", ["yarn-untied", "dynamic-tied-bias"])
-def test_fwd_001_catches_ignored_yarn_and_dynamic_scaling(monkeypatch, name):
-    real = model_mod.rope_inv_freq
-    monkeypatch.setattr(
-        model_mod,
-        "rope_inv_freq",
-        lambda cfg, seq_len=0: real(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None})),
-    )
-    with pytest.raises(AssertionError, match="max"):
-        fwd.check_parity(fwd.FIXED[name])
+        fwd.check_parity(LLAMA3 if name == "llama3" else fwd.FIXED[name])
 
 
 def test_fwd_001_catches_yarn_without_its_attention_factor(monkeypatch):
