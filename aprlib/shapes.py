@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from aprlib.config import ModelConfig
@@ -46,38 +47,140 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
+@dataclass(frozen=True)
+class Contradiction:
+    """One config field the weights say otherwise about."""
+
+    field: str
+    config: object  # what the config says
+    weights: object  # what the weights imply
+    tensor: str  # the tensor that testifies ("" when it is a count of layers)
+    message: str  # ``num_key_value_heads=4 but k_proj has 32 rows = 2 heads x 16``
+
+
+def contradictions(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> list[Contradiction]:
+    """Every config field that the weights' own shapes contradict, one finding per field
+    (at the first layer that contradicts it). The one check behind the loader's fail-fast
+    (``check_weights_match``) and ``apr diff``'s CONFIG_CONTRADICTS_WEIGHTS."""
+    found: list[Contradiction] = []
+    said: set[str] = set()
+
+    def add(field: str, ours: object, theirs: object, tensor: str, message: str) -> None:
+        if field not in said:
+            said.add(field)
+            found.append(Contradiction(field, ours, theirs, tensor, message))
+
+    embed = shapes.get(EMBED)
+    if embed is not None and len(embed) == 2:
+        if embed[0] != cfg.vocab_size:
+            add(
+                "vocab_size",
+                cfg.vocab_size,
+                embed[0],
+                EMBED,
+                f"vocab_size={cfg.vocab_size} but {EMBED} has {embed[0]} rows",
+            )
+        if embed[1] != cfg.hidden_size:
+            add(
+                "hidden_size",
+                cfg.hidden_size,
+                embed[1],
+                EMBED,
+                f"hidden_size={cfg.hidden_size} but {EMBED} has {embed[1]} columns",
+            )
+    # a layer is a block with its projections; a stray norm under a new index is an extra
+    # tensor (the tensor-by-tensor check names it), not a layer
+    layers = sorted(
+        {
+            int(m.group(1))
+            for n in shapes
+            if (m := _LAYER.match(n)) and n.endswith(("q_proj.weight", "down_proj.weight"))
+        }
+    )
+    if layers and len(layers) != cfg.num_hidden_layers:
+        add(
+            "num_hidden_layers",
+            cfg.num_hidden_layers,
+            len(layers),
+            "",
+            f"num_hidden_layers={cfg.num_hidden_layers} but the file holds {len(layers)} layers",
+        )
+    d = cfg.attention_head_dim
+    rows_of = {
+        "self_attn.q_proj.weight": ("num_attention_heads", cfg.num_attention_heads * d),
+        "self_attn.k_proj.weight": ("num_key_value_heads", cfg.num_key_value_heads * d),
+        "self_attn.v_proj.weight": ("num_key_value_heads", cfg.num_key_value_heads * d),
+        "mlp.gate_proj.weight": ("intermediate_size", cfg.intermediate_size),
+        "mlp.up_proj.weight": ("intermediate_size", cfg.intermediate_size),
+    }
+    for layer in layers:
+        p = f"model.layers.{layer}."
+        for suffix, (field, rows) in rows_of.items():
+            shape = shapes.get(p + suffix)
+            if field in said or not shape or len(shape) != 2 or shape[0] == rows:
+                continue
+            proj = suffix.split(".")[1]
+            if field == "intermediate_size":
+                add(
+                    field,
+                    rows,
+                    shape[0],
+                    p + suffix,
+                    f"{field}={rows} but {proj} has {shape[0]} rows",
+                )
+                continue
+            heads: object = shape[0] // d if shape[0] % d == 0 else None
+            held = f" = {heads} heads x {d}" if heads is not None else ""
+            implied = heads if heads is not None else f"{shape[0]} rows (not a multiple of {d})"
+            add(
+                field,
+                getattr(cfg, field),
+                implied,
+                p + suffix,
+                f"{field}={getattr(cfg, field)} but {proj} has {shape[0]} rows{held}",
+            )
+        for field, ours, name in (
+            ("attention_bias", cfg.qkv_bias, "self_attn.q_proj"),
+            ("mlp_bias", cfg.mlp_bias, "mlp.gate_proj"),
+        ):
+            if p + name + ".weight" not in shapes:
+                continue
+            has = p + name + ".bias" in shapes
+            if has != ours:
+                add(
+                    field,
+                    ours,
+                    has,
+                    p + name + ".bias",
+                    f"{field}={ours} but {p}{name}.weight {'has' if has else 'has no'} bias",
+                )
+    if not cfg.tie_word_embeddings and LM_HEAD not in shapes and embed is not None:
+        add(
+            "tie_word_embeddings",
+            False,
+            True,
+            LM_HEAD,
+            f"tie_word_embeddings=false but there is no {LM_HEAD}",
+        )
+    if cfg.tie_word_embeddings and LM_HEAD in shapes:
+        # transformers and llama.cpp both omit a tied head; a file that stores one anyway
+        # holds a copy that a loader honouring the file may train or quantise on its own
+        add(
+            "tie_word_embeddings",
+            True,
+            False,
+            LM_HEAD,
+            f"tie_word_embeddings=true but the file also stores {LM_HEAD} (a tied head is "
+            f"{EMBED}; drop the copy or untie the config)",
+        )
+    return found
+
+
 def field_mismatches(
     cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]
 ) -> list[tuple[str, object, object]]:
     """``(field, config value, value the weights imply)`` for each field they contradict."""
-    found: list[tuple[str, object, object]] = []
-
-    def compare(name: str, ours: object, theirs: object) -> None:
-        if theirs is not None and ours != theirs:
-            found.append((name, ours, theirs))
-
-    embed = shapes.get(EMBED)
-    if embed is not None and len(embed) == 2:
-        compare("vocab_size", cfg.vocab_size, embed[0])
-        compare("hidden_size", cfg.hidden_size, embed[1])
-    layers = {int(m.group(1)) for n in shapes if (m := _LAYER.match(n))}
-    compare("num_hidden_layers", cfg.num_hidden_layers, len(layers))
-    first = "model.layers.0."
-    gate = shapes.get(first + "mlp.gate_proj.weight")
-    if gate is not None:
-        compare("intermediate_size", cfg.intermediate_size, gate[0])
-    d = cfg.attention_head_dim
-    for field, proj in (("num_attention_heads", "q"), ("num_key_value_heads", "k")):
-        weight = shapes.get(first + f"self_attn.{proj}_proj.weight")
-        if weight is not None:
-            rows = weight[0]
-            implied = rows // d if rows % d == 0 else f"{rows} rows (not a multiple of {d})"
-            compare(field, getattr(cfg, field), implied)
-    if layers:
-        compare("attention_bias", cfg.qkv_bias, first + "self_attn.q_proj.bias" in shapes)
-        compare("mlp_bias", cfg.mlp_bias, first + "mlp.gate_proj.bias" in shapes)
-    compare("tie_word_embeddings", cfg.tie_word_embeddings, LM_HEAD not in shapes)
-    return found
+    return [(c.field, c.config, c.weights) for c in contradictions(cfg, shapes)]
 
 
 def check_weights_match(
