@@ -228,3 +228,41 @@ def test_llama_cpp_k_quant_mix_opens_diffs_as_noise_and_passes_through(
 ):
     tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
     evidence.record(diagnosis=check_k_quant_mix(tiny, tmp_path, capsys)[:300])
+
+
+def check_llama3_rope_freqs(work: Path) -> dict:
+    """llama.cpp's GGUF of a Llama with llama3 rope scaling carries ``rope_freqs.weight``
+    and no scaling key: it opens, the scaling is recovered from the divisors, the diff
+    against the HF source is clean (no EXTRA/MISSING tensor, config equal) and the
+    safetensors it converts back to states the same ``rope_scaling``."""
+    import json
+
+    from gguf import GGUFReader
+
+    from falsifiers.llama3_rope import build_llama3_tiny, hf_rope_scaling
+
+    work.mkdir(parents=True, exist_ok=True)
+    tiny = build_llama3_tiny(work / "tiny", vocab_size=VOCAB)
+    folder, _ = hf_folder_with_tokenizer(tiny, PRE["llama"], work)
+    gguf = convert_hf_to_gguf(folder, work / "llama-cpp-llama3.gguf", PRE["llama"], "f32")
+    names = [t.name for t in GGUFReader(gguf).tensors]
+    assert "rope_freqs.weight" in names, f"llama.cpp wrote no rope_freqs.weight: {names[:5]}"
+    with open_model(folder) as hf, open_model(gguf) as theirs:
+        assert theirs.config.rope_scaling == hf_rope_scaling(), theirs.config.rope_scaling
+        assert "rope_freqs.weight" not in theirs.tensors
+        report = diff_models(hf, theirs)
+        line = report.diagnosis["line"]
+        assert report.clean and not report.config and not report.tokenizer, line
+    (work / "back").mkdir()
+    convert(gguf, work / "back" / "model.safetensors")
+    back = json.loads((work / "back" / "config.json").read_text())
+    assert back["rope_scaling"] == hf_rope_scaling(), back.get("rope_scaling")
+    with open_model(folder) as hf, open_model(work / "back" / "model.safetensors") as mb:
+        again = diff_models(hf, mb)
+        assert again.clean and not again.config, again.diagnosis["line"]
+    return {"diagnosis": line[:300], "rope_scaling": back["rope_scaling"]}
+
+
+@pytest.mark.falsifies("FALSIFY-GGUFREAL-005")
+def test_llama_cpp_llama3_gguf_recovers_rope_scaling_from_rope_freqs(tmp_path, evidence):
+    evidence.record(**check_llama3_rope_freqs(tmp_path))
