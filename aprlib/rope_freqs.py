@@ -50,6 +50,20 @@ class RopeFreqsError(ValueError):
         super().__init__(message)
 
 
+def _parameters(scaling: dict[str, Any]) -> dict[str, float]:
+    """The four llama3 parameters (the converter's defaults for those left out), each a
+    positive finite number, or ``RopeFreqsError`` naming the one that is not."""
+    p = {**LLAMA3_DEFAULTS, **{k: v for k, v in scaling.items() if k in LLAMA3_DEFAULTS}}
+    for key, value in p.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RopeFreqsError(f"rope_scaling {key} is {value!r}, not a number", "rope_scaling")
+        if not 0 < value < float("inf"):
+            raise RopeFreqsError(
+                f"rope_scaling {key} is {value!r}, not a positive finite number", "rope_scaling"
+            )
+    return {k: float(v) for k, v in p.items()}
+
+
 def base_freqs(rope_theta: float, head_dim: int) -> np.ndarray:
     """``1 / base ** (arange(0, dim, 2) / dim)`` in float32, with a correctly rounded pow."""
     exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
@@ -60,7 +74,7 @@ def base_freqs(rope_theta: float, head_dim: int) -> np.ndarray:
 def llama3_rope_factors(rope_theta: float, head_dim: int, scaling: dict[str, Any]) -> np.ndarray:
     """The divisors llama.cpp's converter writes (``LlamaModel.generate_extra_tensors``),
     each float32 step as torch takes it there (python scalars rounded to float32)."""
-    p = {**LLAMA3_DEFAULTS, **{k: v for k, v in scaling.items() if k in LLAMA3_DEFAULTS}}
+    p = _parameters(scaling)
     factor, low = np.float32(p["factor"]), np.float32(p["low_freq_factor"])
     context = float(p["original_max_position_embeddings"])
     freqs = base_freqs(rope_theta, head_dim)
@@ -95,7 +109,7 @@ def allowed_ulps(rope_theta: float, head_dim: int, scaling: dict[str, Any]) -> n
     own code over 3,200 configs the worst divisor used 2.4 ulps of e per unit of this
     gain; ``ULP_BUDGET`` allows 8 (``tests/test_rope_freqs.py`` re-measures it).
     """
-    p = {**LLAMA3_DEFAULTS, **{k: v for k, v in scaling.items() if k in LLAMA3_DEFAULTS}}
+    p = _parameters(scaling)
     factor, low, high = (float(p[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
     if not high > low > 0 or factor <= 0:
         return np.full(head_dim // 2, ULP_BUDGET, dtype=np.float64)

@@ -21,8 +21,9 @@ LLAMA3_ROPE: dict[str, Any] = {
 }
 
 
-def build_llama3_tiny(folder: Path, vocab_size: int = 96, seed: int = 3):
-    """Every tensor random; GQA (4 heads, 2 kv heads), untied, rows of 256 for Q4_K."""
+def build_llama3_tiny(folder: Path, vocab_size: int = 96, seed: int = 3, context: int = 8192):
+    """Every tensor random; GQA (4 heads, 2 kv heads), untied, rows of 256 for Q4_K;
+    ``context`` the original context the scaling stretches (16: tokens run past it)."""
     from conftest import build_tiny
 
     return build_tiny(
@@ -36,7 +37,7 @@ def build_llama3_tiny(folder: Path, vocab_size: int = 96, seed: int = 3):
         num_attention_heads=4,
         num_key_value_heads=2,
         rope_theta=LLAMA3_ROPE["rope_theta"],
-        rope_parameters=dict(LLAMA3_ROPE),
+        rope_parameters={**LLAMA3_ROPE, "original_max_position_embeddings": context},
     )
 
 

@@ -230,6 +230,38 @@ def test_hostile_divisors_are_one_typed_line(llama3_gguf, tmp_path, capsys, dama
     assert len(err.splitlines()) == 1 and ROPE_FREQS in err and "Traceback" not in err, err
 
 
+def test_a_llama3_gguf_without_divisors_says_llama_cpp_will_not_scale(llama3_gguf, tmp_path):
+    old = rewrite(llama3_gguf, tmp_path / "old.gguf", None)  # as our writer wrote before
+    with open_model(old) as m:
+        assert m.config.rope_scaling == hf_rope_scaling()
+        assert m.metadata["aprlib.rope_freqs"].startswith("missing: llama.cpp runs this file")
+
+
+@pytest.mark.parametrize("tensor", [True, False], ids=["with-divisors", "without"])
+def test_a_stated_scaling_that_is_not_numbers_is_one_typed_line(llama3_gguf, tmp_path, tensor):
+    import json
+
+    src = llama3_gguf if tensor else rewrite(llama3_gguf, tmp_path / "old.gguf", None)
+    r = GGUFReader(src)
+    w = GGUFWriter(str(tmp_path / "bad.gguf"), "llama")
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = f.contents()
+        if key == "aprlib.rope_scaling":
+            value = json.dumps({**json.loads(value), "factor": "x"})
+        w.add_key_value(key, value, f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GgufFormatError, match="rope_scaling factor is 'x', not a number") as info:
+        open_model(tmp_path / "bad.gguf")
+    assert info.value.field == "aprlib.rope_scaling"
+
+
 def test_divisors_no_scaling_makes_fail_recovery_naming_what(llama3_gguf, tmp_path):
     noise = np.random.default_rng(0).uniform(1, 32, 32).astype(np.float32)
     bad = rewrite(llama3_gguf, tmp_path / "bad.gguf", noise, {"aprlib.rope_scaling"})
@@ -256,9 +288,12 @@ def test_a_qwen2_with_llama3_scaling_gets_no_divisors_and_a_note(tmp_path):
 # --- the falsifiers turn red on the defects they are there for ----------------------------
 
 
+@pytest.mark.parametrize("context", [8192, 16])
 @pytest.mark.parametrize("defect", ["omitted", "wrong-factor"])
-def test_llamacpp_004_catches_a_writer_without_the_right_divisors(tmp_path, monkeypatch, defect):
-    parity.check_llama3_rope_parity(tmp_path / "good")
+def test_llamacpp_004_catches_a_writer_without_the_right_divisors(
+    tmp_path, monkeypatch, defect, context
+):
+    parity.check_llama3_rope_parity(tmp_path / "good", context)
     if defect == "omitted":
         monkeypatch.setattr(gguf_format, "rope_freqs_tensor", lambda cfg: None)
     else:
@@ -268,7 +303,7 @@ def test_llamacpp_004_catches_a_writer_without_the_right_divisors(tmp_path, monk
             lambda theta, dim, s: llama3_rope_factors(theta, dim, {**s, "factor": 8.0}),
         )
     with pytest.raises(AssertionError, match="llama3 rope: failed"):
-        parity.check_llama3_rope_parity(tmp_path / "bad")
+        parity.check_llama3_rope_parity(tmp_path / "bad", context)
 
 
 def test_ggufreal_005_catches_a_reader_that_ignores_the_divisors(tmp_path, monkeypatch):

@@ -324,10 +324,11 @@ def _open(path: Path, src: FileSource) -> Model:
         raise GgufFormatError(path, str(exc), field="general.architecture") from None
     derived = {p.name: p for p in placed if p.name in DERIVED}
     placed = [p for p in placed if p.name not in DERIVED]
-    if ROPE_FREQS in derived:
-        config, kv["aprlib.rope_freqs"] = _rope_freqs(
-            path, src, data_start, derived[ROPE_FREQS], config, kv
-        )
+    config, kv["aprlib.rope_freqs"] = _rope_freqs(
+        path, src, data_start, derived.get(ROPE_FREQS), config, kv
+    )
+    if kv["aprlib.rope_freqs"] is None:
+        del kv["aprlib.rope_freqs"]
     permute = config.architecture in layout.PERMUTED_QK_ARCHS
     tensors: dict[str, Tensor] = {}
     for p in placed:
@@ -373,37 +374,38 @@ def _rope_freqs(
     path: Path,
     src: FileSource,
     data_start: int,
-    p: _Placed,
+    p: _Placed | None,
     config: ModelConfig,
     kv: dict[str, Any],
-) -> tuple[ModelConfig, str]:
+) -> tuple[ModelConfig, str | None]:
     """``rope_freqs.weight`` checked against the rope scaling the metadata states, or the
     llama3 scaling recovered from it when none is stated (as llama.cpp writes it). It
-    leaves no tensor: the config's ``rope_scaling`` is what a writer regenerates it from."""
-    if p.dtype is not DType.F32:
-        raise GgufFormatError(
-            path,
-            f"{p.dtype.name}; llama.cpp's rope takes F32 divisors",
-            tensor=p.name,
-            field="type",
-        )
+    leaves no tensor: the config's ``rope_scaling`` is what a writer regenerates it from.
+    The second value says which (for ``inspect``), or that llama.cpp lacks the divisors."""
+    stated = (
+        "aprlib.rope_scaling"
+        if "aprlib.rope_scaling" in kv
+        else f"{config.architecture}.rope.scaling.type"
+    )
     head_dim = config.attention_head_dim
-    values = src.read(data_start + p.offset, p.nbytes, tensor=p.name, field="data")
-    values = np.frombuffer(values.tobytes(), dtype="<f4").reshape(p.shape)
     try:
+        if p is None:
+            if rope_freqs_tensor(config) is None:
+                return config, None
+            return config, "missing: llama.cpp runs this file with unscaled RoPE (llama3 scaling)"
+        if p.dtype is not DType.F32:
+            raise RopeFreqsError(f"{p.dtype.name}; llama.cpp's rope takes F32 divisors", "type")
+        raw = src.read(data_start + p.offset, p.nbytes, tensor=p.name, field="data")
+        values = np.frombuffer(raw.tobytes(), dtype="<f4").reshape(p.shape)
         check_values(values, head_dim)
         if config.rope_scaling is not None:
             check_against(values, config.rope_theta, head_dim, config.rope_scaling)
             return config, "checked against the stated rope_scaling"
         scaling = recover_llama3(values, config.rope_theta, head_dim)
     except RopeFreqsError as exc:
-        stated = (
-            "aprlib.rope_scaling"
-            if "aprlib.rope_scaling" in kv
-            else f"{config.architecture}.rope.scaling.type"
-        )
         field = stated if exc.field == "rope_scaling" else exc.field
-        raise GgufFormatError(path, str(exc), tensor=p.name, field=field) from None
+        tensor = None if p is None else p.name
+        raise GgufFormatError(path, str(exc), tensor=tensor, field=field) from None
     return dataclasses.replace(
         config, rope_scaling=scaling
     ), "llama3 rope_scaling recovered from it"
@@ -519,7 +521,10 @@ def write_gguf(
         if out != requested:
             widened.append(f"{t.name}={requested.name}")
         plan.append((name, t, out))
-    rope_freqs = rope_freqs_tensor(cfg)
+    try:
+        rope_freqs = rope_freqs_tensor(cfg)
+    except RopeFreqsError as exc:
+        raise ConversionError(f"{model.path}: {ROPE_FREQS}: {exc}") from None
     if cfg.rope_scaling and cfg.rope_scaling.get("rope_type") == "llama3" and rope_freqs is None:
         report.notes.append(
             f"llama.cpp's {cfg.architecture} graph has no llama3 rope scaling: it will run "
