@@ -119,28 +119,3 @@ def test_half_precision_model_converted_runs_in_llamacpp(
 ):
     tiny = tiny_factory(arch, dtype=dtype, **WIDE)
     evidence.record(**check_half_precision_convert(tiny, tmp_path))
-
-
-def check_llama3_rope_parity(work: Path, context: int = 8192) -> dict[str, float]:
-    """Our F32 GGUF of a llama3-scaled Llama: llama.cpp applies the scaling only through
-    ``rope_freqs.weight`` (it has no key for it), so its logits meet the F32 gate of our
-    reference forward only if the writer put the divisors there, and put them right.
-    ``context`` 16: the 40 tokens run past the original context, where the scaling bites."""
-    from falsifiers.llama3_rope import build_llama3_tiny
-
-    require_llama_cpp()
-    tiny = build_llama3_tiny(work / "tiny", context=context)
-    tokens = tokens_for(4)
-    gguf = work / "llama3.gguf"
-    assert apr(["convert", str(tiny.safetensors), str(gguf), "--dtype", "f32"]) == 0
-    reference = reference_logits(tiny.safetensors, tokens)
-    theirs = llamacpp_logits(gguf, tokens)
-    c = compare_logits(reference, theirs, tokens, tokens, DTYPE_GATES["f32"])
-    assert c.verdict == "PASS", f"llama3 rope: failed {c.failed}: {c.gates}"
-    return {"kl_mean": c.kl_mean, "top1": c.top1, "nmse": c.nmse}
-
-
-@pytest.mark.falsifies("FALSIFY-LLAMACPP-004")
-@pytest.mark.parametrize("context", [8192, 16])
-def test_llama3_scaled_gguf_in_llamacpp_equals_reference(tmp_path, context, evidence):
-    evidence.record(**check_llama3_rope_parity(tmp_path, context))

@@ -29,8 +29,7 @@ from aprlib.rope_freqs import (
     recover_llama3,
     ulp_distance,
 )
-from falsifiers import test_gguf_llamacpp_parity_v1 as parity
-from falsifiers import test_gguf_real_files_v1 as real_files
+from falsifiers import test_llama3_rope_freqs as rope_falsifiers
 from falsifiers.llama3_rope import LLAMA3_ROPE, build_llama3_tiny, hf_rope_scaling
 
 
@@ -293,7 +292,7 @@ def test_a_qwen2_with_llama3_scaling_gets_no_divisors_and_a_note(tmp_path):
 def test_llamacpp_004_catches_a_writer_without_the_right_divisors(
     tmp_path, monkeypatch, defect, context
 ):
-    parity.check_llama3_rope_parity(tmp_path / "good", context)
+    rope_falsifiers.check_llama3_rope_parity(tmp_path / "good", context)
     if defect == "omitted":
         monkeypatch.setattr(gguf_format, "rope_freqs_tensor", lambda cfg: None)
     else:
@@ -303,14 +302,14 @@ def test_llamacpp_004_catches_a_writer_without_the_right_divisors(
             lambda theta, dim, s: llama3_rope_factors(theta, dim, {**s, "factor": 8.0}),
         )
     with pytest.raises(AssertionError, match="llama3 rope: failed"):
-        parity.check_llama3_rope_parity(tmp_path / "bad", context)
+        rope_falsifiers.check_llama3_rope_parity(tmp_path / "bad", context)
 
 
 def test_ggufreal_005_catches_a_reader_that_ignores_the_divisors(tmp_path, monkeypatch):
-    real_files.check_llama3_rope_freqs(tmp_path / "good")
+    rope_falsifiers.check_llama3_rope_freqs(tmp_path / "good")
     monkeypatch.setattr(gguf_format, "recover_llama3", lambda values, theta, dim: None)
     with pytest.raises(AssertionError):
-        real_files.check_llama3_rope_freqs(tmp_path / "bad")
+        rope_falsifiers.check_llama3_rope_freqs(tmp_path / "bad")
 
 
 def test_ulp_allowance_is_finite_and_at_least_the_budget():
