@@ -105,3 +105,42 @@ def convert_hf_to_gguf(folder: Path, out: Path, pre: str, outtype: str = "f32") 
     )
     assert run.returncode == 0, f"convert_hf_to_gguf.py failed:\n{run.stderr[-3000:]}"
     return out
+
+
+FACTORS = """
+import json, sys
+vendor = sys.argv[1]
+sys.path.insert(0, vendor)
+sys.path.insert(1, vendor + "/gguf-py")
+from conversion.llama import LlamaModel
+
+class Hparams:  # the two attributes generate_extra_tensors reads, and its tensor namer
+    def __init__(self, rope, head_dim):
+        self.rope_parameters, self.hparams = rope, {"head_dim": head_dim}
+    def format_tensor_name(self, key):
+        return "rope_freqs.weight"
+
+out = []
+for theta, head_dim, scaling in json.load(sys.stdin):
+    model = Hparams({"rope_theta": theta, **scaling}, head_dim)
+    made = list(LlamaModel.generate_extra_tensors(model))
+    out.append(made[0][1].numpy().tolist() if made else None)
+json.dump(out, sys.stdout)
+"""
+
+
+def llama3_rope_factors_by_converter(cases: list[tuple[float, int, dict]]) -> list[list[float]]:
+    """``rope_freqs.weight`` as the converter's own ``LlamaModel.generate_extra_tensors``
+    computes it, for each (rope_theta, head_dim, rope_scaling); one subprocess for all."""
+    import json
+
+    source = require_converter()
+    run = subprocess.run(
+        [sys.executable, "-c", FACTORS, str(source)],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, f"generate_extra_tensors failed:\n{run.stderr[-3000:]}"
+    return json.loads(run.stdout)

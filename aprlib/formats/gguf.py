@@ -7,6 +7,7 @@ llama-architecture q/k rows are un-permuted on read and permuted on write.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import struct
@@ -31,6 +32,14 @@ from aprlib.errors import ConversionError, GgufFormatError
 from aprlib.filesource import FileSource
 from aprlib.gguf_defaults import with_llama_cpp_defaults
 from aprlib.modelfile import EMBED, MAX_TENSORS, Model, Tensor, check_tensor_shape
+from aprlib.rope_freqs import (
+    ROPE_FREQS,
+    RopeFreqsError,
+    check_against,
+    check_values,
+    llama3_rope_factors,
+    recover_llama3,
+)
 
 _U64 = struct.Struct("<Q")
 MAGIC = b"GGUF"
@@ -54,6 +63,11 @@ SCALARS = {
 }
 _MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_INFO = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+#: tensors llama.cpp derives from the config (no HF name): checked or read into the config
+DERIVED = frozenset({ROPE_FREQS})
+#: architectures whose llama.cpp graph reads ``rope_freqs.weight`` (llama.cpp refuses a
+#: file holding a tensor its graph does not load)
+ROPE_FREQS_ARCHS = frozenset({"llama"})
 
 
 class _Head:
@@ -242,7 +256,7 @@ def _place(
     inside the data section, no two overlapping, no name twice."""
     placed: dict[str, _Placed] = {}
     for name, ne, ttype, offset in infos:
-        canonical = layout.gguf_to_hf(name)
+        canonical = layout.gguf_to_hf(name) or (name if name in DERIVED else None)
         if canonical is None:
             raise GgufFormatError(path, "no canonical name for this tensor", tensor=name)
         dtype = DType.from_code(ttype)
@@ -314,6 +328,13 @@ def _open(path: Path, src: FileSource) -> Model:
         config = from_gguf_kv(kv, has_output_tensor=any(p.name == "output.weight" for p in placed))
     except ConfigError as exc:
         raise GgufFormatError(path, str(exc), field="general.architecture") from None
+    derived = {p.name: p for p in placed if p.name in DERIVED}
+    placed = [p for p in placed if p.name not in DERIVED]
+    config, kv["aprlib.rope_freqs"] = _rope_freqs(
+        path, src, data_start, derived.get(ROPE_FREQS), config, kv
+    )
+    if kv["aprlib.rope_freqs"] is None:
+        del kv["aprlib.rope_freqs"]
     permute = config.architecture in layout.PERMUTED_QK_ARCHS
     tensors: dict[str, Tensor] = {}
     for p in placed:
@@ -353,6 +374,55 @@ def _open(path: Path, src: FileSource) -> Model:
         tensors[p.canonical] = Tensor(p.canonical, p.dtype, p.shape, p.name, read)
     maps = [src.map] if src.map is not None else []
     return Model(path, "gguf", tensors, config, kv, tokenizer or None, [src.close], maps)
+
+
+def _rope_freqs(
+    path: Path,
+    src: FileSource,
+    data_start: int,
+    p: _Placed | None,
+    config: ModelConfig,
+    kv: dict[str, Any],
+) -> tuple[ModelConfig, str | None]:
+    """``rope_freqs.weight`` checked against the rope scaling the metadata states, or the
+    llama3 scaling recovered from it when none is stated (as llama.cpp writes it). It
+    leaves no tensor: the config's ``rope_scaling`` is what a writer regenerates it from.
+    The second value says which (for ``inspect``), or that llama.cpp lacks the divisors."""
+    stated = (
+        "aprlib.rope_scaling"
+        if "aprlib.rope_scaling" in kv
+        else f"{config.architecture}.rope.scaling.type"
+    )
+    head_dim = config.attention_head_dim
+    try:
+        if p is None:
+            if rope_freqs_tensor(config) is None:
+                return config, None
+            return config, "missing: llama.cpp runs this file with unscaled RoPE (llama3 scaling)"
+        if p.dtype is not DType.F32:
+            raise RopeFreqsError(f"{p.dtype.name}; llama.cpp's rope takes F32 divisors", "type")
+        raw = src.read(data_start + p.offset, p.nbytes, tensor=p.name, field="data")
+        values = np.frombuffer(raw.tobytes(), dtype="<f4").reshape(p.shape)
+        check_values(values, head_dim)
+        if config.rope_scaling is not None:
+            check_against(values, config.rope_theta, head_dim, config.rope_scaling)
+            return config, "checked against the stated rope_scaling"
+        scaling = recover_llama3(values, config.rope_theta, head_dim)
+    except RopeFreqsError as exc:
+        field = stated if exc.field == "rope_scaling" else exc.field
+        tensor = None if p is None else p.name
+        raise GgufFormatError(path, str(exc), tensor=tensor, field=field) from None
+    return dataclasses.replace(
+        config, rope_scaling=scaling
+    ), "llama3 rope_scaling recovered from it"
+
+
+def rope_freqs_tensor(cfg: ModelConfig) -> np.ndarray | None:
+    """The ``rope_freqs.weight`` llama.cpp needs for ``cfg`` (None where its graph has none)."""
+    scaling = cfg.rope_scaling
+    if cfg.architecture not in ROPE_FREQS_ARCHS or not scaling or scaling["rope_type"] != "llama3":
+        return None
+    return llama3_rope_factors(cfg.rope_theta, cfg.attention_head_dim, scaling)
 
 
 def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -> dict[str, Any]:
@@ -458,6 +528,15 @@ def write_gguf(
         if out != requested:
             widened.append(f"{t.name}={requested.name}")
         plan.append((name, t, out))
+    try:
+        rope_freqs = rope_freqs_tensor(cfg)
+    except RopeFreqsError as exc:
+        raise ConversionError(f"{model.path}: {ROPE_FREQS}: {exc}") from None
+    if cfg.rope_scaling and cfg.rope_scaling.get("rope_type") == "llama3" and rope_freqs is None:
+        report.notes.append(
+            f"llama.cpp's {cfg.architecture} graph has no llama3 rope scaling: it will run "
+            "this file with unscaled RoPE (the scaling is kept in aprlib.rope_scaling)"
+        )
     with atomic_output(dst) as tmp:
         writer = GGUFWriter(tmp, cfg.architecture)
         kv = to_gguf_kv(cfg)
@@ -468,6 +547,10 @@ def write_gguf(
         if widened:  # so that a conversion back can restore the source's dtype exactly
             kv[WIDENED_KEY] = widened
         _add_kv(writer, kv.items())
+        if rope_freqs is not None:  # llama.cpp's converter writes it first
+            writer.add_tensor_info(
+                ROPE_FREQS, rope_freqs.shape, rope_freqs.dtype, rope_freqs.nbytes
+            )
         for name, t, out in plan:
             writer.add_tensor_info(
                 name,
@@ -479,6 +562,8 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        if rope_freqs is not None:
+            writer.write_tensor_data(rope_freqs)
         for _, t, out in plan:
             data = np.ascontiguousarray(output.encode(t, out))
             heads = (
