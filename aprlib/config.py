@@ -399,8 +399,9 @@ _YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}
 def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
     """Where llama.cpp will not rotate as this config says, in words for the convert notes.
 
-    Linear, yarn (at its default betas) and llama3 (as ``rope_freqs.weight``) carry over;
-    dynamic NTK has no llama.cpp equivalent, and yarn's other knobs are not read.
+    Linear and yarn (at its default betas) carry over as keys; llama3 as ``rope_freqs.weight``
+    where llama.cpp's graph reads one (the GGUF writer notes the architectures where it does
+    not); dynamic NTK has no llama.cpp equivalent, and yarn's other knobs are not read.
     """
     scaling = cfg.rope_scaling
     if scaling is None:

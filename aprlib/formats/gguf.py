@@ -515,7 +515,6 @@ def write_gguf(
             f"{model.path}: GGUF needs the architecture config "
             "(config.json beside the safetensors file)"
         )
-    report.notes.extend(llama_cpp_rope_gaps(cfg))  # the file is right; llama.cpp's RoPE is not
     permute = cfg.architecture in layout.PERMUTED_QK_ARCHS
     plan = []
     widened = []
@@ -532,6 +531,7 @@ def write_gguf(
         rope_freqs = rope_freqs_tensor(cfg)
     except RopeFreqsError as exc:
         raise ConversionError(f"{model.path}: {ROPE_FREQS}: {exc}") from None
+    report.notes.extend(llama_cpp_rope_gaps(cfg))  # the file is right; llama.cpp's RoPE is not
     if cfg.rope_scaling and cfg.rope_scaling.get("rope_type") == "llama3" and rope_freqs is None:
         report.notes.append(
             f"llama.cpp's {cfg.architecture} graph has no llama3 rope scaling: it will run "
