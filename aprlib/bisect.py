@@ -122,38 +122,39 @@ _DONE = object()
 
 
 class _Stream(threading.Thread):
-    """One forward in a thread, handing its capture points over one at a time."""
+    """One forward in a thread that computes only while the consumer waits for its next
+    point: the forwards take turns on the CPU rather than contend for it (each torch op
+    already uses every core; three at once oversubscribe them)."""
 
     def __init__(self, net: Transformer, tokens: torch.Tensor) -> None:
         super().__init__(daemon=True)
         self.net, self.tokens = net, tokens
-        self.items: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self.items: queue.Queue[Any] = queue.Queue()
+        self.turn = threading.Semaphore(0)
         self.stop = threading.Event()
 
     def run(self) -> None:
         try:
+            self._wait_turn()
             with torch.no_grad(), self.net.capture(self._put):
                 self.net(self.tokens)
-            self._put_raw(_DONE)
+            self.items.put(_DONE)
         except _Stopped:
             pass
         except BaseException as exc:  # handed to the consumer, raised there
-            self._put_raw(exc)
+            self.items.put(exc)
 
     def _put(self, name: str, x: torch.Tensor) -> None:
-        self._put_raw((name, x))
+        self.items.put((name, x))
+        self._wait_turn()
 
-    def _put_raw(self, item: Any) -> None:
-        while True:
+    def _wait_turn(self) -> None:
+        while not self.turn.acquire(timeout=0.05):
             if self.stop.is_set():
                 raise _Stopped
-            try:
-                self.items.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
 
     def next(self) -> tuple[str, torch.Tensor]:
+        self.turn.release()
         item = self.items.get()
         if isinstance(item, BaseException):
             raise item
@@ -166,25 +167,65 @@ class _Stream(threading.Thread):
         self.join()
 
 
-RMSE_CHUNK = 1 << 20  # elements widened to float64 at once (a vocab-sized logits row block)
+RMSE_CHUNK = 1 << 20  # elements compared at once (float64 temporaries of 8 MB)
 
 
-def _rmse(x: torch.Tensor, y: torch.Tensor) -> float:
-    """RMSE over the positions finite on both sides, in float64, a chunk at a time."""
-    total, count = 0.0, 0
-    for a, b in zip(x.reshape(-1).split(RMSE_CHUNK), y.reshape(-1).split(RMSE_CHUNK), strict=True):
-        d = a.to(torch.float64) - b.to(torch.float64)
-        square = float((d * d).sum())
+@dataclass(frozen=True)
+class _Errors:
+    """One point's numbers: RMSEs over the positions finite on both sides, in float64."""
+
+    rmse_a: float  # A vs ref64
+    rmse_b: float  # B vs ref64
+    rmse_ab: float
+    ref_rms: float
+    nonfinite_a: int
+    nonfinite_b: int
+
+
+class _SumOfSquares:
+    """Σd² over the finite entries of d, and how many they are."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, d: torch.Tensor) -> bool:
+        """Add a chunk; True when every entry of it was finite."""
+        square = float(torch.dot(d, d))
         if math.isfinite(square):
-            total, count = total + square, count + d.numel()
-        else:
-            keep = torch.isfinite(d)
-            total, count = total + float(d[keep].pow(2).sum()), count + int(keep.sum())
-    return math.sqrt(total / count) if count else 0.0
+            self.total, self.count = self.total + square, self.count + d.numel()
+            return True
+        keep = torch.isfinite(d)
+        kept = int(keep.sum())
+        self.total, self.count = self.total + float(d[keep].pow(2).sum()), self.count + kept
+        return kept == d.numel()
+
+    @property
+    def rms(self) -> float:
+        return math.sqrt(self.total / self.count) if self.count else 0.0
 
 
-def _rms(x: torch.Tensor) -> float:
-    return _rmse(x, torch.zeros((), dtype=x.dtype).expand_as(x))
+def _errors(xa: torch.Tensor, xb: torch.Tensor, xr: torch.Tensor) -> _Errors:
+    """Every number of a point in one pass, a chunk at a time.
+
+    A and B are widened inside the subtraction from the float64 reference (type promotion:
+    no widened copy is made), and the squares are summed by a float64 dot product. A chunk
+    whose difference from the reference is finite everywhere has no NaN/Inf in that side
+    (a NaN/Inf operand makes the difference non-finite), so its NaN/Inf are counted only
+    where a difference is not finite.
+    """
+    a_ref, b_ref, a_b, ref = (_SumOfSquares() for _ in range(4))
+    bad_a = bad_b = 0
+    chunks = (x.reshape(-1).split(RMSE_CHUNK) for x in (xa, xb, xr))
+    for a, b, r in zip(*chunks, strict=True):
+        r = r.to(torch.float64)
+        d = a - r
+        if not a_ref.add(d):
+            bad_a += int((~torch.isfinite(a)).sum())
+        if not b_ref.add(b - r):
+            bad_b += int((~torch.isfinite(b)).sum())
+        ref.add(r)
+        a_b.add(d.copy_(a).sub_(b))  # A - B, exact: A widened in place, then B subtracted
+    return _Errors(a_ref.rms, b_ref.rms, a_b.rms, ref.rms, bad_a, bad_b)
 
 
 def _tolerance_for(name: str, default: Tolerance, overrides: dict[str, Tolerance]) -> Tolerance:
@@ -229,12 +270,9 @@ def bisect(
         tol = _tolerance_for(name, tolerance, overrides)
         if xa.shape != xb.shape:
             raise BisectError(f"{name}: A has shape {tuple(xa.shape)}, B {tuple(xb.shape)}")
-        rmse_a, rmse_b = _rmse(xa, xr), _rmse(xb, xr)
-        ref_rms = _rms(xr)
-        bound = tol.m * rmse_a + tol.atol + tol.rtol * ref_rms
-        bad_a = int((~torch.isfinite(xa)).sum())
-        bad_b = int((~torch.isfinite(xb)).sum())
-        is_bad = rmse_b > bound or bad_b > bad_a
+        e = _errors(xa, xb, xr)
+        bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
+        is_bad = e.rmse_b > bound or e.nonfinite_b > e.nonfinite_a
         inputs = graph[name]
         role = "agrees"
         if is_bad:
@@ -245,13 +283,13 @@ def bisect(
                 name,
                 inputs,
                 tuple(xb.shape),
-                rmse_a,
-                rmse_b,
-                _rmse(xa, xb),
-                ref_rms,
+                e.rmse_a,
+                e.rmse_b,
+                e.rmse_ab,
+                e.ref_rms,
                 bound,
-                bad_a,
-                bad_b,
+                e.nonfinite_a,
+                e.nonfinite_b,
                 is_bad,
                 role,
                 tol.m,

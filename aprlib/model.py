@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from aprlib.io import LM_HEAD, Model, open_model
 from aprlib.shapes import check_weights_match
 
 Hook = Callable[[str, Tensor], None]
-CAST_ROWS = 8192  # rows of a weight widened at once when activations are wider (float64)
+WIDEN_BYTES = 8 << 20  # a weight widened to the activations' dtype (float64) this much at a time
+_widening = threading.local()  # one reused buffer per thread: see ``widened_rows``
 
 
 class Ops:
@@ -60,9 +62,8 @@ class Ops:
             bias = bias.to(x.dtype)
         if weight.dtype == x.dtype:
             return F.linear(x, weight, bias)
-        # a widened copy of a vocab-sized head is large: widen it a block of rows at a time
-        parts = [F.linear(x, w.to(x.dtype)) for w in weight.split(CAST_ROWS)]
-        out = torch.cat(parts, dim=-1)
+        parts = [F.linear(x, w) for w in widened_rows(weight, x.dtype)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return out if bias is None else out + bias
 
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -83,6 +84,30 @@ class Ops:
 
     def cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def widened_rows(weight: Tensor, dtype: torch.dtype) -> Iterator[Tensor]:
+    """``weight`` in ``dtype``, a block of rows at a time, each written over the last.
+
+    A float64 pass over float32 weights (bisect's reference) would otherwise allocate a
+    fresh widened copy of every weight: a vocab-sized head is >1 GB, and each fresh block
+    is new memory the kernel must fault in page by page, which cost as much as the float64
+    matmuls themselves. One buffer per thread, reused, is faulted in once. Each block must
+    be consumed before the next is asked for.
+    """
+    rows_per_block = max(1, WIDEN_BYTES // (weight.shape[1] * dtype.itemsize))
+    need = min(rows_per_block, weight.shape[0]) * weight.shape[1]
+    key = (weight.device, dtype)
+    buffers: dict[tuple[torch.device, torch.dtype], Tensor] = _widening.__dict__.setdefault(
+        "buffers", {}
+    )
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < need:
+        buffer = buffers[key] = torch.empty(need, dtype=dtype, device=weight.device)
+    for block in weight.split(rows_per_block):
+        widened = buffer[: block.numel()].view(block.shape)
+        widened.copy_(block)
+        yield widened
 
 
 def causal_mask(tq: int, tk: int, device: torch.device | str = "cpu") -> Tensor:
@@ -232,7 +257,10 @@ class Body(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device="meta")
+        # a given weight skips the random init, which on the meta device imports
+        # torch._dynamo (a second per load, half of a cold `apr` command's start)
+        shape = (cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(*shape, _weight=torch.empty(shape, device="meta"))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size)
 
