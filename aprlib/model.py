@@ -303,7 +303,7 @@ class Transformer(nn.Module):
         if config.hidden_act != "silu":
             raise ConfigError(f"hidden_act {config.hidden_act!r} (only silu)")
         rope_inv_freq(config)  # an unsupported rope scaling fails here, not mid-forward
-        self._hooks: list[Hook] = []
+        self._hooks: list[tuple[Hook, bool]] = []  # (hook, hand it a clone)
         self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
         self.source: Model | None = None  # the open file behind zero-copy weights
 
@@ -369,8 +369,12 @@ class Transformer(nn.Module):
     # -- capture ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def capture(self, hook: Hook) -> Iterator[None]:
+    def capture(self, hook: Hook, clone: bool = True) -> Iterator[None]:
         """Call ``hook(name, tensor)`` at every capture point, with a clone of the tensor.
+
+        ``clone=False`` hands over the tensor itself, saving a copy of every activation: only
+        for a hook that never writes to it and is done with it before this forward computes
+        again (bisect, whose forwards wait at each point until it has been compared).
 
         On leaving, the hook is removed, and every forward run inside must have fired each
         declared point exactly once, in order (``CaptureError`` otherwise).
@@ -381,11 +385,12 @@ class Transformer(nn.Module):
             fired.append(name)
             hook(name, x)
 
-        self._hooks.append(record)
+        entry = (record, clone)
+        self._hooks.append(entry)
         try:
             yield
         finally:
-            self._hooks.remove(record)
+            self._hooks.remove(entry)
         order = list(capture_graph(self.config.num_hidden_layers))
         runs = len(fired) // len(order)
         if fired != order * runs or len(fired) % len(order):
@@ -398,8 +403,14 @@ class Transformer(nn.Module):
 
     def _emit(self, name: str, x: Tensor) -> None:
         if self._hooks:
-            copy = x.detach().clone()  # the caller may overwrite x in place later
-            for hook in list(self._hooks):
+            x = x.detach()
+            copy = None  # one clone, shared by every hook that wants one
+            for hook, clone in list(self._hooks):
+                if not clone:
+                    hook(name, x)
+                    continue
+                if copy is None:
+                    copy = x.clone()  # the caller may overwrite x in place later
                 hook(name, copy)
 
     # -- forward ----------------------------------------------------------------------------

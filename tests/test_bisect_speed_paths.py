@@ -202,6 +202,29 @@ def test_the_forwards_take_turns_on_the_cpu(three_layers, monkeypatch):
     assert peak[0] == 1
 
 
+def test_capture_without_clone_hands_over_the_tensor_itself(three_layers, monkeypatch):
+    """Beside a cloning hook (which still gets its own copy, one for all such hooks)."""
+    net = Transformer.from_file(three_layers)
+    emitted, plain, cloned = {}, {}, {}
+    emit = net._emit
+    monkeypatch.setattr(net, "_emit", lambda n, x: (emitted.__setitem__(n, x), emit(n, x)))
+    tokens = torch.tensor([TOKENS])
+    with (
+        torch.no_grad(),
+        net.capture(lambda n, x: plain.__setitem__(n, x), clone=False),
+        net.capture(lambda n, x: cloned.__setitem__(n, x)),
+        net.capture(lambda n, x: assert_same_copy(cloned[n], x)),
+    ):
+        net(tokens)
+    for name, x in emitted.items():
+        assert plain[name].data_ptr() == x.data_ptr()
+        assert cloned[name].data_ptr() != x.data_ptr() and torch.equal(cloned[name], x)
+
+
+def assert_same_copy(first: torch.Tensor, second: torch.Tensor) -> None:
+    assert first is second
+
+
 def test_one_transformer_as_both_sides_is_refused_not_hung(three_layers):
     net = Transformer.from_file(three_layers)
     with pytest.raises(BisectError, match="same Transformer"):
