@@ -37,7 +37,7 @@ from aprlib.io import LM_HEAD, Model, open_model
 from aprlib.shapes import check_weights_match
 
 Hook = Callable[[str, Tensor], None]
-WIDEN_BYTES = 8 << 20  # a weight widened to the activations' dtype (float64) this much at a time
+WIDEN_BYTES = 40 << 20  # a weight widened to the activations' dtype (float64) this much at a time
 _widening = threading.local()  # one reused buffer per thread: see ``widened_rows``
 
 
