@@ -26,10 +26,11 @@ arithmetic with less waste, never from a cheaper reference, so no verdict can ch
   summed by a dot product instead of ``sum`` (last-bit rounding only); NaN/Inf counted
   where a difference is non-finite (a finite difference has finite operands), and B's
   numbers taken from A's where B equals A value for value: both shortcuts are exact;
-* the three forwards take turns on the CPU (``_Stream``) instead of running at once: each
-  does the same ops in the same order, the threads only stop contending for two cores;
-* points are handed over without a copy (``capture(clone=False)``): each forward waits at
-  its point until the point has been compared, nothing writes to it, nothing keeps it.
+* the three forwards are generators (``Transformer.points``) stepped in turn on one thread
+  instead of three threads at once: each does the same ops in the same order; they only
+  stop contending for two cores and paying a thread switch at every point. A point is
+  handed over without a copy: its forward is paused until it has been compared, nothing
+  writes to it, and nothing keeps it.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import queue
-import threading
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,59 +133,6 @@ class BisectError(ValueError):
     """Two forwards that cannot be compared point by point (different architectures)."""
 
 
-class _Stopped(Exception):
-    pass
-
-
-_DONE = object()
-
-
-class _Stream(threading.Thread):
-    """One forward in a thread that computes only while the consumer waits for its next
-    point: the forwards take turns on the CPU rather than contend for it (each torch op
-    already uses every core; three at once oversubscribe them)."""
-
-    def __init__(self, net: Transformer, tokens: torch.Tensor) -> None:
-        super().__init__(daemon=True)
-        self.net, self.tokens = net, tokens
-        self.items: queue.Queue[Any] = queue.Queue()
-        self.turn = threading.Semaphore(0)
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        try:
-            self._wait_turn()
-            with torch.no_grad(), self.net.capture(self._put, clone=False):
-                self.net(self.tokens)
-            self.items.put(_DONE)
-        except _Stopped:
-            pass
-        except BaseException as exc:  # handed to the consumer, raised there
-            self.items.put(exc)
-
-    def _put(self, name: str, x: torch.Tensor) -> None:
-        self.items.put((name, x))
-        self._wait_turn()
-
-    def _wait_turn(self) -> None:
-        while not self.turn.acquire(timeout=0.05):
-            if self.stop.is_set():
-                raise _Stopped
-
-    def next(self) -> tuple[str, torch.Tensor]:
-        self.turn.release()
-        item = self.items.get()
-        if isinstance(item, BaseException):
-            raise item
-        if item is _DONE:
-            raise BisectError("one forward ended before the other: different capture points")
-        return item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join()
-
-
 RMSE_CHUNK = 1 << 18  # elements compared at once: float64 temporaries of 2 MB stay in cache
 
 
@@ -261,6 +208,21 @@ def _errors(xa: torch.Tensor, xb: torch.Tensor, xr: torch.Tensor) -> _Errors:
     return _Errors(a_ref.value, b_ref.value, a_b.value, ref.value, bad_a, bad_b)
 
 
+def _next(forward: Generator[tuple[str, torch.Tensor], None, Any], name: str) -> Any:
+    try:
+        return next(forward)
+    except StopIteration:
+        raise BisectError(f"a forward ended before {name}: different capture points") from None
+
+
+def _finish(forward: Generator[tuple[str, torch.Tensor], None, Any]) -> None:
+    try:
+        extra, _ = next(forward)
+    except StopIteration:
+        return
+    raise BisectError(f"a forward went on past the logits, to {extra!r}")
+
+
 def _tolerance_for(name: str, default: Tolerance, overrides: dict[str, Tolerance]) -> Tolerance:
     for pattern, tol in overrides.items():
         if fnmatch.fnmatchcase(name, pattern):
@@ -277,8 +239,6 @@ def bisect(
     labels: tuple[str, str] = ("A", "B"),
 ) -> BisectReport:
     """Compare A and B at every capture point, streaming; roles from ``capture_graph``."""
-    if net_a is net_b:  # one module cannot stream two forwards: both would fire each hook
-        raise BisectError("A and B are the same Transformer: give B as twin(A, ...)")
     if net_a.config.num_hidden_layers != net_b.config.num_hidden_layers:
         raise BisectError(
             f"A has {net_a.config.num_hidden_layers} layers, B has "
@@ -288,55 +248,51 @@ def bisect(
     graph = capture_graph(net_a.config.num_hidden_layers)
     report = BisectReport(labels[0], labels[1], list(tokens), tolerance)
     batch = torch.tensor([tokens])
-    streams = [_Stream(net_a, batch), _Stream(as_reference64(net_a), batch)]
-    for s in streams:
-        s.start()
-    diverged: set[str] = set()
-
+    # one thread steps the three forwards in turn: each pauses at its point until the point
+    # is compared (so nothing is copied, and no two forwards contend for the cores)
+    forwards = [net.points(batch) for net in (net_a, as_reference64(net_a), net_b)]
     sources = [n.source for n in (net_a, net_b) if n.source is not None]
-
-    def on_b(name: str, xb: torch.Tensor) -> None:
-        if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
-            for source in sources:
-                source.drop_pages()
-        (name_a, xa), (name_r, xr) = streams[0].next(), streams[1].next()
-        if not name == name_a == name_r:
-            raise BisectError(f"capture points out of step: A {name_a}, B {name}, ref {name_r}")
-        tol = _tolerance_for(name, tolerance, overrides)
-        if xa.shape != xb.shape:
-            raise BisectError(f"{name}: A has shape {tuple(xa.shape)}, B {tuple(xb.shape)}")
-        e = _errors(xa, xb, xr)
-        bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
-        is_bad = e.rmse_b > bound or e.nonfinite_b > e.nonfinite_a
-        inputs = graph[name]
-        role = "agrees"
-        if is_bad:
-            diverged.add(name)
-            role = "inherited" if any(i in diverged for i in inputs) else "introduced"
-        report.points.append(
-            PointResult(
-                name,
-                inputs,
-                tuple(xb.shape),
-                e.rmse_a,
-                e.rmse_b,
-                e.rmse_ab,
-                e.ref_rms,
-                bound,
-                e.nonfinite_a,
-                e.nonfinite_b,
-                is_bad,
-                role,
-                tol.m,
+    diverged: set[str] = set()
+    with torch.no_grad():
+        for name, inputs in graph.items():
+            (name_a, xa), (name_r, xr), (name_b, xb) = (_next(f, name) for f in forwards)
+            if not name == name_a == name_r == name_b:
+                raise BisectError(
+                    f"capture points out of step at {name}: A {name_a}, B {name_b}, ref {name_r}"
+                )
+            tol = _tolerance_for(name, tolerance, overrides)
+            if xa.shape != xb.shape:
+                raise BisectError(f"{name}: A has shape {tuple(xa.shape)}, B {tuple(xb.shape)}")
+            e, shape = _errors(xa, xb, xr), tuple(xb.shape)
+            del xa, xb, xr  # ours go now; the forwards drop theirs as they move on
+            bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
+            is_bad = e.rmse_b > bound or e.nonfinite_b > e.nonfinite_a
+            role = "agrees"
+            if is_bad:
+                diverged.add(name)
+                role = "inherited" if any(i in diverged for i in inputs) else "introduced"
+            report.points.append(
+                PointResult(
+                    name,
+                    inputs,
+                    shape,
+                    e.rmse_a,
+                    e.rmse_b,
+                    e.rmse_ab,
+                    e.ref_rms,
+                    bound,
+                    e.nonfinite_a,
+                    e.nonfinite_b,
+                    is_bad,
+                    role,
+                    tol.m,
+                )
             )
-        )
-
-    try:
-        with torch.no_grad(), net_b.capture(on_b, clone=False):
-            net_b(batch)
-    finally:
-        for s in streams:
-            s.close()
+            if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
+                for source in sources:
+                    source.drop_pages()
+        for f in forwards:
+            _finish(f)
     return report
 
 

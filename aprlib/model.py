@@ -22,7 +22,7 @@ import contextlib
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -62,8 +62,11 @@ class Ops:
             bias = bias.to(x.dtype)
         if weight.dtype == x.dtype:
             return F.linear(x, weight, bias)
-        parts = [F.linear(x, w) for w in widened_rows(weight, x.dtype)]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        out = x.new_empty(*x.shape[:-1], weight.shape[0])
+        row = 0
+        for w in widened_rows(weight, x.dtype):  # each block straight into its columns
+            out[..., row : row + w.shape[0]] = F.linear(x, w)
+            row += w.shape[0]
         return out if bias is None else out + bias
 
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -303,7 +306,7 @@ class Transformer(nn.Module):
         if config.hidden_act != "silu":
             raise ConfigError(f"hidden_act {config.hidden_act!r} (only silu)")
         rope_inv_freq(config)  # an unsupported rope scaling fails here, not mid-forward
-        self._hooks: list[tuple[Hook, bool]] = []  # (hook, hand it a clone)
+        self._hooks: list[Hook] = []
         self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
         self.source: Model | None = None  # the open file behind zero-copy weights
 
@@ -369,12 +372,8 @@ class Transformer(nn.Module):
     # -- capture ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def capture(self, hook: Hook, clone: bool = True) -> Iterator[None]:
+    def capture(self, hook: Hook) -> Iterator[None]:
         """Call ``hook(name, tensor)`` at every capture point, with a clone of the tensor.
-
-        ``clone=False`` hands over the tensor itself, saving a copy of every activation: only
-        for a hook that never writes to it and is done with it before this forward computes
-        again (bisect, whose forwards wait at each point until it has been compared).
 
         On leaving, the hook is removed, and every forward run inside must have fired each
         declared point exactly once, in order (``CaptureError`` otherwise).
@@ -385,12 +384,11 @@ class Transformer(nn.Module):
             fired.append(name)
             hook(name, x)
 
-        entry = (record, clone)
-        self._hooks.append(entry)
+        self._hooks.append(record)
         try:
             yield
         finally:
-            self._hooks.remove(entry)
+            self._hooks.remove(record)
         order = list(capture_graph(self.config.num_hidden_layers))
         runs = len(fired) // len(order)
         if fired != order * runs or len(fired) % len(order):
@@ -403,21 +401,32 @@ class Transformer(nn.Module):
 
     def _emit(self, name: str, x: Tensor) -> None:
         if self._hooks:
-            x = x.detach()
-            copy = None  # one clone, shared by every hook that wants one
-            for hook, clone in list(self._hooks):
-                if not clone:
-                    hook(name, x)
-                    continue
-                if copy is None:
-                    copy = x.clone()  # the caller may overwrite x in place later
+            copy = x.detach().clone()  # the caller may overwrite x in place later
+            for hook in list(self._hooks):
                 hook(name, copy)
 
     # -- forward ----------------------------------------------------------------------------
 
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         """Logits ``[B, T, vocab]`` for ``tokens`` ``[B, T]`` (after the cache's positions)."""
-        cfg, ops, emit = self.config, self.ops, self._emit
+        points = self.points(tokens, cache, scores=bool(self._hooks))
+        while True:
+            try:
+                name, x = next(points)
+            except StopIteration as done:
+                return cast(Tensor, done.value)
+            self._emit(name, x)
+
+    def points(
+        self, tokens: Tensor, cache: KVCache | None = None, scores: bool = True
+    ) -> Generator[tuple[str, Tensor], None, Tensor]:
+        """The forward itself, pausing at every capture point to yield ``(name, tensor)``
+        (the tensor itself: a consumer must not write to it) and returning the logits.
+
+        Bisect steps three of these in lockstep on one thread; ``scores=False`` skips the
+        ``attn.scores`` point, which is beside the path and computed only to be looked at.
+        """
+        cfg, ops = self.config, self.ops
         start = cache.length if cache is not None else 0
         total = start + tokens.shape[1]
         if cfg.sliding_window is not None and total > cfg.sliding_window:
@@ -428,16 +437,16 @@ class Transformer(nn.Module):
         x = ops.embedding(tokens, self.model.embed_tokens.weight)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
-        emit("embed", x)
+        yield "embed", x
         positions = torch.arange(start, total, device=tokens.device)
         cos, sin = rope_tables(cfg, positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = self._layer(i, cast(DecoderLayer, layer), x, cos, sin, cache)
+            x = yield from self._layer(i, cast(DecoderLayer, layer), x, cos, sin, cache, scores)
         x = ops.rms_norm(x, self.model.norm.weight, cfg.rms_norm_eps)
-        emit("final_norm", x)
+        yield "final_norm", x
         head = self.model.embed_tokens.weight if cfg.tie_word_embeddings else self.lm_head.weight
         logits = ops.linear(x, head)
-        emit("logits", logits)
+        yield "logits", logits
         return logits
 
     def _layer(
@@ -448,13 +457,14 @@ class Transformer(nn.Module):
         cos: Tensor,
         sin: Tensor,
         cache: KVCache | None,
-    ) -> Tensor:
+        scores: bool,
+    ) -> Generator[tuple[str, Tensor], None, Tensor]:
         cfg, ops, p = self.config, self.ops, f"layers.{i}."
         attn, mlp = layer.self_attn, layer.mlp
         b, t, _ = x.shape
 
         h = ops.rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
-        self._emit(p + "attn_norm", h)
+        yield p + "attn_norm", h
         heads = {}
         for name, proj, n in (
             ("q", attn.q_proj, attn.n_heads),
@@ -462,41 +472,41 @@ class Transformer(nn.Module):
             ("v", attn.v_proj, attn.n_kv),
         ):
             y = ops.linear(h, proj.weight)
-            self._emit(p + f"attn.{name}.pre_bias", y)
+            yield p + f"attn.{name}.pre_bias", y
             if proj.bias is not None:
                 y = y + proj.bias.to(y.dtype)
-            self._emit(p + f"attn.{name}.post_bias", y)
+            yield p + f"attn.{name}.post_bias", y
             heads[name] = y.view(b, t, n, attn.head_dim).transpose(1, 2)  # [B, H, T, D]
         q = ops.rope(heads["q"], cos, sin)
         k = ops.rope(heads["k"], cos, sin)
-        self._emit(p + "attn.q.rope", q)
-        self._emit(p + "attn.k.rope", k)
+        yield p + "attn.q.rope", q
+        yield p + "attn.k.rope", k
         v = heads["v"]
         if cache is not None:
             k, v = cache.extend(i, k, v)
-        if self._hooks:
+        if scores:
             rep = attn.n_heads // attn.n_kv
-            scores = q @ k.repeat_interleave(rep, dim=1).transpose(-1, -2)
-            self._emit(p + "attn.scores", scores / math.sqrt(attn.head_dim))
+            qk = q @ k.repeat_interleave(rep, dim=1).transpose(-1, -2)
+            yield p + "attn.scores", qk / math.sqrt(attn.head_dim)
         a = ops.attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
-        self._emit(p + "attn.out", a)
+        yield p + "attn.out", a
         o = ops.linear(a, attn.o_proj.weight, attn.o_proj.bias)
-        self._emit(p + "attn.o_proj", o)
+        yield p + "attn.o_proj", o
         x = x + o
-        self._emit(p + "resid.attn", x)
+        yield p + "resid.attn", x
 
         h = ops.rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
-        self._emit(p + "ffn_norm", h)
+        yield p + "ffn_norm", h
         gate = ops.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
-        self._emit(p + "mlp.gate", gate)
+        yield p + "mlp.gate", gate
         up = ops.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
-        self._emit(p + "mlp.up", up)
+        yield p + "mlp.up", up
         s = ops.swiglu(gate, up)
-        self._emit(p + "mlp.swiglu", s)
+        yield p + "mlp.swiglu", s
         down = ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
-        self._emit(p + "mlp.down", down)
+        yield p + "mlp.down", down
         x = x + down
-        self._emit(p + "resid.mlp", x)
+        yield p + "resid.mlp", x
         return x
 
     # -- using it ---------------------------------------------------------------------------
