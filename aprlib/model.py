@@ -13,7 +13,8 @@ keys are the HF tensor names, and its ``forward`` says in order what every layer
     logits = rms_norm(x)·Wheadᵀ   (Whead = the embedding when tied)
 
 Every intermediate is announced at a named capture point (``CAPTURE`` below) to whatever
-hooks are attached (trace, bisect); nothing is cloned or computed for them when none are.
+hooks are attached (trace); nothing is cloned or computed for them when none are.
+``points`` is the forward itself, pausing at each point (bisect steps three in turn).
 """
 
 from __future__ import annotations
