@@ -11,6 +11,26 @@ rule): a point diverges when
 A diverged point whose inputs (``capture_graph``) all agree *introduced* the divergence;
 one with a diverged input only *inherits* it. The first NaN/Inf in B (where A is finite)
 is its own finding.
+
+Speed (the target: under 3x the time of A's and B's forwards) comes from doing the same
+arithmetic with less waste, never from a cheaper reference, so no verdict can change:
+
+* the reference is still a full float64 forward of A's weights from the tokens (not a
+  per-point float64 replay of A's inputs, which would measure one op's rounding instead
+  of A's accumulated error and flag every deep point of a clean twin on another backend);
+* its float32 weights are widened into one reused buffer per thread (``widened_rows``)
+  instead of a fresh copy per block; the widened values are the same exact numbers, only
+  the float64 GEMM may block differently: a change near 1e-16 relative, nine orders below
+  the float32 errors the floor is made of;
+* each point's numbers come from one pass (``_errors``): the same float64 differences,
+  summed by a dot product instead of ``sum`` (last-bit rounding only); NaN/Inf counted
+  where a difference is non-finite (a finite difference has finite operands), and B's
+  numbers taken from A's where B equals A value for value: both shortcuts are exact;
+* the three forwards are generators (``Transformer.points``) stepped in turn on one thread
+  instead of three threads at once: each does the same ops in the same order; they only
+  stop contending for two cores and paying a thread switch at every point. A point is
+  handed over without a copy: its forward is paused until it has been compared, nothing
+  writes to it, and nothing keeps it.
 """
 
 from __future__ import annotations
@@ -18,8 +38,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import queue
-import threading
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,77 +133,94 @@ class BisectError(ValueError):
     """Two forwards that cannot be compared point by point (different architectures)."""
 
 
-class _Stopped(Exception):
-    pass
+RMSE_CHUNK = 1 << 18  # elements compared at once: float64 temporaries of 2 MB stay in cache
 
 
-_DONE = object()
+@dataclass(frozen=True)
+class _Errors:
+    """One point's numbers: RMSEs over the positions finite on both sides, in float64."""
+
+    rmse_a: float  # A vs ref64
+    rmse_b: float  # B vs ref64
+    rmse_ab: float
+    ref_rms: float
+    nonfinite_a: int
+    nonfinite_b: int
 
 
-class _Stream(threading.Thread):
-    """One forward in a thread, handing its capture points over one at a time."""
+class _Rms:
+    """Root mean square over chunks, each given as (Σd² over its finite entries, count)."""
 
-    def __init__(self, net: Transformer, tokens: torch.Tensor) -> None:
-        super().__init__(daemon=True)
-        self.net, self.tokens = net, tokens
-        self.items: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self.stop = threading.Event()
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
 
-    def run(self) -> None:
-        try:
-            with torch.no_grad(), self.net.capture(self._put):
-                self.net(self.tokens)
-            self._put_raw(_DONE)
-        except _Stopped:
-            pass
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put_raw(exc)
+    def add(self, part: tuple[float, int]) -> None:
+        self.total, self.count = self.total + part[0], self.count + part[1]
 
-    def _put(self, name: str, x: torch.Tensor) -> None:
-        self._put_raw((name, x))
-
-    def _put_raw(self, item: Any) -> None:
-        while True:
-            if self.stop.is_set():
-                raise _Stopped
-            try:
-                self.items.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def next(self) -> tuple[str, torch.Tensor]:
-        item = self.items.get()
-        if isinstance(item, BaseException):
-            raise item
-        if item is _DONE:
-            raise BisectError("one forward ended before the other: different capture points")
-        return item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join()
+    @property
+    def value(self) -> float:
+        return math.sqrt(self.total / self.count) if self.count else 0.0
 
 
-RMSE_CHUNK = 1 << 20  # elements widened to float64 at once (a vocab-sized logits row block)
+def _sum_of_squares(d: torch.Tensor) -> tuple[float, int]:
+    """Σd² over the finite entries of ``d`` (float64), and how many they are."""
+    square = float(torch.dot(d, d))
+    if math.isfinite(square):
+        return square, d.numel()
+    keep = torch.isfinite(d)
+    return float(d[keep].pow(2).sum()), int(keep.sum())
 
 
-def _rmse(x: torch.Tensor, y: torch.Tensor) -> float:
-    """RMSE over the positions finite on both sides, in float64, a chunk at a time."""
-    total, count = 0.0, 0
-    for a, b in zip(x.reshape(-1).split(RMSE_CHUNK), y.reshape(-1).split(RMSE_CHUNK), strict=True):
-        d = a.to(torch.float64) - b.to(torch.float64)
-        square = float((d * d).sum())
-        if math.isfinite(square):
-            total, count = total + square, count + d.numel()
-        else:
-            keep = torch.isfinite(d)
-            total, count = total + float(d[keep].pow(2).sum()), count + int(keep.sum())
-    return math.sqrt(total / count) if count else 0.0
+def _nonfinite(x: torch.Tensor) -> int:
+    return int((~torch.isfinite(x)).sum())
 
 
-def _rms(x: torch.Tensor) -> float:
-    return _rmse(x, torch.zeros((), dtype=x.dtype).expand_as(x))
+def _errors(xa: torch.Tensor, xb: torch.Tensor, xr: torch.Tensor) -> _Errors:
+    """Every number of a point in one pass, a chunk at a time.
+
+    A and B are widened inside the subtraction from the float64 reference (type promotion:
+    no widened copy), and squares are summed by a float64 dot product. Two shortcuts, both
+    exact: a side whose difference from the reference is finite everywhere in a chunk has no
+    NaN/Inf there (a NaN/Inf operand makes the difference non-finite), so NaN/Inf are counted
+    only in chunks where a difference is not; and a chunk where B equals A value for value
+    (a NaN never does) gives B exactly A's numbers, so they are not computed twice.
+    """
+    a_ref, b_ref, a_b, ref = _Rms(), _Rms(), _Rms(), _Rms()
+    bad_a = bad_b = 0
+    chunks = (x.reshape(-1).split(RMSE_CHUNK) for x in (xa, xb, xr))
+    for a, b, r in zip(*chunks, strict=True):
+        r = r.to(torch.float64)
+        ref.add(_sum_of_squares(r))
+        d = a - r
+        part_a = _sum_of_squares(d)
+        a_ref.add(part_a)
+        chunk_bad_a = 0 if part_a[1] == d.numel() else _nonfinite(a)
+        bad_a += chunk_bad_a
+        if a.dtype == b.dtype and torch.equal(a, b):
+            b_ref.add(part_a)
+            a_b.add((0.0, a.numel() - chunk_bad_a))  # A - B: 0, NaN where both are the same Inf
+            bad_b += chunk_bad_a
+            continue
+        part_b = _sum_of_squares(b - r)
+        b_ref.add(part_b)
+        bad_b += 0 if part_b[1] == b.numel() else _nonfinite(b)
+        a_b.add(_sum_of_squares(d.copy_(a).sub_(b)))  # A - B exactly: A widened in place
+    return _Errors(a_ref.value, b_ref.value, a_b.value, ref.value, bad_a, bad_b)
+
+
+def _next(forward: Generator[tuple[str, torch.Tensor], None, Any], name: str) -> Any:
+    try:
+        return next(forward)
+    except StopIteration:
+        raise BisectError(f"a forward ended before {name}: different capture points") from None
+
+
+def _finish(forward: Generator[tuple[str, torch.Tensor], None, Any]) -> None:
+    try:
+        extra, _ = next(forward)
+    except StopIteration:
+        return
+    raise BisectError(f"a forward went on past the logits, to {extra!r}")
 
 
 def _tolerance_for(name: str, default: Tolerance, overrides: dict[str, Tolerance]) -> Tolerance:
@@ -212,58 +248,51 @@ def bisect(
     graph = capture_graph(net_a.config.num_hidden_layers)
     report = BisectReport(labels[0], labels[1], list(tokens), tolerance)
     batch = torch.tensor([tokens])
-    streams = [_Stream(net_a, batch), _Stream(as_reference64(net_a), batch)]
-    for s in streams:
-        s.start()
-    diverged: set[str] = set()
-
+    # one thread steps the three forwards in turn: each pauses at its point until the point
+    # is compared (so nothing is copied, and no two forwards contend for the cores)
+    forwards = [net.points(batch) for net in (net_a, as_reference64(net_a), net_b)]
     sources = [n.source for n in (net_a, net_b) if n.source is not None]
-
-    def on_b(name: str, xb: torch.Tensor) -> None:
-        if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
-            for source in sources:
-                source.drop_pages()
-        (name_a, xa), (name_r, xr) = streams[0].next(), streams[1].next()
-        if not name == name_a == name_r:
-            raise BisectError(f"capture points out of step: A {name_a}, B {name}, ref {name_r}")
-        tol = _tolerance_for(name, tolerance, overrides)
-        if xa.shape != xb.shape:
-            raise BisectError(f"{name}: A has shape {tuple(xa.shape)}, B {tuple(xb.shape)}")
-        rmse_a, rmse_b = _rmse(xa, xr), _rmse(xb, xr)
-        ref_rms = _rms(xr)
-        bound = tol.m * rmse_a + tol.atol + tol.rtol * ref_rms
-        bad_a = int((~torch.isfinite(xa)).sum())
-        bad_b = int((~torch.isfinite(xb)).sum())
-        is_bad = rmse_b > bound or bad_b > bad_a
-        inputs = graph[name]
-        role = "agrees"
-        if is_bad:
-            diverged.add(name)
-            role = "inherited" if any(i in diverged for i in inputs) else "introduced"
-        report.points.append(
-            PointResult(
-                name,
-                inputs,
-                tuple(xb.shape),
-                rmse_a,
-                rmse_b,
-                _rmse(xa, xb),
-                ref_rms,
-                bound,
-                bad_a,
-                bad_b,
-                is_bad,
-                role,
-                tol.m,
+    diverged: set[str] = set()
+    with torch.no_grad():
+        for name, inputs in graph.items():
+            (name_a, xa), (name_r, xr), (name_b, xb) = (_next(f, name) for f in forwards)
+            if not name == name_a == name_r == name_b:
+                raise BisectError(
+                    f"capture points out of step at {name}: A {name_a}, B {name_b}, ref {name_r}"
+                )
+            tol = _tolerance_for(name, tolerance, overrides)
+            if xa.shape != xb.shape:
+                raise BisectError(f"{name}: A has shape {tuple(xa.shape)}, B {tuple(xb.shape)}")
+            e, shape = _errors(xa, xb, xr), tuple(xb.shape)
+            del xa, xb, xr  # ours go now; the forwards drop theirs as they move on
+            bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
+            is_bad = e.rmse_b > bound or e.nonfinite_b > e.nonfinite_a
+            role = "agrees"
+            if is_bad:
+                diverged.add(name)
+                role = "inherited" if any(i in diverged for i in inputs) else "introduced"
+            report.points.append(
+                PointResult(
+                    name,
+                    inputs,
+                    shape,
+                    e.rmse_a,
+                    e.rmse_b,
+                    e.rmse_ab,
+                    e.ref_rms,
+                    bound,
+                    e.nonfinite_a,
+                    e.nonfinite_b,
+                    is_bad,
+                    role,
+                    tol.m,
+                )
             )
-        )
-
-    try:
-        with torch.no_grad(), net_b.capture(on_b):
-            net_b(batch)
-    finally:
-        for s in streams:
-            s.close()
+            if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
+                for source in sources:
+                    source.drop_pages()
+        for f in forwards:
+            _finish(f)
     return report
 
 

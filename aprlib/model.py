@@ -13,15 +13,17 @@ keys are the HF tensor names, and its ``forward`` says in order what every layer
     logits = rms_norm(x)·Wheadᵀ   (Whead = the embedding when tied)
 
 Every intermediate is announced at a named capture point (``CAPTURE`` below) to whatever
-hooks are attached (trace, bisect); nothing is cloned or computed for them when none are.
+hooks are attached (trace); nothing is cloned or computed for them when none are.
+``points`` is the forward itself, pausing at each point (bisect steps three in turn).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -36,7 +38,8 @@ from aprlib.io import LM_HEAD, Model, open_model
 from aprlib.shapes import check_weights_match
 
 Hook = Callable[[str, Tensor], None]
-CAST_ROWS = 8192  # rows of a weight widened at once when activations are wider (float64)
+WIDEN_BYTES = 40 << 20  # a weight widened to the activations' dtype (float64) this much at a time
+_widening = threading.local()  # one reused buffer per thread: see ``widened_rows``
 
 
 class Ops:
@@ -60,9 +63,11 @@ class Ops:
             bias = bias.to(x.dtype)
         if weight.dtype == x.dtype:
             return F.linear(x, weight, bias)
-        # a widened copy of a vocab-sized head is large: widen it a block of rows at a time
-        parts = [F.linear(x, w.to(x.dtype)) for w in weight.split(CAST_ROWS)]
-        out = torch.cat(parts, dim=-1)
+        out = x.new_empty(*x.shape[:-1], weight.shape[0])
+        row = 0
+        for w in widened_rows(weight, x.dtype):  # each block straight into its columns
+            out[..., row : row + w.shape[0]] = F.linear(x, w)
+            row += w.shape[0]
         return out if bias is None else out + bias
 
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -83,6 +88,30 @@ class Ops:
 
     def cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def widened_rows(weight: Tensor, dtype: torch.dtype) -> Iterator[Tensor]:
+    """``weight`` in ``dtype``, a block of rows at a time, each written over the last.
+
+    A float64 pass over float32 weights (bisect's reference) would otherwise allocate a
+    fresh widened copy of every weight: a vocab-sized head is >1 GB, and each fresh block
+    is new memory the kernel must fault in page by page, which cost as much as the float64
+    matmuls themselves. One buffer per thread, reused, is faulted in once. Each block must
+    be consumed before the next is asked for.
+    """
+    rows_per_block = max(1, WIDEN_BYTES // (weight.shape[1] * dtype.itemsize))
+    need = min(rows_per_block, weight.shape[0]) * weight.shape[1]
+    key = (weight.device, dtype)
+    buffers: dict[tuple[torch.device, torch.dtype], Tensor] = _widening.__dict__.setdefault(
+        "buffers", {}
+    )
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < need:
+        buffer = buffers[key] = torch.empty(need, dtype=dtype, device=weight.device)
+    for block in weight.split(rows_per_block):
+        widened = buffer[: block.numel()].view(block.shape)
+        widened.copy_(block)
+        yield widened
 
 
 def causal_mask(tq: int, tk: int, device: torch.device | str = "cpu") -> Tensor:
@@ -297,7 +326,10 @@ class Body(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device="meta")
+        # a given weight skips the random init, which on the meta device imports
+        # torch._dynamo (a second per load, half of a cold `apr` command's start)
+        shape = (cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(*shape, _weight=torch.empty(shape, device="meta"))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size)
 
@@ -443,7 +475,24 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         """Logits ``[B, T, vocab]`` for ``tokens`` ``[B, T]`` (after the cache's positions)."""
-        cfg, ops, emit = self.config, self.ops, self._emit
+        points = self.points(tokens, cache, scores=bool(self._hooks))
+        while True:
+            try:
+                name, x = next(points)
+            except StopIteration as done:
+                return cast(Tensor, done.value)
+            self._emit(name, x)
+
+    def points(
+        self, tokens: Tensor, cache: KVCache | None = None, scores: bool = True
+    ) -> Generator[tuple[str, Tensor], None, Tensor]:
+        """The forward itself, pausing at every capture point to yield ``(name, tensor)``
+        (the tensor itself: a consumer must not write to it) and returning the logits.
+
+        Bisect steps three of these in lockstep on one thread; ``scores=False`` skips the
+        ``attn.scores`` point, which is beside the path and computed only to be looked at.
+        """
+        cfg, ops = self.config, self.ops
         start = cache.length if cache is not None else 0
         total = start + tokens.shape[1]
         if cfg.sliding_window is not None and total > cfg.sliding_window:
@@ -454,16 +503,16 @@ class Transformer(nn.Module):
         x = ops.embedding(tokens, self.model.embed_tokens.weight)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
-        emit("embed", x)
+        yield "embed", x
         positions = torch.arange(start, total, device=tokens.device)
         cos, sin = rope_tables(cfg, positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = self._layer(i, cast(DecoderLayer, layer), x, cos, sin, cache)
+            x = yield from self._layer(i, cast(DecoderLayer, layer), x, cos, sin, cache, scores)
         x = ops.rms_norm(x, self.model.norm.weight, cfg.rms_norm_eps)
-        emit("final_norm", x)
+        yield "final_norm", x
         head = self.model.embed_tokens.weight if cfg.tie_word_embeddings else self.lm_head.weight
         logits = ops.linear(x, head)
-        emit("logits", logits)
+        yield "logits", logits
         return logits
 
     def _layer(
@@ -474,13 +523,14 @@ class Transformer(nn.Module):
         cos: Tensor,
         sin: Tensor,
         cache: KVCache | None,
-    ) -> Tensor:
+        scores: bool,
+    ) -> Generator[tuple[str, Tensor], None, Tensor]:
         cfg, ops, p = self.config, self.ops, f"layers.{i}."
         attn, mlp = layer.self_attn, layer.mlp
         b, t, _ = x.shape
 
         h = ops.rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
-        self._emit(p + "attn_norm", h)
+        yield p + "attn_norm", h
         heads = {}
         for name, proj, n in (
             ("q", attn.q_proj, attn.n_heads),
@@ -488,41 +538,41 @@ class Transformer(nn.Module):
             ("v", attn.v_proj, attn.n_kv),
         ):
             y = ops.linear(h, proj.weight)
-            self._emit(p + f"attn.{name}.pre_bias", y)
+            yield p + f"attn.{name}.pre_bias", y
             if proj.bias is not None:
                 y = y + proj.bias.to(y.dtype)
-            self._emit(p + f"attn.{name}.post_bias", y)
+            yield p + f"attn.{name}.post_bias", y
             heads[name] = y.view(b, t, n, attn.head_dim).transpose(1, 2)  # [B, H, T, D]
         q = ops.rope(heads["q"], cos, sin)
         k = ops.rope(heads["k"], cos, sin)
-        self._emit(p + "attn.q.rope", q)
-        self._emit(p + "attn.k.rope", k)
+        yield p + "attn.q.rope", q
+        yield p + "attn.k.rope", k
         v = heads["v"]
         if cache is not None:
             k, v = cache.extend(i, k, v)
-        if self._hooks:
+        if scores:
             rep = attn.n_heads // attn.n_kv
-            scores = q @ k.repeat_interleave(rep, dim=1).transpose(-1, -2)
-            self._emit(p + "attn.scores", scores / math.sqrt(attn.head_dim))
+            qk = q @ k.repeat_interleave(rep, dim=1).transpose(-1, -2)
+            yield p + "attn.scores", qk / math.sqrt(attn.head_dim)
         a = ops.attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
-        self._emit(p + "attn.out", a)
+        yield p + "attn.out", a
         o = ops.linear(a, attn.o_proj.weight, attn.o_proj.bias)
-        self._emit(p + "attn.o_proj", o)
+        yield p + "attn.o_proj", o
         x = x + o
-        self._emit(p + "resid.attn", x)
+        yield p + "resid.attn", x
 
         h = ops.rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
-        self._emit(p + "ffn_norm", h)
+        yield p + "ffn_norm", h
         gate = ops.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
-        self._emit(p + "mlp.gate", gate)
+        yield p + "mlp.gate", gate
         up = ops.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
-        self._emit(p + "mlp.up", up)
+        yield p + "mlp.up", up
         s = ops.swiglu(gate, up)
-        self._emit(p + "mlp.swiglu", s)
+        yield p + "mlp.swiglu", s
         down = ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
-        self._emit(p + "mlp.down", down)
+        yield p + "mlp.down", down
         x = x + down
-        self._emit(p + "resid.mlp", x)
+        yield p + "resid.mlp", x
         return x
 
     # -- using it ---------------------------------------------------------------------------
