@@ -180,7 +180,31 @@ def _decode(raw: np.ndarray, dtype: DType, count: int, out: np.ndarray) -> np.nd
         np.copyto(by_block, blocks["q"])
         by_block *= blocks["d"].astype(np.float32)[:, None]
         return target
+    if dtype is DType.Q4_K:
+        return _decode_q4_k(raw, target)
     return to_float32(raw, dtype, (count,))
+
+
+def _decode_q4_k(raw: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Q4_K into ``target`` (gguf.quants' arithmetic: d*sc*q - dmin*m in float32, without
+    its temporaries): per 144-byte block, f16 d and dmin, 8 six-bit scales and mins, and
+    128 bytes holding 256 four-bit codes (low nibbles, then high, per 64 values)."""
+    from aprlib.q4k import scale_min_k4
+
+    blocks = raw.reshape(-1, 144)
+    n = blocks.shape[0]
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
+    dmin = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
+    sc, m = scale_min_k4(blocks[:, 4:16])
+    codes = np.empty((n, 4, 2, 32), dtype=np.uint8)
+    qs = blocks[:, 16:].reshape(n, 4, 32)
+    np.bitwise_and(qs, 15, out=codes[:, :, 0])
+    np.right_shift(qs, 4, out=codes[:, :, 1])
+    by_sub = target.reshape(n, 8, 32)
+    np.copyto(by_sub, codes.reshape(n, 8, 32))
+    by_sub *= (d * sc)[..., None]
+    by_sub -= (dmin * m)[..., None]
+    return target
 
 
 # --- the pass ----------------------------------------------------------------------------

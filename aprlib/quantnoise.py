@@ -84,7 +84,7 @@ def worst_share(
         np.multiply(err.reshape(-1, 32), inverse[:, None], out=share)
         return float(share.max())
     if low is DType.Q4_K:
-        return _q4_k_share(high, err, low_raw)
+        return _q4_k_share(high, err, low_raw, out)
     bits = CODE_BITS[low]
     groups = np.abs(high).reshape(-1, 32)
     step = groups.max(axis=1) * np.float32(2 / max(2**bits - 1, 1) * 1.25)
@@ -94,24 +94,32 @@ def worst_share(
     return float((err.reshape(-1, 32) / bound).max())
 
 
-def _q4_k_share(high: np.ndarray, err: np.ndarray, low_raw: np.ndarray) -> float:
+def _q4_k_share(high: np.ndarray, err: np.ndarray, low_raw: np.ndarray, out: np.ndarray) -> float:
     """Half a step of each 32-element sub-block, plus how far a value lies outside the
-    sub-block's representable range [-dmin*m, 15*d*sc - dmin*m] (ggml clamps there)."""
+    sub-block's representable range [-dmin*m, 15*d*sc - dmin*m] (ggml clamps there):
+    ``max(|x - mid| - half_range, 0) + step/2``, in place in ``out``."""
     from aprlib.q4k import scale_min_k4
 
     blocks = low_raw.reshape(-1, 144)
     d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
     dmin = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
     sc, m = scale_min_k4(blocks[:, 4:16])
-    step = (d * sc.astype(np.float32)).reshape(-1)
-    lowest = (-dmin * m.astype(np.float32)).reshape(-1)
-    highest = step * np.float32(15) + lowest
-    values = high.reshape(-1, 32)
-    outside = np.maximum(lowest[:, None] - values, values - highest[:, None])
-    np.maximum(outside, np.float32(0), out=outside)
-    outside += (step * np.float32(0.5))[:, None]
-    outside += np.abs(values) * np.float32(2.0**-20)
-    outside *= SLACK
-    outside += TINY
-    np.divide(err.reshape(-1, 32), outside, out=outside)
-    return float(outside.max())
+    step = (d * sc).reshape(-1)
+    lowest = (-dmin * m).reshape(-1)
+    half_range = step * np.float32(7.5)
+    mid = lowest + half_range
+    # a per-sub-block stand-in for |x| 2^-20: within the range |x| <= the range's far end;
+    # outside it the outside distance dwarfs it
+    floor = (
+        step * np.float32(0.5)
+        + np.maximum(np.abs(lowest), np.abs(lowest + 2 * half_range)) * np.float32(2.0**-20)
+        + TINY
+    )
+    bound = out.reshape(-1, 32)
+    np.subtract(high.reshape(-1, 32), mid[:, None], out=bound)
+    np.abs(bound, out=bound)
+    bound -= half_range[:, None]
+    np.maximum(bound, np.float32(0), out=bound)
+    bound += floor[:, None]
+    np.divide(err.reshape(-1, 32), bound, out=bound)
+    return float(bound.max()) / float(SLACK)

@@ -215,3 +215,49 @@ def test_cli_threads_must_be_positive(tiny_qwen2, capsys):
         main(["diff", str(tiny_qwen2.safetensors), str(tiny_qwen2.safetensors), "--threads", "3"])
         == 0
     )
+
+
+def _random_q4_k_blocks(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Arbitrary Q4_K bytes with finite f16 scales: every code, scale and min pattern."""
+    raw = rng.integers(0, 256, (count, 144), dtype=np.uint8)
+    scales = rng.uniform(-1e-2, 1e-2, (count, 2)).astype(np.float16)
+    raw[:, 0:4] = scales.view(np.uint8).reshape(count, 4)
+    return raw.reshape(-1)
+
+
+@pytest.mark.parametrize("dtype", [DType.Q4_K, DType.Q8_0, DType.BF16, DType.F16])
+def test_piece_decode_equals_the_gguf_package(dtype):
+    """The scan's own decoders (into reused buffers) equal gguf.quants / numpy."""
+    from gguf.quants import dequantize
+
+    rng = np.random.default_rng(int(dtype))
+    if dtype is DType.Q4_K:
+        raw, count = _random_q4_k_blocks(rng, 64), 64 * 256
+        want = dequantize(raw.reshape(64, 144), GGMLQuantizationType.Q4_K).reshape(-1)
+    else:
+        values = rng.standard_normal(8192).astype(np.float32)
+        raw, count = from_float32(values, dtype).view(np.uint8).reshape(-1), 8192
+        want = to_float32(raw, dtype, (count,))
+    out = np.full(count, np.nan, dtype=np.float32)
+    got = pairscan._decode(raw, dtype, count, out)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_q4_k_bound_holds_for_ggmls_quantiser_and_breaks_for_one_step_more():
+    """Values quantised by aprlib's Q4_K quantiser (held byte for byte to ggml's) lie within
+    the bound; a value pushed a step outside its sub-block's range breaks it."""
+    from aprlib.q4k import quantize_q4_k
+
+    rng = np.random.default_rng(9)
+    values = (rng.standard_normal((8, 512)) * 0.02).astype(np.float32)
+    values[0, :32] = 0.0  # a constant sub-block
+    values[1, 32:64] = -np.abs(values[1, 32:64])  # a negative-only one
+    raw = quantize_q4_k(values).view(np.uint8).reshape(-1)
+    decoded = to_float32(raw, DType.Q4_K, values.shape).reshape(-1)
+    high = values.reshape(-1)
+    err = np.abs(high - decoded)
+    assert quantnoise.worst_share(DType.Q4_K, high, err.copy(), raw) <= 1.0
+    pushed = high.copy()
+    pushed[700] += 0.2  # ten sigma: outside any sub-block's range
+    err2 = np.abs(pushed - decoded)
+    assert quantnoise.worst_share(DType.Q4_K, pushed, err2, raw) > 1.0
