@@ -161,8 +161,15 @@ def _flat_chunks(t: Tensor, step: int, buf: np.ndarray) -> Generator[np.ndarray,
 # --- decoding a piece --------------------------------------------------------------------
 
 
-def _decode(raw: np.ndarray, dtype: DType, count: int, out: np.ndarray) -> np.ndarray:
-    """``count`` float32 values of ``raw`` (into ``out`` where a decode must write)."""
+def _decode(
+    raw: np.ndarray,
+    dtype: DType,
+    count: int,
+    out: np.ndarray,
+    sub_blocks: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """``count`` float32 values of ``raw`` (into ``out`` where a decode must write);
+    ``sub_blocks``: Q4_K's scales, where the caller computed them for the bound too."""
     if dtype is DType.F32:
         return raw.view("<f4")
     target = out[:count]
@@ -181,29 +188,27 @@ def _decode(raw: np.ndarray, dtype: DType, count: int, out: np.ndarray) -> np.nd
         by_block *= blocks["d"].astype(np.float32)[:, None]
         return target
     if dtype is DType.Q4_K:
-        return _decode_q4_k(raw, target)
+        return _decode_q4_k(raw, target, sub_blocks or quantnoise.q4_k_sub_blocks(raw))
     return to_float32(raw, dtype, (count,))
 
 
-def _decode_q4_k(raw: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _decode_q4_k(
+    raw: np.ndarray, target: np.ndarray, sub_blocks: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
     """Q4_K into ``target`` (gguf.quants' arithmetic: d*sc*q - dmin*m in float32, without
-    its temporaries): per 144-byte block, f16 d and dmin, 8 six-bit scales and mins, and
-    128 bytes holding 256 four-bit codes (low nibbles, then high, per 64 values)."""
-    from aprlib.q4k import scale_min_k4
-
+    its temporaries): per 144-byte block, 128 bytes hold 256 four-bit codes (low nibbles,
+    then high, per 64 values)."""
     blocks = raw.reshape(-1, 144)
     n = blocks.shape[0]
-    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
-    dmin = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
-    sc, m = scale_min_k4(blocks[:, 4:16])
     codes = np.empty((n, 4, 2, 32), dtype=np.uint8)
     qs = blocks[:, 16:].reshape(n, 4, 32)
     np.bitwise_and(qs, 15, out=codes[:, :, 0])
     np.right_shift(qs, 4, out=codes[:, :, 1])
     by_sub = target.reshape(n, 8, 32)
     np.copyto(by_sub, codes.reshape(n, 8, 32))
-    by_sub *= (d * sc)[..., None]
-    by_sub -= (dmin * m)[..., None]
+    step, minimum = sub_blocks
+    by_sub *= step[..., None]
+    by_sub -= minimum[..., None]
     return target
 
 
@@ -238,8 +243,14 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
         for r in range(0, count_rows, piece_rows):
             k = min(piece_rows, count_rows - r)
             n = k * row
-            a = _decode(raw_a[r * row_bytes_a : (r + k) * row_bytes_a], ta.dtype, n, scratch[0])
-            b = _decode(raw_b[r * row_bytes_b : (r + k) * row_bytes_b], tb.dtype, n, scratch[1])
+            piece_a = raw_a[r * row_bytes_a : (r + k) * row_bytes_a]
+            piece_b = raw_b[r * row_bytes_b : (r + k) * row_bytes_b]
+            sub_a, sub_b = (
+                quantnoise.q4_k_sub_blocks(p) if t.dtype is DType.Q4_K else None
+                for t, p in ((ta, piece_a), (tb, piece_b))
+            )
+            a = _decode(piece_a, ta.dtype, n, scratch[0], sub_a)
+            b = _decode(piece_b, tb.dtype, n, scratch[1], sub_b)
             diff = np.subtract(a, b, out=scratch[2][:n])
             err = np.abs(diff, out=scratch[3][:n])
             worst_here = float(err.max()) if n else 0.0
@@ -256,10 +267,8 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
                 max_abs = max(max_abs, worst_here)
                 max_a = max(max_a, float(a.max()), -float(a.min()))
             if check_noise and low_dtype is not None:
-                high, low_raw, lr = (b, raw_a, row_bytes_a) if low_is_a else (a, raw_b, row_bytes_b)
-                share = quantnoise.worst_share(
-                    low_dtype, high, err, low_raw[r * lr : (r + k) * lr], scratch[5]
-                )
+                high, low_piece, low_sub = (b, piece_a, sub_a) if low_is_a else (a, piece_b, sub_b)
+                share = quantnoise.worst_share(low_dtype, high, err, low_piece, scratch[5], low_sub)
                 check_noise = share <= 1.0
                 worst = max(worst, share)
             # sums through BLAS dot (with ones for a plain sum): 3x faster than numpy's

@@ -54,6 +54,7 @@ def worst_share(
     err: np.ndarray,
     low_raw: np.ndarray,
     work: np.ndarray | None = None,
+    sub_blocks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
     """The largest ``err / bound`` over these elements (> 1: some element breaks the bound).
 
@@ -61,7 +62,8 @@ def worst_share(
     ``|high - low|`` for the same elements; ``low_raw``: the low side's bytes of exactly
     those elements (whole blocks, since pieces are whole rows); ``work``: a float32 scratch
     array of at least ``err.size`` (a fresh half-megabyte array per piece is page-faulted
-    in every time, which cost as much as the arithmetic).
+    in every time, which cost as much as the arithmetic); ``sub_blocks``: Q4_K's
+    ``q4_k_sub_blocks(low_raw)`` where the caller already has it from decoding.
     """
     if not err.size:
         return 0.0
@@ -84,7 +86,7 @@ def worst_share(
         np.multiply(err.reshape(-1, 32), inverse[:, None], out=share)
         return float(share.max())
     if low is DType.Q4_K:
-        return _q4_k_share(high, err, low_raw, out)
+        return _q4_k_share(high, err, sub_blocks or q4_k_sub_blocks(low_raw), out)
     bits = CODE_BITS[low]
     groups = np.abs(high).reshape(-1, 32)
     step = groups.max(axis=1) * np.float32(2 / max(2**bits - 1, 1) * 1.25)
@@ -94,32 +96,38 @@ def worst_share(
     return float((err.reshape(-1, 32) / bound).max())
 
 
-def _q4_k_share(high: np.ndarray, err: np.ndarray, low_raw: np.ndarray, out: np.ndarray) -> float:
-    """Half a step of each 32-element sub-block, plus how far a value lies outside the
-    sub-block's representable range [-dmin*m, 15*d*sc - dmin*m] (ggml clamps there):
-    ``max(|x - mid| - half_range, 0) + step/2``, in place in ``out``."""
+def q4_k_sub_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(step, minimum) of every 32-element sub-block of Q4_K bytes, float32 (ggml's
+    d*sc and dmin*m): a value decodes as step*q - minimum, q in 0..15."""
     from aprlib.q4k import scale_min_k4
 
-    blocks = low_raw.reshape(-1, 144)
+    blocks = raw.reshape(-1, 144)
     d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
     dmin = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
     sc, m = scale_min_k4(blocks[:, 4:16])
-    step = (d * sc).reshape(-1)
-    lowest = (-dmin * m).reshape(-1)
+    return d * sc, dmin * m
+
+
+def _q4_k_share(
+    high: np.ndarray,
+    err: np.ndarray,
+    sub_blocks: tuple[np.ndarray, np.ndarray],
+    out: np.ndarray,
+) -> float:
+    """Half a step of each 32-element sub-block, plus how far a value lies outside the
+    sub-block's representable range [-minimum, 15*step - minimum] (ggml clamps there):
+    ``max(|x - mid|, half_range) - half_range + step/2``, in place in ``out``."""
+    step, minimum = (v.reshape(-1) for v in sub_blocks)
     half_range = step * np.float32(7.5)
-    mid = lowest + half_range
-    # a per-sub-block stand-in for |x| 2^-20: within the range |x| <= the range's far end;
+    mid = half_range - minimum
+    # a per-sub-block stand-in for |x| 2^-20: within the range |x| <= its far end;
     # outside it the outside distance dwarfs it
-    floor = (
-        step * np.float32(0.5)
-        + np.maximum(np.abs(lowest), np.abs(lowest + 2 * half_range)) * np.float32(2.0**-20)
-        + TINY
-    )
+    far = np.maximum(np.abs(minimum), np.abs(mid + half_range))
+    floor = step * np.float32(0.5) + far * np.float32(2.0**-20) + TINY - half_range
     bound = out.reshape(-1, 32)
     np.subtract(high.reshape(-1, 32), mid[:, None], out=bound)
     np.abs(bound, out=bound)
-    bound -= half_range[:, None]
-    np.maximum(bound, np.float32(0), out=bound)
+    np.maximum(bound, half_range[:, None], out=bound)
     bound += floor[:, None]
     np.divide(err.reshape(-1, 32), bound, out=bound)
     return float(bound.max()) / float(SLACK)
