@@ -1,0 +1,99 @@
+"""Review of the one-pass ``apr diff`` (pairscan): cases where the fast path's verdict or
+figures differ from an independent float64 numpy computation, or where it crashes. Each is
+xfail(strict) until the lead fixes aprlib; the float64 figures are computed here, not
+taken from aprlib."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aprlib.diff import Tolerance, classify
+from aprlib.dtypes import DType, from_float32
+from aprlib.modelfile import Tensor
+
+
+def _tensor(dtype: DType, values: np.ndarray) -> Tensor:
+    raw = from_float32(values.astype(np.float32), dtype).view(np.uint8).reshape(-1).copy()
+    return Tensor("w", dtype, values.shape, "w", lambda: raw)
+
+
+def _float64_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    d = a64 - b64
+    return {
+        "rms": float(np.sqrt((d * d).mean())),
+        "cosine": float(a64 @ b64 / np.sqrt((a64 @ a64) * (b64 @ b64))),
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pairscan sums a*a, b*b, (a-b)^2 with float32 BLAS dot: they overflow to inf "
+    "for |x| >~ 1e19, so RMS is inf, cosine reads 1.000000 and B = 1.5 x A is not SCALED",
+)
+@pytest.mark.parametrize("scale", [1e20, 1e30])
+def test_huge_values_keep_finite_statistics_and_scaled_tag(scale):
+    rng = np.random.default_rng(1)
+    a = (rng.standard_normal((8, 64)) * scale).astype(np.float32)
+    b = a * np.float32(1.5)
+    with np.errstate(all="ignore"):
+        pair = classify(_tensor(DType.F32, a), _tensor(DType.F32, b), Tolerance())
+    want = _float64_stats(a, b)
+    assert pair.tag == "SCALED", pair.detail
+    assert pair.stats["rms"] == pytest.approx(want["rms"], rel=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="float32 dot products underflow to 0 for |x| <~ 1e-23: RMS 0, cosine 1.000000, "
+    "and B = 1.5 x A is VALUE_DRIFT instead of SCALED",
+)
+def test_tiny_values_keep_statistics_and_scaled_tag():
+    rng = np.random.default_rng(1)
+    a = (rng.standard_normal((8, 64)) * 1e-25).astype(np.float32)
+    b = a * np.float32(1.5)
+    b[0, 0] = a[0, 0] * np.float32(1.5)
+    pair = classify(_tensor(DType.F32, a), _tensor(DType.F32, b), Tolerance())
+    want = _float64_stats(a, b)
+    assert pair.stats["rms"] == pytest.approx(want["rms"], rel=1e-5)
+    assert pair.tag == "SCALED", pair.detail
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the offset k (mean of b - a) comes from a float32 dot over the piece; at "
+    "|x| ~ 1e15 its error exceeds the element check, so B = A + 1e15 is VALUE_DRIFT",
+)
+def test_large_shift_is_shifted():
+    rng = np.random.default_rng(1)
+    a = (rng.standard_normal((8, 64)) * 1e15).astype(np.float32)
+    b = a + np.float32(1e15)
+    # the independent reading: every element of b - a lies at the float64 mean within tol
+    d = b.astype(np.float64) - a.astype(np.float64)
+    tol = Tolerance()
+    assert (np.abs(d - d.mean()) <= tol.atol + tol.rtol * np.abs(b.astype(np.float64))).all()
+    pair = classify(_tensor(DType.F32, a), _tensor(DType.F32, b), tol)
+    assert pair.tag == "SHIFTED", pair.detail
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="row_layout takes A's layout for both sides: a quantised 1-D tensor (one row of "
+    "blocks) against a float 1-D one (rows of one element) slices the block bytes apart "
+    "and raises a bare ValueError (the float64 path crashed too)",
+)
+@pytest.mark.parametrize(
+    ("da", "db", "n"),
+    [
+        (DType.F32, DType.Q8_0, 64),
+        (DType.Q8_0, DType.F32, 64),
+        (DType.F16, DType.Q8_0, 96),
+        (DType.BF16, DType.Q4_K, 256),
+    ],
+)
+def test_quantised_vector_against_float_vector(da, db, n):
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal(n).astype(np.float32)
+    pair = classify(_tensor(da, v), _tensor(db, v), Tolerance())
+    assert pair.tag in {"QUANT_NOISE", "EQUIVALENT"}, pair.detail
