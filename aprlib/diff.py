@@ -494,6 +494,7 @@ def _affine(
     shifted = abs(k) > tol.atol * 10
     if not scaled and not shifted:
         return None  # the statistics rule both out: no element-wise pass
+    c, k = _exact_ratio_and_offset(ta, tb)  # the scan's float32 sums only chose candidates
     for _, a, b in _chunk_pairs(ta, tb):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         limit = tol.atol + tol.rtol * np.abs(b64)
@@ -509,6 +510,20 @@ def _affine(
         hint = " (the 1 + w norm convention)" if abs(k - 1) < 1e-6 or abs(k + 1) < 1e-6 else ""
         return SHIFTED, f"B = A {k:+.6g}{hint}"
     return None
+
+
+def _exact_ratio_and_offset(ta: Tensor, tb: Tensor) -> tuple[float, float]:
+    """c = a.b / a.a and k = mean(b - a), summed in float64 (the element-wise test that
+    follows holds b to them within atol + rtol |b|, tighter than float32 sums can be)."""
+    ab = aa = shift = 0.0
+    n = 0
+    for _, a, b in _chunk_pairs(ta, tb):
+        a64, b64 = a.astype(np.float64).reshape(-1), b.astype(np.float64).reshape(-1)
+        ab += float(a64 @ b64)
+        aa += float(a64 @ a64)
+        shift += float((b64 - a64).sum())
+        n += a64.size
+    return (ab / aa if aa else float("nan")), (shift / n if n else 0.0)
 
 
 def _row_keys(t: Tensor, raw_bytes: bool = False) -> list[int]:

@@ -28,6 +28,9 @@ from aprlib.modelfile import Tensor
 from aprlib.quantnoise import Q8_0_BLOCK
 
 CHUNK_BYTES = 16 << 20  # per side per read
+#: the magnitudes whose squares a float32 sum of a piece holds without overflow (2^80 x
+#: 2^17 elements) or underflow into subnormals; a piece outside is summed in float64
+FLOAT32_SAFE = (2.0**-40, 2.0**40)
 #: elements decoded at once: big enough that numpy's per-call cost is small beside the
 #: arithmetic, small enough that the handful of float32 arrays of a piece stay in cache
 PIECE = 1 << 17
@@ -99,10 +102,18 @@ def row_layout(t: Tensor) -> tuple[int, int]:
     return t.shape[0], element_count(t.shape[1:])
 
 
-def _raw_rows(t: Tensor, rows: int, buf: np.ndarray) -> Iterator[np.ndarray]:
-    """The tensor's bytes, ``rows`` rows at a time; from its file span into ``buf`` where
-    it has one (checking the stored checksum once all is read), else slices of raw()."""
-    n, _ = row_layout(t)
+def pair_layout(ta: Tensor, tb: Tensor) -> tuple[int, int]:
+    """The layout both sides of a pair are walked in: a vector that is quantised on
+    either side is one row on both (blocks must not be cut apart)."""
+    if len(ta.shape) == 1 and (ta.dtype.info.quantized or tb.dtype.info.quantized):
+        return 1, ta.shape[0]
+    return row_layout(ta)
+
+
+def _raw_rows(t: Tensor, n: int, rows: int, buf: np.ndarray) -> Iterator[np.ndarray]:
+    """The tensor's bytes as ``n`` rows, ``rows`` rows at a time; from its file span into
+    ``buf`` where it has one (checking the stored checksum once all is read), else slices
+    of raw()."""
     row_bytes = t.nbytes // n if n else 0
     if t.span is None:
         raw = t.raw()
@@ -166,7 +177,7 @@ def _decode(
     dtype: DType,
     count: int,
     out: np.ndarray,
-    sub_blocks: tuple[np.ndarray, np.ndarray] | None = None,
+    sub_blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``count`` float32 values of ``raw`` (into ``out`` where a decode must write);
     ``sub_blocks``: Q4_K's scales, where the caller computed them for the bound too."""
@@ -193,7 +204,7 @@ def _decode(
 
 
 def _decode_q4_k(
-    raw: np.ndarray, target: np.ndarray, sub_blocks: tuple[np.ndarray, np.ndarray]
+    raw: np.ndarray, target: np.ndarray, sub_blocks: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> np.ndarray:
     """Q4_K into ``target`` (gguf.quants' arithmetic: d*sc*q - dmin*m in float32, without
     its temporaries): per 144-byte block, 128 bytes hold 256 four-bit codes (low nibbles,
@@ -206,7 +217,7 @@ def _decode_q4_k(
     np.right_shift(qs, 4, out=codes[:, :, 1])
     by_sub = target.reshape(n, 8, 32)
     np.copyto(by_sub, codes.reshape(n, 8, 32))
-    step, minimum = sub_blocks
+    step, minimum, _ = sub_blocks
     by_sub *= step[..., None]
     by_sub -= minimum[..., None]
     return target
@@ -220,7 +231,7 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
     counted and located on their own, so one NaN cannot turn every figure into nan), and
     where ``low`` names the lower-precision side, the worst error as a share of its
     rounding bound (``_noise``: None when some element breaks it)."""
-    n_rows, row = row_layout(ta)
+    n_rows, row = pair_layout(ta, tb)
     row_bytes_a = ta.nbytes // n_rows if n_rows else 0
     row_bytes_b = tb.nbytes // n_rows if n_rows else 0
     rows = max(1, min(CHUNK_BYTES // max(row_bytes_a, row_bytes_b, 1), n_rows))
@@ -238,7 +249,8 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
     first_bad: int | None = None
     start = 0
     dot = np.dot
-    for raw_a, raw_b in zip(_raw_rows(ta, rows, buf_a), _raw_rows(tb, rows, buf_b), strict=True):
+    streams = (_raw_rows(ta, n_rows, rows, buf_a), _raw_rows(tb, n_rows, rows, buf_b))
+    for raw_a, raw_b in zip(*streams, strict=True):
         count_rows = raw_a.size // row_bytes_a if row_bytes_a else rows
         for r in range(0, count_rows, piece_rows):
             k = min(piece_rows, count_rows - r)
@@ -263,9 +275,18 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
                 diff = a - b
                 err = np.abs(diff)
                 worst_here = float(err.max()) if a.size else 0.0
-            if a.size:
-                max_abs = max(max_abs, worst_here)
-                max_a = max(max_a, float(a.max()), -float(a.min()))
+            magnitude_a = float(max(a.max(), -a.min())) if a.size else 0.0
+            max_abs = max(max_abs, worst_here)
+            max_a = max(max_a, magnitude_a)
+            magnitude = magnitude_a + worst_here  # bounds |b| too
+            if (
+                a.dtype == np.float32
+                and magnitude
+                and not (FLOAT32_SAFE[0] <= magnitude <= FLOAT32_SAFE[1])
+            ):
+                # squares of these would overflow or underflow a float32 sum: widen
+                a, b = a.astype(np.float64), b.astype(np.float64)
+                diff = a - b
             if check_noise and low_dtype is not None:
                 high, low_piece, low_sub = (b, piece_a, sub_a) if low_is_a else (a, piece_b, sub_b)
                 share = quantnoise.worst_share(low_dtype, high, err, low_piece, scratch[5], low_sub)
