@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -63,49 +64,56 @@ def child(fmt: str, cases: int, mutations: int, seconds: float) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix=f"hostile-{fmt}-"))
     suffix = "safetensors" if fmt == "folder" else fmt
-    clean = hostile._small_model(work.parent / f"{work.name}-clean.{suffix}")
+    # its own folder: a safetensors model writes config.json beside itself, and a shared
+    # temp folder may hold another model's
+    clean_dir = Path(tempfile.mkdtemp(prefix=f"hostile-{fmt}-clean-"))
+    clean = hostile._small_model(clean_dir / f"model.{suffix}")
     start = time.monotonic()
-    hostile.exercise(clean, work)
-    baseline_s = time.monotonic() - start
-    baseline_rss = vmhwm_mb()
-    for p in work.iterdir():
-        hostile._remove(p)
-    policy = settings(
-        max_examples=cases,
-        deadline=None,
-        database=None,
-        derandomize=False,
-        suppress_health_check=list(HealthCheck),
-    )
-    start = time.monotonic()
-    report = hostile.fuzz(fmt, work, cases, policy)
-    structured_s = time.monotonic() - start
-    rng, outcomes, slowest, done = random.Random(0), {}, 0.0, 0
-    original = clean.read_bytes()
-    start = time.monotonic()
-    while done < mutations and time.monotonic() - start < seconds and fmt != "folder":
+    try:
+        hostile.exercise(clean, work)
+        baseline_s = time.monotonic() - start
+        baseline_rss = vmhwm_mb()
         for p in work.iterdir():
             hostile._remove(p)
-        path = work / f"m.{fmt}"
-        path.write_bytes(mutate(original, rng))
-        t0 = time.monotonic()
-        outcome = hostile.exercise(path, work)  # raises on anything untyped or slow
-        slowest = max(slowest, time.monotonic() - t0)
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        done += 1
-    return {
-        "format": fmt,
-        "structured_cases": report["cases"],
-        "structured_outcomes": report["outcomes"],
-        "structured_slowest_s": report["slowest_s"],
-        "structured_wall_s": round(structured_s, 1),
-        "mutations": done,
-        "mutation_outcomes": outcomes,
-        "mutation_slowest_s": round(slowest, 3),
-        "baseline_case_s": round(baseline_s, 4),
-        "baseline_rss_mb": round(baseline_rss, 1),
-        "peak_rss_mb": round(vmhwm_mb(), 1),
-    }
+        policy = settings(
+            max_examples=cases,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+        )
+        start = time.monotonic()
+        report = hostile.fuzz(fmt, work, cases, policy)
+        structured_s = time.monotonic() - start
+        rng, outcomes, slowest, done = random.Random(0), {}, 0.0, 0
+        original = clean.read_bytes()
+        start = time.monotonic()
+        while done < mutations and time.monotonic() - start < seconds and fmt != "folder":
+            for p in work.iterdir():
+                hostile._remove(p)
+            path = work / f"m.{fmt}"
+            path.write_bytes(mutate(original, rng))
+            t0 = time.monotonic()
+            outcome = hostile.exercise(path, work)  # raises on anything untyped or slow
+            slowest = max(slowest, time.monotonic() - t0)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            done += 1
+        return {
+            "format": fmt,
+            "structured_cases": report["cases"],
+            "structured_outcomes": report["outcomes"],
+            "structured_slowest_s": report["slowest_s"],
+            "structured_wall_s": round(structured_s, 1),
+            "mutations": done,
+            "mutation_outcomes": outcomes,
+            "mutation_slowest_s": round(slowest, 3),
+            "baseline_case_s": round(baseline_s, 4),
+            "baseline_rss_mb": round(baseline_rss, 1),
+            "peak_rss_mb": round(vmhwm_mb(), 1),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(clean_dir, ignore_errors=True)
 
 
 def main() -> None:
