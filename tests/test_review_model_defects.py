@@ -209,12 +209,15 @@ def test_an_inf_on_side_a_is_named_where_it_appears():
 @pytest.mark.xfail(
     strict=True,
     raises=IndexError,
-    reason="apr bisect passes token ids unchecked to the embedding: an id >= vocab_size ends "
-    "in an IndexError traceback instead of a one-line error with exit 1",
+    reason="apr bisect and apr trace pass token ids unchecked to the embedding: an id >= "
+    "vocab_size ends in an IndexError traceback (apr logits says 'token id 99999 >= "
+    "vocab_size 96' with exit 1)",
 )
-def test_bisect_token_outside_the_vocabulary_is_one_line(tiny_factory, capsys):
+@pytest.mark.parametrize("command", ["bisect", "trace"])
+def test_token_outside_the_vocabulary_is_one_line(tiny_factory, capsys, command):
     path = str(tiny_factory("llama").folder)
-    assert apr(["bisect", path, path, "--tokens", "99999"]) == 1
+    models = [path, path] if command == "bisect" else [path]
+    assert apr([command, *models, "--tokens", "99999"]) == 1
     assert "99999" in capsys.readouterr().err
 
 
