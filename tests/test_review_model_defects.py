@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import shutil
 from typing import Any
 
 import pytest
@@ -227,3 +229,53 @@ def test_helpers_build_what_the_tests_mean():
     assert bisect(_net(), _net(), TOKENS).clean
     rope = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}
     assert _raw_config_parity("qwen2", _hf_dict("qwen2", rope)) < TOLERANCE
+
+
+# --- apr diff: rope scaling compared by meaning -------------------------------------------
+
+YARN = {
+    "rope_type": "yarn",
+    "rope_theta": 1e4,
+    "factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="apr diff compares rope_scaling key by key: transformers' defaults spelled out "
+    "(yarn truncate: true, beta_fast 32 / beta_slow 1, the attention_factor the factor "
+    "implies) are a CONFIG_MISMATCH (exit 1) on configs that rotate identically",
+)
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        {"truncate": True},
+        {"beta_fast": 32.0, "beta_slow": 1.0},
+        {"attention_factor": 0.1 * math.log(4.0) + 1.0},
+    ],
+    ids=["truncate", "betas", "attention_factor"],
+)
+def test_yarn_defaults_spelled_out_diff_as_the_same_config(tmp_path, capsys, spelled):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import _compute_yarn_parameters
+
+    from conftest import build_tiny
+
+    def yarn_of(rope: dict[str, Any]) -> tuple[torch.Tensor, float]:
+        hf = _hf_dict("llama", copy.deepcopy(rope))
+        return _compute_yarn_parameters(LlamaConfig(**hf))
+
+    (freq_a, scale_a), (freq_b, scale_b) = yarn_of(YARN), yarn_of({**YARN, **spelled})
+    assert torch.equal(freq_a, freq_b) and scale_a == scale_b  # transformers: the same rope
+    a = build_tiny(tmp_path / "a", "llama", rope_parameters=copy.deepcopy(YARN)).folder
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    config = json.loads((b / "config.json").read_text())
+    key = "rope_parameters" if "rope_parameters" in config else "rope_scaling"
+    config[key] = {**config[key], **spelled}
+    (b / "config.json").write_text(json.dumps(config))
+    code = apr(["diff", str(a), str(b), "--json"])
+    findings = json.loads(capsys.readouterr().out)["config"]
+    assert [f["field"] for f in findings] == [] and code == 0
