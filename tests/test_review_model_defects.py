@@ -279,3 +279,20 @@ def test_yarn_defaults_spelled_out_diff_as_the_same_config(tmp_path, capsys, spe
     code = apr(["diff", str(a), str(b), "--json"])
     findings = json.loads(capsys.readouterr().out)["config"]
     assert [f["field"] for f in findings] == [] and code == 0
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="apr bisect --json writes Infinity for needed.m wherever A equals its float64 "
+    "reference exactly (rmse_a = 0, e.g. embed of a float32 model): not JSON, and strict "
+    "parsers (JSON.parse, Go, serde) reject the whole document",
+)
+def test_bisect_json_is_strict_json(tiny_factory, capsys):
+    path = str(tiny_factory("llama").folder)
+    assert apr(["bisect", path, path, "--tokens", "1,2,3", "--json"]) == 0
+    json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)
