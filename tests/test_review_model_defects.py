@@ -116,7 +116,10 @@ def test_qwen2_bias_keys_transformers_ignores_are_not_a_contradiction(tmp_path, 
     config = json.loads((tmp_path / "config.json").read_text())
     config[key] = value
     (tmp_path / "config.json").write_text(json.dumps(config))
-    Transformer.from_file(tmp_path)  # transformers' from_pretrained loads this folder
+    theirs = Qwen2ForCausalLM.from_pretrained(tmp_path)  # transformers loads it as it is
+    assert theirs.model.layers[0].self_attn.q_proj.bias is not None
+    assert theirs.model.layers[0].mlp.gate_proj.bias is None
+    Transformer.from_file(tmp_path)
 
 
 # --- llama.cpp rope gaps --------------------------------------------------------------------
