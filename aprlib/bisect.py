@@ -74,7 +74,10 @@ class PointResult:
     def needed(self) -> dict[str, float]:
         """The tolerance that would have let this point pass (m at this ε, or atol at this m)."""
         eps = self.bound - self._m * self.rmse_a
-        m = (self.rmse_b - eps) / self.rmse_a if self.rmse_a > 0 else math.inf
+        if self.rmse_a > 0:
+            m = (self.rmse_b - eps) / self.rmse_a
+        else:  # a floor of 0: any m passes at this ε, or none does (raise atol)
+            m = 0.0 if self.rmse_b <= eps else math.inf
         return {"m": m, "atol": max(self.rmse_b - self._m * self.rmse_a, 0.0)}
 
     _m: float = 2.0
@@ -94,7 +97,10 @@ class BisectReport:
 
     @property
     def first_nonfinite(self) -> PointResult | None:
-        return next((p for p in self.points if p.nonfinite_b > p.nonfinite_a), None)
+        """The first point where one side holds NaN/Inf the other does not. Either side:
+        A's own reference runs A's weights, so a NaN of A's is in the reference too and
+        would otherwise pass for agreement."""
+        return next((p for p in self.points if p.nonfinite_b != p.nonfinite_a), None)
 
     @property
     def clean(self) -> bool:
@@ -266,7 +272,7 @@ def bisect(
             e, shape = _errors(xa, xb, xr), tuple(xb.shape)
             del xa, xb, xr  # ours go now; the forwards drop theirs as they move on
             bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
-            is_bad = e.rmse_b > bound or e.nonfinite_b > e.nonfinite_a
+            is_bad = e.rmse_b > bound or e.nonfinite_b != e.nonfinite_a
             role = "agrees"
             if is_bad:
                 diverged.add(name)

@@ -7,14 +7,13 @@ usage errors exit 2. A closed stdout (``apr inspect --json | head``) ends quietl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aprlib import __version__
+from aprlib import __version__, jsonout
 from aprlib.cli_model import register as register_model_commands
 from aprlib.finetune_cli import register as register_finetune
 
@@ -185,7 +184,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
 def _inspect(args: argparse.Namespace) -> int:
     info = inspect_model(args.file)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(jsonout.dumps(info))
         return EXIT_OK if not info["checksums"].startswith("MISMATCH") else EXIT_BAD_FILE
     from rich.console import Console
     from rich.table import Table
@@ -256,7 +255,7 @@ def _convert(args: argparse.Namespace) -> int:
         if progress is not None:
             bar.stop()
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2, default=str))
+        print(jsonout.dumps(report.as_dict()))
         return EXIT_OK
     print(
         f"{report.source} ({report.source_format}) -> {report.destination} "
@@ -278,7 +277,7 @@ def _diff(args: argparse.Namespace) -> int:
         )
     passes = report.passes(expect_quantized=args.expect == "quantized")
     if args.json:
-        print(json.dumps({**report.as_dict(), "passes": passes}, indent=2, default=str))
+        print(jsonout.dumps({**report.as_dict(), "passes": passes}))
         return EXIT_OK if passes else EXIT_BAD_FILE
     from rich.console import Console
     from rich.markup import escape

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aprlib import jsonout
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
@@ -150,7 +152,7 @@ def _logits(args: argparse.Namespace) -> int:
         print(f"apr: refused: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps(c.to_dict(), indent=2, default=str))
+        print(jsonout.dumps(c.to_dict()))
     else:
         _print_comparison(c, args)
     return EXIT_OK if c.verdict == "PASS" else EXIT_FAIL
@@ -258,7 +260,7 @@ def _bisect(args: argparse.Namespace) -> int:
         twin,
         write_bundle,
     )
-    from aprlib.logits import parse_tokens
+    from aprlib.logits import check_token_ids, parse_tokens
 
     tokens = parse_tokens(args.tokens)
     net_a = load_side(args.a, args.backend_a, args.dtype_a)
@@ -270,6 +272,8 @@ def _bisect(args: argparse.Namespace) -> int:
         label_b = f"{args.a} ({args.backend_b}, {args.dtype_b or args.dtype_a})"
     else:
         raise ValueError("give B, or --backend-b / --dtype-b to run A another way")
+    for path, net in ((args.a, net_a), (args.b or args.a, net_b)):
+        check_token_ids(tokens, net.config.vocab_size, path)
     overrides = dict(parse_override(o) for o in args.override)
     report = bisect(
         net_a,
@@ -286,7 +290,7 @@ def _bisect(args: argparse.Namespace) -> int:
             str(p) for p in write_bundle(args.bundle, net_a, net_b, tokens, finding.name)
         ]
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        print(jsonout.dumps(data))
     else:
         _print_bisect(report, data)
     return EXIT_OK if report.clean else EXIT_FAIL
@@ -297,9 +301,10 @@ def _print_bisect(report: Any, data: dict[str, Any]) -> None:
     console.print(f"A: {report.a}\nB: {report.b}\ntokens: {len(report.tokens)}")
     nonfinite = report.first_nonfinite
     if nonfinite is not None:
+        side = "B" if nonfinite.nonfinite_b > nonfinite.nonfinite_a else "A"
         console.print(
-            f"[red]first NaN/Inf[/] in B at {nonfinite.name}: {nonfinite.nonfinite_b} values "
-            f"(A has {nonfinite.nonfinite_a})"
+            f"[red]first NaN/Inf[/] in {side} at {nonfinite.name}: A has "
+            f"{nonfinite.nonfinite_a} values, B {nonfinite.nonfinite_b}"
         )
     if not report.introduced:
         print("BISECT: CLEAN — every point within its noise floor" if nonfinite is None else "")
@@ -342,7 +347,7 @@ def _qa(args: argparse.Namespace) -> int:
     gates = run_qa(args.model, stream, parity=not args.no_parity, max_loss=args.max_loss)
     data = gates_json(gates)
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        print(jsonout.dumps(data))
     else:
         from rich.table import Table
 

@@ -10,6 +10,7 @@ published style is written.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -208,6 +209,11 @@ def _first_eos(value: Any) -> int | None:
     return value
 
 
+#: transformers' ``max_position_embeddings`` when a config leaves it out (Qwen2Config's
+#: and LlamaConfig's defaults): YaRN and dynamic NTK scale from it
+DEFAULT_MAX_POSITIONS = {"qwen2": 32768, "llama": 2048}
+
+
 def from_hf(config: dict[str, Any]) -> ModelConfig:
     """Read an HF ``config.json`` dict (either style)."""
     check_config_values(config, "hf")
@@ -252,7 +258,9 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         num_key_value_heads=int(config.get("num_key_value_heads", config["num_attention_heads"])),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope_theta),
-        max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+        max_position_embeddings=int(
+            config.get("max_position_embeddings", DEFAULT_MAX_POSITIONS[arch])
+        ),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         head_dim=int(
             config.get("head_dim")
@@ -261,7 +269,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         torch_dtype=config.get("torch_dtype", config.get("dtype")),
         bos_token_id=config.get("bos_token_id"),
         eos_token_id=_first_eos(config.get("eos_token_id")),
-        **hf_extras(config),
+        **hf_extras(config, arch),
     )
 
 
@@ -353,19 +361,34 @@ def normalise_rope_scaling(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def hf_extras(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``ModelConfig`` fields beyond the shapes, from an HF config (either style)."""
+#: rope types whose original context transformers takes from a top-level
+#: ``original_max_position_embeddings`` first (``standardize_rope_params``)
+_ORIGINAL_CONTEXT_TYPES = ("llama3", "yarn", "longrope")
+
+
+def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
+    """The ``ModelConfig`` fields beyond the shapes, from an HF config (either style).
+
+    Read as transformers reads them: Qwen2's modules always carry q/k/v biases and never
+    MLP biases, whatever ``attention_bias``/``mlp_bias`` keys its config.json may hold.
+    """
     window = config.get("sliding_window")
     in_use = config.get("use_sliding_window", True)  # qwen2 says; mistral's is always on
     bias = config.get("attention_bias")
+    scaling = normalise_rope_scaling(config.get("rope_scaling") or config.get("rope_parameters"))
+    original = config.get("original_max_position_embeddings")
+    if (
+        scaling is not None
+        and original is not None
+        and scaling["rope_type"] in _ORIGINAL_CONTEXT_TYPES
+    ):
+        scaling["original_max_position_embeddings"] = original
     return {
         "hidden_act": str(config.get("hidden_act", "silu")),
-        "attention_bias": None if bias is None else bool(bias),
-        "mlp_bias": bool(config.get("mlp_bias", False)),
+        "attention_bias": None if bias is None or arch == "qwen2" else bool(bias),
+        "mlp_bias": False if arch == "qwen2" else bool(config.get("mlp_bias", False)),
         "sliding_window": int(window) if window is not None and in_use else None,
-        "rope_scaling": normalise_rope_scaling(
-            config.get("rope_scaling") or config.get("rope_parameters")
-        ),
+        "rope_scaling": scaling,
     }
 
 
@@ -392,8 +415,54 @@ def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
 
 #: yarn parameters llama.cpp's loader does not read (measured: a GGUF with
 #: ``rope.scaling.yarn_beta_fast`` set runs exactly as one without it)
-_YARN_UNREAD = ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")
-_YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}
+_YARN_UNREAD = (
+    "beta_fast",
+    "beta_slow",
+    "attention_factor",
+    "mscale",
+    "mscale_all_dim",
+    "truncate",
+)
+#: transformers' values for the knobs a config may leave out (spelling one out changes
+#: nothing); ``attention_factor`` has none here, it follows from the factor
+YARN_DEFAULTS: dict[str, Any] = {"beta_fast": 32.0, "beta_slow": 1.0, "truncate": True}
+
+
+def yarn_factor(scaling: dict[str, Any], max_positions: int) -> float:
+    """YaRN's factor; transformers derives it from the contexts when it is null."""
+    factor = scaling.get("factor")
+    original = scaling.get("original_max_position_embeddings") or max_positions
+    return float(factor) if factor is not None else max_positions / original
+
+
+def yarn_attention_factor(scaling: dict[str, Any], max_positions: int) -> float:
+    """YaRN's temperature on cos/sin: stated, or (transformers' rule) from the factor and
+    ``mscale``/``mscale_all_dim``. One formula for the forward and for comparing configs."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+
+    def mscale_of(scale: float, mscale: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    factor = yarn_factor(scaling, max_positions)
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return mscale_of(factor, mscale) / mscale_of(factor, mscale_all_dim)
+    return mscale_of(factor)
+
+
+def yarn_meaning(scaling: dict[str, Any], max_positions: int) -> dict[str, Any]:
+    """A YaRN scaling with transformers' defaults spelled out and its temperature made
+    explicit, so that two configs that rotate alike compare equal."""
+    out = {**YARN_DEFAULTS, **{k: v for k, v in scaling.items() if v is not None}}
+    out["attention_factor"] = yarn_attention_factor(scaling, max_positions)
+    out.pop("mscale", None)
+    out.pop("mscale_all_dim", None)
+    out["factor"] = yarn_factor(scaling, max_positions)
+    out["original_max_position_embeddings"] = (
+        scaling.get("original_max_position_embeddings") or max_positions
+    )
+    return out
 
 
 def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
@@ -417,7 +486,7 @@ def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
         unread = [
             f"{k}={scaling[k]}"
             for k in _YARN_UNREAD
-            if scaling.get(k) is not None and scaling[k] != _YARN_DEFAULTS.get(k)
+            if scaling.get(k) is not None and scaling[k] != YARN_DEFAULTS.get(k)
         ]
         if unread:
             return [

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from aprlib import consistency, layout, pairscan, swaps
+from aprlib.config import yarn_meaning
 from aprlib.dtypes import DType, element_count, nbytes, to_float32
 from aprlib.io import LM_HEAD, Model, Tensor
 from aprlib.quantnoise import BOUND_TEXT, CODE_BITS
@@ -610,8 +611,10 @@ def _meaning(cfg: Any, name: str) -> Any:
         scaling = {k: v for k, v in value.items() if v is not None}
         if "type" in scaling:
             scaling.setdefault("rope_type", scaling.pop("type"))
+        if scaling["rope_type"] == "yarn":
+            scaling = yarn_meaning(scaling, cfg.max_position_embeddings)
         return {
-            k: float(v) if isinstance(v, int | float) and k != "rope_type" else v
+            k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
             for k, v in sorted(scaling.items())
         }
     return value

@@ -43,7 +43,9 @@ def parse_tokens(text: str) -> list[int]:
 # --- computing ---------------------------------------------------------------------------
 
 
-def _check_ids(tokens: list[int], vocab: int, where: Path) -> None:
+def check_token_ids(tokens: list[int], vocab: int, where: Path | str) -> None:
+    """A typed error naming the first id the model's embedding has no row for (the
+    embedding itself would end in an IndexError traceback)."""
     bad = [t for t in tokens if t >= vocab]
     if bad:
         raise ModelFileError(where, f"token id {bad[0]} >= vocab_size {vocab}", field="tokens")
@@ -59,7 +61,7 @@ def reference_logits(
     from aprlib.model import Transformer
 
     net = Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
-    _check_ids(tokens, net.config.vocab_size, Path(path))
+    check_token_ids(tokens, net.config.vocab_size, Path(path))
     with torch.no_grad():
         return net(torch.tensor([tokens])).float()[0].numpy()
 
@@ -85,7 +87,7 @@ def llamacpp_logits(path: Path | str, tokens: list[int]) -> np.ndarray:
         verbose=False,
     )
     try:
-        _check_ids(tokens, llm.n_vocab(), path)
+        check_token_ids(tokens, llm.n_vocab(), path)
         llm.eval(tokens)
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)
     finally:
@@ -105,7 +107,7 @@ def transformers_logits(path: Path | str, tokens: list[int]) -> np.ndarray:
             raise ModelFileError(model.path, "no architecture config", field="config")
         hf = to_hf(model.config)
         config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-        _check_ids(tokens, model.config.vocab_size, model.path)
+        check_token_ids(tokens, model.config.vocab_size, model.path)
         net = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
         state = {n: torch.from_numpy(t.to_float32().copy()) for n, t in model.tensors.items()}
         if model.tied:

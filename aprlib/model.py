@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aprlib.config import ConfigError, ModelConfig
+from aprlib.config import ConfigError, ModelConfig, yarn_attention_factor, yarn_factor
 from aprlib.errors import ModelFileError
 from aprlib.io import LM_HEAD, Model, open_model
 from aprlib.shapes import check_weights_match
@@ -171,23 +171,7 @@ def rope_attention_factor(cfg: ModelConfig) -> float:
     scaling = cfg.rope_scaling
     if scaling is None or scaling["rope_type"] != "yarn":
         return 1.0
-    if scaling.get("attention_factor") is not None:
-        return float(scaling["attention_factor"])
-    factor = _yarn_factor(scaling, cfg.max_position_embeddings)
-    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
-    if mscale and mscale_all_dim:
-        return _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
-    return _yarn_mscale(factor)
-
-
-def _yarn_factor(scaling: dict[str, Any], max_positions: int) -> float:
-    factor = scaling.get("factor")
-    original = scaling.get("original_max_position_embeddings") or max_positions
-    return float(factor) if factor is not None else max_positions / original
-
-
-def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+    return yarn_attention_factor(scaling, cfg.max_position_embeddings)
 
 
 def yarn_scaled(
@@ -196,7 +180,7 @@ def yarn_scaled(
     """YaRN (transformers' ``_compute_yarn_parameters``): frequencies that turn fewer than
     ``beta_slow`` times over the original context are interpolated (divided by the
     factor), those turning more than ``beta_fast`` times are kept, a linear ramp between."""
-    factor = _yarn_factor(scaling, max_positions)
+    factor = yarn_factor(scaling, max_positions)
     original = scaling.get("original_max_position_embeddings") or max_positions
     beta_fast = scaling.get("beta_fast") or 32
     beta_slow = scaling.get("beta_slow") or 1

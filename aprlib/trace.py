@@ -114,9 +114,11 @@ def trace_file(
     import torch
 
     from aprlib.backends import make_ops
+    from aprlib.logits import check_token_ids
     from aprlib.model import Transformer
 
     net = Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
+    check_token_ids(tokens, net.config.vocab_size, path)
     return trace_forward(net, tokens, str(path), backend)
 
 

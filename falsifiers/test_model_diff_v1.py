@@ -586,8 +586,9 @@ CONFIG_MEANINGS = {
                 "original_max_position_embeddings": 32768,
             }
         },
-        "rope_scaling None vs {'factor': 4.0, 'original_max_position_embeddings': 32768.0, "
-        "'rope_type': 'yarn'}",
+        # by meaning: transformers' yarn defaults and the temperature they imply spelled out
+        "'beta_fast': 32.0, 'beta_slow': 1.0, 'factor': 4.0, "
+        "'original_max_position_embeddings': 32768.0, 'rope_type': 'yarn', 'truncate': True}",
     ),
     "sliding_window": ({"sliding_window": 4096}, "sliding_window None vs 4096"),
     "rms_norm_eps": ({"rms_norm_eps": 1e-5}, "rms_norm_eps 1e-06 vs 1e-05"),

@@ -1,7 +1,6 @@
 """Defects found reviewing the model-side work (rope scaling, shape checks, bisect).
 
-Each test states what should hold and is marked ``xfail(strict=True)`` until aprlib is
-fixed: the suite stays green, and the mark turns red the day a fix lands (remove it then).
+Each test states what should hold; each failed before its fix (a reviewer's findings).
 Oracles: transformers' own configs and models (parity), transformers' own
 ``_compute_yarn_parameters`` (the llama.cpp gap), a NaN/Inf placed by hand (bisect).
 """
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from aprlib import ShapeMismatchError, Transformer
+from aprlib import Transformer
 from aprlib.bisect import bisect
 from aprlib.cli import main as apr
 from aprlib.config import from_hf, llama_cpp_rope_gaps
@@ -66,12 +65,6 @@ def _raw_config_parity(arch: str, hf: dict[str, Any], length: int = 24) -> float
 # --- forward parity with transformers on configs it accepts ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="from_hf ignores a top-level original_max_position_embeddings, which "
-    "transformers' standardize_rope_params puts into llama3/yarn rope parameters first",
-)
 def test_top_level_original_context_is_the_one_transformers_rotates_by():
     rope = {
         "rope_type": "llama3",
@@ -85,12 +78,6 @@ def test_top_level_original_context_is_the_one_transformers_rotates_by():
     assert _raw_config_parity("llama", hf) < TOLERANCE  # seen: 0.6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="from_hf defaults max_position_embeddings to 2048 for every family; Qwen2Config's "
-    "default is 32768, and yarn's original context (and dynamic NTK) are computed from it",
-)
 def test_qwen2_without_max_position_embeddings_takes_qwen2s_default():
     rope = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}
     hf = _hf_dict("qwen2", rope, max_position_embeddings=None)
@@ -100,13 +87,6 @@ def test_qwen2_without_max_position_embeddings_takes_qwen2s_default():
 # --- shape contradictions: a config transformers loads is not refused ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ShapeMismatchError,
-    reason="Qwen2's q/k/v always carry a bias and its MLP never does in transformers; "
-    "aprlib honours attention_bias/mlp_bias keys a Qwen2 config.json may carry and refuses "
-    "the weights (ShapeMismatchError) that transformers loads and runs",
-)
 @pytest.mark.parametrize("key,value", [("attention_bias", False), ("mlp_bias", True)])
 def test_qwen2_bias_keys_transformers_ignores_are_not_a_contradiction(tmp_path, key, value):
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -125,12 +105,6 @@ def test_qwen2_bias_keys_transformers_ignores_are_not_a_contradiction(tmp_path, 
 # --- llama.cpp rope gaps --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="llama_cpp_rope_gaps says nothing for yarn truncate: false; llama.cpp's "
-    "ggml_rope_yarn_corr_dims always floors/ceils the correction range (truncate: true)",
-)
 def test_yarn_without_truncation_is_a_llama_cpp_gap():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import _compute_yarn_parameters
@@ -178,13 +152,6 @@ def _net(seed: int = 0) -> Transformer:
     return net.eval()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bisect's reference is a float64 run of A's weights, and points are compared over "
-    "positions finite on both; a NaN in A poisons the reference too, so B (clean) "
-    "'agrees' everywhere and the verdict is CLEAN; only B's NaN/Inf is ever a finding",
-)
 def test_a_nan_on_side_a_is_not_a_clean_verdict():
     a = _net()
     with torch.no_grad():
@@ -193,12 +160,6 @@ def test_a_nan_on_side_a_is_not_a_clean_verdict():
     assert not report.clean  # seen: CLEAN (exit 0) while A's logits are NaN from token 2 on
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="an Inf in A's layers.0.mlp.down weight is not found; the divergence is "
-    "'introduced' at layers.1.attn_norm (where the Inf turns into NaN), blaming the wrong point",
-)
 def test_an_inf_on_side_a_is_named_where_it_appears():
     a = _net()
     with torch.no_grad():
@@ -211,13 +172,6 @@ def test_an_inf_on_side_a_is_named_where_it_appears():
 # --- apr bisect CLI --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="apr bisect and apr trace pass token ids unchecked to the embedding: an id >= "
-    "vocab_size ends in an IndexError traceback (apr logits says 'token id 99999 >= "
-    "vocab_size 96' with exit 1)",
-)
 @pytest.mark.parametrize("command", ["bisect", "trace"])
 def test_token_outside_the_vocabulary_is_one_line(tiny_factory, capsys, command):
     path = str(tiny_factory("llama").folder)
@@ -244,13 +198,6 @@ YARN = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="apr diff compares rope_scaling key by key: transformers' defaults spelled out "
-    "(yarn truncate: true, beta_fast 32 / beta_slow 1, the attention_factor the factor "
-    "implies) are a CONFIG_MISMATCH (exit 1) on configs that rotate identically",
-)
 @pytest.mark.parametrize(
     "spelled",
     [
@@ -288,13 +235,6 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON (RFC 8259)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="apr bisect --json writes Infinity for needed.m wherever A equals its float64 "
-    "reference exactly (rmse_a = 0, e.g. embed of a float32 model): not JSON, and strict "
-    "parsers (JSON.parse, Go, serde) reject the whole document",
-)
 def test_bisect_json_is_strict_json(tiny_factory, capsys):
     path = str(tiny_factory("llama").folder)
     assert apr(["bisect", path, path, "--tokens", "1,2,3", "--json"]) == 0
