@@ -273,6 +273,21 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
     )
 
 
+def hf_cannot_say(cfg: ModelConfig) -> str | None:
+    """Why an HF ``config.json`` cannot describe ``cfg`` (None when it can).
+
+    transformers' Qwen2 always builds q/k/v biases and never MLP biases, whatever the
+    config says: a Qwen2 without the first or with the second, written as an HF folder,
+    would load with random biases (or drop trained ones), silently."""
+    if cfg.architecture != "qwen2":
+        return None
+    if cfg.attention_bias is False:
+        return "attention_bias=false"
+    if cfg.mlp_bias:
+        return "mlp_bias=true"
+    return None
+
+
 def to_hf(cfg: ModelConfig) -> dict[str, Any]:
     """The published style (what a hub ``config.json`` holds)."""
     out: dict[str, Any] = {

@@ -14,13 +14,19 @@ from typing import Any
 
 
 def finite_or_null(value: Any) -> Any:
-    """``value`` with every non-finite float inside it replaced by None."""
+    """``value`` with every non-finite float inside it replaced by None; a container with
+    none inside is returned as it is (an inspect of a 3M-item GGUF array must not hold it
+    twice)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: finite_or_null(v) for k, v in value.items()}
+        items = {k: finite_or_null(v) for k, v in value.items()}
+        return value if all(items[k] is value[k] for k in value) else items
     if isinstance(value, list | tuple):
-        return [finite_or_null(v) for v in value]
+        for i, v in enumerate(value):
+            if finite_or_null(v) is not v:
+                return [*value[:i], *(finite_or_null(w) for w in value[i:])]
+        return value
     return value
 
 

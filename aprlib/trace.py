@@ -87,7 +87,11 @@ class Trace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trace:
-        points = [PointStats(**{**p, "shape": tuple(p["shape"])}) for p in data["points"]]
+        points = []
+        for p in data["points"]:
+            fields: dict[str, Any] = {k: math.nan if v is None else v for k, v in p.items()}
+            fields["shape"] = tuple(p["shape"])  # a non-finite statistic is null in strict JSON
+            points.append(PointStats(**fields))
         return cls(data["model"], data["backend"], data["dtype"], list(data["tokens"]), points)
 
 
@@ -123,10 +127,11 @@ def trace_file(
 
 
 def save_trace(trace: Trace, path: Path) -> None:
+    from aprlib import jsonout
     from aprlib.atomic import atomic_output
 
     with atomic_output(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(trace.to_dict(), fh, indent=1, allow_nan=True)
+        fh.write(jsonout.dumps(trace.to_dict(), indent=1))  # NaN statistics as null
 
 
 def load_trace(path: Path) -> Trace:

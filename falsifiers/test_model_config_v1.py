@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aprlib import (
+    ConversionError,
     DType,
     ModelConfig,
     llama3_2_1b,
@@ -21,7 +22,7 @@ from aprlib import (
     qwen2_7b,
     write_model,
 )
-from aprlib.config import to_hf
+from aprlib.config import hf_cannot_say, to_hf
 from aprlib.shapes import expected_shapes
 
 LLAMA3_SCALING = {
@@ -219,6 +220,13 @@ def round_trip_configs(cfg: ModelConfig, work: Path) -> dict[str, ModelConfig | 
         ("gguf", work / "m.gguf"),
         ("safetensors", work / "st" / "model.safetensors"),
     ):
+        if fmt == "safetensors" and hf_cannot_say(cfg):
+            # an HF config.json cannot say it (transformers' Qwen2 ignores the key): the
+            # writer must refuse by name rather than write a folder transformers misreads
+            with pytest.raises(ConversionError, match=hf_cannot_say(cfg) or ""):
+                write_model(model, path)
+            assert not path.exists() and not (path.parent / "config.json").exists()
+            continue
         write_model(model, path)
         with open_model(path) as back:
             out[fmt] = back.config

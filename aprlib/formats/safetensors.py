@@ -18,7 +18,7 @@ import numpy as np
 
 from aprlib import output
 from aprlib.atomic import atomic_output
-from aprlib.config import ConfigError, ModelConfig, from_hf, to_hf
+from aprlib.config import ConfigError, ModelConfig, from_hf, hf_cannot_say, to_hf
 from aprlib.dtypes import SAFETENSORS_DTYPES, DType, nbytes
 from aprlib.errors import ConversionError, ModelFileError, SafetensorsFormatError
 from aprlib.filesource import FileSource
@@ -252,6 +252,7 @@ def write_safetensors(
     report: output.ConvertReport,
     progress: output.Progress,
 ) -> None:
+    _check_sayable(model.config)  # before a byte is written
     header: dict[str, Any] = {
         "__metadata__": {"format": "pt", **{k: str(v) for k, v in output.provenance(model).items()}}
     }
@@ -286,10 +287,21 @@ def write_safetensors(
         write_hf_config(model.config, dst.parent)
 
 
+def _check_sayable(cfg: ModelConfig | None) -> None:
+    unsayable = hf_cannot_say(cfg) if cfg is not None else None
+    if unsayable is not None:
+        raise ConversionError(
+            f"a Qwen2 with {unsayable} cannot be an HF folder: transformers' Qwen2 always has "
+            "q/k/v biases and never MLP biases, so it would load other weights than these; "
+            "write APR or GGUF"
+        )
+
+
 def write_hf_config(cfg: ModelConfig | None, folder: Path) -> None:
     """config.json beside the weights (the loader reads it); never clobbers another one."""
     if cfg is None:
         return
+    _check_sayable(cfg)
     path = folder / "config.json"
     text = json.dumps(to_hf(cfg), indent=2, sort_keys=True) + "\n"
     if path.exists():
