@@ -480,12 +480,17 @@ def yarn_meaning(scaling: dict[str, Any], max_positions: int) -> dict[str, Any]:
     return out
 
 
+#: architectures whose llama.cpp graph reads llama3 scaling as ``rope_freqs.weight``
+#: (llama.cpp refuses a file holding a tensor its graph does not load)
+LLAMA3_DIVISOR_ARCHS = frozenset({"llama"})
+
+
 def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
     """Where llama.cpp will not rotate as this config says, in words for the convert notes.
 
-    Linear and yarn (at its default betas) carry over as keys; llama3 as ``rope_freqs.weight``
-    where llama.cpp's graph reads one (the GGUF writer notes the architectures where it does
-    not); dynamic NTK has no llama.cpp equivalent, and yarn's other knobs are not read.
+    Linear and yarn (at its default betas) carry over as keys, llama3 as ``rope_freqs.weight``
+    where llama.cpp's graph reads one; dynamic NTK has no llama.cpp equivalent, llama3 none
+    on other graphs, and yarn's other knobs are not read.
     """
     scaling = cfg.rope_scaling
     if scaling is None:
@@ -509,6 +514,11 @@ def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
                 "and uses its defaults, so its RoPE differs from the source's"
             ]
         return []
+    if kind == "llama3" and cfg.architecture not in LLAMA3_DIVISOR_ARCHS:
+        return [
+            f"llama.cpp's {cfg.architecture} graph has no llama3 rope scaling: it will run "
+            "this file with unscaled RoPE (the scaling is kept in aprlib.rope_scaling)"
+        ]
     if kind in ("linear", "llama3"):
         return []
     return [f"rope_scaling {kind} has no llama.cpp equivalent: llama.cpp rotates unscaled"]

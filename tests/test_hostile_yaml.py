@@ -51,7 +51,7 @@ def pv_validate(*args: str, timeout: float = 60) -> dict:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def one_error_naming(result: dict, name: str) -> str:
+def assert_one_error_naming(result: dict, name: str) -> str:
     assert result["rc"] == 1, result["out"]
     errors = [ln for ln in result["out"].splitlines() if ": error [" in ln]
     assert len(errors) == 1, result["out"]
@@ -84,7 +84,7 @@ def test_hostile_file_gives_one_finding_and_exit_1(tmp_path, name):
     path = tmp_path / f"{name}.yaml"
     path.write_text(HOSTILE[name].replace("id: tagged\n", f"id: {name}\n"))
     result = pv_validate(str(path))
-    one_error_naming(result, f"{name}.yaml")
+    assert_one_error_naming(result, f"{name}.yaml")
     assert result["rss_mb"] < MAX_RSS_MB
 
 
@@ -110,7 +110,7 @@ def test_a_two_million_item_list_is_refused_fast_and_small(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("x:\n" + "- 1\n" * 2_000_000)  # 8 MB
     result = pv_validate(str(path), timeout=30)
-    assert "nodes" in one_error_naming(result, "list.yaml")
+    assert "nodes" in assert_one_error_naming(result, "list.yaml")
     assert result["rss_mb"] < MAX_RSS_MB
 
 
@@ -120,19 +120,19 @@ def test_comments_and_aliases_expand_to_a_refusal_not_gigabytes(tmp_path):
     path = tmp_path / "aliases.yaml"
     path.write_text(anchor + body)  # ~0.7 MB of text, 3M nodes if expanded
     result = pv_validate(str(path), timeout=30)
-    assert "nodes" in one_error_naming(result, "aliases.yaml")
+    assert "nodes" in assert_one_error_naming(result, "aliases.yaml")
     assert result["rss_mb"] < MAX_RSS_MB
 
 
 def test_fifo_named_like_a_contract_does_not_hang(tmp_path):
     os.mkfifo(tmp_path / "x.yaml")
-    one_error_naming(pv_validate(str(tmp_path / "x.yaml"), timeout=20), "x.yaml")
-    one_error_naming(pv_validate(str(tmp_path), timeout=20), "x.yaml")
+    assert_one_error_naming(pv_validate(str(tmp_path / "x.yaml"), timeout=20), "x.yaml")
+    assert_one_error_naming(pv_validate(str(tmp_path), timeout=20), "x.yaml")
 
 
 def test_symlink_loop_in_a_folder(tmp_path):
     (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
-    one_error_naming(pv_validate(str(tmp_path)), "loop.yaml")
+    assert_one_error_naming(pv_validate(str(tmp_path)), "loop.yaml")
 
 
 @pytest.mark.parametrize("kind", ["empty", "named-x.yaml", "unreadable"])
@@ -144,7 +144,7 @@ def test_folders_that_hold_no_contract_are_findings(tmp_path, kind):
             pytest.skip("root reads every folder")
         folder.chmod(0)
     try:
-        one_error_naming(pv_validate(str(folder)), folder.name)
+        assert_one_error_naming(pv_validate(str(folder)), folder.name)
     finally:
         folder.chmod(0o755)
 

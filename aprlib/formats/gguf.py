@@ -21,6 +21,7 @@ import numpy as np
 from aprlib import __version__, layout, output
 from aprlib.atomic import atomic_output
 from aprlib.config import (
+    LLAMA3_DIVISOR_ARCHS,
     ConfigError,
     ModelConfig,
     from_gguf_kv,
@@ -65,9 +66,6 @@ _MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_INFO = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 #: tensors llama.cpp derives from the config (no HF name): checked or read into the config
 DERIVED = frozenset({ROPE_FREQS})
-#: architectures whose llama.cpp graph reads ``rope_freqs.weight`` (llama.cpp refuses a
-#: file holding a tensor its graph does not load)
-ROPE_FREQS_ARCHS = frozenset({"llama"})
 
 
 class _Head:
@@ -420,7 +418,11 @@ def _rope_freqs(
 def rope_freqs_tensor(cfg: ModelConfig) -> np.ndarray | None:
     """The ``rope_freqs.weight`` llama.cpp needs for ``cfg`` (None where its graph has none)."""
     scaling = cfg.rope_scaling
-    if cfg.architecture not in ROPE_FREQS_ARCHS or not scaling or scaling["rope_type"] != "llama3":
+    if (
+        cfg.architecture not in LLAMA3_DIVISOR_ARCHS
+        or not scaling
+        or scaling["rope_type"] != "llama3"
+    ):
         return None
     return llama3_rope_factors(cfg.rope_theta, cfg.attention_head_dim, scaling)
 
@@ -532,11 +534,6 @@ def write_gguf(
     except RopeFreqsError as exc:
         raise ConversionError(f"{model.path}: {ROPE_FREQS}: {exc}") from None
     report.notes.extend(llama_cpp_rope_gaps(cfg))  # the file is right; llama.cpp's RoPE is not
-    if cfg.rope_scaling and cfg.rope_scaling.get("rope_type") == "llama3" and rope_freqs is None:
-        report.notes.append(
-            f"llama.cpp's {cfg.architecture} graph has no llama3 rope scaling: it will run "
-            "this file with unscaled RoPE (the scaling is kept in aprlib.rope_scaling)"
-        )
     with atomic_output(dst) as tmp:
         writer = GGUFWriter(tmp, cfg.architecture)
         kv = to_gguf_kv(cfg)
