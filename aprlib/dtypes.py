@@ -144,9 +144,13 @@ def nbytes(dtype: DType, shape: tuple[int, ...]) -> int:
     return element_count(shape) // info.block_elements * info.block_bytes
 
 
-def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
-    """BF16 is the high half of a float32: widen by shifting, never through float16."""
-    return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+def bf16_to_float32(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """BF16 is the high half of a float32: widen by shifting, never through float16
+    (into ``out``, float32, where given: one cast and one shift, no temporary)."""
+    bits = np.empty(raw.size // 2, np.uint32) if out is None else out.view(np.uint32)
+    np.copyto(bits, raw.view("<u2").reshape(-1))
+    np.left_shift(bits, 16, out=bits)
+    return bits.view(np.float32)
 
 
 def float32_to_bf16(values: np.ndarray) -> np.ndarray:
@@ -158,6 +162,10 @@ def float32_to_bf16(values: np.ndarray) -> np.ndarray:
     if nan.any():
         out[nan] = ((bits[nan] >> 16) | np.uint32(0x40)).astype(np.uint16)
     return out
+
+
+#: one Q8_0 block: an f16 scale, then 32 int8 codes
+Q8_0_BLOCK = np.dtype([("d", "<f2"), ("q", "i1", (32,))])
 
 
 def to_float32(
@@ -174,19 +182,43 @@ def to_float32(
         raise ValueError(f"{dtype.name}{list(shape)} needs {expected} bytes, got {buf.size}")
     if dtype is DType.F32:
         return buf.view("<f4").reshape(shape)
-    if dtype is DType.F16:
-        return buf.view("<f2").astype(np.float32).reshape(shape)
-    if dtype is DType.BF16:
-        return bf16_to_float32(buf).reshape(shape)
-    if dtype is DType.Q8_0:  # gguf.quants' own arithmetic, without its per-group overhead
-        blocks = buf.reshape(-1, 34)
-        scale = blocks[:, :2].copy().view("<f2").astype(np.float32)
-        return (blocks[:, 2:].view(np.int8).astype(np.float32) * scale).reshape(shape)
-    from gguf.quants import GGMLQuantizationType, dequantize
+    out = np.empty(element_count(shape), dtype=np.float32)
+    return decode_into(buf, dtype, out).reshape(shape)
 
-    qtype = GGMLQuantizationType(int(dtype))
-    rows = buf.reshape(-1, nbytes(dtype, (shape[-1],))) if shape else buf.reshape(1, -1)
-    return dequantize(rows, qtype).astype(np.float32, copy=False).reshape(shape)
+
+def decode_into(
+    raw: np.ndarray,
+    dtype: DType,
+    out: np.ndarray,
+    q4_k_scales: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The float32 values of ``raw`` (uint8, whole blocks), written into ``out`` (float32,
+    exactly as many elements) and returned; F32 is returned as a view of ``raw``. Writing
+    into a caller's buffer lets ``apr diff`` decode a model piece by piece without
+    page-faulting fresh memory for each. ``q4_k_scales``: ``q4k.block_scales``' (step,
+    minimum) where the caller has them. gguf.quants' arithmetic throughout (held to it)."""
+    if dtype is DType.F32:
+        return raw.view("<f4")
+    if dtype is DType.BF16:
+        return bf16_to_float32(raw, out)
+    if dtype is DType.F16:
+        np.copyto(out, raw.view("<f2"))
+    elif dtype is DType.Q8_0:  # cast the codes in place, then scale: 3x faster than one
+        blocks = raw.view(Q8_0_BLOCK)  # mixed-type multiply over the strided codes
+        by_block = out.reshape(-1, 32)
+        np.copyto(by_block, blocks["q"])
+        by_block *= blocks["d"].astype(np.float32)[:, None]
+    elif dtype is DType.Q4_K:
+        from aprlib.q4k import dequantize_into
+
+        dequantize_into(raw, out, q4_k_scales)
+    else:
+        from gguf.quants import GGMLQuantizationType, dequantize
+
+        qtype = GGMLQuantizationType(int(dtype))
+        rows = raw.reshape(-1, dtype.info.block_bytes)
+        np.copyto(out, dequantize(rows, qtype).reshape(-1))
+    return out
 
 
 def from_float32(values: np.ndarray, dtype: DType) -> np.ndarray:

@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from aprlib import quantnoise
-from aprlib.dtypes import DType, element_count, to_float32
+from aprlib.dtypes import DType, decode_into, element_count
 from aprlib.filesource import FileSource
 from aprlib.modelfile import Tensor
-from aprlib.quantnoise import Q8_0_BLOCK
 
 CHUNK_BYTES = 16 << 20  # per side per read
 #: the magnitudes whose squares a float32 sum of a piece holds without overflow (2^80 x
@@ -172,57 +171,6 @@ def _flat_chunks(t: Tensor, step: int, buf: np.ndarray) -> Generator[np.ndarray,
 # --- decoding a piece --------------------------------------------------------------------
 
 
-def _decode(
-    raw: np.ndarray,
-    dtype: DType,
-    count: int,
-    out: np.ndarray,
-    sub_blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """``count`` float32 values of ``raw`` (into ``out`` where a decode must write);
-    ``sub_blocks``: Q4_K's scales, where the caller computed them for the bound too."""
-    if dtype is DType.F32:
-        return raw.view("<f4")
-    target = out[:count]
-    if dtype is DType.BF16:  # widen, then shift into the high half (one cast, one shift)
-        bits = target.view(np.uint32)
-        np.copyto(bits, raw.view("<u2"))
-        np.left_shift(bits, 16, out=bits)
-        return target
-    if dtype is DType.F16:
-        np.copyto(target, raw.view("<f2"))
-        return target
-    if dtype is DType.Q8_0:  # cast the codes in place, then scale (3x faster than one
-        blocks = raw.view(Q8_0_BLOCK)  # mixed-type multiply over the strided codes)
-        by_block = target.reshape(-1, 32)
-        np.copyto(by_block, blocks["q"])
-        by_block *= blocks["d"].astype(np.float32)[:, None]
-        return target
-    if dtype is DType.Q4_K:
-        return _decode_q4_k(raw, target, sub_blocks or quantnoise.q4_k_sub_blocks(raw))
-    return to_float32(raw, dtype, (count,))
-
-
-def _decode_q4_k(
-    raw: np.ndarray, target: np.ndarray, sub_blocks: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> np.ndarray:
-    """Q4_K into ``target`` (gguf.quants' arithmetic: d*sc*q - dmin*m in float32, without
-    its temporaries): per 144-byte block, 128 bytes hold 256 four-bit codes (low nibbles,
-    then high, per 64 values)."""
-    blocks = raw.reshape(-1, 144)
-    n = blocks.shape[0]
-    codes = np.empty((n, 4, 2, 32), dtype=np.uint8)
-    qs = blocks[:, 16:].reshape(n, 4, 32)
-    np.bitwise_and(qs, 15, out=codes[:, :, 0])
-    np.right_shift(qs, 4, out=codes[:, :, 1])
-    by_sub = target.reshape(n, 8, 32)
-    np.copyto(by_sub, codes.reshape(n, 8, 32))
-    step, minimum, _ = sub_blocks
-    by_sub *= step[..., None]
-    by_sub -= minimum[..., None]
-    return target
-
-
 # --- the pass ----------------------------------------------------------------------------
 
 
@@ -261,8 +209,8 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
                 quantnoise.q4_k_sub_blocks(p) if t.dtype is DType.Q4_K else None
                 for t, p in ((ta, piece_a), (tb, piece_b))
             )
-            a = _decode(piece_a, ta.dtype, n, scratch[0], sub_a)
-            b = _decode(piece_b, tb.dtype, n, scratch[1], sub_b)
+            a = decode_into(piece_a, ta.dtype, scratch[0][:n], sub_a and sub_a[:2])
+            b = decode_into(piece_b, tb.dtype, scratch[1][:n], sub_b and sub_b[:2])
             diff = np.subtract(a, b, out=scratch[2][:n])
             err = np.abs(diff, out=scratch[3][:n])
             worst_here = float(err.max()) if n else 0.0

@@ -233,3 +233,35 @@ def scale_min_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 8 six-bit scales and 8 six-bit mins of each block from its 12 packed bytes
     (ggml's ``get_scale_min_k4``), public because falsifiers check blocks with it."""
     return _scale_min_k4(packed)
+
+
+def block_scales(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(d, dmin, step, minimum) of Q4_K bytes, float32: per block ``d``/``dmin`` ``[n, 1]``,
+    per 32-element sub-block ``step = d*sc`` and ``minimum = dmin*m`` ``[n, 8]``; a value
+    decodes as step*q - minimum, q in 0..15."""
+    blocks = raw.reshape(-1, BLOCK_BYTES)
+    d = blocks[:, 0:2].copy().view("<f2").astype(_F)
+    dmin = blocks[:, 2:4].copy().view("<f2").astype(_F)
+    sc, m = _scale_min_k4(blocks[:, 4:16])
+    return d, dmin, d * sc, dmin * m
+
+
+def dequantize_into(
+    raw: np.ndarray, out: np.ndarray, scales: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """Q4_K bytes into the float32 array ``out`` (gguf.quants' arithmetic, d*sc*q - dmin*m
+    in float32, without its temporaries): per block, 128 bytes hold 256 four-bit codes,
+    low nibbles then high, per 64 values. ``scales``: ``block_scales``' (step, minimum),
+    where the caller has them already."""
+    blocks = raw.reshape(-1, BLOCK_BYTES)
+    n = blocks.shape[0]
+    codes = np.empty((n, 4, 2, 32), dtype=np.uint8)
+    qs = blocks[:, 16:].reshape(n, 4, 32)
+    np.bitwise_and(qs, 15, out=codes[:, :, 0])
+    np.right_shift(qs, 4, out=codes[:, :, 1])
+    by_sub = out.reshape(n, 8, 32)
+    np.copyto(by_sub, codes.reshape(n, 8, 32))
+    step, minimum = scales if scales is not None else block_scales(raw)[2:]
+    by_sub *= step[..., None]
+    by_sub -= minimum[..., None]
+    return out

@@ -15,9 +15,7 @@ import math
 
 import numpy as np
 
-from aprlib.dtypes import DType
-
-Q8_0_BLOCK = np.dtype([("d", "<f2"), ("q", "i1", (32,))])  # one block: scale, 32 codes
+from aprlib.dtypes import Q8_0_BLOCK, DType
 
 #: relative slack on every bound: float32 evaluation of |high - low| and of the bound
 #: itself rounds by at most a few 2^-24; 2^-16 covers that with room, and is far below
@@ -103,14 +101,10 @@ def q4_k_sub_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """(step, minimum, clamp) of every 32-element sub-block of Q4_K bytes, float32: ggml's
     d*sc and dmin*m (a value decodes as step*q - minimum, q in 0..15), and how far outside
     [-minimum, 15*step - minimum] ggml's quantiser may leave a value (see ``q4_k_clamp``)."""
-    from aprlib.q4k import scale_min_k4
+    from aprlib.q4k import block_scales
 
-    blocks = raw.reshape(-1, 144)
-    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
-    dmin = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
-    sc, m = scale_min_k4(blocks[:, 4:16])
-    step = d * sc
-    return step, dmin * m, q4_k_clamp(step, d, dmin)
+    d, dmin, step, minimum = block_scales(raw)
+    return step, minimum, q4_k_clamp(step, d, dmin)
 
 
 def q4_k_clamp(step: np.ndarray, d: np.ndarray, dmin: np.ndarray) -> np.ndarray:

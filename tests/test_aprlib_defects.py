@@ -77,7 +77,9 @@ def test_layout_003_catches_a_swapped_name(tiny_factory, monkeypatch):
 
 
 def test_dtype_001_catches_bf16_decoded_as_f16(tiny_factory, tmp_path, monkeypatch):
-    monkeypatch.setattr(dtypes, "bf16_to_float32", lambda raw: raw.view("<f2").astype(np.float32))
+    monkeypatch.setattr(
+        dtypes, "bf16_to_float32", lambda raw, out=None: raw.view("<f2").astype(np.float32)
+    )
     with pytest.raises(AssertionError):
         fidelity.check_against_safetensors(
             tiny_factory("qwen2", dtype="bfloat16").safetensors, tmp_path

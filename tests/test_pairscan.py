@@ -21,7 +21,7 @@ from aprlib import (
     write_model,
 )
 from aprlib.config import ModelConfig
-from aprlib.dtypes import DType, float32_to_bf16, from_float32, to_float32
+from aprlib.dtypes import DType, decode_into, float32_to_bf16, from_float32, nbytes, to_float32
 from aprlib.modelfile import Tensor
 
 CONFIG = ModelConfig("qwen2", 6, 8, 24, 2, 2, 1, 1e-6, 1e4, 64, False)
@@ -226,21 +226,28 @@ def _random_q4_k_blocks(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [DType.Q4_K, DType.Q8_0, DType.BF16, DType.F16])
-def test_piece_decode_equals_the_gguf_package(dtype):
-    """The scan's own decoders (into reused buffers) equal gguf.quants / numpy."""
+@pytest.mark.parametrize("into", ["buffer", "to_float32"])
+def test_decoders_equal_the_gguf_package(dtype, into):
+    """Every decode (into a reused buffer, and through to_float32, one code path) equals
+    gguf.quants' dequantize on arbitrary bytes: Q4_K blocks of every code, scale and min
+    pattern; Q8_0, BF16 and F16 including NaN/Inf/subnormal bit patterns."""
     from gguf.quants import dequantize
 
     rng = np.random.default_rng(int(dtype))
     if dtype is DType.Q4_K:
         raw, count = _random_q4_k_blocks(rng, 64), 64 * 256
-        want = dequantize(raw.reshape(64, 144), GGMLQuantizationType.Q4_K).reshape(-1)
     else:
-        values = rng.standard_normal(8192).astype(np.float32)
-        raw, count = from_float32(values, dtype).view(np.uint8).reshape(-1), 8192
-        want = to_float32(raw, dtype, (count,))
-    out = np.full(count, np.nan, dtype=np.float32)
-    got = pairscan._decode(raw, dtype, count, out)
-    np.testing.assert_array_equal(got, want.astype(np.float32))
+        count = 8192
+        raw = rng.integers(0, 256, nbytes(dtype, (count,)), dtype=np.uint8)
+    qtype = GGMLQuantizationType(int(dtype))
+    block = dtype.info.block_bytes
+    with np.errstate(all="ignore"):
+        want = dequantize(raw.reshape(-1, block), qtype).reshape(-1).astype(np.float32)
+        if into == "buffer":
+            got = decode_into(raw, dtype, np.full(count, 7.0, dtype=np.float32))
+        else:
+            got = to_float32(raw, dtype, (count,))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_q4_k_bound_holds_for_ggmls_quantiser_and_breaks_for_one_step_more():
