@@ -247,15 +247,14 @@ def classify(
         return pair
     # one pass decides the common cases (a lossless re-encoding, a quantised copy within
     # its dtype's bound) and gathers the statistics every other detector starts from
-    stats = pairscan.scan(ta, tb, _lower(ta, tb))
+    low = _lower(ta, tb)
+    stats = pairscan.scan(ta, tb, low)
     pair.stats = {k: v for k, v in stats.items() if not k.startswith("_")}
     if stats["_equal"]:
         pair.tag = EQUIVALENT
         pair.detail = f"same values, {ta.dtype.name} vs {tb.dtype.name}"
         return pair
-    if stats["_noise"] is not None:
-        low = _lower(ta, tb)
-        assert low is not None
+    if stats["_noise"] is not None and low is not None:
         side = "A" if low is ta else "B"
         pair.tag = QUANT_NOISE
         pair.detail = (
