@@ -216,3 +216,14 @@ def test_gguf_convert_says_where_llamacpp_will_not_rotate_as_the_source(tmp_path
     report = convert(tiny.safetensors, tmp_path / "out.gguf")
     notes = " ".join(report.notes)
     assert (says in notes) if says else ("rope_scaling" not in notes), report.notes
+
+
+def test_config_003_catches_a_writer_that_writes_a_qwen2_hf_cannot_describe(tmp_path, monkeypatch):
+    """CONFIG-003 holds the refusal: a safetensors writer that writes a bias-less Qwen2
+    anyway (transformers would load other weights) turns it red."""
+    import aprlib.formats.safetensors as st_format
+    from falsifiers import test_model_config_v1 as config_falsifier
+
+    monkeypatch.setattr(st_format, "hf_cannot_say", lambda cfg: None)
+    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+        config_falsifier.check_round_trip(config_falsifier.VARIANTS["qwen2-nobias-yarn"], tmp_path)
