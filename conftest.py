@@ -32,6 +32,27 @@ TINY = dict(
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every verdict names the llama.cpp build that produced it: its version is in the
+    evidence's host block already; this adds the CPU features it was built for and sees,
+    asked of the oracle's child process (a build that crashes cannot take the run) when the
+    first evidence is written."""
+    if hasattr(config, "workerinput"):
+        return  # only the controller writes evidence
+    from importlib.util import find_spec
+
+    if find_spec("llama_cpp") is None:
+        return
+    from provable.evidence import add_host_facts
+
+    def llama_cpp_system_info() -> str:
+        from aprlib.llamacpp import system_info
+
+        return system_info(timeout=60)
+
+    add_host_facts(llama_cpp_system_info=llama_cpp_system_info)
+
+
 @dataclass
 class TinyModel:
     """A saved HF model: ``folder`` holds config.json and model.safetensors."""

@@ -1,7 +1,7 @@
 """Named forward backends: which ``Ops`` runs a ``Transformer`` (``reference``, ``triton``...).
 
 A backend is named by ``"module:attribute"`` and imported on first use, so the Triton
-backend (branch issue12's ``kernels.TritonOps``) plugs in without this module importing
+backend (branch issue12's ``provable_kernels.TritonOps``) plugs in without this module importing
 triton, and another package can add one with ``register_backend``.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 BACKENDS: dict[str, str] = {
     "reference": "aprlib.model:Ops",
-    "triton": "kernels:TritonOps",
+    "triton": "provable_kernels:TritonOps",
 }
 
 

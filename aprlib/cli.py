@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from aprlib.config import ConfigError
-    from aprlib.errors import ConversionError, ModelFileError
+    from aprlib.errors import ConversionError, ModelFileError, OracleError
 
     bad_file = EXIT_USAGE if args.command == "diff" else EXIT_BAD_FILE  # diff: 1 = findings
     try:
@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelFileError, ConversionError, ConfigError) as exc:
         print(f"apr: error: {exc}", file=sys.stderr)
         return bad_file
+    except OracleError as exc:  # llama.cpp crashed or hung: no answer, one line
+        print(f"apr: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_FILE
     except MemoryError:
         print(
             "apr: error: out of memory (a tensor larger than this process may hold)",

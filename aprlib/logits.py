@@ -66,32 +66,25 @@ def reference_logits(
         return net(torch.tensor([tokens])).float()[0].numpy()
 
 
-def llamacpp_logits(path: Path | str, tokens: list[int]) -> np.ndarray:
-    """llama.cpp (llama-cpp-python) at every position, F32 KV cache, on a GGUF file."""
+def llamacpp_logits(
+    path: Path | str, tokens: list[int], timeout: float | None = None
+) -> np.ndarray:
+    """llama.cpp (llama-cpp-python) at every position, F32 KV cache, on a GGUF file.
+
+    It runs in a child process (``aprlib.llamacpp``): a llama.cpp that crashes or hangs
+    raises ``OracleCrashed`` / ``OracleTimeout`` here instead of taking this process with
+    it. ``timeout`` in seconds (default ``APRLIB_LLAMACPP_TIMEOUT``, else 300)."""
+    import importlib.util
+
+    from aprlib import llamacpp
     from aprlib.io import sniff
 
     path = Path(path)
     if sniff(path) != "gguf":
         raise ModelFileError(path, "llama.cpp runs GGUF files; `apr convert` it first")
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ModelFileError(path, "llama-cpp-python is not installed (the test extra)") from None
-    llm = llama_cpp.Llama(
-        str(path),
-        logits_all=True,
-        type_k=0,
-        type_v=0,
-        n_ctx=max(64, len(tokens) + 1),
-        n_threads=2,
-        verbose=False,
-    )
-    try:
-        check_token_ids(tokens, llm.n_vocab(), path)
-        llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
-    finally:
-        llm.close()
+    if importlib.util.find_spec("llama_cpp") is None:  # found, not imported: it runs elsewhere
+        raise ModelFileError(path, "llama-cpp-python is not installed (the test extra)")
+    return llamacpp.logits(path, tokens, timeout=timeout)
 
 
 def transformers_logits(path: Path | str, tokens: list[int]) -> np.ndarray:

@@ -23,7 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# this file is named kernels.py: keep its folder off sys.path so `import kernels` is the package
+# run as a script: the repository root first on sys.path, so `import provable_kernels`
+# is the checkout's
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
@@ -53,21 +54,39 @@ def copy_bandwidth() -> float:
 
 
 def bandwidth_rows(copy_gbs: float) -> list[Row]:
-    import kernels
+    import provable_kernels
 
     dev, bf16 = "cuda", torch.bfloat16
     rows: list[Row] = []
     x = torch.randn(8192, 4096, device=dev, dtype=bf16)
     w = torch.randn(4096, device=dev, dtype=bf16)
     q = torch.randn(1, 32, 4096, 128, device=dev, dtype=bf16)
-    cos, sin = kernels.rope_cos_sin(128, torch.arange(4096), 10000.0, dtype=bf16)
+    cos, sin = provable_kernels.rope_cos_sin(128, torch.arange(4096), 10000.0, dtype=bf16)
     cos, sin = cos.to(dev), sin.to(dev)
     gate = torch.randn(8192, 14336, device=dev, dtype=bf16)
     up = torch.randn_like(gate)
     cases: list[Case] = [
-        ("rms_norm", kernels.rms_norm, kernels.rms_norm_reference, (x, w, 1e-6), 2 * x.nbytes),
-        ("rope", kernels.rope, kernels.rope_reference, (q, cos, sin), 2 * q.nbytes),
-        ("swiglu", kernels.swiglu, kernels.swiglu_reference, (gate, up), 3 * gate.nbytes),
+        (
+            "rms_norm",
+            provable_kernels.rms_norm,
+            provable_kernels.rms_norm_reference,
+            (x, w, 1e-6),
+            2 * x.nbytes,
+        ),
+        (
+            "rope",
+            provable_kernels.rope,
+            provable_kernels.rope_reference,
+            (q, cos, sin),
+            2 * q.nbytes,
+        ),
+        (
+            "swiglu",
+            provable_kernels.swiglu,
+            provable_kernels.swiglu_reference,
+            (gate, up),
+            3 * gate.nbytes,
+        ),
     ]
     from aprlib.dtypes import DType, from_float32
 
@@ -80,7 +99,7 @@ def bandwidth_rows(copy_gbs: float) -> list[Row]:
         cases.append(
             (
                 f"dequant.{kind}",
-                lambda r=raw_t, k=kind: kernels.dequantize(r, k, shape),
+                lambda r=raw_t, k=kind: provable_kernels.dequantize(r, k, shape),
                 None,
                 (),
                 raw_t.nbytes + 4 * values,
@@ -102,20 +121,20 @@ def bandwidth_rows(copy_gbs: float) -> list[Row]:
 def attention_row() -> Row:
     import torch.nn.functional as F
 
-    import kernels
+    import provable_kernels
 
     q = torch.randn(1, 14, 2048, 64, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, 2, 2048, 64, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    ours = timed(lambda: kernels.attention(q, k, v))
+    ours = timed(lambda: provable_kernels.attention(q, k, v))
     sdpa = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
-    eager = timed(lambda: kernels.attention_reference(q, k, v))
+    eager = timed(lambda: provable_kernels.attention_reference(q, k, v))
     return {"kernel": "attention", "triton_ms": ours, "sdpa_ms": sdpa, "eager_ms": eager,
             "vs_sdpa": ours / sdpa}  # fmt: skip
 
 
 def cross_entropy_row() -> Row:
-    import kernels
+    import provable_kernels
 
     logits = torch.randn(4096, 151936, device="cuda", dtype=torch.bfloat16)
     targets = torch.randint(0, 151936, (4096,), device="cuda")
@@ -128,8 +147,8 @@ def cross_entropy_row() -> Row:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
 
-    fused = lambda: kernels.cross_entropy(logits, targets)  # noqa: E731
-    unfused = lambda: kernels.cross_entropy_reference(logits, targets)  # noqa: E731
+    fused = lambda: provable_kernels.cross_entropy(logits, targets)  # noqa: E731
+    unfused = lambda: provable_kernels.cross_entropy_reference(logits, targets)  # noqa: E731
     return {
         "kernel": "cross_entropy",
         "triton_ms": timed(fused),
@@ -146,7 +165,7 @@ def forward_row() -> Row | None:
         from aprlib.config import qwen2_0_5b
     except ImportError:
         return None
-    import kernels
+    import provable_kernels
 
     config = qwen2_0_5b()
     tokens = torch.randint(0, config.vocab_size, (1, 512), device="cuda")
@@ -157,7 +176,7 @@ def forward_row() -> Row | None:
         for name, p in reference.state_dict().items()
     }
     reference.load_state_dict(state, assign=True)
-    triton = Transformer(config, ops=kernels.TritonOps()).eval()
+    triton = Transformer(config, ops=provable_kernels.TritonOps()).eval()
     triton.load_state_dict(state, assign=True)
     with torch.no_grad():
         return {

@@ -16,8 +16,8 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-import kernels
-from kernels import ParityError, ParityResult, check_parity
+import provable_kernels
+from provable_kernels import ParityError, ParityResult, check_parity
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 dtypes = st.sampled_from(sorted(DTYPES))
@@ -93,9 +93,9 @@ def rms_norm_case(
     dt, dev = DTYPES[dtype], device_of(device)
     x = poisoned(random(seed, (rows, cols), 10.0**log_scale), seed, poison).to(dt).to(dev)
     w = (1 + 0.5 * random(seed + 1, (cols,))).to(dt).to(dev)
-    ref64 = kernels.rms_norm_reference(x.double(), w.double(), eps)
-    eager = kernels.rms_norm_reference(x, w, eps)
-    return check_parity("rms_norm", kernels.rms_norm(x, w, eps), eager, ref64, dt, seed)
+    ref64 = provable_kernels.rms_norm_reference(x.double(), w.double(), eps)
+    eager = provable_kernels.rms_norm_reference(x, w, eps)
+    return check_parity("rms_norm", provable_kernels.rms_norm(x, w, eps), eager, ref64, dt, seed)
 
 
 def rope_case(
@@ -123,12 +123,12 @@ def rope_case(
         else None
     )
     positions = torch.arange(offset, offset + seq)
-    cos, sin = kernels.rope_cos_sin(dim, positions, 10000.0, scaling)
+    cos, sin = provable_kernels.rope_cos_sin(dim, positions, 10000.0, scaling)
     x = random(seed, (batch, heads, seq, dim)).to(dt).to(dev)
     cos, sin = cos.to(dev), sin.to(dev)
-    ref64 = kernels.rope_reference(x.double(), cos.double(), sin.double())
-    eager = kernels.rope_reference(x, cos, sin)
-    return check_parity("rope", kernels.rope(x, cos, sin), eager, ref64, dt, seed)
+    ref64 = provable_kernels.rope_reference(x.double(), cos.double(), sin.double())
+    eager = provable_kernels.rope_reference(x, cos, sin)
+    return check_parity("rope", provable_kernels.rope(x, cos, sin), eager, ref64, dt, seed)
 
 
 def swiglu_case(
@@ -143,9 +143,9 @@ def swiglu_case(
     dt, dev = DTYPES[dtype], device_of(device)
     gate = poisoned(random(seed, (rows, cols), 10.0**log_scale), seed, poison).to(dt).to(dev)
     up = random(seed + 1, (rows, cols)).to(dt).to(dev)
-    ref64 = kernels.swiglu_reference(gate.double(), up.double())
-    eager = kernels.swiglu_reference(gate, up)
-    return check_parity("swiglu", kernels.swiglu(gate, up), eager, ref64, dt, seed)
+    ref64 = provable_kernels.swiglu_reference(gate.double(), up.double())
+    eager = provable_kernels.swiglu_reference(gate, up)
+    return check_parity("swiglu", provable_kernels.swiglu(gate, up), eager, ref64, dt, seed)
 
 
 def linear_case(
@@ -162,9 +162,11 @@ def linear_case(
     x = poisoned(random(seed, (m, k)), seed, poison).to(dt).to(dev)
     w = (random(seed + 1, (n, k)) / k**0.5).to(dt).to(dev)
     b = random(seed + 2, (n,)).to(dt).to(dev) if bias else None
-    ref64 = kernels.linear_reference(x.double(), w.double(), None if b is None else b.double())
-    eager = kernels.linear_reference(x, w, b)
-    return check_parity("linear", kernels.linear(x, w, b), eager, ref64, dt, seed)
+    ref64 = provable_kernels.linear_reference(
+        x.double(), w.double(), None if b is None else b.double()
+    )
+    eager = provable_kernels.linear_reference(x, w, b)
+    return check_parity("linear", provable_kernels.linear(x, w, b), eager, ref64, dt, seed)
 
 
 def attention_case(
@@ -184,9 +186,9 @@ def attention_case(
     q = random(seed, (batch, kv_heads * group, tq, dim), 10.0**log_scale).to(dt).to(dev)
     k = random(seed + 1, (batch, kv_heads, tk, dim)).to(dt).to(dev)
     v = random(seed + 2, (batch, kv_heads, tk, dim)).to(dt).to(dev)
-    ref64 = kernels.attention_reference(q.double(), k.double(), v.double())
-    eager = kernels.attention_reference(q, k, v)
-    return check_parity("attention", kernels.attention(q, k, v), eager, ref64, dt, seed)
+    ref64 = provable_kernels.attention_reference(q.double(), k.double(), v.double())
+    eager = provable_kernels.attention_reference(q, k, v)
+    return check_parity("attention", provable_kernels.attention(q, k, v), eager, ref64, dt, seed)
 
 
 def cross_entropy_case(
@@ -196,9 +198,9 @@ def cross_entropy_case(
     logits = random(seed, (rows, vocab), 10.0**log_scale).to(dt).to(dev)
     gen = torch.Generator().manual_seed(seed + 1)
     targets = torch.randint(0, vocab, (rows,), generator=gen).to(dev)
-    loss64, grad64 = kernels.cross_entropy_reference(logits.double(), targets)
-    loss_eager, grad_eager = kernels.cross_entropy_reference(logits, targets)
-    loss, grad = kernels.cross_entropy(logits, targets)
+    loss64, grad64 = provable_kernels.cross_entropy_reference(logits.double(), targets)
+    loss_eager, grad_eager = provable_kernels.cross_entropy_reference(logits, targets)
+    loss, grad = provable_kernels.cross_entropy(logits, targets)
     return (
         check_parity("cross_entropy.losses", loss, loss_eager, loss64, dt, seed),
         check_parity("cross_entropy.grad", grad, grad_eager, grad64, dt, seed),
@@ -209,7 +211,7 @@ def quantised(kind: str, rows: int, blocks: int, log_scale: float, seed: int) ->
     """GGML bytes of a random [rows, blocks * block] float32 matrix, from aprlib's quantiser."""
     from aprlib.dtypes import DType, from_float32
 
-    values = kernels.dequant.BLOCK_VALUES[kind]
+    values = provable_kernels.dequant.BLOCK_VALUES[kind]
     x = (random(seed, (rows, blocks * values), 10.0**log_scale)).float().numpy()
     return from_float32(x, {"q8_0": DType.Q8_0, "q4_k": DType.Q4_K}[kind]).reshape(-1)
 
@@ -219,9 +221,9 @@ def dequant_mismatches(
 ) -> int:
     """Elements whose float32 bits differ from ``gguf.quants.dequantize`` (0 = bit-exact)."""
     raw = torch.from_numpy(quantised(kind, rows, blocks, log_scale, seed).copy())
-    shape = (rows, blocks * kernels.dequant.BLOCK_VALUES[kind])
-    got = kernels.dequantize(raw.to(device_of(device)), kind, shape).cpu()
-    want = kernels.dequantize_reference(raw, kind, shape)
+    shape = (rows, blocks * provable_kernels.dequant.BLOCK_VALUES[kind])
+    got = provable_kernels.dequantize(raw.to(device_of(device)), kind, shape).cpu()
+    want = provable_kernels.dequantize_reference(raw, kind, shape)
     return int((got.view(torch.int32) != want.view(torch.int32)).sum())
 
 
@@ -230,9 +232,9 @@ def matvec_case(
 ) -> ParityResult:
     dev = device_of(device)
     raw = torch.from_numpy(quantised(kind, rows, blocks, log_scale, seed).copy()).to(dev)
-    shape = (rows, blocks * kernels.dequant.BLOCK_VALUES[kind])
+    shape = (rows, blocks * provable_kernels.dequant.BLOCK_VALUES[kind])
     x = random(seed + 1, (shape[1],)).float().to(dev)
-    ref64 = kernels.dequantize_matvec_reference(raw, kind, shape, x.double())
-    eager = kernels.dequantize_matvec_reference(raw, kind, shape, x)
-    out = kernels.dequantize_matvec(raw, kind, shape, x)
+    ref64 = provable_kernels.dequantize_matvec_reference(raw, kind, shape, x.double())
+    eager = provable_kernels.dequantize_matvec_reference(raw, kind, shape, x)
+    out = provable_kernels.dequantize_matvec(raw, kind, shape, x)
     return check_parity(f"dequant_matvec.{kind}", out, eager, ref64.to(dev), torch.float32, seed)

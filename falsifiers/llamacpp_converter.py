@@ -60,11 +60,12 @@ def converter_source() -> Path | str:
     """The ``vendor/llama.cpp`` folder, or the reason there is none (a string)."""
     if os.environ.get("APRLIB_LLAMA_CPP_SRC"):
         return Path(os.environ["APRLIB_LLAMA_CPP_SRC"])
-    try:
-        import llama_cpp
-    except ImportError:
+    from importlib import metadata
+
+    try:  # the version only: importing llama_cpp would load libllama into this process
+        version = metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
         return "llama-cpp-python is not installed"
-    version = llama_cpp.__version__
     cache = _cache_root() / f"llama-cpp-python-{version}"
     cached = sorted(cache.glob("*/vendor/llama.cpp/convert_hf_to_gguf.py"))
     if cached:

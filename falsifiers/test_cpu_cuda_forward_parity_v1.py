@@ -1,10 +1,10 @@
 """Falsifiers of cpu-cuda-forward-parity-v1: the Triton backend runs the reference forward.
 
-Same weights, same tokens: the model with every op routed through ``kernels.TritonOps`` (the
-interpreter on a CPU host, native on a GPU) against the torch reference forward in the same
-dtype, both held against the float64 reference pass, under the earned bound of
-``kernels.bounds``. The incident: a CUDA forward with a loss above ln(vocab) beside a sensible
-CPU forward of the same weights.
+Same weights, same tokens: the model with every op routed through
+``provable_kernels.TritonOps`` (the interpreter on a CPU host, native on a GPU) against the
+torch reference forward in the same dtype, both held against the float64 reference pass,
+under the earned bound of ``provable_kernels.bounds``. The incident: a CUDA forward with a
+loss above ln(vocab) beside a sensible CPU forward of the same weights.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+import provable_kernels
 from aprlib import Transformer
 from aprlib.model import KVCache, as_reference64
 from falsifiers import kernel_cases as kc
-from kernels import ParityResult
+from provable_kernels import ParityResult
 
 MODELS = [("qwen2", False), ("llama", True)]
 SEEDS = {"qwen2": 1201, "llama": 1202}
@@ -25,7 +25,7 @@ SEEDS = {"qwen2": 1201, "llama": 1202}
 def backends(tiny, dtype: torch.dtype, device: torch.device):
     """(triton, reference, float64 reference) over one file's weights."""
     triton = Transformer.from_file(
-        tiny.safetensors, dtype=dtype, device=device, ops=kernels.TritonOps()
+        tiny.safetensors, dtype=dtype, device=device, ops=provable_kernels.TritonOps()
     )
     reference = Transformer.from_file(tiny.safetensors, dtype=dtype, device=device)
     ref64 = as_reference64(Transformer.from_file(tiny.safetensors, device=device))
@@ -43,11 +43,11 @@ def forward_parity(tiny, dtype: str, device: str, seed: int) -> tuple[ParityResu
     triton, reference, ref64 = backends(tiny, dt, dev)
     tokens = tokens_for(seed, triton.config.vocab_size, (2, 17), dev)
     with torch.no_grad():
-        logits = kernels.check_parity(
+        logits = provable_kernels.check_parity(
             "logits", triton(tokens), reference(tokens), ref64(tokens), dt, seed
         )
         # the loss's inputs carry the dtype's rounding: one unit of it is the floor (eps)
-        loss = kernels.check_parity(
+        loss = provable_kernels.check_parity(
             "loss", triton.loss(tokens), reference.loss(tokens), ref64.loss(tokens), dt, seed
         )
     return logits, loss
@@ -87,7 +87,7 @@ def test_triton_decode_with_kv_cache_within_bound(
                 net(step, cache)
                 for net, cache in zip((triton, reference, ref64), caches, strict=True)
             ]
-            log.check(kernels.check_parity(f"decode step {i}", *outs, torch.float32, seed))
+            log.check(provable_kernels.check_parity(f"decode step {i}", *outs, torch.float32, seed))
             step = outs[2][:, -1:].argmax(-1)
     log.record(evidence, steps=4)
 
@@ -142,7 +142,9 @@ def test_bisect_names_the_capture_point_of_a_planted_kernel_bug(
     tokens = tokens_for(SEEDS["qwen2"] + 20, 96, (1, 11), torch.device("cpu"))[0].tolist()
     reference = load_side(path)
     assert bisect(reference, twin(reference, "triton"), tokens).clean, "clean before planting"
-    plant(monkeypatch, tmp_path, importlib.import_module(f"kernels.{module}"), kernel, *edits)
+    plant(
+        monkeypatch, tmp_path, importlib.import_module(f"provable_kernels.{module}"), kernel, *edits
+    )
     report = bisect(reference, twin(reference, "triton"), tokens)
     introduced = [p.name for p in report.introduced]
     evidence.record(first_introduced=introduced[0] if introduced else None, expected=expected)

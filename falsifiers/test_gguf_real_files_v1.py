@@ -188,19 +188,13 @@ def test_every_ggml_type_reads_decodes_and_passes_through(tiny_factory, tmp_path
 def check_k_quant_mix(tiny, work: Path, capsys) -> str:
     """llama.cpp's own quantiser (llama_model_quantize, Q4_K_M): its type mix opens, shows
     in inspect, diffs as quantisation noise only, and passes through APR unchanged."""
-    import ctypes
-
+    from aprlib import llamacpp
     from falsifiers.llamacpp_oracle import require_llama_cpp
 
-    llama_cpp = require_llama_cpp()
+    require_llama_cpp()
     work.mkdir(parents=True, exist_ok=True)
     convert(tiny.safetensors, work / "f32.gguf")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    params.nthread = 1
-    rc = llama_cpp.llama_model_quantize(
-        str(work / "f32.gguf").encode(), str(work / "q4_k_m.gguf").encode(), ctypes.byref(params)
-    )
+    rc = llamacpp.model_quantize(work / "f32.gguf", work / "q4_k_m.gguf", "Q4_K_M", nthread=1)
     assert rc == 0, f"llama_model_quantize returned {rc}"
     with open_model(work / "q4_k_m.gguf") as m:
         kinds = {t.dtype.name for t in m.tensors.values()}

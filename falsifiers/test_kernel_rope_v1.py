@@ -44,7 +44,7 @@ def test_cos_sin_equal_transformers(scaling, evidence):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    import kernels
+    import provable_kernels
 
     rope_scaling = (
         {
@@ -68,7 +68,7 @@ def test_cos_sin_equal_transformers(scaling, evidence):
     cos_hf, sin_hf = LlamaRotaryEmbedding(config)(
         torch.zeros(1, 1, len(positions)), positions[None]
     )
-    cos, sin = kernels.rope_cos_sin(128, positions, 500000.0, rope_scaling)
+    cos, sin = provable_kernels.rope_cos_sin(128, positions, 500000.0, rope_scaling)
     evidence.record(
         positions=len(positions),
         max_abs_diff=float(max((cos - cos_hf[0]).abs().max(), (sin - sin_hf[0]).abs().max())),

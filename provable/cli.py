@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate the contracts (--strict), run the falsifier tests with pytest "
         "(which rewrites statuses and evidence), print the status table, write the dashboard "
         "(--dashboard) and show its scoreboard. Exit 0 only when validation and every "
-        "falsifier passed.",
+        "falsifier passed, and no falsifier's last run left it not checked (an error, a "
+        "flaky test).",
     )
     c.add_argument("--contracts", default="contracts", help="contracts folder (contracts/)")
     c.add_argument("--falsifiers", default="falsifiers", help="falsifier tests (falsifiers/)")
@@ -172,11 +173,15 @@ def _check(args: argparse.Namespace) -> int:
     print(f"$ {' '.join(cmd[2:])}", flush=True)
     tests = subprocess.run(cmd).returncode
     print_table(collect(discover([args.contracts])))
-    from provable.dashboard import build_dashboard, print_summary
+    from provable.dashboard import build_dashboard, print_summary, unchecked_lines
 
     evidence = Path(args.contracts).resolve().parent / "evidence"
-    print_summary(build_dashboard(Path(args.contracts), evidence, Path(args.dashboard)))
-    return EXIT_OK if tests == 0 else EXIT_FINDINGS
+    board = build_dashboard(Path(args.contracts), evidence, Path(args.dashboard))
+    print_summary(board)
+    unchecked = unchecked_lines(board)  # a claim whose last run errored was not tested
+    for line in unchecked:
+        print(f"pv check: {line}", file=sys.stderr)
+    return EXIT_OK if tests == 0 and not unchecked else EXIT_FINDINGS
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -207,12 +212,17 @@ def _add_dashboard_and_merge(sub: argparse._SubParsersAction) -> None:
         help="write the status dashboard (HTML, Markdown, JSON, badge, chart)",
         description="Write status.md, index.html, status.json, badge.svg and history.svg into "
         "--out from the contracts and their evidence. Exit 0; 1 with --check when a contract "
-        "is FALSIFIED or a contract cannot be read; 2 on usage errors.",
+        "is FALSIFIED, a contract cannot be read, or a falsifier's last run errored or was "
+        "flaky (not checked); 2 on usage errors.",
     )
     d.add_argument("--contracts", default="contracts", help="contracts folder (contracts/)")
     d.add_argument("--evidence", default="evidence", help="evidence folder (evidence/)")
     d.add_argument("--out", default="dashboard", help="output folder (dashboard/)")
-    d.add_argument("--check", action="store_true", help="exit 1 when any contract is FALSIFIED")
+    d.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when any contract is FALSIFIED or any falsifier is not checked",
+    )
     d.add_argument("--json", action="store_true", help="print status.json instead of a summary")
 
     m = sub.add_parser(
@@ -229,7 +239,7 @@ def _add_dashboard_and_merge(sub: argparse._SubParsersAction) -> None:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from provable.dashboard import build_dashboard, print_summary
+    from provable.dashboard import build_dashboard, print_summary, unchecked_lines
     from provable.validate import UsageError
 
     try:
@@ -240,7 +250,10 @@ def _dashboard(args: argparse.Namespace) -> int:
         print(board.status_json)
     else:
         print_summary(board)
-    failed = board.falsified or board.errors
+    if args.check:
+        for line in unchecked_lines(board):
+            print(f"pv dashboard: {line}", file=sys.stderr)
+    failed = board.falsified or board.errors or board.unchecked
     return EXIT_FINDINGS if args.check and failed else EXIT_OK
 
 

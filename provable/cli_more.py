@@ -9,6 +9,7 @@ Exit codes: 0 nothing wrong; 1 findings (errors, an unbumped version, a cycle...
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +28,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Write <out>/test_<id>.py: one test per falsifier, each bound with "
         "@pytest.mark.falsifies and failing 'not yet written' until you write it. Re-running "
         "adds tests only for falsifiers no test binds yet; written tests are never touched. "
-        "Exit 0, 1 when the contract or the existing module cannot be read.",
+        "CONTRACT is a file, or a contract id looked up in the project's contracts/ folder. "
+        "Exit 0, 1 when the existing module cannot be read, 2 when CONTRACT names no "
+        "readable contract.",
     )
-    p.add_argument("contract", metavar="CONTRACT", help="contract file")
-    p.add_argument("--out", type=Path, default=Path("falsifiers"), help="folder (falsifiers/)")
+    p.add_argument("contract", metavar="CONTRACT", help="contract file or contract id")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder (falsifiers/; for a contract id, the project root's falsifiers/)",
+    )
     p.add_argument("--json", action="store_true", help="what was written, as JSON")
 
     a = sub.add_parser(
@@ -120,12 +127,65 @@ def _one_contract(path: str) -> tuple[Contract | None, str]:
         return None, f"{path}: {exc}"
 
 
+_CONTRACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+
+
+def _looks_like_id(argument: str) -> bool:
+    from provable.discovery import is_yaml_name
+
+    return bool(_CONTRACT_ID.fullmatch(argument)) and not is_yaml_name(argument)
+
+
+def _contract_by_id(argument: str) -> tuple[Path | None, str]:
+    """The file of contract id ``argument``: ``contracts/<id>.yaml`` (or ``.yml``) under the
+    project root found from the working directory, else the one file in that folder whose
+    ``metadata.id`` it is; or a one-line reason naming both tries."""
+    from provable.discovery import discover_all
+    from provable.findings import display_path
+    from provable.model import Contract, read_contract
+    from provable.paths import project_root
+
+    # as for a file in ./contracts/: the nearest folder with a project marker, else here
+    folder = project_root(Path.cwd() / "contracts" / "_") / "contracts"
+    shown = display_path(folder).rstrip("/") + "/"
+    for suffix in (".yaml", ".yml"):
+        if (folder / f"{argument}{suffix}").is_file():
+            return folder / f"{argument}{suffix}", ""
+    matches = []
+    if folder.is_dir():
+        for path in discover_all([str(folder)]).files:
+            try:
+                contract = read_contract(path)
+            except Exception:  # an unreadable contract is no match; validate reports it
+                continue
+            if isinstance(contract, Contract) and contract.id == argument:
+                matches.append(path)
+    if len(matches) == 1:
+        return matches[0], ""
+    if matches:
+        names = ", ".join(display_path(m) for m in matches)
+        return None, f"{argument}: {len(matches)} contracts in {shown} have that id: {names}"
+    return None, f"{argument}: no such file, and no contract with that id in {shown}"
+
+
 def _scaffold(args: argparse.Namespace) -> int:
     import json
 
+    from provable.findings import display_path
+    from provable.paths import project_root
     from provable.skeleton import scaffold
 
-    contract, problem = _one_contract(args.contract)
+    path, out = Path(args.contract), args.out
+    if not path.is_file() and _looks_like_id(args.contract):
+        found, problem = _contract_by_id(args.contract)
+        if found is not None:
+            path = found
+            if out is None:  # from a subfolder too: beside the project's other falsifiers
+                out = project_root(found) / "falsifiers"
+        elif not path.exists() and not path.is_symlink():
+            return _usage(problem)  # else the folder, the dangling link, says what it is
+    args.out = Path("falsifiers") if out is None else out
+    contract, problem = _one_contract(str(path))
     if contract is None:
         return _usage(problem)
     try:
@@ -153,9 +213,10 @@ def _scaffold(args: argparse.Namespace) -> int:
     elif result.added:
         verb = "wrote" if result.created else "extended"
         added = ", ".join(result.added)
-        print(f"{verb} {result.path}: {len(result.added)} failing test(s) for {added}")
+        shown = display_path(result.path)
+        print(f"{verb} {shown}: {len(result.added)} failing test(s) for {added}")
     else:
-        print(f"{result.path}: every falsifier already has a test; nothing written")
+        print(f"{display_path(result.path)}: every falsifier already has a test; nothing written")
     return EXIT_OK
 
 

@@ -19,8 +19,17 @@ from typing import Any
 
 from provable import evidence as ev
 from provable.atomic import write_atomic
+from provable.lastrun import NOT_CHECKED, LastRun, error_summary, is_unchecked
 from provable.model import Contract, read_contract
-from provable.status import ORDER, ContractRow, collect, falsifier_status, scoreboard
+from provable.status import (
+    ORDER,
+    ContractRow,
+    collect,
+    count_unchecked,
+    falsifier_status,
+    md_text,
+    scoreboard,
+)
 from provable.validate import UsageError, discover
 from provable.yamlsource import YamlSourceError
 
@@ -34,6 +43,7 @@ COLOURS = {
     "INVALID": "#c62828",
     "SUPERSEDED": "#757575",
     "RETIRED": "#757575",
+    "NOT_CHECKED": "#e65100",  # the last run errored or was flaky: the claim was not tested
 }
 _TRANSITION = re.compile(r"(FALSIFY-[A-Za-z0-9_-]+)\s+([A-Z_]+)\s*->\s*([A-Z_]+)")
 
@@ -48,6 +58,12 @@ class FalsifierView:
     evidence: str | None
     rule: str | None
     evidence_link: str | None = None  # relative to the dashboard folder
+    last_outcome: str | None = None  # of its last run, from history.jsonl
+    last_error: dict[str, str | None] | None = None  # when that run left it not checked
+
+    @property
+    def unchecked(self) -> bool:
+        return self.last_outcome in (NOT_CHECKED, "flaky")
 
 
 @dataclass
@@ -65,6 +81,8 @@ class Dashboard:
     history: list[tuple[str, dict[str, int]]]
     out: Path
     status_json: str = ""
+    not_checked: int = 0  # falsifiers whose last run errored: their claims were not tested
+    flaky: int = 0  # falsifiers whose last run failed, then passed on its re-run
 
     @property
     def falsified(self) -> bool:
@@ -76,6 +94,11 @@ class Dashboard:
     @property
     def errors(self) -> bool:
         return any(c.row.error for c in self.contracts)
+
+    @property
+    def unchecked(self) -> bool:
+        """Some falsifier's last run left its claim untested (an error, or flaky)."""
+        return self.not_checked + self.flaky > 0
 
 
 # --- gathering ---------------------------------------------------------------------------
@@ -90,9 +113,12 @@ def _contract(path: Path) -> Contract | None:
     return contract if isinstance(contract, Contract) else None
 
 
-def _falsifier_views(contract: Contract, evidence_dir: Path, out: Path) -> list[FalsifierView]:
+def _falsifier_views(
+    contract: Contract, evidence_dir: Path, out: Path, runs_by_id: dict[str, LastRun | None]
+) -> list[FalsifierView]:
     views = []
     for f in contract.falsifiers:
+        last = runs_by_id.get(f.id)
         record = ev.read_evidence(evidence_dir / contract.id / f"{f.id}.json") or {}
         runs = record.get("runs")
         if not isinstance(runs, dict):
@@ -115,6 +141,8 @@ def _falsifier_views(contract: Contract, evidence_dir: Path, out: Path) -> list[
                 )
                 if record
                 else None,
+                last_outcome=last["outcome"] if last else None,
+                last_error=last["error"] if last and is_unchecked(last) else None,
             )
         )
     return views
@@ -171,7 +199,7 @@ def gather(
     views: list[ContractView] = []
     loaded: list[Contract] = []
     for path in discover([str(contracts_dir)]):
-        rows = collect([path])  # the rows of `pv status`: the counts can never disagree
+        rows = collect([path], evidence_dir)  # the rows of `pv status`: they never disagree
         if not rows:
             continue  # a binding registry
         contract = _contract(path)
@@ -179,7 +207,7 @@ def gather(
         if contract is not None:
             loaded.append(contract)
             view.description = contract.description
-            view.falsifiers = _falsifier_views(contract, evidence_dir, out)
+            view.falsifiers = _falsifier_views(contract, evidence_dir, out, rows[0].last_runs)
         views.append(view)
     return views, loaded
 
@@ -195,7 +223,8 @@ def build_dashboard(contracts_dir: Path, evidence_dir: Path, out: Path) -> Dashb
     current = (ev.now(), dict(totals))
     if not history or history[-1][1] != totals:
         history.append(current)  # e.g. falsifiers added since the last recorded change
-    board = Dashboard(views, totals, scoreboard(rows), history, Path(out))
+    not_checked, flaky = count_unchecked(rows)
+    board = Dashboard(views, totals, scoreboard(rows), history, Path(out), "", not_checked, flaky)
     board.status_json = render_json(board)
     files = {
         "status.json": board.status_json + "\n",
@@ -220,6 +249,8 @@ def render_json(board: Dashboard) -> str:
         {
             "scoreboard": board.scoreboard,
             "totals": board.totals,
+            "not_checked": board.not_checked,
+            "flaky": board.flaky,
             "contracts": [
                 {
                     "id": c.row.id,
@@ -229,6 +260,8 @@ def render_json(board: Dashboard) -> str:
                     "status_derived": c.row.derived,
                     "counts": c.row.counts,
                     **({"error": c.row.error} if c.row.error else {}),
+                    "not_checked": c.row.not_checked,
+                    "flaky": c.row.flaky,
                     "falsifiers": [f.__dict__ for f in c.falsifiers],
                 }
                 for c in board.contracts
@@ -241,11 +274,36 @@ def render_json(board: Dashboard) -> str:
 
 
 def _md(text: str | None) -> str:
-    return (text or "-").replace("|", "\\|").replace("\n", " ")
+    return (text or "-").replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _unchecked_label(f: FalsifierView) -> str:
+    return "not checked" if f.last_outcome == NOT_CHECKED else str(f.last_outcome)
+
+
+def _error_text(f: FalsifierView) -> str:
+    return error_summary(LastRun(outcome=f.last_outcome or "", error=f.last_error, time=None))
 
 
 def render_markdown(board: Dashboard) -> str:
-    lines = ["# Contract status", "", f"**{board.scoreboard}**", ""]
+    lines = ["# Contract status", "", f"**{_md(board.scoreboard)}**", ""]
+    unchecked = [(c.row, f) for c in board.contracts for f in c.falsifiers if f.unchecked]
+    if unchecked:
+        lines += [
+            "## Not checked",
+            "",
+            "The last run of these falsifiers errored or was flaky: their claims were not "
+            "tested, and their status is the one an earlier run left.",
+            "",
+            "| falsifier | contract | status | last run | error |",
+            "|---|---|---|---|---|",
+        ]
+        for r, f in unchecked:
+            lines.append(
+                f"| `{_md(f.id)}` | `{_md(r.id)}` | {_md(f.status)} | {_unchecked_label(f)} | "
+                f"{md_text(_error_text(f) or '-')} |"
+            )
+        lines.append("")
     lines.append("![scoreboard over time](history.svg)")
     for c in board.contracts:
         r = c.row
@@ -259,8 +317,9 @@ def render_markdown(board: Dashboard) -> str:
         ]
         for f in c.falsifiers:
             link = f"[json]({f.evidence_link})" if f.evidence_link else "-"
+            status = f"{f.status} ({_unchecked_label(f)})" if f.unchecked else f.status
             lines.append(
-                f"| `{f.id}` | {f.status} | {', '.join(f.hosts)} | "
+                f"| `{f.id}` | {status} | {', '.join(f.hosts)} | "
                 f"{', '.join(f.passed_on) or '-'} | {f.last_observed or '-'} | {link} |"
             )
     return "\n".join(lines)
@@ -276,6 +335,8 @@ th{background:#f5f5f5;cursor:pointer;user-select:none}
 .s{font-weight:600;white-space:nowrap}
 .DISCHARGED{color:#2e7d32}.PARTIAL,.PARTIAL_ALGORITHM_LEVEL{color:#b58900}
 .PROPOSED,.SUPERSEDED,.RETIRED{color:#757575}.FALSIFIED,.INVALID{color:#c62828}
+.NOT_CHECKED{color:#e65100}tr.NOT_CHECKED td:first-child{border-left:4px solid #e65100}
+.err{color:#e65100;font-weight:400;white-space:normal;font-size:.9em}
 .rule{color:#555;font-size:.9em}#filter{padding:.3em;width:24em;margin-bottom:.5em}
 """
 
@@ -318,26 +379,44 @@ def render_html(board: Dashboard) -> str:
         f'<span class="tot {s}">{s.lower()}: <span data-count="{s}">{t[s]}</span></span>'
         for s in STATUSES
     )
+    # counts of their own, not statuses: data-not-checked, never data-count
+    totals += (
+        f'<span class="tot NOT_CHECKED">not checked: '
+        f"<span data-not-checked>{board.not_checked}</span></span>"
+    )
+    if board.flaky:
+        totals += (
+            f'<span class="tot NOT_CHECKED">flaky: <span data-flaky>{board.flaky}</span></span>'
+        )
     summary_rows = []
     for c in board.contracts:
         r = c.row
         cells = "".join(f'<td data-count="{s}">{r.counts.get(s, 0)}</td>' for s in STATUSES)
+        unchecked = r.not_checked + r.flaky
+        cls = ' class="NOT_CHECKED"' if unchecked else ""
         summary_rows.append(
             f'<tr data-contract="{_e(r.id)}"><td><a href="#{_e(r.id)}">{_e(r.id)}</a></td>'
             f"<td>{_e(r.version)}</td>"
-            f'<td class="s {_e(r.status)}" data-status>{_e(r.status)}</td>{cells}</tr>'
+            f'<td class="s {_e(r.status)}" data-status>{_e(r.status)}</td>{cells}'
+            f"<td{cls} data-not-checked>{unchecked}</td></tr>"
         )
-    heads = "".join(f"<th>{s.lower()}</th>" for s in STATUSES)
+    heads = "".join(f"<th>{s.lower()}</th>" for s in STATUSES) + "<th>not checked</th>"
     sections = []
     for c in board.contracts:
         r = c.row
         body = []
         for f in c.falsifiers:
             link = f'<a href="{_e(f.evidence_link)}">json</a>' if f.evidence_link else "-"
+            row, note = "<tr>", ""
+            if f.unchecked:
+                row = f'<tr class="NOT_CHECKED" data-last-outcome="{_e(f.last_outcome)}">'
+                error = _error_text(f)
+                note = _e(_unchecked_label(f)) + (f": {_e(error)}" if error else "")
+                note = f'<div class="err">{note}</div>'
             body.append(
-                f"<tr><td><code>{_e(f.id)}</code>"
+                f"{row}<td><code>{_e(f.id)}</code>"
                 f'<div class="rule">{_e(f.rule or "")}</div></td>'
-                f'<td class="s {_e(f.status)}">{_e(f.status)}</td>'
+                f'<td class="s {_e(f.status)}">{_e(f.status)}{note}</td>'
                 f"<td>{_e(', '.join(f.hosts))}</td><td>{_e(', '.join(f.passed_on) or '-')}</td>"
                 f"<td>{_e(f.last_observed or '-')}</td><td>{link}</td></tr>"
             )
@@ -377,7 +456,12 @@ def worst_status(totals: dict[str, int]) -> str:
 def render_badge(board: Dashboard) -> str:
     total = sum(board.totals.values())
     label, value = "contracts", f"{board.totals['DISCHARGED']}/{total} discharged"
-    colour = COLOURS[worst_status(board.totals)]
+    worst = worst_status(board.totals)
+    colour = COLOURS["NOT_CHECKED" if worst != "FALSIFIED" and board.unchecked else worst]
+    if board.not_checked:
+        value += f", {board.not_checked} not checked"
+    if board.flaky:
+        value += f", {board.flaky} flaky"
     lw, vw = 7 * len(label) + 12, 7 * len(value) + 12
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{lw + vw}" height="20" '
@@ -441,11 +525,25 @@ def print_summary(board: Dashboard) -> None:
     from rich.console import Console
 
     console = Console() if Console().is_terminal else Console(width=160)
+    worst = worst_status(board.totals)
     colour = {"FALSIFIED": "bold red", "PROPOSED": "yellow", "PARTIAL": "yellow"}.get(
-        worst_status(board.totals), "green"
+        worst, "green"
     )
+    if worst != "FALSIFIED" and board.unchecked:
+        colour = "dark_orange"
     console.print(
         f"dashboard: {board.out}/index.html (status.md, status.json, badge.svg, history.svg)",
         highlight=False,
     )
     console.print(f"[{colour}]{board.scoreboard}[/]", highlight=False)
+
+
+def unchecked_lines(board: Dashboard) -> list[str]:
+    """Why ``pv dashboard --check`` and ``pv check`` fail on a run that tested nothing."""
+    where = Path(board.out) / "status.md"
+    lines = []
+    if board.not_checked:
+        lines.append(f"not checked: {board.not_checked} (the claims were not tested; see {where})")
+    if board.flaky:
+        lines.append(f"flaky: {board.flaky} (failed, then passed on a re-run; see {where})")
+    return lines

@@ -107,17 +107,73 @@ def _version(dist: str) -> str | None:
         return None
 
 
+#: distributions whose version can change a verdict: the oracles the falsifiers compare
+#: against and the frameworks they run on (recorded when installed; pip names)
+VERDICT_PACKAGES = (
+    "numpy",
+    "torch",
+    "triton",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "gguf",
+    "llama_cpp_python",
+    "hypothesis",
+    "pytest",
+)
+#: CPU flags that decide which kernels a library runs (an AMX build dies where AMX is off)
+KERNEL_CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "sve",
+)
+#: extra facts a project adds to the host block (``add_host_facts``): e.g. how its oracle
+#: was built
+_EXTRA_HOST_FACTS: dict[str, Any] = {}
+
+
+def add_host_facts(**facts: Any) -> None:
+    """Record more about the machine in every evidence written from now on in this process
+    (a conftest calls it, e.g. ``add_host_facts(llama_cpp_system_info=...)``). A value may be
+    a function: it is called once, when evidence is first written, so a session that writes
+    none does not pay for asking."""
+    _EXTRA_HOST_FACTS.update(facts)
+    host_info.cache_clear()
+
+
+def _host_fact(value: Any) -> Any:
+    if callable(value):
+        try:
+            value = value()
+        except Exception as exc:  # a fact that cannot be had is itself a fact
+            value = f"unavailable: {type(exc).__name__}: {exc}"
+    return json_safe(value)
+
+
 @lru_cache(maxsize=1)
 def host_info() -> dict[str, Any]:
-    """The machine, without importing torch (a CPU-only run must not pay for it)."""
+    """The machine and the versions a verdict was measured with, without importing torch
+    (a CPU-only run must not pay for it)."""
+    packages = {name: _version(name) for name in VERDICT_PACKAGES}
     info: dict[str, Any] = {
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
         "cpu": _cpu_name(),
+        "cpu_flags": " ".join(_cpu_flags()) or None,
         "python": platform.python_version(),
-        "numpy": _version("numpy"),
-        "torch": _version("torch"),
-        "triton": _version("triton"),
+        "packages": {k: v for k, v in packages.items() if v is not None},
+        **{k: _host_fact(v) for k, v in _EXTRA_HOST_FACTS.items()},
     }
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -129,6 +185,92 @@ def host_info() -> dict[str, Any]:
         except Exception:  # pragma: no cover - a broken CUDA setup must not stop the report
             pass
     return {k: v for k, v in info.items() if v is not None}
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in KERNEL_CPU_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def recorded_packages(record: Mapping[str, Any] | None) -> dict[str, str]:
+    """The package versions an evidence record was measured with (every host section)."""
+    found: dict[str, str] = {}
+    runs = (record or {}).get("runs")
+    if not isinstance(runs, dict):
+        return found
+    for section in runs.values():
+        host = section.get("host") if isinstance(section, dict) else None
+        if not isinstance(host, dict):
+            continue
+        packages = host.get("packages")
+        if isinstance(packages, dict):
+            found.update({str(k): str(v) for k, v in packages.items()})
+        for old in ("numpy", "torch", "triton"):  # the host block before packages existed
+            if isinstance(host.get(old), str):
+                found.setdefault(old, host[old])
+    return found
+
+
+def moved_packages(previous: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """``name old -> new`` for each package whose version differs between the run that
+    recorded ``previous`` and this one: what to suspect first when a verdict flips."""
+    before = recorded_packages(previous)
+    now = host_info().get("packages", {})
+    out = []
+    for name in sorted(set(before) | set(now)):
+        if before.get(name) != now.get(name) and name in before:
+            out.append(f"{name} {before.get(name)} -> {now.get(name) or 'not installed'}")
+    return tuple(out)
+
+
+#: how much of a refutation a later pass keeps on record (it must stay small and stable)
+MAX_REFUTATION_CHARS = 2000
+
+
+def refutation_on_record(previous: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The counterexample a passing run must keep: from a FALSIFIED record, its failure
+    (commit, message, recorded values); from a record that already kept one, that one.
+
+    Built only from the committed record, so a repeat run writes the same bytes.
+    """
+    if not isinstance(previous, Mapping):
+        return None
+    kept = previous.get("refuted_before")
+    if previous.get("outcome") != "failed":
+        return kept if isinstance(kept, dict) else None
+    runs = previous.get("runs")
+    for kind, section in sorted(runs.items()) if isinstance(runs, dict) else ():
+        failure = section.get("failure") if isinstance(section, dict) else None
+        if not isinstance(failure, dict):
+            continue
+        recorded = (section.get("recorded") or {}).get(failure.get("nodeid"))
+        out: dict[str, Any] = {
+            "commit": section.get("commit"),
+            "observed_at": section.get("observed_at"),
+            "host": kind,
+            "nodeid": failure.get("nodeid"),
+            "message": _tail(failure.get("message")),
+        }
+        if failure.get("falsifying_example"):
+            out["falsifying_example"] = _tail(failure["falsifying_example"])
+        if recorded is not None:
+            text = json.dumps(recorded, ensure_ascii=False)
+            out["recorded"] = recorded if len(text) <= MAX_REFUTATION_CHARS else _tail(text)
+        return out
+    return kept if isinstance(kept, dict) else None
+
+
+def _tail(text: Any) -> str | None:
+    if not isinstance(text, str):
+        return None
+    return text if len(text) <= MAX_REFUTATION_CHARS else "…" + text[-MAX_REFUTATION_CHARS:]
 
 
 def _cpu_name() -> str | None:

@@ -31,11 +31,29 @@ class ContractStatus(str, Enum):
 
 
 class Outcome(str, Enum):
+    """One falsifier's outcome over every test bound to it, in one session."""
+
     PASSED = "passed"
-    FAILED = "failed"
+    FAILED = "failed"  # refuted: a counterexample, reproduced
     SKIPPED = "skipped"
     NOT_RUN = "not_run"
     INCOMPLETE = "incomplete"  # passed, but not every bound test or case ran: never promotes
+    NOT_CHECKED = "not_checked"  # a test errored: the claim was not tested
+    FLAKY = "flaky"  # a failure that did not reproduce: neither a pass nor a refutation
+    NOT_WRITTEN = "not_written"  # a scaffold placeholder: nothing was tested
+
+
+#: outcomes that leave a falsifier's status, version, changelog and evidence as they were
+UNCHANGING_OUTCOMES = frozenset(
+    {
+        Outcome.SKIPPED,
+        Outcome.NOT_RUN,
+        Outcome.INCOMPLETE,
+        Outcome.NOT_CHECKED,
+        Outcome.FLAKY,
+        Outcome.NOT_WRITTEN,
+    }
+)
 
 
 MANUAL_CONTRACT_STATUSES = frozenset({ContractStatus.SUPERSEDED, ContractStatus.RETIRED})
@@ -140,7 +158,7 @@ def promote(
     before = frozenset(previously_passed_on)
     if current in (FalsifierStatus.PROPOSED, FalsifierStatus.FALSIFIED):
         before = frozenset()  # nothing proven yet, or proofs predate the refutation
-    if outcome in (Outcome.SKIPPED, Outcome.NOT_RUN, Outcome.INCOMPLETE):
+    if outcome in UNCHANGING_OUTCOMES:
         return Promotion(current, before)
     if outcome is Outcome.FAILED:
         return Promotion(FalsifierStatus.FALSIFIED, frozenset())
@@ -221,3 +239,152 @@ def changelog_entry(
         "date": date,
         "change": f"{'; '.join(parts)} ({where})",
     }
+
+
+# --- what one test's failure means ---------------------------------------------------------
+#
+# Only a counterexample refutes a claim. The plugin turns each failed test phase into a
+# ``Raised`` (plain data: it travels through pytest-xdist) and asks ``classify`` what it is;
+# the rules below are the whole taxonomy of docs/evidence.md.
+
+
+class TestVerdict(str, Enum):
+    """What one test observed. The values are the words evidence and history files use."""
+
+    __test__ = False  # not a pytest test class
+
+    PASSED = "passed"
+    REFUTED = "failed"  # the call phase failed, and failed again the same way when re-run
+    NOT_CHECKED = "not_checked"  # setup/teardown error, lost worker, environment, timeout
+    FLAKY = "flaky"  # failed, then passed (or failed otherwise) when re-run
+    NOT_WRITTEN = "not_written"  # a scaffold placeholder
+    SKIPPED = "skipped"
+
+
+#: most telling first: one test's phases, or one falsifier's tests, reduce to the highest
+VERDICT_RANK = (
+    TestVerdict.REFUTED,
+    TestVerdict.NOT_CHECKED,
+    TestVerdict.FLAKY,
+    TestVerdict.NOT_WRITTEN,
+    TestVerdict.PASSED,
+    TestVerdict.SKIPPED,
+)
+
+
+def worst(a: TestVerdict | None, b: TestVerdict) -> TestVerdict:
+    """The verdict that wins when two are observed for the same test or falsifier."""
+    if a is None:
+        return b
+    return a if VERDICT_RANK.index(a) <= VERDICT_RANK.index(b) else b
+
+
+@dataclass(frozen=True)
+class Raised:
+    """One exception, as data: its classes along the MRO (``module:Qualname``, most derived
+    first), its errno (an ``OSError``) and its message."""
+
+    types: tuple[str, ...]
+    message: str = ""
+    errno: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.types[0].rsplit(":", 1)[-1] if self.types else "?"
+
+
+#: exception classes that say "this machine or environment", never "this claim is false"
+ENVIRONMENT_TYPES = frozenset(
+    {
+        "builtins:ImportError",  # and ModuleNotFoundError below it
+        "builtins:MemoryError",
+        "builtins:SystemExit",
+        "builtins:KeyboardInterrupt",
+        "provable.outcomes:EnvironmentFault",
+    }
+)
+#: an OSError with one of these errnos is the machine's: ENOSPC, ENOMEM, EMFILE, ENFILE,
+#: EDQUOT (numbers as on Linux; ``errno`` module values are used where available)
+MACHINE_ERRNOS = frozenset(
+    getattr(__import__("errno"), n, v)
+    for n, v in (("ENOSPC", 28), ("ENOMEM", 12), ("EMFILE", 24), ("ENFILE", 23), ("EDQUOT", 122))
+)
+NOT_WRITTEN_TYPE = "provable.outcomes:NotYetWritten"
+PYTEST_FAILED_TYPE = "_pytest.outcomes:Failed"
+#: pytest-timeout's signal method ends a test with ``pytest.fail("Timeout >5.0s")``
+_TIMEOUT_MESSAGE = re.compile(r"^Timeout >\d+(\.\d+)?s\b")
+#: the placeholder older ``pv scaffold`` versions wrote: ``pytest.fail("ID not yet written: …")``
+_LEGACY_PLACEHOLDER = re.compile(r"\bnot yet written: write a test\b")
+
+
+def classify_raised(raised: Raised, environment: frozenset[str] = frozenset()) -> TestVerdict:
+    """What one exception raised in a test's call phase means.
+
+    ``environment`` holds further ``module:Qualname`` classes declared environmental (the
+    marker's ``environment=`` and the ``provable_environment_errors`` ini option).
+    """
+    names = set(raised.types)
+    if NOT_WRITTEN_TYPE in names:
+        return TestVerdict.NOT_WRITTEN
+    if PYTEST_FAILED_TYPE in names and _LEGACY_PLACEHOLDER.search(raised.message):
+        return TestVerdict.NOT_WRITTEN
+    if names & (ENVIRONMENT_TYPES | environment):
+        return TestVerdict.NOT_CHECKED
+    if "builtins:OSError" in names and raised.errno in MACHINE_ERRNOS:
+        return TestVerdict.NOT_CHECKED
+    if PYTEST_FAILED_TYPE in names and _TIMEOUT_MESSAGE.match(raised.message):
+        return TestVerdict.NOT_CHECKED
+    return TestVerdict.REFUTED
+
+
+def classify_failure(
+    when: str, raised: tuple[Raised, ...], environment: frozenset[str] = frozenset()
+) -> TestVerdict:
+    """What a failed test phase means.
+
+    Only the call phase can refute: an error while setting up or tearing down a fixture, a
+    worker lost mid-test (``when`` is ``???`` then) or a collection error never does. In the
+    call phase an exception group (several failures at once) refutes when any of its leaves
+    does; a failure whose exception is unknown (a report from elsewhere) counts as what a
+    failed call phase means.
+    """
+    if when != "call":
+        return TestVerdict.NOT_CHECKED
+    if not raised:
+        return TestVerdict.REFUTED
+    verdicts = [classify_raised(r, environment) for r in raised]
+    verdict = verdicts[0]
+    for v in verdicts[1:]:
+        verdict = worst(verdict, v)
+    return verdict
+
+
+def after_rerun(
+    first: Raised | None, second: TestVerdict, second_raised: Raised | None
+) -> TestVerdict:
+    """A refuting failure, re-run once with the same inputs: what the pair means.
+
+    Reproduced (the re-run refutes with the same exception class) → REFUTED; the re-run
+    passed, or failed some other way → FLAKY; the re-run could not check → NOT_CHECKED.
+    """
+    if second is TestVerdict.REFUTED:
+        same = first is None or second_raised is None or first.types[:1] == second_raised.types[:1]
+        return TestVerdict.REFUTED if same else TestVerdict.FLAKY
+    if second is TestVerdict.NOT_CHECKED:
+        return TestVerdict.NOT_CHECKED
+    return TestVerdict.FLAKY
+
+
+def falsifier_outcome(verdicts: Iterable[TestVerdict]) -> Outcome | None:
+    """The falsifier outcome that a set of test verdicts forces, or None when only passes and
+    skips were seen (the coverage rules of ``plan.aggregate`` decide those)."""
+    seen = set(verdicts)
+    for verdict, outcome in (
+        (TestVerdict.REFUTED, Outcome.FAILED),
+        (TestVerdict.NOT_CHECKED, Outcome.NOT_CHECKED),
+        (TestVerdict.FLAKY, Outcome.FLAKY),
+        (TestVerdict.NOT_WRITTEN, Outcome.NOT_WRITTEN),
+    ):
+        if verdict in seen:
+            return outcome
+    return None

@@ -19,9 +19,11 @@ from provable.lifecycle import (
     ContractStatus,
     FalsifierStatus,
     Outcome,
+    TestVerdict,
     Transition,
     changelog_entry,
     derive_contract_status,
+    falsifier_outcome,
     is_semver,
     parse_contract_status,
     parse_falsifier_status,
@@ -29,7 +31,7 @@ from provable.lifecycle import (
 )
 from provable.model import Contract
 from provable.rewrite import append_changelog, quoted_like, rewrite_text, set_key
-from provable.session import FalsifierRun, SessionScope, test_file
+from provable.session import FalsifierRun, SessionScope, TestResult, test_file
 from provable.staleness import sources_of
 
 CONCURRENT_REFUTATION = "kept FALSIFIED: another run refuted it after this run started"
@@ -72,8 +74,9 @@ def aggregate(
     known: Mapping[str, Iterable[str]] | None = None,
     scope: SessionScope | None = None,
 ) -> Aggregate:
-    """Any failure refutes; a host kind is covered only when every test of that kind bound
-    to the falsifier ran and passed.
+    """Any refutation refutes; then a test that could not check its claim, a flaky one or
+    an unwritten one each leave the falsifier as it was (in that order of telling); a host
+    kind is covered only when every test of that kind bound to the falsifier ran and passed.
 
     "Bound" is what this session collected plus what an earlier run recorded in a file this
     session did not see whole: ``pytest tests/test_a.py`` cannot vouch for
@@ -107,8 +110,11 @@ def aggregate(
 
     if not results:
         return result(Outcome.NOT_RUN)
-    if any(r.outcome == "failed" for r in results.values()):
-        return result(Outcome.FAILED)
+    forced = falsifier_outcome(
+        TestVerdict(r.outcome) for r in results.values() if r.outcome in _VERDICTS
+    )
+    if forced is not None:
+        return result(forced)
     covered = frozenset(
         kind
         for kind, nodeids in required.items()
@@ -125,6 +131,9 @@ def aggregate(
     return result(Outcome.NOT_RUN)
 
 
+_VERDICTS = frozenset(v.value for v in TestVerdict)
+
+
 @dataclass(frozen=True)
 class FalsifierChange:
     fid: str
@@ -133,6 +142,10 @@ class FalsifierChange:
     after: FalsifierStatus
     message: str | None = None
     note: str | None = None  # why a pass did not promote
+    #: not checked / flaky: what went wrong ({type, message, when, frame}), first test's
+    error: dict[str, Any] | None = None
+    #: packages whose versions differ from the run that recorded the previous verdict
+    moved: tuple[str, ...] = ()
 
     @property
     def regression(self) -> bool:
@@ -219,11 +232,22 @@ def plan_contract(
         elif agg.outcome is Outcome.INCOMPLETE:
             note = agg.note()
         statuses[f.id] = after
-        message = next((r.message for r in run.results.values() if r.message), None)
-        changes.append(FalsifierChange(f.id, agg.outcome, before, after, message, note))
-        history.append(_history_line(contract.id, f.id, agg.outcome, before, after, run, facts))
+        telling = _telling_results(run, agg.outcome)
+        message = next((r.message for r in telling if r.message), None)
+        error = next((r.error for r in telling if r.error), None)
+        moved = ev.moved_packages(prev) if after is not before else ()
+        changes.append(
+            FalsifierChange(f.id, agg.outcome, before, after, message, note, error, moved)
+        )
+        history.append(
+            _history_line(contract.id, f.id, agg.outcome, before, after, run, facts, error)
+        )
         if agg.outcome in (Outcome.PASSED, Outcome.FAILED) and note is None:
             record = _evidence_record(contract.id, f.id, agg.outcome, after, run, facts, root)
+            if agg.outcome is Outcome.PASSED:
+                kept = ev.refutation_on_record(prev)
+                if kept is not None:
+                    record["refuted_before"] = kept
             keep = agg.outcome is Outcome.PASSED and before in (
                 FalsifierStatus.PARTIAL,
                 FalsifierStatus.DISCHARGED,
@@ -310,6 +334,22 @@ def mutate(
         append_changelog(doc, log_entry)
 
 
+_OUTCOME_VERDICT = {
+    Outcome.FAILED: TestVerdict.REFUTED.value,
+    Outcome.NOT_CHECKED: TestVerdict.NOT_CHECKED.value,
+    Outcome.FLAKY: TestVerdict.FLAKY.value,
+    Outcome.NOT_WRITTEN: TestVerdict.NOT_WRITTEN.value,
+}
+
+
+def _telling_results(run: FalsifierRun, outcome: Outcome) -> list[TestResult]:
+    """The tests whose verdict made the falsifier's outcome (by node id), else all."""
+    word = _OUTCOME_VERDICT.get(outcome)
+    results = [r for _, r in sorted(run.results.items())]
+    matching = [r for r in results if r.outcome == word]
+    return matching or results
+
+
 def _tests(run: FalsifierRun, kind: str) -> list[dict[str, Any]]:
     return [
         {"nodeid": nodeid, "outcome": r.outcome}
@@ -363,8 +403,9 @@ def _history_line(
     after: FalsifierStatus,
     run: FalsifierRun,
     facts: RunFacts,
+    error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    line = {
         "time": facts.observed_at,
         "contract": cid,
         "falsifier": fid,
@@ -383,3 +424,6 @@ def _history_line(
             for n, r in sorted(run.results.items())
         },
     }
+    if error is not None and outcome in (Outcome.NOT_CHECKED, Outcome.FLAKY):
+        line["error"] = error
+    return line

@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
-from provable.evidence import EVIDENCE_PROPERTY, MAX_MESSAGE_CHARS, Evidence
+from provable.evidence import EVIDENCE_PROPERTY, MAX_MESSAGE_CHARS, Evidence, clean_message
 from provable.findings import display_path
+from provable.lifecycle import (
+    Raised,
+    TestVerdict,
+    after_rerun,
+    classify_failure,
+    worst,
+)
 from provable.registry import BindingError, Registry
 from provable.session import FalsifierRun, SessionScope, TestResult, test_file
 
@@ -24,6 +31,10 @@ EXAMPLES_OUTPUT = "provable_examples"
 BOUND_OUTPUT = "provable_bound"
 FILES_OUTPUT = "provable_files"
 CUDA_SKIP_REASON = "no CUDA device"
+#: a failed falsifier test's classification, on its report (pytest-xdist carries it)
+VERDICT_PROPERTY = "provable.verdict"
+#: what a not-checked or flaky test's error keeps: enough to act on, bounded
+MAX_ERROR_CHARS = 500
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,14 +60,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="touch no contract or evidence file; print what would change",
     )
     parser.addini("contracts_dir", "folder of contract YAML files", default="contracts")
+    parser.addini(
+        "provable_environment_errors",
+        "exception classes (module:Qualname) that mean 'not checked', never 'refuted', when a "
+        "falsifier test raises them",
+        type="linelist",
+        default=[],
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "falsifies(*ids): bind this test to falsifiers FALSIFY-<PREFIX>-<NNN> (or "
-        "contract-id:FALSIFY-... where two contracts declare the ID); its outcome rewrites "
-        "their status",
+        "falsifies(*ids, environment=(), rerun=True): bind this test to falsifiers "
+        "FALSIFY-<PREFIX>-<NNN> (or contract-id:FALSIFY-... where two contracts declare the "
+        "ID); its outcome rewrites their status. environment: exception classes that mean "
+        "'not checked'; rerun=False: a failure is recorded without the confirming re-run",
     )
     config.addinivalue_line(
         "markers",
@@ -133,6 +152,7 @@ class ProvablePlugin:
         self.collected_files: set[str] = set()  # test files whose collection ran
         self.outcome: Any = None  # the SessionOutcome of provable.update, at session finish
         self.last_failed_only = False  # --lf with failures to rerun (set at session start)
+        self.collect_errors: dict[str, str] = {}  # test file -> why it did not import
         opts = config.option
         if (opts.contract or opts.falsifier) and not self.registry.contracts:
             raise pytest.UsageError(
@@ -249,7 +269,94 @@ class ProvablePlugin:
         )
         item.ihook.pytest_collectreport(report=report)
 
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        """A test module that failed to import: its falsifiers were not checked."""
+        if not self.is_worker and report.failed and "::" not in report.nodeid:
+            self.collect_errors[report.nodeid] = report.longreprtext or "collection error"
+
     # --- running -----------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        """Re-run a refuting failure once, with the same inputs, before it is recorded.
+
+        Fixtures stay as they are and hypothesis replays its failing example from its
+        database, so the re-run asks the same question. The first failure is what pytest
+        reports either way (a note says what the re-run did): a failure is never hidden.
+        """
+        try:
+            return (yield)
+        except BaseException as exc:
+            first = exc
+        environment = self._environment(item)
+        first_raised = raised_from(first)
+        if not _rerun_wanted(item) or _is_outcome(first):
+            raise first
+        if classify_failure("call", first_raised, environment) is not TestVerdict.REFUTED:
+            raise first
+        try:
+            item.runtest()
+        except BaseException as again:
+            if isinstance(again, (KeyboardInterrupt, pytest.exit.Exception)):
+                raise
+            again_raised = raised_from(again)
+            second = classify_failure("call", again_raised, environment)
+            verdict = after_rerun(
+                first_raised[0], second, again_raised[0] if again_raised else None
+            )
+            said = (
+                f"{again_raised[0].name}: {_first_line(again_raised[0].message)}"
+                if again_raised
+                else "failed"
+            )
+        else:
+            verdict, said = TestVerdict.FLAKY, "passed"
+        item.stash[_RERUN_KEY] = (verdict, said)
+        if verdict is TestVerdict.REFUTED:
+            _add_note(
+                first, "provable: re-run once with the same inputs: failed again the same way"
+            )
+        else:
+            _add_note(
+                first,
+                f"provable: re-run once with the same inputs: {said} — "
+                f"{verdict.value.replace('_', ' ')}, not a refutation",
+            )
+        raise first
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        """Classify a falsifier test's failure where its exception is still at hand."""
+        report = yield
+        if not report.failed or item.get_closest_marker("falsifies") is None:
+            return report
+        raised = raised_from(call.excinfo.value) if call.excinfo is not None else ()
+        verdict = classify_failure(report.when, raised, self._environment(item))
+        rerun = item.stash.get(_RERUN_KEY, None) if report.when == "call" else None
+        if rerun is not None and verdict is TestVerdict.REFUTED:
+            verdict = rerun[0]
+        error = {
+            "type": raised[0].name if raised else "?",
+            "message": _bounded(raised[0].message if raised else report.longreprtext),
+            "when": report.when,
+            "frame": _test_frame(call.excinfo, item.config.rootpath),
+        }
+        if rerun is not None:
+            error["rerun"] = rerun[1][:MAX_ERROR_CHARS]
+        record = {"verdict": verdict.value, "error": error}
+        report.user_properties = [*report.user_properties, (VERDICT_PROPERTY, record)]
+        return report
+
+    def _environment(self, item: pytest.Item) -> frozenset[str]:
+        """Exception classes declared environmental for ``item`` (marker and ini)."""
+        names = set(self.config.getini("provable_environment_errors"))
+        for mark in item.iter_markers("falsifies"):
+            declared = mark.kwargs.get("environment", ())
+            if isinstance(declared, (type, str)):
+                declared = (declared,)
+            for cls in declared:
+                names.add(cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}")
+        return frozenset(names)
 
     def pytest_exception_interact(self, node: Any, call: Any, report: Any) -> None:
         """Keep a hypothesis counterexample (the exception's notes) of a failed test.
@@ -258,6 +365,7 @@ class ProvablePlugin:
         workers send what they kept through ``workeroutput`` at the end.
         """
         notes = getattr(call.excinfo.value, "__notes__", None) if call.excinfo else None
+        notes = [n for n in notes or () if not str(n).startswith("provable:")]  # ours: no example
         if notes:
             self.examples[report.nodeid] = "\n".join(str(n) for n in notes)[:4000]
 
@@ -288,6 +396,7 @@ class ProvablePlugin:
             self.config.workeroutput[FILES_OUTPUT] = sorted(self.collected_files)  # type: ignore[attr-defined]
             return
         self._join_results()
+        self._join_collection_errors()
         if not self.runs and self.selected is None:
             try:
                 if not self.registry.contracts:
@@ -307,6 +416,51 @@ class ProvablePlugin:
             write=not self.config.option.no_status_write,
             scope=self._scope(),
         )
+        if session.exitstatus == pytest.ExitCode.OK and self._unsettled():
+            # a not-checked, flaky or xfailed falsifier test: the verdict is not "all green",
+            # so neither is the exit code
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _unsettled(self) -> bool:
+        return any(
+            r.outcome in (TestVerdict.NOT_CHECKED.value, TestVerdict.FLAKY.value) or r.hidden_xfail
+            for run in self.runs.values()
+            for r in run.results.values()
+        )
+
+    def _join_collection_errors(self) -> None:
+        """Falsifiers bound in a module that did not import: not checked, by name."""
+        from provable.skeleton import bound_ids
+
+        for file, text in sorted(self.collect_errors.items()):
+            try:
+                source = Path(self.config.rootpath, file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            try:
+                ids = bound_ids(source)
+            except (SyntaxError, ValueError):
+                ids = set(_FALSIFIER_ID.findall(source))
+            for fid in sorted(ids):
+                try:
+                    qid = self.registry.resolve(fid)
+                except (BindingError, pytest.UsageError):
+                    continue
+                run = self.runs.setdefault(qid, FalsifierRun(qid))
+                nodeid = f"{file}::(collection error)"
+                run.bound["cpu"].add(nodeid)
+                last = [ln for ln in text.strip().splitlines() if ln.strip()]
+                message = _bounded(last[-1] if last else "collection error")
+                run.results[nodeid] = TestResult(
+                    outcome=TestVerdict.NOT_CHECKED.value,
+                    message=clean_message(text[-MAX_MESSAGE_CHARS:]),
+                    error={
+                        "type": "collection error",
+                        "message": message,
+                        "when": "collect",
+                        "frame": file,
+                    },
+                )
 
     def _scope(self) -> SessionScope:
         """Test files this session collected whole: a file named with ``::`` was narrowed
@@ -400,22 +554,133 @@ class ProvablePlugin:
 
 
 def _apply_report(result: TestResult, report: pytest.TestReport, recorded: Any) -> None:
+    """Fold one report (setup, call, teardown, or a lost worker's) into a test's result.
+
+    The verdict that tells most wins (``lifecycle.VERDICT_RANK``): a refutation over an
+    error over a flaky pass over a pass. A report without a classification (a worker that
+    died mid-test, whose report xdist makes up) is classified by its phase alone.
+    """
     result.duration += report.duration
     if recorded:
         result.recorded = recorded
-    if hasattr(report, "wasxfail"):
-        result.outcome = "failed"
-        result.message = "xfail inside a falsifier test: a hidden refutation"
+    prop = next((v for k, v in report.user_properties if k == VERDICT_PROPERTY), None)
+    text = report.longreprtext or ""
+    if report.outcome == "rerun":  # pytest-rerunfailures: a failed attempt, re-run
+        result.observed_failure = clean_message(text[-MAX_MESSAGE_CHARS:])
         return
-    if report.failed:
-        result.outcome = "failed"
-        text = report.longreprtext or ""
-        if report.when != "call":
-            text = f"error in {report.when}: {text}"
-        result.message = text[-MAX_MESSAGE_CHARS:]
-    elif report.when == "call" and report.passed and result.outcome == "pending":
-        result.outcome = "passed"
-    elif report.skipped and result.outcome != "failed":
-        result.outcome = "skipped"
+    if hasattr(report, "wasxfail"):
+        verdict = TestVerdict.REFUTED
+        message = "xfail inside a falsifier test: a hidden refutation"
+        result.hidden_xfail = True
+        error = None
+    elif report.failed:
+        if isinstance(prop, dict) and prop.get("verdict") in _VERDICT_WORDS:
+            verdict = TestVerdict(prop["verdict"])
+            error = prop.get("error") if isinstance(prop.get("error"), dict) else None
+        else:
+            verdict = classify_failure(report.when, ())
+            error = {
+                "type": "worker crashed"
+                if report.when not in ("setup", "call", "teardown")
+                else "?",
+                "message": _bounded(_first_line(clean_message(text) or "")),
+                "when": report.when,
+                "frame": report.nodeid,
+            }
+        message = text[-MAX_MESSAGE_CHARS:]
+        if verdict is not TestVerdict.REFUTED and report.when != "call":
+            message = f"error in {report.when}: {message}"
+    elif report.when == "call" and report.passed:
+        verdict, message, error = TestVerdict.PASSED, None, None
+        if result.observed_failure:  # another plugin re-ran a failure and it passed
+            verdict, message = TestVerdict.FLAKY, result.observed_failure
+            error = {
+                "type": "failed, then passed on a re-run",
+                "message": _bounded(_first_line(message or "")),
+                "when": "call",
+                "frame": report.nodeid,
+            }
+    elif report.skipped:
         longrepr = report.longrepr
-        result.message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        verdict, error = TestVerdict.SKIPPED, None
+        message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    else:
+        return
+    before = TestVerdict(result.outcome) if result.outcome in _VERDICT_WORDS else None
+    after = worst(before, verdict)
+    if after is not before:
+        result.outcome = after.value
+        result.message = message
+        result.error = error
+        if after is TestVerdict.REFUTED:
+            result.error = None
+
+
+_VERDICT_WORDS = frozenset(v.value for v in TestVerdict)
+_RERUN_KEY = pytest.StashKey[tuple[TestVerdict, str]]()
+_FALSIFIER_ID = __import__("re").compile(r"FALSIFY-[A-Za-z0-9]+-[0-9]+[A-Za-z0-9_-]*")
+
+
+def raised_from(exc: BaseException) -> tuple[Raised, ...]:
+    """An exception as data; an exception group as its leaves."""
+    leaves = getattr(exc, "exceptions", None)
+    if (
+        isinstance(leaves, (list, tuple))
+        and isinstance(exc, BaseException)
+        and type(exc).__name__.endswith("ExceptionGroup")
+    ):
+        return tuple(r for leaf in leaves for r in raised_from(leaf))
+    types = tuple(f"{c.__module__}:{c.__qualname__}" for c in type(exc).__mro__ if c is not object)
+    errno = getattr(exc, "errno", None)
+    return (Raised(types, _bounded(str(exc)), errno if isinstance(errno, int) else None),)
+
+
+def _is_outcome(exc: BaseException) -> bool:
+    """pytest's own control flow (skip, xfail, exit) and Ctrl-C: never re-run."""
+    return isinstance(
+        exc,
+        (pytest.skip.Exception, pytest.xfail.Exception, pytest.exit.Exception, KeyboardInterrupt),
+    )
+
+
+def _rerun_wanted(item: pytest.Item) -> bool:
+    marks = list(item.iter_markers("falsifies"))
+    return bool(marks) and all(m.kwargs.get("rerun", True) for m in marks)
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    add = getattr(exc, "add_note", None)
+    if callable(add):
+        add(note)
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def _bounded(text: str | None) -> str:
+    text = clean_message(text or "") or ""
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _test_frame(excinfo: Any, root: Path) -> str | None:
+    """The innermost frame of the project's own code (not a dependency's): ``file:line in f``."""
+    if excinfo is None:
+        return None
+    found = None
+    try:
+        entries = list(excinfo.traceback)
+    except Exception:  # pragma: no cover - a traceback pytest cannot walk
+        return None
+    for entry in entries:
+        try:
+            rel = Path(entry.path).resolve().relative_to(root)
+        except (ValueError, OSError, TypeError):
+            continue
+        if any(
+            part in ("site-packages", "dist-packages") or part.startswith(".venv")
+            for part in rel.parts
+        ):
+            continue
+        found = f"{rel.as_posix()}:{entry.lineno + 1} in {entry.name}"
+    return found

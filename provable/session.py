@@ -17,12 +17,21 @@ from typing import Any
 class TestResult:
     __test__ = False  # not a pytest test class
 
-    outcome: str = "pending"  # → passed / failed / skipped
+    #: "pending", then a ``provable.lifecycle.TestVerdict`` value: passed, failed (refuted),
+    #: not_checked, flaky, not_written, skipped
+    outcome: str = "pending"
     duration: float = 0.0
     recorded: dict[str, Any] | None = None
     message: str | None = None
     example: str | None = None
     kind: str = "cpu"  # the host kind of its binding: cpu, or cuda for @pytest.mark.cuda
+    #: what went wrong when the test could not check its claim, or its failure did not
+    #: reproduce: {type, message, when, frame} (bounded; uncommitted history only)
+    error: dict[str, Any] | None = None
+    #: a failed attempt another plugin re-ran (pytest-rerunfailures): a later pass is flaky
+    observed_failure: str | None = None
+    #: a runtime ``pytest.xfail()``: refuted, and pytest must not exit 0 over it
+    hidden_xfail: bool = False
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """``pv scaffold CONTRACT``: a pytest module with one failing test per falsifier.
 
 Each test carries its ``@pytest.mark.falsifies`` marker (so the plugin binds it at once), a
-docstring from the falsifier's rule, prediction and if_fails, and a body that fails with
-"not yet written": a scaffold must never pass, or an empty test would discharge a claim.
+docstring from the falsifier's rule, prediction and if_fails, and a body that calls
+``provable.outcomes.not_yet_written``: pytest reports it failed ("not yet written") and the
+plugin keeps the falsifier PROPOSED. A scaffold must never pass, or an empty test would
+discharge a claim; nor may it refute one, for it observed nothing.
 Re-running appends tests for falsifiers that no test in the file binds yet and never
 touches what is there.
 """
@@ -18,6 +20,10 @@ from provable.atomic import write_atomic
 from provable.model import Contract, Falsifier
 
 NOT_YET_WRITTEN = "not yet written"
+#: the first line of a placeholder body. Imported there, not in the module's header: a test
+#: appended to a module written before (or by hand) needs no header, and once every test is
+#: written no unused import is left behind.
+PLACEHOLDER_IMPORT = "from provable.outcomes import not_yet_written"
 
 
 @dataclass
@@ -82,7 +88,8 @@ def _test_source(f: Falsifier, name: str) -> str:
         f"\n\n@pytest.mark.falsifies({f.id!r})\n"
         f"def {name}():\n"
         f"    {_docstring(f)}\n"
-        f"    pytest.fail({message!r}, pytrace=False)\n"
+        f"    {PLACEHOLDER_IMPORT}\n\n"
+        f"    not_yet_written({message!r})\n"
     )
 
 

@@ -7,6 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provable.findings import display_path
+from provable.lastrun import (
+    FLAKY,
+    NOT_CHECKED,
+    LastRun,
+    error_summary,
+    is_unchecked,
+    last_runs,
+    one_line,
+)
 from provable.lifecycle import (
     FalsifierStatus,
     derive_contract_status,
@@ -14,6 +23,7 @@ from provable.lifecycle import (
     parse_falsifier_status,
 )
 from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
+from provable.paths import project_root
 from provable.yamlsource import YamlSourceError
 
 ORDER = (
@@ -32,6 +42,7 @@ STYLE = {
     "RETIRED": "dim",
     "INVALID": "bold red",
 }
+UNCHECKED_STYLE = "dark_orange"
 
 
 #: kept for callers of the old name; ``provable.lifecycle`` parses status words
@@ -47,10 +58,25 @@ class ContractRow:
     derived: bool
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    #: each falsifier's last run, from history.jsonl (``provable.lastrun``)
+    last_runs: dict[str, LastRun | None] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def unchecked(self) -> dict[str, LastRun]:
+        """Falsifiers whose last run errored or was flaky: their claims were not tested."""
+        return {f: r for f, r in self.last_runs.items() if r is not None and is_unchecked(r)}
+
+    @property
+    def not_checked(self) -> int:
+        return sum(r["outcome"] == NOT_CHECKED for r in self.unchecked.values())
+
+    @property
+    def flaky(self) -> int:
+        return sum(r["outcome"] == FLAKY for r in self.unchecked.values())
 
 
 def row_for(contract: Contract) -> ContractRow:
@@ -71,7 +97,9 @@ def row_for(contract: Contract) -> ContractRow:
     )
 
 
-def collect(paths: list[Path]) -> list[ContractRow]:
+def collect(paths: list[Path], evidence_dir: Path | None = None) -> list[ContractRow]:
+    """A row per contract file, with each falsifier's last run from the evidence folder
+    (``evidence/`` of each contract's project root unless given)."""
     rows: list[ContractRow] = []
     for path in paths:
         try:
@@ -87,7 +115,10 @@ def collect(paths: list[Path]) -> list[ContractRow]:
             continue
         if isinstance(contract, BindingRegistryFile):
             continue
-        rows.append(row_for(contract))
+        row = row_for(contract)
+        evidence = evidence_dir if evidence_dir is not None else project_root(path) / "evidence"
+        row.last_runs = last_runs(evidence, contract.id, (f.id for f in contract.falsifiers))
+        rows.append(row)
     return rows
 
 
@@ -100,11 +131,27 @@ def scoreboard(rows: list[ContractRow]) -> str:
     total = {s.value: sum(r.counts.get(s.value, 0) for r in rows) for s in ORDER}
     n = sum(total.values())
     contracts = sum(r.error is None for r in rows)
-    return (
+    line = (
         f"{total['DISCHARGED']} discharged · {total['PARTIAL']} partial · "
         f"{total['PROPOSED']} proposed · {total['FALSIFIED']} falsified "
         f"(of {n} falsifiers in {contracts} contracts)"
     )
+    not_checked, flaky = count_unchecked(rows)
+    if not_checked:
+        line += f" · {not_checked} not checked"
+    if flaky:
+        line += f" · {flaky} flaky"
+    return line
+
+
+def count_unchecked(rows: list[ContractRow]) -> tuple[int, int]:
+    """(not checked, flaky) over every row: falsifiers whose last run left the claim untested."""
+    return sum(r.not_checked for r in rows), sum(r.flaky for r in rows)
+
+
+def unchecked_json(record: LastRun) -> dict[str, object]:
+    """A falsifier's last run as ``pv status --json`` and ``status.json`` show it."""
+    return {"outcome": record["outcome"], "time": record["time"], "last_error": record["error"]}
 
 
 def render_json(rows: list[ContractRow]) -> str:
@@ -119,10 +166,17 @@ def render_json(rows: list[ContractRow]) -> str:
                     "status_derived": r.derived,
                     "falsifiers": r.counts,
                     **({"error": r.error} if r.error else {}),
+                    "not_checked": r.not_checked,
+                    "flaky": r.flaky,
+                    "last_errors": [
+                        {"id": fid, **unchecked_json(record)} for fid, record in r.unchecked.items()
+                    ],
                 }
                 for r in rows
             ],
             "scoreboard": scoreboard(rows),
+            "not_checked": count_unchecked(rows)[0],
+            "flaky": count_unchecked(rows)[1],
         },
         indent=2,
     )
@@ -139,12 +193,34 @@ def render_markdown(rows: list[ContractRow]) -> str:
         cells = " | ".join(str(r.counts.get(s.value, 0)) for s in ORDER)
         lines.append(f"| {_md_code(r.id)} | {_md(r.version)} | {_md(status)} | {cells} |")
     lines += ["", scoreboard(rows)]
+    unchecked = [(r.id, fid, rec) for r in rows for fid, rec in r.unchecked.items()]
+    if unchecked:
+        lines += [
+            "",
+            "Not checked (the last run errored or was flaky; the claims were not tested):",
+            "",
+            "| falsifier | contract | last run | at | error |",
+            "|---|---|---|---|---|",
+        ]
+        for cid, fid, rec in unchecked:
+            lines.append(
+                f"| {_md_code(fid)} | {_md_code(cid)} | {_label(rec)} | "
+                f"{md_text(one_line(rec['time']) or '-')} | {md_text(error_summary(rec) or '-')} |"
+            )
     return "\n".join(lines)
 
 
 def _md(text: str) -> str:
     """A Markdown table cell: a ``|`` would end the cell, a newline the row."""
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def md_text(text: str) -> str:
+    """A table cell of text from elsewhere (an error message): any markup shows as text."""
+    text = _md(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    for c in "`*_[]":
+        text = text.replace(c, "\\" + c)
+    return text
 
 
 def _md_code(text: str) -> str:
@@ -164,6 +240,11 @@ def print_table(rows: list[ContractRow]) -> None:
     for s in ORDER:
         table.add_column(s.value.lower(), justify="right", style=STYLE[s.value])
     table.add_column("total", justify="right")
+    not_checked, flaky = count_unchecked(rows)
+    extra = [("not checked", "not_checked")] if not_checked else []
+    extra += [("flaky", "flaky")] if flaky else []
+    for title, _ in extra:  # only when there is any: the usual table stays as it was
+        table.add_column(title, justify="right", style=UNCHECKED_STYLE)
     for r in rows:
         status = f"[{STYLE.get(r.status, '')}]{r.status}[/]" if r.status in STYLE else r.status
         if r.derived:
@@ -171,10 +252,33 @@ def print_table(rows: list[ContractRow]) -> None:
         if r.error:
             status += f"\n[red]{escape(r.error)}[/]"
         table.add_row(
-            r.id, r.version, status, *(str(r.counts.get(s.value, 0)) for s in ORDER), str(r.total)
+            r.id,
+            r.version,
+            status,
+            *(str(r.counts.get(s.value, 0)) for s in ORDER),
+            str(r.total),
+            *(str(getattr(r, attr)) for _, attr in extra),
         )
     console = Console()
     if not console.is_terminal:  # a CI log is wide; don't fold names at 80 columns
         console = Console(width=160)
     console.print(table)
     console.print(scoreboard(rows))
+    for line in unchecked_lines(rows):
+        console.print(line, style=UNCHECKED_STYLE, markup=False, highlight=False, soft_wrap=True)
+
+
+def unchecked_lines(rows: list[ContractRow]) -> list[str]:
+    """One line per falsifier whose last run left its claim untested, with the error."""
+    lines = []
+    for r in rows:
+        for fid, rec in r.unchecked.items():
+            when = f", {rec['time']}" if rec["time"] else ""
+            error = error_summary(rec)
+            text = f"{_label(rec)}: {fid} ({r.id}{when})" + (f": {error}" if error else "")
+            lines.append(one_line(text))
+    return lines
+
+
+def _label(record: LastRun) -> str:
+    return "not checked" if record["outcome"] == NOT_CHECKED else "flaky"

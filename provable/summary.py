@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from provable.findings import display_path
-from provable.lifecycle import FalsifierStatus
+from provable.lifecycle import FalsifierStatus, Outcome
 from provable.update import SessionOutcome
+
+#: outcomes that change nothing yet must be seen: the heading each gets, and its colour
+_UNSETTLED = {
+    Outcome.NOT_CHECKED: ("not checked", "the claim was not tested; nothing changed", "red"),
+    Outcome.FLAKY: ("flaky", "failed, then passed when re-run: not a refutation", "yellow"),
+    Outcome.NOT_WRITTEN: ("not yet written", "a scaffold placeholder; nothing changed", "yellow"),
+}
 
 
 def write_summary(tr: Any, outcome: SessionOutcome) -> None:
@@ -36,6 +43,8 @@ def write_summary(tr: Any, outcome: SessionOutcome) -> None:
         if c.problem:
             tr.write_line(f"    {c.problem}", red=True)
         for f in sorted(c.falsifiers, key=lambda f: (not f.regression, f.fid)):
+            if f.outcome in _UNSETTLED:
+                continue  # listed below, under their own heading
             if f.note:
                 tr.write_line(f"    {f.fid}: {f.after.value} ({f.note})", yellow=True)
                 continue
@@ -46,10 +55,19 @@ def write_summary(tr: Any, outcome: SessionOutcome) -> None:
                 first = next((ln for ln in f.message.splitlines() if ln.startswith("E ")), "")
                 line += f"  {first.strip()}" if first else ""
             tr.write_line(line, red=f.after is FalsifierStatus.FALSIFIED)
+            if f.moved:
+                tr.write_line(
+                    f"      versions differ from the run that recorded {f.before.value}: "
+                    + ", ".join(f.moved),
+                    yellow=True,
+                )
         kept = [
             f
             for f in c.falsifiers
-            if f.before is f.after and f.after is not FalsifierStatus.FALSIFIED and not f.note
+            if f.before is f.after
+            and f.after is not FalsifierStatus.FALSIFIED
+            and not f.note
+            and f.outcome not in _UNSETTLED
         ]
         if kept:
             counts: dict[str, int] = {}
@@ -57,6 +75,15 @@ def write_summary(tr: Any, outcome: SessionOutcome) -> None:
                 counts[f.after.value] = counts.get(f.after.value, 0) + 1
             tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             tr.write_line(f"    unchanged: {tally}")
+    for kind, (heading, meaning, colour) in _UNSETTLED.items():
+        hits = [(c.cid, f) for c in outcome.contracts for f in c.falsifiers if f.outcome is kind]
+        if not hits:
+            continue
+        tr.write_line(f"{heading}: {len(hits)} ({meaning})", **{colour: True, "bold": True})
+        for cid, f in sorted(hits, key=lambda h: (h[0], h[1].fid)):
+            tr.write_line(
+                f"    {cid}:{f.fid} ({f.after.value}): {_error_line(f)}", **{colour: True}
+            )
     if outcome.unbound:
         tr.write_line(
             f"unbound (stay PROPOSED, no test carries them): {', '.join(outcome.unbound)}",
@@ -67,3 +94,17 @@ def write_summary(tr: Any, outcome: SessionOutcome) -> None:
     paths = sorted({display_path(c.path) for c in outcome.contracts if c.written})
     if paths:
         tr.write_line(f"rewrote: {', '.join(paths)}")
+
+
+def _error_line(f: object) -> str:
+    """``ModuleNotFoundError: No module named 'x' (in setup, tests/test_a.py:12 in fixture)``."""
+    error = getattr(f, "error", None)
+    if not isinstance(error, dict):
+        message = getattr(f, "message", None) or ""
+        return next((ln.strip() for ln in message.splitlines() if ln.strip()), "")[:200]
+    where = ", ".join(str(x) for x in (f"in {error.get('when')}", error.get("frame")) if x)
+    message = next((ln.strip() for ln in str(error.get("message")).splitlines() if ln.strip()), "")
+    line = f"{error.get('type')}: {message}" if message else str(error.get("type"))
+    if error.get("rerun"):
+        line += f"; re-run: {error['rerun']}"
+    return f"{line} ({where})" if where else line

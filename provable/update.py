@@ -81,7 +81,9 @@ def apply_session(
     per_contract: dict[str, dict[str, FalsifierRun]] = {}
     for qid, run in runs.items():
         cid, fid = qid.split(":", 1)
-        if interrupted and not any(r.outcome == "failed" for r in run.results.values()):
+        if interrupted and not any(
+            r.outcome in ("failed", "not_checked") for r in run.results.values()
+        ):
             continue  # an interrupted run saw part of the suite: it refutes, never promotes
         if cid in registry.contracts and run.results:
             per_contract.setdefault(cid, {})[fid] = run

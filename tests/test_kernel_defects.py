@@ -19,11 +19,11 @@ import pytest
 
 from falsifiers import kernel_cases as kc
 from falsifiers.kernel_mutants import plant
-from kernels import ParityResult
+from provable_kernels import ParityResult
 
 # the package root re-exports functions named like their modules, so fetch the modules
 attention_mod, cross_entropy_mod, dequant_mod, linear_mod, rms_norm_mod, rope_mod, swiglu_mod = (
-    importlib.import_module(f"kernels.{name}")
+    importlib.import_module(f"provable_kernels.{name}")
     for name in ("attention", "cross_entropy", "dequant", "linear", "rms_norm", "rope", "swiglu")
 )
 

@@ -178,8 +178,9 @@ def test_llamacpp_parity_catches_a_gguf_writer_that_drops_yarn(monkeypatch, tmp_
     """FALSIFY-LLAMACPP-001's rope-scaling case turns red when the writer forgets yarn."""
     from aprlib import config as config_mod
     from falsifiers import test_gguf_llamacpp_parity_v1 as lcpp
+    from falsifiers.llamacpp_oracle import require_llama_cpp
 
-    pytest.importorskip("llama_cpp")
+    require_llama_cpp()  # found, not imported: llama.cpp runs in a child
     monkeypatch.setattr(config_mod, "GGUF_ROPE_SCALING_TYPES", frozenset())
     with pytest.raises(AssertionError, match="F32: failed"):
         lcpp.test_f32_gguf_with_rope_scaling_in_llamacpp_equals_reference(

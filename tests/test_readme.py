@@ -18,7 +18,8 @@ def test_readme_has_exactly_two_commands():
     main_job, tests = readme_commands()
     assert main_job.endswith("pv check")
     assert tests.endswith("pytest")
-    assert "torch==2.13.0" in main_job and "torch==2.13.0" in tests
+    assert "-r requirements.lock" in main_job and "-r requirements.lock" in tests
+    assert "torch==2.13.0" in (ROOT / "requirements.lock").read_text().splitlines()
 
 
 def test_ci_runs_the_readme_test_command_verbatim():

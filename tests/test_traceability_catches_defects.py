@@ -95,7 +95,7 @@ def test_semver_check_passes_on_the_real_diff():
 
 def _passing_scaffold(contract, out):
     result = skeleton.scaffold(contract, out)
-    text = result.path.read_text().replace("pytest.fail(", "(lambda *a, **k: None)(")
+    text = result.path.read_text().replace("not_yet_written('", "(lambda *a, **k: None)('")
     result.path.write_text(text)
     return result
 

@@ -1,4 +1,5 @@
-"""``kernels.TritonOps`` against ``aprlib.model.Ops``, op by op, and the kernels' input checks.
+"""``provable_kernels.TritonOps`` against ``aprlib.model.Ops``, op by op, and the kernels'
+input checks.
 
 The whole-model parity is a falsifier (cpu-cuda-forward-parity-v1); these pin each op to the
 reference op it replaces, with the same earned bound, so a failure names the op.
@@ -13,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
+import provable_kernels
 from aprlib.model import Ops
 from falsifiers.kernel_cases import random
 
-REFERENCE, TRITON = Ops(), kernels.TritonOps()
+REFERENCE, TRITON = Ops(), provable_kernels.TritonOps()
 
 
 def test_triton_ops_override_every_arithmetic_op_with_the_same_signature():
     public = [n for n, f in inspect.getmembers(Ops, inspect.isfunction) if not n.startswith("_")]
     assert set(public) >= {"rms_norm", "linear", "rope", "attention", "swiglu", "cross_entropy"}
     for name in public:
-        ours, theirs = getattr(kernels.TritonOps, name), getattr(Ops, name)
+        ours, theirs = getattr(provable_kernels.TritonOps, name), getattr(Ops, name)
         assert (
             inspect.signature(ours).parameters.keys() == inspect.signature(theirs).parameters.keys()
         )
@@ -37,7 +38,7 @@ def op_cases(dtype: torch.dtype):
     q = random(2, (2, 6, 5, 16)).to(dtype)
     k = random(3, (2, 2, 11, 16)).to(dtype)  # a cache: 5 queries after 11 keys
     v = random(4, (2, 2, 11, 16)).to(dtype)
-    cos, sin = kernels.rope_cos_sin(16, torch.arange(6, 11), 10000.0)
+    cos, sin = provable_kernels.rope_cos_sin(16, torch.arange(6, 11), 10000.0)
     yield "rms_norm", (x, (1 + random(5, (48,))).float(), 1e-6)
     yield "linear", (x, random(6, (40, 48)).float() / 7, random(7, (40,)).float())
     yield "rope", (q, cos, sin)
@@ -60,7 +61,7 @@ def test_each_triton_op_is_within_the_bound_of_the_reference_op(dtype):
         got = getattr(TRITON, name)(*args)
         # the reference op computes the loss in float32 whatever the logits' dtype
         floor = torch.float32 if name == "cross_entropy" else dtype
-        result = kernels.check_parity(
+        result = provable_kernels.check_parity(
             name, got, eager, ref64, dtype if got.dtype == dtype else floor, 0
         )
         assert result.passed, str(result)
@@ -79,36 +80,46 @@ def test_cross_entropy_backward_is_the_kernels_gradient():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: kernels.linear(torch.ones(2, 3), torch.ones(4, 5)), "do not fit"),
-        (lambda: kernels.rope(torch.ones(1, 1, 2, 3), torch.ones(2, 3), torch.ones(2, 3)), "even"),
+        (lambda: provable_kernels.linear(torch.ones(2, 3), torch.ones(4, 5)), "do not fit"),
         (
-            lambda: kernels.attention(
+            lambda: provable_kernels.rope(
+                torch.ones(1, 1, 2, 3), torch.ones(2, 3), torch.ones(2, 3)
+            ),
+            "even",
+        ),
+        (
+            lambda: provable_kernels.attention(
                 torch.ones(1, 2, 5, 4), torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4)
             ),
             "Tq <= Tk",
         ),
         (
-            lambda: kernels.attention(
+            lambda: provable_kernels.attention(
                 torch.ones(1, 3, 2, 4), torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4)
             ),
             "multiple of Hkv",
         ),
-        (lambda: kernels.swiglu(torch.ones(3), torch.ones(4)), "differ"),
+        (lambda: provable_kernels.swiglu(torch.ones(3), torch.ones(4)), "differ"),
         (
-            lambda: kernels.cross_entropy(torch.ones(2, 5), torch.tensor([0, 5])),
+            lambda: provable_kernels.cross_entropy(torch.ones(2, 5), torch.tensor([0, 5])),
             "outside the vocabulary",
         ),
         (
-            lambda: kernels.cross_entropy(torch.ones(0, 5), torch.ones(0, dtype=torch.long)),
+            lambda: provable_kernels.cross_entropy(
+                torch.ones(0, 5), torch.ones(0, dtype=torch.long)
+            ),
             "no rows",
         ),
         (
-            lambda: kernels.dequantize(torch.zeros(33, dtype=torch.uint8), "q8_0", (32,)),
+            lambda: provable_kernels.dequantize(torch.zeros(33, dtype=torch.uint8), "q8_0", (32,)),
             "needs 34 bytes",
         ),
-        (lambda: kernels.dequantize(torch.zeros(34, dtype=torch.uint8), "q5_k", (32,)), "unknown"),
         (
-            lambda: kernels.rope_cos_sin(
+            lambda: provable_kernels.dequantize(torch.zeros(34, dtype=torch.uint8), "q5_k", (32,)),
+            "unknown",
+        ),
+        (
+            lambda: provable_kernels.rope_cos_sin(
                 8, torch.arange(3), 1e4, {"rope_type": "yarn", "factor": 2}
             ),
             "not supported",
@@ -128,8 +139,8 @@ def test_dequantize_handles_nan_and_subnormal_scales_like_gguf():
     for i, scale in enumerate([np.nan, np.inf, 6e-8, -3.5]):
         blocks[i, :2] = np.array([scale], dtype=np.float16).view(np.uint8)
     raw = torch.from_numpy(blocks.reshape(-1).copy())
-    got = kernels.dequantize(raw, "q8_0", (4, 32))
-    want = kernels.dequantize_reference(raw, "q8_0", (4, 32))
+    got = provable_kernels.dequantize(raw, "q8_0", (4, 32))
+    want = provable_kernels.dequantize_reference(raw, "q8_0", (4, 32))
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
 
 
@@ -144,7 +155,7 @@ def test_kernels_run_after_torch_imported_triton_natively():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
         "import sys, torch, triton\n"
-        "import kernels\n"
+        "import provable_kernels\n"
         "from falsifiers import kernel_cases as kc\n"
         "r = kc.attention_case(1, 2, 2, 9, 3, 24, 'float32', 0.0, 1)\n"
         "print(r.passed, kc.rms_norm_case(3, 40, 'bfloat16', 0.0, 1e-6, 2).passed)\n"
@@ -158,7 +169,7 @@ def test_kernels_run_after_torch_imported_triton_natively():
 
 
 def test_share_of_bound_is_zero_without_error_and_infinite_past_a_zero_bound():
-    exact = kernels.ParityResult("k", torch.float32, 1, 0.0, 0.0, 2.0, 0.0)
-    wrong = kernels.ParityResult("k", torch.float32, 1, 1e-3, 0.0, 2.0, 0.0)
+    exact = provable_kernels.ParityResult("k", torch.float32, 1, 0.0, 0.0, 2.0, 0.0)
+    wrong = provable_kernels.ParityResult("k", torch.float32, 1, 1e-3, 0.0, 2.0, 0.0)
     assert exact.passed and exact.ratio == 0.0
     assert not wrong.passed and wrong.ratio == float("inf")

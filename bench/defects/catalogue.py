@@ -407,7 +407,7 @@ def _block_short_of_tail(mp: Any) -> None:
     tail columns are never loaded, normalised or stored (the mask covers nothing past it)."""
     import importlib
 
-    module = importlib.import_module("kernels.rms_norm")  # the package exports a function
+    module = importlib.import_module("provable_kernels.rms_norm")  # the package exports a function
     real = module.block
 
     def block(n: int, cap: int, floor: int = 16) -> int:
@@ -426,7 +426,7 @@ register(
         fmt=None,
         patch=_block_short_of_tail,
         right_falsifiers=("FALSIFY-KRMS-001",),
-        requires=("kernels.rms_norm:block",),
+        requires=("provable_kernels.rms_norm:block",),
         notes="runs under TRITON_INTERPRET=1 on a CPU, natively on a GPU",
     )
 )

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from aprlib.model import llama3_scaled, rotate_half
-from kernels._launch import block
+from provable_kernels._launch import block
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import block, interpreting
+from provable_kernels._launch import block, interpreting
 
 
 @triton.jit

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._launch import block
+from provable_kernels._launch import block
 
 
 @triton.jit

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from aprlib.model import Ops
-from kernels.attention import attention
-from kernels.cross_entropy import cross_entropy
-from kernels.linear import linear
-from kernels.rms_norm import rms_norm
-from kernels.rope import rope
-from kernels.swiglu import swiglu
+from provable_kernels.attention import attention
+from provable_kernels.cross_entropy import cross_entropy
+from provable_kernels.linear import linear
+from provable_kernels.rms_norm import rms_norm
+from provable_kernels.rope import rope
+from provable_kernels.swiglu import swiglu
 
 
 class _FusedCrossEntropy(torch.autograd.Function):

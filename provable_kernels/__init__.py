@@ -6,18 +6,19 @@ algorithm-level check); on a CUDA host nothing is set and the kernels compile na
 triton fixes that choice for its own library functions (``tl.sum``, ...) when it is first
 imported, and torch imports triton by itself (``torch._dynamo`` does, even for a meta-device
 ``nn.Embedding``), so on a host without CUDA where that already happened natively, the
-package re-wraps those functions for the interpreter (``kernels._mode``): native triton cannot
-run there anyway. Where even that fails, importing raises ``TritonModeError`` naming the fix
-(``TRITON_INTERPRET=1`` in the environment) rather than failing inside the first kernel.
+package re-wraps those functions for the interpreter (``provable_kernels._mode``): native
+triton cannot run there anyway. Where even that fails, importing raises ``TritonModeError``
+naming the fix (``TRITON_INTERPRET=1`` in the environment) rather than failing inside the
+first kernel.
 """
 
 from __future__ import annotations
 
 # first: chooses triton's interpreter before any kernel module imports triton
-from kernels._mode import TritonModeError  # isort: skip
-from kernels._launch import interpreting
-from kernels.attention import attention, attention_reference
-from kernels.bounds import (
+from provable_kernels._mode import TritonModeError  # isort: skip
+from provable_kernels._launch import interpreting
+from provable_kernels.attention import attention, attention_reference
+from provable_kernels.bounds import (
     ParityError,
     ParityResult,
     assert_parity,
@@ -25,18 +26,18 @@ from kernels.bounds import (
     placement_mismatch,
     rmse,
 )
-from kernels.cross_entropy import cross_entropy, cross_entropy_reference
-from kernels.dequant import (
+from provable_kernels.cross_entropy import cross_entropy, cross_entropy_reference
+from provable_kernels.dequant import (
     dequantize,
     dequantize_matvec,
     dequantize_matvec_reference,
     dequantize_reference,
 )
-from kernels.linear import linear, linear_reference
-from kernels.ops import TritonOps
-from kernels.rms_norm import rms_norm, rms_norm_reference
-from kernels.rope import rope, rope_cos_sin, rope_reference
-from kernels.swiglu import swiglu, swiglu_reference
+from provable_kernels.linear import linear, linear_reference
+from provable_kernels.ops import TritonOps
+from provable_kernels.rms_norm import rms_norm, rms_norm_reference
+from provable_kernels.rope import rope, rope_cos_sin, rope_reference
+from provable_kernels.swiglu import swiglu, swiglu_reference
 
 __all__ = [
     "ParityError",

@@ -18,8 +18,8 @@ def _adopt_interpreter() -> int:
     triton decides native vs interpreted when a function is decorated, and its library
     functions (``tl.sum``, ``tl.max``, ...) are decorated when triton is imported. torch
     imports triton on its own (``torch._dynamo`` does, from as little as a meta-device
-    ``nn.Embedding``), so by the time ``kernels`` is imported that choice may have been made
-    natively on a host with no GPU, where native triton cannot run at all. Re-wrapping those
+    ``nn.Embedding``), so by the time ``provable_kernels`` is imported that choice may have been
+    made natively on a host with no GPU, where native triton cannot run at all. Re-wrapping those
     functions loses nothing there and lets the interpreter run them.
     """
     import triton.language as tl
@@ -52,6 +52,6 @@ if not torch.cuda.is_available():
             _adopt_interpreter()
         except (ImportError, AttributeError, TypeError) as exc:
             raise TritonModeError(
-                "kernels: no CUDA device, and triton was imported natively before kernels "
+                "provable_kernels: no CUDA device, and triton was imported natively before it "
                 f"({exc}): set TRITON_INTERPRET=1 in the environment"
             ) from None

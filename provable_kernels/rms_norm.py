@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import block, tile_elements
+from provable_kernels._launch import block, tile_elements
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from aprlib.dtypes import DType, element_count
-from kernels._launch import block
+from provable_kernels._launch import block
 
 Q8_0, Q4_K = "q8_0", "q4_k"
 _DTYPES = {Q8_0: DType.Q8_0, Q4_K: DType.Q4_K}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._launch import block, tile_elements
+from provable_kernels._launch import block, tile_elements
 
 
 @triton.jit
