@@ -1,9 +1,34 @@
-"""Where a contract's relative paths (``evidence: evidence/...``) are anchored."""
+"""Where a contract's relative paths (``evidence: evidence/...``) are anchored, and which
+names may become a path at all.
+
+Contracts, evidence and runs are untrusted input (a pull request controls every id in
+them): an id becomes a file name only when ``is_safe_name`` says so, and a path is written
+only when ``inside`` says it resolves below its root.
+"""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+
+#: one path component, ASCII, not hidden, no separator, no ``..``: what an id that names a
+#: file (``evidence/<contract id>/<falsifier id>.json``) may be
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
+
+
+def is_safe_name(name: object) -> bool:
+    """Whether ``name`` can be used as one file-name component anywhere."""
+    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` resolves (following every symlink) below ``root``."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
 
 _ROOT_MARKERS = ("pyproject.toml", ".git", "setup.cfg", "pytest.ini", "tox.ini")
 

@@ -30,11 +30,13 @@ from provable.lifecycle import (
     promote,
 )
 from provable.model import Contract
+from provable.paths import is_safe_name
 from provable.rewrite import append_changelog, quoted_like, rewrite_text, set_key
 from provable.session import FalsifierRun, SessionScope, TestResult, test_file
 from provable.staleness import sources_of
 
 CONCURRENT_REFUTATION = "kept FALSIFIED: another run refuted it after this run started"
+UNSAFE_ID = "no evidence written: its id cannot name a file (see pv validate)"
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,11 @@ def plan_contract(
         statuses[f.id] = before
         run = runs.get(f.id)
         if run is None:
+            continue
+        if not (is_safe_name(contract.id) and is_safe_name(f.id)):
+            # an id is untrusted input: it names a file only when it is one safe component;
+            # a claim whose evidence cannot be kept is not promoted either
+            changes.append(FalsifierChange(f.id, Outcome.NOT_RUN, before, before, note=UNSAFE_ID))
             continue
         rel = f"evidence/{contract.id}/{f.id}.json"
         prev = previous.get(f.id)

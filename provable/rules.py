@@ -28,7 +28,7 @@ from provable.lifecycle import (
     semver_key,
 )
 from provable.model import FALSIFIER_ALIASES, KNOWN_SECTIONS, Contract
-from provable.paths import project_root
+from provable.paths import is_safe_name, project_root
 
 FALSIFIER_ID_SHAPE = re.compile(r"^FALSIFY-[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*-[0-9]{3}\Z", re.ASCII)
 FALSIFIER_REF = re.compile(r"(?<![A-Za-z0-9_-])FALSIFY-[A-Z0-9]+(?:-[A-Z0-9]+)*")
@@ -156,7 +156,14 @@ def check_falsifiers(c: Contract) -> Iterator[Finding]:
             )
         else:
             first_line[f.id] = f.line
-        if not FALSIFIER_ID_SHAPE.match(f.id):
+        if not is_safe_name(f.id):
+            yield emit.error(
+                c.line_of("falsification_tests", f.index, "id"),
+                "falsifier-id-unsafe",
+                f"falsifier ID {f.id!r} cannot name its evidence file: letters, digits, '.', "
+                "'_' and '-' only, starting with a letter or digit, no '..'",
+            )
+        elif not FALSIFIER_ID_SHAPE.match(f.id):
             yield emit.warning(
                 c.line_of("falsification_tests", f.index, "id"),
                 "falsifier-id-shape",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from provable import evidence as ev
 from provable.model import Contract, file_stamp, load_contract
-from provable.paths import project_root
+from provable.paths import inside, is_safe_name, project_root
 from provable.plan import (
     ContractChange,
     FalsifierChange,
@@ -27,7 +27,7 @@ from provable.plan import (
 )
 from provable.rewrite import RewriteError
 from provable.session import FalsifierRun, SessionScope
-from provable.writer import commit_files, lock_for, recover
+from provable.writer import OutsideRoot, commit_files, lock_for, recover
 
 if TYPE_CHECKING:
     from provable.registry import Registry
@@ -115,9 +115,13 @@ def _plan_and_write(
             return changes
         evidence = [item for c in changes for item in c.evidence]
         contracts = [(c.path, c.new_text) for c in changes if c.new_text is not None]
-        commit_files(folder, evidence, contracts)
+        try:
+            commit_files(folder, evidence, contracts)
+        except OutsideRoot as exc:  # an id or a symlink pointing out: write nothing
+            return [replace(c, problem=str(exc)) for c in changes]
         for c in changes:
-            ev.append_history(root / "evidence" / c.cid, list(c.history))
+            if is_safe_name(c.cid) and inside(root / "evidence" / c.cid, root / "evidence"):
+                ev.append_history(root / "evidence" / c.cid, list(c.history))
     return [replace(c, written=c.new_text is not None) for c in changes]
 
 

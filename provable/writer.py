@@ -42,6 +42,11 @@ def lock_for(folder: Path, timeout: float = LOCK_TIMEOUT_S) -> Any:
     return FileLock(str(Path(folder) / LOCK_NAME), timeout=timeout)
 
 
+class OutsideRoot(OSError):
+    """A path that would write outside the contracts or evidence folder (an id or a
+    symlink from an untrusted contract): nothing of the session is written."""
+
+
 def _temp_beside(target: Path, data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)  # a new contract's evidence folder
     return temp_beside(target, data)
@@ -58,6 +63,13 @@ def commit_files(
     writes = [*evidence, *contracts]
     if not writes:
         return
+    from provable.paths import inside, project_root
+
+    allowed = {"evidence": project_root(folder) / "evidence", "contract": Path(folder)}
+    for kind, items in (("evidence", evidence), ("contract", contracts)):
+        for target, _ in items:
+            if not inside(Path(target).parent, allowed[kind]) or Path(target).is_symlink():
+                raise OutsideRoot(f"refused to write {target}: not a file below {allowed[kind]}")
     temps: list[tuple[Path, Path]] = []
     try:
         for target, text in writes:
@@ -121,6 +133,10 @@ def _recover_locked(folder: Path, evidence_root: Path | None) -> list[str]:
             ]
         except (OSError, ValueError, KeyError, TypeError):
             renames = []  # a torn journal: its temps are not all there, drop them all
+        refused = [(t, p) for t, p in renames if not _ours(t, p, folder, evidence_root)]
+        if refused:  # a journal we did not write (committed, planted): touch nothing it names
+            actions.append(f"ignored a journal naming {len(refused)} files outside our folders")
+            renames = []
         _roll_forward(renames)
         journal.unlink()
         fsync_dir(folder)
@@ -130,6 +146,20 @@ def _recover_locked(folder: Path, evidence_root: Path | None) -> list[str]:
             temp.unlink()
         actions.append(f"removed stale temp {temp.name}")
     return actions
+
+
+def _ours(temp: Path, target: Path, folder: Path, evidence_root: Path | None) -> bool:
+    """A rename this module could have journaled: our temp name, beside its target, both
+    below the contracts or the evidence folder, the target no symlink."""
+    from provable.paths import inside
+
+    roots = [r for r in (folder, evidence_root) if r is not None]
+    return (
+        bool(_OUR_TEMP.match(temp.name))
+        and temp.parent == target.parent
+        and not target.is_symlink()
+        and any(inside(target.parent, r) for r in roots)
+    )
 
 
 def _stale_temps(folder: Path, evidence_root: Path | None) -> Iterator[Path]:
