@@ -89,6 +89,9 @@ def run_build(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--native", type=Path, required=True, help="folder holding llama_cpp/")
+    parser.add_argument(
+        "--label", default="native", help="what DIR's build is (e.g. avx512: native minus AMX)"
+    )
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
@@ -107,7 +110,7 @@ def main() -> int:
             reference = reference_logits(gguf, tokens)
             results = [
                 run_build("portable", None, gguf, tokens, args.repeat),
-                run_build("native", str(args.native.resolve()), gguf, tokens, args.repeat),
+                run_build(args.label, str(args.native.resolve()), gguf, tokens, args.repeat),
             ]
             for r in results:
                 logits = r.pop("logits", None)
@@ -125,7 +128,7 @@ def main() -> int:
     )
     for r in rows:
         if "error" in r:
-            print(f"{r['dtype']:5} {r['build']:8} {r['error']}")
+            print(f"{r['dtype']:5} {r['build']:8} {r['error']}")  # a crash is the finding
             continue
         print(
             f"{r['dtype']:5} {r['build']:8} {r['best_s'] * 1e3 / args.tokens:7.2f} ms/token  "
@@ -134,8 +137,8 @@ def main() -> int:
     for kind in ("q8_0", "q4_k"):
         pair = {r["build"]: r for r in rows if r["dtype"] == kind and "best_s" in r}
         if len(pair) == 2:
-            ratio = pair["portable"]["best_s"] / pair["native"]["best_s"]
-            print(f"{kind}: portable takes {ratio:.2f}x the native build's time")
+            ratio = pair["portable"]["best_s"] / pair[args.label]["best_s"]
+            print(f"{kind}: portable takes {ratio:.2f}x the {args.label} build's time")
     return 0
 
 

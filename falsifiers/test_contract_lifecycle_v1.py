@@ -13,6 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from falsifiers.reproducible import reproducible
+from provable import (
+    Raised,
+    TestVerdict,
+    after_rerun,
+    classify_failure,
+    falsifier_outcome,
+)
 from provable.lifecycle import (
     ContractStatus,
     FalsifierStatus,
@@ -284,3 +291,63 @@ def test_a_partial_run_never_promotes():
 @pytest.mark.falsifies("FALSIFY-LIFECYCLE-007")
 def test_a_concurrent_refutation_is_kept(tmp_path):
     check_concurrent_refutation_kept(tmp=tmp_path)
+
+
+# --- FALSIFY-LIFECYCLE-008: only a reproduced counterexample refutes -------------------------
+
+#: (exception as data, does it refute?) — the classes a falsifier test really meets
+EXCEPTIONS = [
+    (Raised(("builtins:AssertionError", "builtins:Exception")), True),
+    (Raised(("hypothesis.errors:Flaky", "builtins:Exception")), True),
+    (Raised(("_pytest.outcomes:Failed", "builtins:BaseException"), "values differ"), True),
+    (Raised(("aprlib.errors:ModelFileError", "builtins:Exception")), True),
+    (Raised(("builtins:FileNotFoundError", "builtins:OSError"), errno=2), True),
+    (Raised(("builtins:ModuleNotFoundError", "builtins:ImportError")), False),
+    (Raised(("builtins:MemoryError", "builtins:Exception")), False),
+    (Raised(("builtins:SystemExit", "builtins:BaseException")), False),
+    (Raised(("builtins:OSError", "builtins:Exception"), errno=28), False),  # ENOSPC
+    (Raised(("builtins:OSError", "builtins:Exception"), errno=24), False),  # EMFILE
+    (Raised(("_pytest.outcomes:Failed",), "Timeout >30.0s"), False),
+    (Raised(("provable.outcomes:NotYetWritten", "builtins:Exception")), False),
+    (Raised(("aprlib.errors:OracleCrashed", "aprlib.errors:OracleError")), False),
+]
+DECLARED = frozenset({"aprlib.errors:OracleError"})
+RERUNS = [TestVerdict.REFUTED, TestVerdict.PASSED, TestVerdict.NOT_CHECKED]
+
+
+def check_only_counterexamples_refute(
+    classify: Callable = classify_failure,
+    rerun: Callable = after_rerun,
+    outcome_of: Callable = falsifier_outcome,
+    promote_fn: Callable = promote,
+) -> None:
+    @reproducible(400)
+    @given(
+        phase=st.sampled_from(["setup", "call", "teardown", "collect", "???"]),
+        case=st.sampled_from(EXCEPTIONS),
+        again=st.sampled_from(RERUNS),
+        same=st.booleans(),
+        status=statuses,
+    )
+    def check(phase, case, again, same, status):
+        raised, refuting = case
+        verdict = classify(phase, (raised,), DECLARED)
+        if verdict is TestVerdict.REFUTED:
+            other = Raised(("builtins:ValueError", "builtins:Exception"))
+            verdict = rerun(raised, again, raised if same else other)
+        outcome = outcome_of([verdict]) or Outcome.PASSED
+        after = promote_fn(status, outcome, {"cpu"}, {"cpu"}, {"cpu"}).status
+        counterexample = phase == "call" and refuting and again is TestVerdict.REFUTED and same
+        assert (after is FalsifierStatus.FALSIFIED) == (
+            counterexample
+            or (status is FalsifierStatus.FALSIFIED and outcome is not Outcome.PASSED)
+        ), (phase, raised, again, same, status, verdict, outcome, after)
+        if not counterexample and outcome is not Outcome.PASSED:
+            assert after is status  # nothing else moves a status
+
+    check()
+
+
+@pytest.mark.falsifies("FALSIFY-LIFECYCLE-008")
+def test_only_a_reproduced_counterexample_refutes():
+    check_only_counterexamples_refute()

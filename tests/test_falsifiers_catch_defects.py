@@ -70,6 +70,42 @@ def test_lifecycle_falsifiers_catch_their_defect(check, defect):
         check(defect)  # ... and the defective one is refuted
 
 
+def classify_every_failure_refutes(when, raised, environment=frozenset()):
+    """The incident of 2026-12-05: any failed phase, an ImportError included, refutes."""
+    from provable import TestVerdict
+
+    return TestVerdict.REFUTED
+
+
+def rerun_ignored(first, second, second_raised):
+    """No confirming re-run: a failure that passes when re-run still refutes."""
+    from provable import TestVerdict
+
+    return TestVerdict.REFUTED
+
+
+def promote_not_checked_refutes(status, outcome, passed_on=(), required=("cpu",), before=()):
+    """An error counted as a counterexample."""
+    if outcome in (Outcome.NOT_CHECKED, Outcome.FLAKY):
+        return Promotion(FalsifierStatus.FALSIFIED, frozenset())
+    return real.promote(status, outcome, passed_on, required, before)
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [
+        {"classify": classify_every_failure_refutes},
+        {"rerun": rerun_ignored},
+        {"promote_fn": promote_not_checked_refutes},
+    ],
+    ids=["every-failure-refutes", "no-rerun", "not-checked-refutes"],
+)
+def test_lifecycle_008_catches_an_error_counted_as_a_refutation(defect):
+    lifecycle.check_only_counterexamples_refute()
+    with pytest.raises(AssertionError):
+        lifecycle.check_only_counterexamples_refute(**defect)
+
+
 # --- contract-validation-v1 --------------------------------------------------------------
 
 
