@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,16 @@ class ModelConfig:
     #: normalised: rope_type ("llama3", "yarn", "linear", ...), factor, and where present
     #: low_freq_factor, high_freq_factor, original_max_position_embeddings
     rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
+    #: the rotated share of a head as a source states it (HF ``partial_rotary_factor``,
+    #: GGUF ``{arch}.rope.dimension_count``): checked on construction, not kept (the
+    #: forward rotates whole heads, so only a whole head is accepted)
+    partial_rotary_factor: InitVar[Any] = None
+    rope_dimension_count: InitVar[Any] = None
+
+    def __post_init__(self, partial_rotary_factor: Any, rope_dimension_count: Any) -> None:
+        """Every config, from every format and from code, is checked here: the one place
+        (``check_physical``) that refuses values outside physical sense."""
+        check_physical(self, partial_rotary_factor, rope_dimension_count)
 
     @property
     def attention_head_dim(self) -> int:
@@ -94,7 +104,29 @@ FIELDS: tuple[tuple[str, str, str | None], ...] = (
 
 
 class ConfigError(ValueError):
-    """A config that names an unsupported architecture or lacks a required field."""
+    """A config that names an unsupported architecture or lacks a required field.
+
+    ``field``: the config field at fault, where there is one (``rope_scaling.factor``),
+    for the readers' typed errors to name."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (self.__class__, (str(self), self.field))
+
+
+class ConfigValueError(ConfigError):
+    """A value outside its rule: ``{field} is {value!r}: {rule}``, one line."""
+
+    def __init__(self, field: str, value: Any, rule: str) -> None:
+        self.value = value
+        self.rule = rule
+        super().__init__(f"{field} is {value!r}: {rule}", field)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (self.__class__, (self.field, self.value, self.rule))
 
 
 #: field → (smallest, largest) for the positive integers of a config; a vocabulary of
@@ -110,6 +142,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_position_embeddings": (1, 1 << 30),
     "bos_token_id": (0, (1 << 22) - 1),
     "eos_token_id": (0, (1 << 22) - 1),
+    "sliding_window": (1, 1 << 30),
 }
 REQUIRED_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
 POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
@@ -133,10 +166,22 @@ def _check_int(name: str, value: Any, optional: bool) -> None:
     if value is None and optional:
         return
     low, high = INT_LIMITS[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} is {value!r}, not an integer")
-    if not low <= value <= high:
-        raise ConfigError(f"{name} is {value}, outside [{low}, {high}]")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigValueError(name, value, f"must be an integer in [{low}, {high}]")
+
+
+def _check_heads(heads: Any, kv_heads: Any, hidden: Any, head_dim: Any) -> None:
+    """Key/value heads divide the heads; without a head_dim, the heads divide the width."""
+    if heads is not None and kv_heads is not None and heads % kv_heads:
+        raise ConfigValueError(
+            "num_key_value_heads", kv_heads, f"must divide num_attention_heads {heads}"
+        )
+    if head_dim is None and heads is not None and hidden is not None and hidden % heads:
+        raise ConfigValueError(
+            "num_attention_heads",
+            heads,
+            f"must divide hidden_size {hidden} (there is no head_dim)",
+        )
 
 
 def check_config_values(raw: Any, source: str) -> None:
@@ -161,45 +206,256 @@ def check_config_values(raw: Any, source: str) -> None:
                 _check_int(name, item, optional=False)
             continue
         _check_int(name, value, optional=name not in (*REQUIRED_INTS, "num_attention_heads"))
-    for name in POSITIVE_FLOATS:
+    for name in POSITIVE_FLOATS:  # their ranges are check_physical's, on the config
         value = values.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} is {value!r}, not a number")
-        if not 0 < value < float("inf"):
-            raise ConfigError(f"{name} is {value}, not a positive finite number")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigValueError(name, value, "must be a number")
     tie = values.get("tie_word_embeddings")
     if tie is not None and not isinstance(tie, bool):
-        raise ConfigError(f"tie_word_embeddings is {tie!r}, not true/false")
+        raise ConfigError(f"tie_word_embeddings is {tie!r}, not true/false", "tie_word_embeddings")
     for name in ("torch_dtype", "rope_type", "architecture", "model_type"):
         value = raw.get(name) if name != "torch_dtype" else values.get(name)
         if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{name} is {value!r}, not a string")
+            raise ConfigError(f"{name} is {value!r}, not a string", name)
     for name in ("rope_parameters", "rope_scaling"):
         if raw.get(name) is not None and not isinstance(raw[name], dict):
-            raise ConfigError(f"{name} is {raw[name]!r}, not an object")
+            raise ConfigError(f"{name} is {raw[name]!r}, not an object", name)
     archs = raw.get("architectures")
     if archs is not None and (
         not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)
     ):
-        raise ConfigError(f"architectures is {archs!r}, not a list of names")
-    heads, kv_heads = values.get("num_attention_heads"), values.get("num_key_value_heads")
-    if heads is not None and kv_heads is not None and heads % kv_heads:
-        raise ConfigError(
-            f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
-        )
-    hidden = values.get("hidden_size")
+        raise ConfigError(f"architectures is {archs!r}, not a list of names", "architectures")
+    _check_heads(
+        values.get("num_attention_heads"),
+        values.get("num_key_value_heads"),
+        values.get("hidden_size"),
+        values.get("head_dim"),
+    )
+
+
+# --- physical sense: every numeric field that shapes the forward --------------------------
+
+#: the longest context accepted (``max_position_embeddings``' limit): no rope scaling may
+#: stretch an original context past it, and no count of rotations within one exceeds it
+MAX_CONTEXT = INT_LIMITS["max_position_embeddings"][1]
+#: GGUF holds rope_theta, rms_norm_eps and the scaling factor as float32: a value float32
+#: cannot hold (or rounds to 0) would not be the same model in every format
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+#: YaRN's temperature knobs: transformers' rule gives 1 + 0.1 ln(factor) (at most 3.1 for
+#: a factor accepted here); published configs state mscale 0.707 to 1
+TEMPERATURE_MAX = 16.0
+#: rope_scaling keys each rope type must state (transformers' required keys)
+ROPE_REQUIRED = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+#: yarn's betas when a config leaves them out (also what 0 reads as: ``or 32``)
+YARN_BETAS = {"beta_fast": 32.0, "beta_slow": 1.0}
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _show(number: float) -> str:
+    """A bound in words: ``8388608``, ``1e-05``, ``3.4028234663852886e+38``."""
+    number = float(number)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e16 else repr(number)
+
+
+def _real(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    low_open: bool = False,
+    high_open: bool = False,
+    why: str = "",
+) -> float:
+    """``value`` as a float when it is a finite number in the interval, else
+    ``ConfigValueError`` naming the field, the value and the interval."""
+    number = _finite(value)
     if (
-        values.get("head_dim") is None
-        and heads is not None
-        and hidden is not None
-        and hidden % heads
+        number is None
+        or (number <= low if low_open else number < low)
+        or (number >= high if high_open else number > high)
     ):
-        raise ConfigError(
-            f"hidden_size {hidden} is not a multiple of num_attention_heads {heads} "
-            "and there is no head_dim"
+        interval = (
+            f"{'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
         )
+        raise ConfigValueError(name, value, f"must be a finite number in {interval}{why}")
+    return number
+
+
+def _whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigValueError(name, value, f"must be an integer in [{low}, {high}]{why}")
+    return value
+
+
+def check_physical(
+    cfg: ModelConfig, partial_rotary_factor: Any = None, rope_dimension_count: Any = None
+) -> None:
+    """Every numeric field that shapes the forward is finite, positive where physics says
+    so, and consistent with the others; else ``ConfigValueError`` naming the first field
+    that is not, with its value and the rule. ``ModelConfig`` runs it on construction, so
+    every format's config (HF config.json, GGUF keys, APR metadata) and every config made
+    in code passes here; the readers turn it into their typed error."""
+    for name in INT_LIMITS:
+        optional = name in ("head_dim", "bos_token_id", "eos_token_id", "sliding_window")
+        _check_int(name, getattr(cfg, name), optional)
+    _check_heads(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, cfg.head_dim)
+    head = cfg.attention_head_dim
+    if head % 2:
+        raise ConfigValueError("head_dim", head, "must be even (RoPE turns pairs of dimensions)")
+    _real("rope_theta", cfg.rope_theta, 1, FLOAT32_MAX, low_open=True)
+    _real("rms_norm_eps", cfg.rms_norm_eps, FLOAT32_TINY, 1, high_open=True)
+    if partial_rotary_factor is not None:
+        share = _real("partial_rotary_factor", partial_rotary_factor, 0, 1, low_open=True)
+        turned = head * share
+        if not turned.is_integer() or turned % 2:
+            raise ConfigValueError(
+                "partial_rotary_factor",
+                partial_rotary_factor,
+                f"must turn an even whole number of head_dim {head}'s dimensions "
+                f"(it turns {turned:g})",
+            )
+        if turned != head:
+            raise ConfigValueError(
+                "partial_rotary_factor",
+                partial_rotary_factor,
+                f"partial rotary ({turned:g} of head_dim {head}) is not implemented: "
+                "the forward rotates whole heads",
+            )
+    if rope_dimension_count is not None:
+        if (
+            isinstance(rope_dimension_count, bool)
+            or not isinstance(rope_dimension_count, int)
+            or not 2 <= rope_dimension_count <= head
+            or rope_dimension_count % 2
+        ):
+            raise ConfigValueError(
+                "rope_dimension_count",
+                rope_dimension_count,
+                f"must be an even integer in [2, {head}] (head_dim {head})",
+            )
+        if rope_dimension_count != head:
+            raise ConfigValueError(
+                "rope_dimension_count",
+                rope_dimension_count,
+                f"partial rotary ({rope_dimension_count} of head_dim {head}) is not "
+                "implemented: the forward rotates whole heads",
+            )
+    if cfg.rope_scaling is not None:
+        _check_rope_scaling(cfg, cfg.rope_scaling, head)
+
+
+def _check_rope_scaling(cfg: ModelConfig, scaling: Any, head: int) -> None:
+    """Rope scaling: the factors, original context, betas and temperature knobs."""
+    if not isinstance(scaling, dict):
+        raise ConfigValueError("rope_scaling", scaling, "must be an object")
+    kind = scaling.get("rope_type")
+    if not isinstance(kind, str):
+        raise ConfigValueError(
+            "rope_scaling.rope_type", kind, "must be a name (linear, dynamic, yarn, llama3, ...)"
+        )
+    for key in ROPE_REQUIRED.get(kind, ()):
+        if scaling.get(key) is None:
+            raise ConfigValueError(f"rope_scaling.{key}", None, f"must be stated for {kind}")
+    original = scaling.get("original_max_position_embeddings")
+    factor = scaling.get("factor")
+    if original is not None and factor is None:  # the factor will be derived from it
+        _whole("rope_scaling.original_max_position_embeddings", original, 1, MAX_CONTEXT)
+    if factor is None and kind == "yarn":  # transformers derives it from the two contexts
+        factor = yarn_factor(scaling, cfg.max_position_embeddings)
+    # the factor is named first (a bad original context only loosens its bound)
+    context, said = cfg.max_position_embeddings, "max_position_embeddings"
+    if (
+        not isinstance(original, bool)
+        and isinstance(original, int)
+        and 1 <= original <= MAX_CONTEXT
+    ):
+        context, said = original, "original context"
+    if factor is not None:
+        _real(
+            "rope_scaling.factor",
+            factor,
+            1,
+            MAX_CONTEXT / context,
+            why=f" (factor x {said} {context} <= {MAX_CONTEXT} positions)",
+        )
+    if original is not None:
+        _whole("rope_scaling.original_max_position_embeddings", original, 1, MAX_CONTEXT)
+    bands = {}
+    for key in ("low_freq_factor", "high_freq_factor"):
+        if scaling.get(key) is not None:
+            bands[key] = _real(
+                f"rope_scaling.{key}",
+                scaling[key],
+                0,
+                context,
+                low_open=True,
+                why=f" (a wavelength of {said} {context} / it >= 1 position)",
+            )
+    if len(bands) == 2 and bands["high_freq_factor"] <= bands["low_freq_factor"]:
+        raise ConfigValueError(
+            "rope_scaling.high_freq_factor",
+            scaling["high_freq_factor"],
+            f"must be > low_freq_factor {scaling['low_freq_factor']!r}",
+        )
+    betas = {}
+    for key in ("beta_fast", "beta_slow"):
+        if scaling.get(key) is not None:
+            betas[key] = _real(
+                f"rope_scaling.{key}",
+                scaling[key],
+                0,
+                MAX_CONTEXT,
+                low_open=True,
+                why=" (rotations over the original context)",
+            )
+    if kind == "yarn":
+        fast, slow = ({**YARN_BETAS, **betas}[k] for k in ("beta_fast", "beta_slow"))
+        if fast < slow:
+            key = "beta_slow" if "beta_slow" in betas else "beta_fast"
+            raise ConfigValueError(
+                f"rope_scaling.{key}",
+                scaling[key],
+                f"must keep beta_fast {fast:g} >= beta_slow {slow:g}",
+            )
+    if kind == "dynamic" and head <= 2:  # its base grows as ** (dim / (dim - 2))
+        raise ConfigValueError("head_dim", head, "must be > 2 for dynamic scaling")
+    if scaling.get("attention_factor") is not None:
+        _real(
+            "rope_scaling.attention_factor",
+            scaling["attention_factor"],
+            0,
+            TEMPERATURE_MAX,
+            low_open=True,
+        )
+    for key in ("mscale", "mscale_all_dim"):  # 0 reads as unset, as transformers reads it
+        if scaling.get(key) is not None:
+            _real(f"rope_scaling.{key}", scaling[key], 0, TEMPERATURE_MAX)
+    for key in ("short_factor", "long_factor"):  # longrope's per-frequency lists
+        values = scaling.get(key)
+        if values is not None and (
+            not isinstance(values, list) or not all(_finite(v) and v > 0 for v in values)
+        ):
+            raise ConfigValueError(
+                f"rope_scaling.{key}", values, "must be a list of finite numbers > 0"
+            )
+    truncate = scaling.get("truncate")
+    if truncate is not None and not isinstance(truncate, bool):
+        raise ConfigValueError("rope_scaling.truncate", truncate, "must be true or false")
 
 
 def _first_eos(value: Any) -> int | None:
@@ -269,6 +525,10 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         torch_dtype=config.get("torch_dtype", config.get("dtype")),
         bos_token_id=config.get("bos_token_id"),
         eos_token_id=_first_eos(config.get("eos_token_id")),
+        # transformers 5 keeps it in rope_parameters; transformers 4 at the top level
+        partial_rotary_factor=config.get(
+            "partial_rotary_factor", rope.get("partial_rotary_factor")
+        ),
         **hf_extras(config, arch),
     )
 
@@ -342,6 +602,7 @@ def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
     values.setdefault("max_position_embeddings", 2048)
     values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
     values.update(extras_from_gguf_kv(kv, arch))
+    values["rope_dimension_count"] = kv.get(f"{arch}.rope.dimension_count")
     try:
         return ModelConfig(**values)
     except TypeError as exc:
@@ -381,6 +642,14 @@ def normalise_rope_scaling(raw: dict[str, Any] | None) -> dict[str, Any] | None:
 _ORIGINAL_CONTEXT_TYPES = ("llama3", "yarn", "longrope")
 
 
+def _integral(value: Any) -> Any:
+    """A whole float (``4096.0``) as the integer it is; anything else as it is, for
+    ``check_physical`` to name (``int()`` would truncate 4096.5 and fail on NaN)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
     """The ``ModelConfig`` fields beyond the shapes, from an HF config (either style).
 
@@ -402,7 +671,7 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
         "hidden_act": str(config.get("hidden_act", "silu")),
         "attention_bias": None if bias is None or arch == "qwen2" else bool(bias),
         "mlp_bias": False if arch == "qwen2" else bool(config.get("mlp_bias", False)),
-        "sliding_window": int(window) if window is not None and in_use else None,
+        "sliding_window": _integral(window) if window is not None and in_use else None,
         "rope_scaling": scaling,
     }
 
@@ -534,23 +803,54 @@ def extras_from_gguf_kv(kv: dict[str, Any], arch: str) -> dict[str, Any]:
     if "aprlib.attention_bias" in kv:
         out["attention_bias"] = bool(kv["aprlib.attention_bias"])
     if f"{arch}.attention.sliding_window" in kv:
-        out["sliding_window"] = int(kv[f"{arch}.attention.sliding_window"])
+        out["sliding_window"] = _integral(kv[f"{arch}.attention.sliding_window"])
     if "aprlib.rope_scaling" in kv:
         try:
             out["rope_scaling"] = normalise_rope_scaling(json.loads(kv["aprlib.rope_scaling"]))
         except (TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"aprlib.rope_scaling is not a JSON object: {exc}") from None
+            raise ConfigError(
+                f"aprlib.rope_scaling is not a JSON object: {exc}", "rope_scaling"
+            ) from None
     elif kv.get(f"{arch}.rope.scaling.type", "none") != "none":
+        factor = kv.get(f"{arch}.rope.scaling.factor", 1.0)
+        if isinstance(factor, float):  # GGUF holds float32: restore the short decimal
+            factor = float(str(np.float32(factor)))
         scaling: dict[str, Any] = {
             "rope_type": str(kv[f"{arch}.rope.scaling.type"]),
-            "factor": float(str(np.float32(kv.get(f"{arch}.rope.scaling.factor", 1.0)))),
+            "factor": factor,
         }
         if f"{arch}.rope.scaling.original_context_length" in kv:
-            scaling["original_max_position_embeddings"] = int(
+            scaling["original_max_position_embeddings"] = _integral(
                 kv[f"{arch}.rope.scaling.original_context_length"]
             )
         out["rope_scaling"] = scaling
     return out
+
+
+def gguf_key(field: str | None, kv: dict[str, Any]) -> str | None:
+    """The GGUF key a config field was read from (None where no key of ``kv`` holds it),
+    so that a GGUF reader's error names the key the file holds."""
+    arch = kv.get("general.architecture")
+    if field is None or not isinstance(arch, str):
+        return None
+    keys = {ours: key.format(arch=arch) for ours, _, key in FIELDS if key is not None}
+    keys["sliding_window"] = f"{arch}.attention.sliding_window"
+    keys["rope_dimension_count"] = f"{arch}.rope.dimension_count"
+    if field.startswith("rope_scaling") and "aprlib.rope_scaling" in kv:
+        return "aprlib.rope_scaling"
+    keys["rope_scaling.factor"] = f"{arch}.rope.scaling.factor"
+    keys["rope_scaling.original_max_position_embeddings"] = (
+        f"{arch}.rope.scaling.original_context_length"
+    )
+    if field.startswith("rope_scaling"):
+        return keys.get(field) if keys.get(field) in kv else f"{arch}.rope.scaling.type"
+    return keys[field] if keys.get(field) in kv else None
+
+
+def gguf_config_error(exc: ConfigError, kv: dict[str, Any]) -> tuple[str, str | None]:
+    """(the one line, the GGUF key it names as its field) for a config error in a GGUF's
+    metadata; the line keeps the config's own name for the field (``rope_theta is inf``)."""
+    return str(exc), gguf_key(exc.field, kv) or exc.field
 
 
 # --- presets: the published configs, read through from_hf ---------------------------------

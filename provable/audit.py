@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.binding import check_bindings, load_binding_file
+from provable.binding import DEFAULT_TIMEOUT_S, check_bindings, load_binding_file
 from provable.bound import BoundTests, collect_bound_tests
 from provable.chain import Chain, build_chain
 from provable.evidence import read_evidence
@@ -81,9 +81,11 @@ def audit(
     test_paths: Sequence[str] = (),
     binding: Path | None = None,
     root: Path | None = None,
+    binding_timeout: float = DEFAULT_TIMEOUT_S,
 ) -> AuditReport:
     """Raises ``UsageError`` for an argument naming nothing, ``CollectionFailed`` when pytest
-    cannot collect at all."""
+    cannot collect at all. The bound modules of ``binding`` are imported in a child process,
+    never here (``binding_timeout``: seconds one import may take)."""
     contracts, validation = load_contracts(arguments)
     report = AuditReport(findings=list(validation.findings), contracts=contracts)
     report.files = validation.files
@@ -111,7 +113,9 @@ def audit(
         report.findings.extend(_evidence_findings(report, contracts))
     if binding is not None:
         report.findings.extend(
-            check_bindings(load_binding_file(binding), {c.id: c for c in contracts})
+            check_bindings(
+                load_binding_file(binding), {c.id: c for c in contracts}, binding_timeout
+            )
         )
     report.findings.sort(key=lambda f: (f.path, f.line, f.rule))
     return report

@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "status",
         help="table of contracts and their falsifiers' statuses",
-        description="Show each contract's version and status and its falsifiers by status.",
+        description="Show each contract's version and status and its falsifiers by status. "
+        "A contract pv validate refuses is a row saying why (and its findings on stderr). "
+        "Exit 0; 1 when a contract is refused or a folder holds none; 2 on usage errors.",
     )
     s.add_argument(
         "paths", nargs="*", metavar="PATH", help="contract files, folders or globs (contracts/)"
@@ -145,6 +147,9 @@ def _status(args: argparse.Namespace) -> int:
     except UsageError as exc:
         return _usage(str(exc))
     rows = [problem_row(p.path, p.message) for p in found.problems] + collect(found.files)
+    for row in rows:  # a contract pv validate refuses: its row says error; here, why
+        for finding in row.findings:
+            print(finding.render(), file=sys.stderr)
     fmt = "json" if args.json else args.format
     if fmt == "json":
         print(render_json(rows))

@@ -2,8 +2,10 @@
 diff, equations. ``provable.cli`` only registers them (``add_parsers``/``COMMANDS``), so this
 file and that one change independently.
 
-Exit codes: 0 nothing wrong; 1 findings (errors, an unbumped version, a cycle...);
-2 usage (a path naming nothing, a file that is not a contract).
+Exit codes, as for every ``pv`` command: 0 nothing wrong; 1 findings (errors, an unbumped
+version, a cycle...), a contract ``pv validate`` refuses among them (each command reads
+contracts through ``provable.loading.read_checked`` and prints validate's lines); 2 usage
+(a name naming nothing, a folder or a binding registry where a contract file is wanted).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "@pytest.mark.falsifies and failing 'not yet written' until you write it. Re-running "
         "adds tests only for falsifiers no test binds yet; written tests are never touched. "
         "CONTRACT is a file, or a contract id looked up in the project's contracts/ folder. "
-        "Exit 0, 1 when the existing module cannot be read, 2 when CONTRACT names no "
-        "readable contract.",
+        "Exit 0; 1 when pv validate refuses the contract, its id cannot name a file, the "
+        "module would resolve outside --out or the existing module cannot be read; 2 when "
+        "CONTRACT names nothing.",
     )
     p.add_argument("contract", metavar="CONTRACT", help="contract file or contract id")
     p.add_argument(
@@ -53,6 +56,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     a.add_argument("paths", nargs="*", metavar="PATH", help="contracts (contracts/)")
     a.add_argument("--binding", type=Path, metavar="FILE", help="binding registry to check")
     a.add_argument(
+        "--binding-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds one bound module may take to import, or one function to resolve (the "
+        "binding file's modules are imported in a child process, never in pv's own)",
+    )
+    a.add_argument(
         "--tests",
         action="append",
         default=[],
@@ -67,8 +78,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "coverage",
         help="obligations covered, falsifiers bound and discharged, per contract",
         description="Per contract and in total: obligations covered by falsifiers, "
-        "falsifiers bound to tests (collected, not run), falsifiers DISCHARGED. Exit 0, or 2 "
-        "on usage errors or when pytest cannot collect.",
+        "falsifiers bound to tests (collected, not run), falsifiers DISCHARGED. Exit 0; 1 "
+        "when pv validate refuses a contract (left out of the table); 2 on usage errors or "
+        "when pytest cannot collect.",
     )
     c.add_argument("paths", nargs="*", metavar="PATH", help="contracts (contracts/)")
     c.add_argument("--tests", action="append", default=[], metavar="PATH", help="test paths")
@@ -79,7 +91,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="the depends_on DAG in topological order, cycles, refuted dependencies",
         description="Contracts in dependency order; cycles with their members; a contract "
         "whose dependency is FALSIFIED flagged (an error when it claims DISCHARGED). Exit 0, "
-        "1 on a cycle, a missing dependency or DISCHARGED over FALSIFIED, 2 on usage errors.",
+        "1 on a cycle, a missing dependency, DISCHARGED over FALSIFIED or a contract pv "
+        "validate refuses (left out of the graph), 2 on usage errors.",
     )
     g.add_argument("paths", nargs="*", metavar="PATH", help="contracts (contracts/)")
     g.add_argument(
@@ -93,7 +106,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Falsifiers, equations, obligations, invariants, tolerances and hosts "
         "added, removed, reworded, loosened or tightened. Removing or loosening a claim is "
         "major, adding or tightening one minor, rewording patch. Exit 0 when metadata.version "
-        "was bumped enough, 1 when not, 2 on usage errors.",
+        "was bumped enough, 1 when not or when pv validate refuses either file, 2 on usage "
+        "errors.",
     )
     d.add_argument("old", metavar="OLD", help="the earlier contract file")
     d.add_argument("new", metavar="NEW", help="the later contract file")
@@ -102,29 +116,33 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     e = sub.add_parser(
         "equations",
         help="a contract's equations as text or LaTeX",
-        description="Print the equations (formula, domain, codomain, invariants). Exit 0, 2 "
-        "on usage errors.",
+        description="Print the equations (formula, domain, codomain, invariants). Exit 0, 1 "
+        "when pv validate refuses the contract, 2 on usage errors.",
     )
     e.add_argument("contract", metavar="CONTRACT", help="contract file")
     e.add_argument("--format", choices=("text", "latex", "json"), default="text", help="output")
     e.add_argument("--json", action="store_true", help="same as --format json")
 
 
-def _one_contract(path: str) -> tuple[Contract | None, str]:
-    """A contract named on the command line, or a one-line reason (usage error)."""
-    from provable.model import load_contract
-    from provable.yamlsource import YamlSourceError
+def _one_contract(argument: str) -> Contract | int:
+    """The contract a command line names, read as ``pv validate`` reads it; else the exit
+    code, once the reason is printed: 2 (usage) for a name naming nothing, a folder or a
+    binding registry; 1 when validate refuses the file (each refusal on its own line)."""
+    from provable.loading import read_checked
 
-    try:
-        return load_contract(Path(path)), ""
-    except FileNotFoundError:
-        return None, f"{path}: no such file"
-    except IsADirectoryError:
-        return None, f"{path}: is a folder, not a contract file"
-    except YamlSourceError as exc:
-        return None, f"{path}:{exc.line}: {exc.message}"
-    except (OSError, ValueError) as exc:
-        return None, f"{path}: {exc}"
+    path = Path(argument)
+    if not path.exists() and not path.is_symlink():
+        return _usage(f"{argument}: no such file")
+    if path.is_dir():
+        return _usage(f"{argument}: is a folder, not a contract file")
+    result = read_checked(path)
+    if result.registry:
+        return _usage(f"{argument}: a binding registry, not a contract")
+    if result.usable is None:
+        for finding in result.refusals:
+            print(finding.render(), file=sys.stderr)
+        return EXIT_FINDINGS
+    return result.usable
 
 
 _CONTRACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
@@ -142,7 +160,7 @@ def _contract_by_id(argument: str) -> tuple[Path | None, str]:
     ``metadata.id`` it is; or a one-line reason naming both tries."""
     from provable.discovery import discover_all
     from provable.findings import display_path
-    from provable.model import Contract, read_contract
+    from provable.loading import read_checked
     from provable.paths import project_root
 
     # as for a file in ./contracts/: the nearest folder with a project marker, else here
@@ -154,11 +172,10 @@ def _contract_by_id(argument: str) -> tuple[Path | None, str]:
     matches = []
     if folder.is_dir():
         for path in discover_all([str(folder)]).files:
-            try:
-                contract = read_contract(path)
-            except Exception:  # an unreadable contract is no match; validate reports it
-                continue
-            if isinstance(contract, Contract) and contract.id == argument:
+            # what could be read of a refused contract still names it: it is then refused
+            # with validate's lines, not called missing; an unreadable one is no match
+            contract = read_checked(path).contract
+            if contract is not None and contract.id == argument:
                 matches.append(path)
     if len(matches) == 1:
         return matches[0], ""
@@ -173,7 +190,7 @@ def _scaffold(args: argparse.Namespace) -> int:
 
     from provable.findings import display_path
     from provable.paths import project_root
-    from provable.skeleton import scaffold
+    from provable.skeleton import ScaffoldRefused, scaffold, unsafe_id
 
     path, out = Path(args.contract), args.out
     if not path.is_file() and _looks_like_id(args.contract):
@@ -185,15 +202,17 @@ def _scaffold(args: argparse.Namespace) -> int:
         elif not path.exists() and not path.is_symlink():
             return _usage(problem)  # else the folder, the dangling link, says what it is
     args.out = Path("falsifiers") if out is None else out
-    contract, problem = _one_contract(str(path))
-    if contract is None:
-        return _usage(problem)
+    contract = _one_contract(str(path))
+    if isinstance(contract, int):
+        return contract
+    unsafe = unsafe_id(contract)
+    if unsafe is not None:
+        print(unsafe.render(), file=sys.stderr)
+        return EXIT_FINDINGS
     try:
         result = scaffold(contract, args.out)
-    except (SyntaxError, UnicodeDecodeError) as exc:
-        print(
-            f"pv: {args.out}: existing module does not parse ({exc}); not touched", file=sys.stderr
-        )
+    except ScaffoldRefused as exc:
+        print(exc.finding.render(), file=sys.stderr)
         return EXIT_FINDINGS
     except OSError as exc:
         print(f"pv: cannot write in {args.out}: {exc}", file=sys.stderr)
@@ -215,6 +234,11 @@ def _scaffold(args: argparse.Namespace) -> int:
         added = ", ".join(result.added)
         shown = display_path(result.path)
         print(f"{verb} {shown}: {len(result.added)} failing test(s) for {added}")
+    elif not contract.falsifiers:
+        print(
+            f"{contract.shown_path}: declares no falsifiers (falsification_tests is empty or "
+            "absent); nothing written"
+        )
     else:
         print(f"{display_path(result.path)}: every falsifier already has a test; nothing written")
     return EXIT_OK
@@ -227,8 +251,15 @@ def _audit(args: argparse.Namespace) -> int:
 
     if args.binding is not None and not args.binding.is_file():
         return _usage(f"{args.binding}: no such binding file")
+    if not args.binding_timeout > 0:
+        return _usage("--binding-timeout must be a positive number of seconds")
     try:
-        report = audit(args.paths or ["contracts"], args.tests, args.binding)
+        report = audit(
+            args.paths or ["contracts"],
+            args.tests,
+            args.binding,
+            binding_timeout=args.binding_timeout,
+        )
     except (UsageError, CollectionFailed) as exc:
         return _usage(str(exc))
     if args.strict:
@@ -240,37 +271,39 @@ def _audit(args: argparse.Namespace) -> int:
 def _coverage(args: argparse.Namespace) -> int:
     from provable.bound import CollectionFailed, collect_bound_tests
     from provable.coverage import coverage_rows, print_table, render_json
-    from provable.loading import load_contracts, unreadable
+    from provable.loading import read_arguments, refusals, usable
     from provable.paths import project_root
     from provable.validate import UsageError
 
     try:
-        contracts, report = load_contracts(args.paths or ["contracts"])
+        results, problems = read_arguments(args.paths or ["contracts"])
+        contracts = usable(results)
         bound = (
             collect_bound_tests(project_root(contracts[0].path), args.tests) if contracts else None
         )
     except (UsageError, CollectionFailed) as exc:
         return _usage(str(exc))
-    for f in unreadable(report):
+    refused = [*problems, *refusals(results)]
+    for f in refused:
         print(f.render(), file=sys.stderr)
     rows = coverage_rows(contracts, bound)
     if args.json:
         print(render_json(rows))
     else:
         print_table(rows)
-    return EXIT_OK
+    return EXIT_FINDINGS if refused else EXIT_OK
 
 
 def _graph(args: argparse.Namespace) -> int:
     from provable import graph as g
-    from provable.loading import load_contracts, unreadable
+    from provable.loading import read_arguments, refusals, usable
     from provable.validate import UsageError
 
     try:
-        contracts, report = load_contracts(args.paths or ["contracts"])
+        results, problems = read_arguments(args.paths or ["contracts"])
     except UsageError as exc:
         return _usage(str(exc))
-    graph = g.build_graph(contracts)
+    graph = g.build_graph(usable(results), refused=[*problems, *refusals(results)])
     fmt = "json" if args.json else args.format
     render: dict[str, Callable[[g.Graph], str]] = {
         "text": g.render_text,
@@ -279,7 +312,7 @@ def _graph(args: argparse.Namespace) -> int:
         "json": g.render_json,
     }
     print(render[fmt](graph))
-    findings = [*unreadable(report), *graph.findings()]
+    findings = graph.findings()
     if fmt != "json":
         for f in findings:
             print(f.render(), file=sys.stderr if fmt != "text" else sys.stdout)
@@ -289,12 +322,9 @@ def _graph(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from provable.contract_diff import diff_contracts
 
-    old, problem = _one_contract(args.old)
-    if old is None:
-        return _usage(problem)
-    new, problem = _one_contract(args.new)
-    if new is None:
-        return _usage(problem)
+    old, new = _one_contract(args.old), _one_contract(args.new)  # both say what is wrong
+    if isinstance(old, int) or isinstance(new, int):
+        return max(code for code in (old, new) if isinstance(code, int))
     result = diff_contracts(old, new)
     print(result.render_json() if args.json else result.render_text())
     return EXIT_OK if result.enough else EXIT_FINDINGS
@@ -303,9 +333,9 @@ def _diff(args: argparse.Namespace) -> int:
 def _equations(args: argparse.Namespace) -> int:
     from provable import equations as eq
 
-    contract, problem = _one_contract(args.contract)
-    if contract is None:
-        return _usage(problem)
+    contract = _one_contract(args.contract)
+    if isinstance(contract, int):
+        return contract
     found = eq.equations_of(contract)
     fmt = "json" if args.json else args.format
     render = {"text": eq.render_text, "latex": eq.render_latex, "json": eq.render_json}[fmt]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from provable.findings import ERROR, WARNING, Finding, printable
@@ -33,9 +34,11 @@ class Graph:
     cycles: list[list[str]]
     missing: dict[str, list[str]]  # contract → dependencies that name no contract
     falsified_roots: dict[str, list[str]] = field(default_factory=dict)  # contract → refuted deps
+    #: files left out of the graph: ``pv validate`` refuses them (``provable.loading``)
+    refused: list[Finding] = field(default_factory=list)
 
     def findings(self) -> list[Finding]:
-        out: list[Finding] = []
+        out: list[Finding] = list(self.refused)
         for cycle in self.cycles:
             first = self.nodes[cycle[0]]
             out.append(
@@ -75,7 +78,8 @@ class Graph:
         return out
 
 
-def build_graph(contracts: list[Contract]) -> Graph:
+def build_graph(contracts: list[Contract], refused: Sequence[Finding] = ()) -> Graph:
+    """The graph of ``contracts``; ``refused`` are the findings of files left out of it."""
     nodes = {
         c.id: Node(
             id=c.id,
@@ -92,7 +96,7 @@ def build_graph(contracts: list[Contract]) -> Graph:
         for cid, n in nodes.items()
         if any(d not in nodes for d in n.depends_on)
     }
-    graph = Graph(nodes, _topological(edges), find_cycles(edges), missing)
+    graph = Graph(nodes, _topological(edges), find_cycles(edges), missing, refused=list(refused))
     for cid in nodes:
         refuted = [d for d in _reachable(cid, edges) if nodes[d].status == "FALSIFIED"]
         if refuted:

@@ -185,7 +185,8 @@ class BindingRegistryFile:
 
 
 def read_contract(path: Path) -> Contract | BindingRegistryFile:
-    """The one way a contract file is read (validate, status, registry, plugin).
+    """The one way a contract file is parsed (validate, registry, plugin). The ``pv``
+    commands read through ``provable.loading.read_checked``: this and validate's checks.
 
     Raises ``YamlSourceError`` (unreadable, hostile or not YAML) or ``NotAMapping``.
     """

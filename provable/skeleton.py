@@ -7,6 +7,11 @@ plugin keeps the falsifier PROPOSED. A scaffold must never pass, or an empty tes
 discharge a claim; nor may it refute one, for it observed nothing.
 Re-running appends tests for falsifiers that no test in the file binds yet and never
 touches what is there.
+
+Contracts are untrusted input: the module's name is built from the contract id (``pv
+scaffold`` takes only an id of the safe shape, ``unsafe_id``), it must resolve below the
+output folder (a symlink there is refused, not followed), and contract text is escaped so
+that it stays text in a module that always compiles.
 """
 
 from __future__ import annotations
@@ -17,13 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provable.atomic import write_atomic
+from provable.findings import ERROR, Finding, display_path
 from provable.model import Contract, Falsifier
+from provable.paths import inside, is_safe_name
 
 NOT_YET_WRITTEN = "not yet written"
 #: the first line of a placeholder body. Imported there, not in the module's header: a test
 #: appended to a module written before (or by hand) needs no header, and once every test is
 #: written no unused import is left behind.
 PLACEHOLDER_IMPORT = "from provable.outcomes import not_yet_written"
+
+
+class ScaffoldRefused(Exception):
+    """Nothing was written; ``finding`` says why, as ``pv validate`` prints a finding."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.render())
+        self.finding = finding
 
 
 @dataclass
@@ -37,6 +52,44 @@ class ScaffoldResult:
 def module_path(contract: Contract, out: Path) -> Path:
     """``falsifiers/test_<contract id, '-' and '.' as '_'>.py``, the layout of DESIGN §2."""
     return Path(out) / f"test_{re.sub(r'[^A-Za-z0-9_]', '_', contract.id)}.py"
+
+
+def unsafe_id(contract: Contract) -> Finding | None:
+    """A finding when the contract id is not of the safe shape for a file name
+    (``provable.paths.is_safe_name``): ``pv scaffold`` builds no path from it."""
+    if is_safe_name(contract.id):
+        return None
+    meta = contract.data.get("metadata")
+    declared = isinstance(meta, dict) and meta.get("id") == contract.id
+    where = "metadata.id" if declared else "the file name; no metadata.id"
+    return Finding(
+        contract.shown_path,
+        contract.line_of("metadata", "id") if declared else 1,
+        ERROR,
+        "contract-id-unsafe",
+        f"contract id {contract.id!r} ({where}) cannot name a test module: letters, digits, "
+        "'.', '_' and '-' only, starting with a letter or digit, no '..'; nothing written",
+    )
+
+
+def _checked_path(contract: Contract, out: Path) -> Path:
+    """``module_path``, refused unless it resolves below ``out`` (a symlink leaving it)."""
+    path = module_path(contract, out)
+    if not inside(path, out):
+        try:
+            target = str(path.resolve())
+        except (OSError, RuntimeError):
+            target = "a link that does not resolve"
+        raise ScaffoldRefused(
+            Finding(
+                str(Path(display_path(path.parent)) / path.name),  # the link, not its target
+                1,
+                ERROR,
+                "output-path",
+                f"resolves to {target}, outside {display_path(Path(out))}; nothing written",
+            )
+        )
+    return path
 
 
 def bound_ids(source: str) -> set[str]:
@@ -69,8 +122,16 @@ def _in_docstring(text: str) -> str:
     A contract may come from anywhere: an id or a description that closed the docstring
     (three double quotes) or held an escape (backslash-N-brace) would become code, or a
     module that does not compile, in the file pytest imports next.
+
+    A character Python source cannot hold as it is (a NUL, a lone surrogate, a carriage
+    return it would read as a newline) is written as its escape: the docstring's value is
+    still the contract's text.
     """
-    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    return "".join(
+        c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
 
 
 def _docstring(f: Falsifier) -> str:
@@ -112,11 +173,16 @@ def _name_for(fid: str, taken: set[str]) -> str:
 
 
 def scaffold(contract: Contract, out: Path) -> ScaffoldResult:
-    """Write or extend the contract's falsifier module; raises ``SyntaxError`` when the
-    existing module does not parse (it is left as it is)."""
-    path = module_path(contract, out)
+    """Write or extend the contract's falsifier module below ``out``.
+
+    Raises ``ScaffoldRefused`` (nothing written) when the module's path resolves outside
+    ``out`` or the existing module does not parse (it is left as it is). A contract without
+    falsifiers gets no module."""
+    path = _checked_path(contract, out)
     created = not path.exists()
-    source = _header(contract) if created else path.read_text(encoding="utf-8")
+    if created and not contract.falsifiers:
+        return ScaffoldResult(path, [], [], False)
+    source = _header(contract) if created else _existing(path)
     present = bound_ids(source)
     taken = _function_names(source)
     missing = [f for f in contract.falsifiers if f.id not in present]
@@ -126,7 +192,46 @@ def scaffold(contract: Contract, out: Path) -> ScaffoldResult:
     if not re.search(r"^import pytest\b", source, re.M):
         additions = "\nimport pytest\n" + additions
     text = source.rstrip("\n") + "\n" + additions
-    ast.parse(text)  # never write a module that would not import
+    try:
+        ast.parse(text)  # never write a module that would not import
+    except (SyntaxError, ValueError) as exc:
+        raise ScaffoldRefused(
+            Finding(
+                contract.shown_path,
+                1,
+                ERROR,
+                "internal",
+                f"the module scaffolded for {contract.id!r} would not compile ({exc}); "
+                "nothing written; please report",
+            )
+        ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text)
     return ScaffoldResult(path, [f.id for f in missing], sorted(present), created)
+
+
+def _existing(path: Path) -> str:
+    """The module already there, refused when it cannot be read as Python."""
+    try:
+        source = path.read_text(encoding="utf-8")
+        ast.parse(source)
+    except (SyntaxError, ValueError) as exc:  # UnicodeDecodeError, a NUL: ValueErrors
+        line = getattr(exc, "lineno", None) or 1
+        raise ScaffoldRefused(
+            Finding(
+                display_path(path),
+                line,
+                ERROR,
+                "module-syntax",
+                f"existing module does not parse ({_reason(exc)}); not touched",
+            )
+        ) from None
+    return source
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, SyntaxError):
+        return exc.msg
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+    return str(exc)

@@ -68,18 +68,7 @@ def validate_paths(
         report.findings.append(Finding(display_path(problem.path), 1, ERROR, "io", problem.message))
     for path in paths:
         report.files += 1
-        try:
-            _validate_one(path, report)
-        except Exception as exc:  # a defect of ours must not hide the other files
-            report.findings.append(
-                Finding(
-                    display_path(path),
-                    1,
-                    ERROR,
-                    "internal",
-                    f"could not check this file ({type(exc).__name__}: {exc}); please report",
-                )
-            )
+        check_file(path, report)
     report.findings.extend(check_together(report.contracts))
     if strict:
         report.findings = [f.strict() for f in report.findings]
@@ -91,6 +80,24 @@ def validate_arguments(arguments: Iterable[str], strict: bool = False) -> Report
     """``pv validate ARGS``: discover, then validate; raises ``UsageError``."""
     found = discover_all(arguments)
     return validate_paths(found.files, strict=strict, problems=found.problems)
+
+
+def check_file(path: Path, report: Report) -> None:
+    """Validate one file into ``report``; never raises: a defect of ours becomes an
+    ``internal`` finding, so one file's failure never hides another's findings. The one
+    per-file reader every command shares (``provable.loading.read_checked``)."""
+    try:
+        _validate_one(Path(path), report)
+    except Exception as exc:
+        report.findings.append(
+            Finding(
+                display_path(path),
+                1,
+                ERROR,
+                "internal",
+                f"could not check this file ({type(exc).__name__}: {exc}); please report",
+            )
+        )
 
 
 def _validate_one(path: Path, report: Report) -> None:

@@ -69,7 +69,7 @@ def test_shape_mismatch_names_every_field():
     cfg = qwen2_0_5b()
     weights = expected_shapes(cfg)
     wrong = dataclasses.replace(
-        cfg, hidden_size=1024, intermediate_size=4096, num_key_value_heads=4, vocab_size=1000
+        cfg, hidden_size=1024, intermediate_size=4096, num_key_value_heads=7, vocab_size=1000
     )
     with pytest.raises(ShapeMismatchError) as err:
         check_weights_match(wrong, weights, "m.apr")
@@ -77,7 +77,7 @@ def test_shape_mismatch_names_every_field():
     for needle in (
         "hidden_size: config 1024, weights 896",
         "intermediate_size: config 4096, weights 4864",
-        "num_key_value_heads: config 4, weights 2",
+        "num_key_value_heads: config 7, weights 2",
         "vocab_size: config 1000, weights 151936",
     ):
         assert needle in text, text

@@ -597,7 +597,9 @@ def open_apr(path: Path, mapped: bool = False) -> Model:
             raise ConfigError(f"tokenizer is a {type(tokenizer).__name__}, not an object")
     except (ConfigError, TypeError) as exc:
         f.close()
-        raise AprFormatError(path, f"metadata config: {exc}", field="metadata.config") from None
+        field = getattr(exc, "field", None)
+        where = f"metadata.config.{field}" if field else "metadata.config"
+        raise AprFormatError(path, f"metadata config: {exc}", field=where) from None
     tensors = {  # a reader of the span checks the CRC32 of what it read (check_crc)
         name: Tensor(
             name,

@@ -25,6 +25,7 @@ from aprlib.config import (
     ConfigError,
     ModelConfig,
     from_gguf_kv,
+    gguf_config_error,
     llama_cpp_rope_gaps,
     to_gguf_kv,
 )
@@ -325,7 +326,8 @@ def _open(path: Path, src: FileSource) -> Model:
     try:
         config = from_gguf_kv(kv, has_output_tensor=any(p.name == "output.weight" for p in placed))
     except ConfigError as exc:
-        raise GgufFormatError(path, str(exc), field="general.architecture") from None
+        text, named = gguf_config_error(exc, kv)
+        raise GgufFormatError(path, text, field=named or "general.architecture") from None
     derived = {p.name: p for p in placed if p.name in DERIVED}
     placed = [p for p in placed if p.name not in DERIVED]
     config, kv["aprlib.rope_freqs"] = _rope_freqs(
@@ -410,9 +412,11 @@ def _rope_freqs(
         field = stated if exc.field == "rope_scaling" else exc.field
         tensor = None if p is None else p.name
         raise GgufFormatError(path, str(exc), tensor=tensor, field=field) from None
-    return dataclasses.replace(
-        config, rope_scaling=scaling
-    ), "llama3 rope_scaling recovered from it"
+    try:
+        recovered = dataclasses.replace(config, rope_scaling=scaling)
+    except ConfigError as exc:  # divisors that say a scaling outside physical sense
+        raise GgufFormatError(path, str(exc), tensor=ROPE_FREQS, field="data") from None
+    return recovered, "llama3 rope_scaling recovered from it"
 
 
 def rope_freqs_tensor(cfg: ModelConfig) -> np.ndarray | None:

@@ -141,7 +141,7 @@ def read_hf_config(folder: Path) -> ModelConfig | None:
     try:
         return from_hf(raw)
     except ConfigError as exc:
-        raise ModelFileError(cfg, f"config.json: {exc}", field="config") from None
+        raise ModelFileError(cfg, f"config.json: {exc}", field=exc.field or "config") from None
 
 
 def shard_paths(folder: Path) -> tuple[list[tuple[str, Path]], dict[str, str] | None]:
