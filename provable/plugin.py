@@ -276,53 +276,55 @@ class ProvablePlugin:
 
     # --- running -----------------------------------------------------------------------
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        """Re-run a refuting failure once, with the same inputs, before it is recorded.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        """Re-run a refuting failure once, from fresh fixtures, before it is recorded.
 
-        Fixtures stay as they are and hypothesis replays its failing example from its
-        database, so the re-run asks the same question. The first failure is what pytest
-        reports either way (a note says what the re-run did): a failure is never hidden.
+        The whole protocol runs again (setup, call, teardown: function-scoped fixtures are
+        made anew, as pytest-rerunfailures does), with the same inputs: parametrised values,
+        seeds, and hypothesis replaying its failing example (derandomised falsifiers draw
+        the same examples). Only the first attempt's reports are logged; the verdict of the
+        pair rides on its call report and a section says what the re-run did, so a failure
+        is never hidden. Tests bound to no falsifier, or with ``rerun=False``, run as usual.
         """
-        try:
-            return (yield)
-        except BaseException as exc:
-            first = exc
-        environment = self._environment(item)
-        first_raised = raised_from(first)
-        if not _rerun_wanted(item) or _is_outcome(first):
-            raise first
-        if classify_failure("call", first_raised, environment) is not TestVerdict.REFUTED:
-            raise first
-        try:
-            item.runtest()
-        except BaseException as again:
-            if isinstance(again, (KeyboardInterrupt, pytest.exit.Exception)):
-                raise
-            again_raised = raised_from(again)
-            second = classify_failure("call", again_raised, environment)
-            verdict = after_rerun(
-                first_raised[0], second, again_raised[0] if again_raised else None
-            )
-            said = (
-                f"{again_raised[0].name}: {_first_line(again_raised[0].message)}"
-                if again_raised
-                else "failed"
-            )
-        else:
-            verdict, said = TestVerdict.FLAKY, "passed"
-        item.stash[_RERUN_KEY] = (verdict, said)
-        if verdict is TestVerdict.REFUTED:
-            _add_note(
-                first, "provable: re-run once with the same inputs: failed again the same way"
-            )
-        else:
-            _add_note(
-                first,
-                f"provable: re-run once with the same inputs: {said} — "
-                f"{verdict.value.replace('_', ' ')}, not a refutation",
-            )
-        raise first
+        if not _rerun_wanted(item):
+            return None
+        from _pytest.runner import runtestprotocol
+
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        first = next((r for r in reports if r.when == "call" and r.failed), None)
+        if first is not None and _verdict_of(first) is TestVerdict.REFUTED:
+            first_raised = item.stash.get(_CALL_RAISED, ())
+            again = runtestprotocol(item, nextitem=nextitem, log=False)
+            second_call = next((r for r in again if r.when == "call"), None)
+            failed = [r for r in again if r.failed]
+            if not failed:
+                verdict, said = TestVerdict.FLAKY, "passed"
+            else:
+                worst_report = (
+                    second_call if second_call is not None and second_call.failed else failed[0]
+                )
+                second = _verdict_of(worst_report) or TestVerdict.NOT_CHECKED
+                again_raised = (
+                    item.stash.get(_CALL_RAISED, ()) if worst_report is second_call else ()
+                )
+                verdict = after_rerun(
+                    first_raised[0] if first_raised else None,
+                    second,
+                    again_raised[0] if again_raised else None,
+                )
+                said = (
+                    f"{again_raised[0].name}: {_first_line(again_raised[0].message)}"
+                    if again_raised
+                    else f"error in {worst_report.when}"
+                )
+            _set_verdict(first, verdict, said)
+        for report in reports:
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
@@ -331,18 +333,15 @@ class ProvablePlugin:
         if not report.failed or item.get_closest_marker("falsifies") is None:
             return report
         raised = raised_from(call.excinfo.value) if call.excinfo is not None else ()
+        if report.when == "call":
+            item.stash[_CALL_RAISED] = raised
         verdict = classify_failure(report.when, raised, self._environment(item))
-        rerun = item.stash.get(_RERUN_KEY, None) if report.when == "call" else None
-        if rerun is not None and verdict is TestVerdict.REFUTED:
-            verdict = rerun[0]
         error = {
             "type": raised[0].name if raised else "?",
             "message": _bounded(raised[0].message if raised else report.longreprtext),
             "when": report.when,
             "frame": _test_frame(call.excinfo, item.config.rootpath),
         }
-        if rerun is not None:
-            error["rerun"] = rerun[1][:MAX_ERROR_CHARS]
         record = {"verdict": verdict.value, "error": error}
         report.user_properties = [*report.user_properties, (VERDICT_PROPERTY, record)]
         return report
@@ -617,7 +616,33 @@ def _apply_report(result: TestResult, report: pytest.TestReport, recorded: Any) 
 
 
 _VERDICT_WORDS = frozenset(v.value for v in TestVerdict)
-_RERUN_KEY = pytest.StashKey[tuple[TestVerdict, str]]()
+_CALL_RAISED = pytest.StashKey[tuple[Raised, ...]]()
+
+
+def _verdict_of(report: Any) -> TestVerdict | None:
+    prop = next((v for k, v in report.user_properties if k == VERDICT_PROPERTY), None)
+    word = prop.get("verdict") if isinstance(prop, dict) else None
+    return TestVerdict(word) if word in _VERDICT_WORDS else None
+
+
+def _set_verdict(report: Any, verdict: TestVerdict, said: str) -> None:
+    """Put the re-run's conclusion on the first attempt's call report (what is logged)."""
+    props = []
+    for key, value in report.user_properties:
+        if key == VERDICT_PROPERTY and isinstance(value, dict):
+            error = dict(value.get("error") or {})
+            error["rerun"] = said[:MAX_ERROR_CHARS]
+            value = {**value, "verdict": verdict.value, "error": error}
+        props.append((key, value))
+    report.user_properties = props
+    if verdict is TestVerdict.REFUTED:
+        text = "re-run once with the same inputs: failed again the same way"
+    else:
+        meaning = verdict.value.replace("_", " ")
+        text = f"re-run once with the same inputs: {said} — {meaning}, not a refutation"
+    report.sections.append(("provable", text))
+
+
 _FALSIFIER_ID = __import__("re").compile(r"FALSIFY-[A-Za-z0-9]+-[0-9]+[A-Za-z0-9_-]*")
 
 
@@ -635,23 +660,9 @@ def raised_from(exc: BaseException) -> tuple[Raised, ...]:
     return (Raised(types, _bounded(str(exc)), errno if isinstance(errno, int) else None),)
 
 
-def _is_outcome(exc: BaseException) -> bool:
-    """pytest's own control flow (skip, xfail, exit) and Ctrl-C: never re-run."""
-    return isinstance(
-        exc,
-        (pytest.skip.Exception, pytest.xfail.Exception, pytest.exit.Exception, KeyboardInterrupt),
-    )
-
-
 def _rerun_wanted(item: pytest.Item) -> bool:
     marks = list(item.iter_markers("falsifies"))
     return bool(marks) and all(m.kwargs.get("rerun", True) for m in marks)
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    add = getattr(exc, "add_note", None)
-    if callable(add):
-        add(note)
 
 
 def _first_line(text: str) -> str:

@@ -33,6 +33,7 @@ KINDS = {
     "013": "collection error",
     "014": "runtime xfail",
     "015": "oracle error declared in the ini",
+    "016": "fails twice, from fresh fixtures",
 }
 
 
@@ -162,6 +163,12 @@ def test_xfail():
     pytest.xfail("known broken")
 
 
+@pytest.mark.falsifies("FALSIFY-MINI-016")
+def test_fails_twice_from_fresh_fixtures(tmp_path):
+    (tmp_path / "made-once").mkdir()  # a reused fixture would fail here the second time
+    assert False, "refuted with a fresh tmp_path"
+
+
 @pytest.mark.falsifies("FALSIFY-MINI-015")
 def test_ini_declared():
     raise LlamaCppDied("llama.cpp died with SIGSEGV (segmentation fault) on model.gguf")
@@ -266,8 +273,18 @@ def test_only_a_reproduced_failure_and_a_declared_xfail_refute(pytester):
     assert (pytester.path / "twice.count").read_text() == "2"  # it was re-run once
     evidence = json.loads((pytester.path / "evidence/mini-v1/FALSIFY-MINI-010.json").read_text())
     failure = evidence["runs"]["cpu"]["failure"]
-    assert "failed again the same way" in failure["message"]
+    assert "refuted every time" in failure["message"]
     assert "falsifying_example" not in failure  # our note is not a hypothesis example
+    result.stdout.fnmatch_lines(["*re-run once with the same inputs: failed again the same way*"])
+
+
+def test_the_re_run_starts_from_fresh_fixtures(pytester):
+    """A re-run on reused fixtures fails some other way (FileExistsError) and would read as
+    flaky: the re-run is a whole new setup, call and teardown."""
+    make_project(pytester, ["016"])
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert statuses(pytester.path) == {"016": "FALSIFIED"}
+    result.stdout.fnmatch_lines(["*re-run once with the same inputs: failed again the same way*"])
 
 
 def test_a_runtime_xfail_alone_still_exits_non_zero(pytester):
