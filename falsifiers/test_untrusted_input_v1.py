@@ -83,6 +83,71 @@ def test_the_plugin_writes_nowhere_else(pytester, tmp_path, evidence):
     evidence.record(**check_plugin_stays_inside(pytester, tmp_path))
 
 
+# --- FALSIFY-UNTRUSTED-002: pv merge follows no symlink, builds no path from an unsafe id ---
+
+SECRET = "SECRET_TOKEN=do-not-publish"
+RUN_CONTRACT = """\
+metadata: {{id: {cid}, version: "1.0.0", status: PARTIAL_ALGORITHM_LEVEL, description: d}}
+falsification_tests:
+  - {{id: FALSIFY-DEMO-001, rule: r, prediction: p, status: PARTIAL}}
+"""
+
+
+def _run(folder: Path, cid: str, file_cid: str = "demo-v1") -> Path:
+    (folder / "contracts").mkdir(parents=True)
+    (folder / "contracts" / f"{file_cid}.yaml").write_text(RUN_CONTRACT.format(cid=cid))
+    evidence = folder / "evidence" / file_cid
+    evidence.mkdir(parents=True)
+    record = {
+        "schema": "provable-evidence/1",
+        "contract": cid,
+        "falsifier": "FALSIFY-DEMO-001",
+        "outcome": "passed",
+        "status": "PARTIAL",
+        "runs": {"cpu": {"tests": [], "observed_at": "2026-12-06T00:00:00+00:00"}},
+        "passed_on": ["cpu"],
+    }
+    (evidence / "FALSIFY-DEMO-001.json").write_text(json.dumps(record))
+    return folder
+
+
+def check_merge_stays_inside(base: Path, merge: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """A run whose history.jsonl and whose evidence JSON are symlinks to files outside it,
+    and a run whose contract id climbs out: the merged output holds no byte of the outside
+    files, and nothing appears outside ``--out``."""
+    from provable.merge import MergeError
+    from provable.merge import merge_runs as real_merge
+
+    merge = merge or real_merge
+    secret = base / "secret.txt"
+    base.mkdir(parents=True, exist_ok=True)
+    secret.write_text(json.dumps({"time": "2026", "falsifier": "FALSIFY-DEMO-001", "x": SECRET}))
+    linked = _run(base / "linked", "demo-v1")
+    (linked / "evidence" / "demo-v1" / "history.jsonl").symlink_to(secret)
+    other = _run(base / "other", "demo-v1")
+    (other / "evidence" / "demo-v1" / "FALSIFY-DEMO-001.json").unlink()
+    (other / "evidence" / "demo-v1" / "FALSIFY-DEMO-001.json").symlink_to(secret)
+    climbing = _run(base / "climb", "../../../escaped_by_cid")
+    refused = 0
+    for n, run in enumerate((linked, other, climbing)):
+        out = base / f"out{n}" / "x" / "y"
+        before = tree(base)
+        try:
+            merge([run], out)
+        except MergeError:
+            refused += 1
+        new = {p for p in tree(base) - before if not p.startswith(f"out{n}/x/y")}
+        assert new <= {f"out{n}", f"out{n}/x"}, f"merge wrote outside --out: {sorted(new)}"
+        published = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+        assert SECRET.encode() not in published, f"a symlinked file was merged: {run.name}"
+    return {"runs": 3, "refused": refused}
+
+
+@pytest.mark.falsifies("FALSIFY-UNTRUSTED-002")
+def test_merge_follows_no_link_and_no_unsafe_id(tmp_path, evidence):
+    evidence.record(**check_merge_stays_inside(tmp_path))
+
+
 # --- FALSIFY-UNTRUSTED-003: status.md can be given no line, column, tag or link ------------
 
 

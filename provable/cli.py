@@ -235,12 +235,21 @@ def _add_dashboard_and_merge(sub: argparse._SubParsersAction) -> None:
         help="merge the contracts + evidence of separate runs (CPU job, GPU job)",
         description="Each RUN is a folder holding a run's contracts/ and evidence/. Passes on "
         "different hosts combine, a failure wins, a host's newer observation replaces its "
-        "older one; conflicts are reported. Same result in any order. Exit 0; 1 when "
-        "conflicts were found (the failure side is kept); 2 on usage errors or unreadable runs.",
+        "older one; conflicts are reported. Same result in any order. Runs are untrusted: no "
+        "symlink is followed, no unsafe id names a path, evidence is read within bounds. Exit "
+        "0; 1 when conflicts were found (the failure side is kept), or with --strict when "
+        "anything was left out; 2 on usage errors, unreadable runs, or a run holding a "
+        "symlink or an unsafe id (nothing is written).",
     )
     m.add_argument("runs", nargs="+", metavar="RUN", help="run folders (contracts/ + evidence/)")
     m.add_argument("--out", required=True, type=Path, help="where to write the merged state")
     m.add_argument("--json", action="store_true", help="the merge report as JSON")
+    m.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when something was left out: evidence that cannot be read, a host kind "
+        "other than cpu/cuda, evidence of a falsifier no contract declares",
+    )
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -268,14 +277,14 @@ def _merge(args: argparse.Namespace) -> int:
     from provable.merge import MergeError, merge_runs, print_report
 
     try:
-        report = merge_runs([Path(r) for r in args.runs], args.out)
+        report = merge_runs([Path(r) for r in args.runs], args.out, strict=args.strict)
     except MergeError as exc:
         return _usage(str(exc))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print_report(report)
-    return EXIT_FINDINGS if report.conflicts else EXIT_OK
+    return report.exit_code()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,13 @@ Writes into one folder: ``status.json`` (for machines), ``status.md`` (a job sum
 and filterable with a little), ``badge.svg`` (discharged/total, coloured by the worst status)
 and ``history.svg`` (the scoreboard over time, from the changelogs and ``history.jsonl``).
 The counts come from the same rows as ``pv status``, so the two can never disagree.
+
+Contracts and evidence are read as untrusted input, with the rules of ``pv merge``: no
+symlink below the evidence folder is followed, nor one from the contracts folder to a file
+outside it; evidence and history are read within bounds and typed. A contract that fails
+validation, or evidence that cannot be read as it is, is a problem line (printed, on every
+page, and ``--check`` fails). Every value from a file is escaped: ``html.escape`` in the
+page and the chart, ``provable.mdescape`` in ``status.md``.
 """
 
 from __future__ import annotations
@@ -19,18 +26,34 @@ from typing import Any
 
 from provable import evidence as ev
 from provable.atomic import write_atomic
-from provable.lastrun import NOT_CHECKED, LastRun, error_summary, is_unchecked
+from provable.findings import ERROR, Finding
+from provable.lastrun import (
+    MAX_BYTES,
+    NOT_CHECKED,
+    LastRun,
+    RefusedPath,
+    RunFileError,
+    error_summary,
+    is_unchecked,
+    load_json,
+    one_line,
+    read_below,
+    read_tail,
+)
+from provable.mdescape import md_code, md_escape
+from provable.merge import check_record
 from provable.model import Contract, read_contract
+from provable.paths import inside, is_safe_name
 from provable.status import (
     ORDER,
     ContractRow,
     collect,
     count_unchecked,
     falsifier_status,
-    md_text,
+    problem_row,
     scoreboard,
 )
-from provable.validate import UsageError, discover
+from provable.validate import UsageError, check_together, discover
 from provable.yamlsource import YamlSourceError
 
 STATUSES = tuple(s.value for s in ORDER)  # DISCHARGED, PARTIAL, PROPOSED, FALSIFIED
@@ -83,6 +106,8 @@ class Dashboard:
     status_json: str = ""
     not_checked: int = 0  # falsifiers whose last run errored: their claims were not tested
     flaky: int = 0  # falsifiers whose last run failed, then passed on its re-run
+    #: a contract that fails validation, evidence that cannot be read as it is (one line each)
+    problems: list[str] = field(default_factory=list)
 
     @property
     def falsified(self) -> bool:
@@ -93,7 +118,8 @@ class Dashboard:
 
     @property
     def errors(self) -> bool:
-        return any(c.row.error for c in self.contracts)
+        """A contract cannot be read or fails validation, or evidence cannot be read."""
+        return bool(self.problems) or any(c.row.error for c in self.contracts)
 
     @property
     def unchecked(self) -> bool:
@@ -113,17 +139,41 @@ def _contract(path: Path) -> Contract | None:
     return contract if isinstance(contract, Contract) else None
 
 
+def _evidence(evidence_dir: Path, cid: str, fid: str, problems: list[str]) -> dict[str, Any] | None:
+    """A falsifier's evidence record as ``pv merge`` reads it: below ``evidence_dir``
+    without following a symlink, bounded, typed; None (and a problem line) otherwise."""
+    if not (is_safe_name(cid) and is_safe_name(fid)):
+        return None  # names no file: validation says so
+    where = Path(evidence_dir, cid, f"{fid}.json")
+    try:
+        raw = read_below(Path(evidence_dir), [cid, f"{fid}.json"], ev.MAX_EVIDENCE_BYTES)
+        if raw is None:
+            return None
+        data = load_json(raw)
+    except RefusedPath as exc:
+        problems.append(f"{exc}; not followed" if exc.link else f"{exc}; not read")
+        return None
+    except RunFileError as exc:
+        problems.append(f"{where}: {exc}; not shown")
+        return None
+    record, findings = check_record(data, cid, fid)
+    problems.extend(f"{where}: {finding}; not shown" for finding in findings)
+    return record
+
+
 def _falsifier_views(
-    contract: Contract, evidence_dir: Path, out: Path, runs_by_id: dict[str, LastRun | None]
+    contract: Contract,
+    evidence_dir: Path,
+    out: Path,
+    runs_by_id: dict[str, LastRun | None],
+    problems: list[str],
 ) -> list[FalsifierView]:
     views = []
     for f in contract.falsifiers:
         last = runs_by_id.get(f.id)
-        record = ev.read_evidence(evidence_dir / contract.id / f"{f.id}.json") or {}
-        runs = record.get("runs")
-        if not isinstance(runs, dict):
-            runs = {}
-        times = [str(s.get("observed_at")) for s in runs.values() if isinstance(s, dict)]
+        record = _evidence(evidence_dir, contract.id, f.id, problems) or {}
+        runs = record.get("runs") or {}  # typed: host kind -> section
+        times = [s["observed_at"] for s in runs.values() if isinstance(s.get("observed_at"), str)]
         link = f.evidence or (
             f"evidence/{contract.id}/{f.id}.json" if record else None
         )  # the path as the contract names it, relative to the project root
@@ -132,7 +182,7 @@ def _falsifier_views(
                 id=f.id,
                 status=falsifier_status(f.status).value,
                 hosts=list(f.hosts),
-                passed_on=[str(h) for h in record.get("passed_on") or []],
+                passed_on=list(record.get("passed_on") or []),
                 last_observed=max(times) if times else None,
                 evidence=link,
                 rule=f.rule,
@@ -148,7 +198,34 @@ def _falsifier_views(
     return views
 
 
-def _history(contracts: list[Contract], evidence_dir: Path) -> list[tuple[str, dict[str, int]]]:
+def _history_lines(evidence_dir: Path, cid: str, problems: list[str]) -> list[dict[str, Any]]:
+    """The readable lines of the end of a contract's ``history.jsonl`` (as ``lastrun``)."""
+    if not is_safe_name(cid):
+        return []
+    try:
+        data, start = read_tail(Path(evidence_dir), [cid, "history.jsonl"], MAX_BYTES)
+    except RefusedPath as exc:
+        problems.append(f"{exc}; not followed" if exc.link else f"{exc}; not read")
+        return []
+    except OSError:
+        return []
+    lines = data.split(b"\n")[1 if start else 0 :]  # a tail begins mid-line
+    items = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            item = load_json(line)
+        except RunFileError:
+            continue
+        if isinstance(item, dict):
+            items.append(item)
+    return items
+
+
+def _history(
+    contracts: list[Contract], evidence_dir: Path, problems: list[str] | None = None
+) -> list[tuple[str, dict[str, int]]]:
     """The scoreboard after each moment something changed, ending with the current state.
 
     Events come from the changelogs (dated entries naming ``FALSIFY-X A -> B``) and from
@@ -163,68 +240,102 @@ def _history(contracts: list[Contract], evidence_dir: Path) -> list[tuple[str, d
                 continue
             for fid, _before, after in _TRANSITION.findall(entry.change):
                 events.append((f"{entry.date}T23:59:59", f"{c.id}:{fid}", after))
-        try:
-            lines = (evidence_dir / c.id / "history.jsonl").read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            lines = ""
-        for line in lines.splitlines():
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(item, dict) and item.get("time") and item.get("after"):
-                qid = f"{c.id}:{item.get('falsifier')}"
-                events.append((str(item["time"]), qid, str(item["after"])))
+        for item in _history_lines(evidence_dir, c.id, [] if problems is None else problems):
+            time, fid, after = item.get("time"), item.get("falsifier"), item.get("after")
+            typed = isinstance(time, str) and isinstance(fid, str) and isinstance(after, str)
+            if typed and time and after:
+                events.append((time, f"{c.id}:{fid}", after))
     state = dict.fromkeys(known, "PROPOSED")
+    counts = {s: sum(v == s for v in state.values()) for s in STATUSES}
     points: list[tuple[str, dict[str, int]]] = []
     for time, qid, after in sorted(events):
         if qid not in state:
             continue  # a falsifier since removed
         if not points:  # where it started: everything proposed
-            points.append((time, {s: sum(v == s for v in state.values()) for s in STATUSES}))
-        state[qid] = falsifier_status(after).value
-        counts = {s: sum(v == s for v in state.values()) for s in STATUSES}
-        if counts == points[-1][1]:
+            points.append((time, dict(counts)))
+        new = falsifier_status(after).value
+        if new == state[qid]:
             continue  # only moments where the scoreboard moved
+        counts[state[qid]] -= 1
+        counts[new] += 1
+        state[qid] = new
         if len(points) > 1 and points[-1][0] == time:
-            points[-1] = (time, counts)  # one run's events share one instant
+            points[-1] = (time, dict(counts))  # one run's events share one instant
         else:
-            points.append((time, counts))
+            points.append((time, dict(counts)))
     return points
 
 
 def gather(
-    contracts_dir: Path, evidence_dir: Path, out: Path
+    contracts_dir: Path, evidence_dir: Path, out: Path, problems: list[str] | None = None
 ) -> tuple[list[ContractView], list[Contract]]:
     views: list[ContractView] = []
     loaded: list[Contract] = []
+    problems = [] if problems is None else problems
     for path in discover([str(contracts_dir)]):
+        if not inside(path, contracts_dir):  # a symlink to a file elsewhere: not followed
+            row = problem_row(path, f"a symbolic link to a file outside {contracts_dir}")
+            views.append(ContractView(row=row))
+            continue
         rows = collect([path], evidence_dir)  # the rows of `pv status`: they never disagree
         if not rows:
             continue  # a binding registry
-        contract = _contract(path)
         view = ContractView(row=rows[0])
+        contract = None if rows[0].error else _contract(path)  # a refused file: its row says why
         if contract is not None:
             loaded.append(contract)
             view.description = contract.description
-            view.falsifiers = _falsifier_views(contract, evidence_dir, out, rows[0].last_runs)
+            view.falsifiers = _falsifier_views(
+                contract, evidence_dir, out, rows[0].last_runs, problems
+            )
         views.append(view)
+    problems[:0] = validation_problems(loaded)
     return views, loaded
 
 
+def validation_problems(contracts: list[Contract]) -> list[str]:
+    """One line per contract that fails ``pv validate``: the file, its first error."""
+    from provable.rules import check_contract
+
+    found: list[Finding] = []
+    for c in contracts:
+        try:
+            found.extend(check_contract(c))
+        except Exception as exc:  # as in validate: one file's defect must not hide the others
+            found.append(Finding(c.shown_path, 1, ERROR, "internal", f"could not check: {exc}"))
+    found.extend(check_together(contracts))
+    errors: dict[str, list[Finding]] = {}
+    for finding in found:
+        if finding.severity == ERROR:
+            errors.setdefault(finding.path, []).append(finding)
+    lines = []
+    for c in contracts:
+        mine = sorted(errors.pop(c.shown_path, []), key=lambda f: (f.line, f.rule))
+        if mine:
+            first, n = mine[0], len(mine)
+            lines.append(
+                f"{first.path}:{first.line}: fails validation ({n} error{'s' if n > 1 else ''}; "
+                f"first: [{first.rule}] {first.message}); see pv validate"
+            )
+    return lines
+
+
 def build_dashboard(contracts_dir: Path, evidence_dir: Path, out: Path) -> Dashboard:
-    """Gather, render and write every file; raises ``UsageError`` for a missing folder."""
+    """Gather, render and write every file; raises ``UsageError`` for a missing folder or
+    one that cannot be written."""
     if not Path(contracts_dir).is_dir():
         raise UsageError(f"{contracts_dir}: no such contracts folder")
-    views, loaded = gather(Path(contracts_dir), Path(evidence_dir), Path(out))
+    problems: list[str] = []
+    views, loaded = gather(Path(contracts_dir), Path(evidence_dir), Path(out), problems)
     rows = [v.row for v in views]
     totals = {s: sum(r.counts.get(s, 0) for r in rows) for s in STATUSES}
-    history = _history(loaded, Path(evidence_dir))
+    history = _history(loaded, Path(evidence_dir), problems)
     current = (ev.now(), dict(totals))
     if not history or history[-1][1] != totals:
         history.append(current)  # e.g. falsifiers added since the last recorded change
     not_checked, flaky = count_unchecked(rows)
     board = Dashboard(views, totals, scoreboard(rows), history, Path(out), "", not_checked, flaky)
+    board.problems = list(dict.fromkeys(problems))
     board.status_json = render_json(board)
     files = {
         "status.json": board.status_json + "\n",
@@ -233,10 +344,15 @@ def build_dashboard(contracts_dir: Path, evidence_dir: Path, out: Path) -> Dashb
         "badge.svg": render_badge(board),
         "history.svg": render_chart(board.history),
     }
-    Path(out).mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        write_atomic(Path(out) / name, text, sync_dir=False)
-        os.chmod(Path(out) / name, 0o644)  # published pages: readable by a web server
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            # a lone surrogate (a JSON \ud800 escape in evidence) stays an escape
+            data = text.encode("utf-8", "backslashreplace")
+            write_atomic(Path(out) / name, data, sync_dir=False)  # replaces a link, never follows
+            os.chmod(Path(out) / name, 0o644)  # published pages: readable by a web server
+    except OSError as exc:
+        raise UsageError(f"{exc.filename or out}: cannot write: {exc.strerror or exc}") from None
     ev.sync_folder(Path(out))
     return board
 
@@ -267,6 +383,7 @@ def render_json(board: Dashboard) -> str:
                 for c in board.contracts
             ],
             "history": [{"time": t, **counts} for t, counts in board.history],
+            "problems": board.problems,
         },
         indent=2,
         ensure_ascii=False,
@@ -274,7 +391,23 @@ def render_json(board: Dashboard) -> str:
 
 
 def _md(text: str | None) -> str:
-    return (text or "-").replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A value from a file in ``status.md`` (``provable.mdescape``); ``-`` for none."""
+    return md_escape(text) if text else "-"
+
+
+def _word(status: str) -> str:
+    """A status word of ours as it is (``PARTIAL_ALGORITHM_LEVEL``), anything else escaped."""
+    return status if status in COLOURS else _md(status)
+
+
+#: a link status.md may write as it is; any other goes in ``<...>``, escaped
+_PLAIN_LINK = re.compile(r"[A-Za-z0-9._/-]+")
+
+
+def _md_link(target: str) -> str:
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", target):
+        target = "./" + target  # relative, whatever its first folder is called
+    return target if _PLAIN_LINK.fullmatch(target) else f"<{md_escape(target)}>"
 
 
 def _unchecked_label(f: FalsifierView) -> str:
@@ -286,7 +419,22 @@ def _error_text(f: FalsifierView) -> str:
 
 
 def render_markdown(board: Dashboard) -> str:
-    lines = ["# Contract status", "", f"**{_md(board.scoreboard)}**", ""]
+    """``status.md``: every value that came from a file goes through ``md_escape`` (or
+    ``md_code``), so none can add a line, a column, a tag or a link to the job summary."""
+    score = md_escape(board.scoreboard).strip() or "-"  # `** **` would be a rule
+    lines = ["# Contract status", "", f"**{score}**", ""]
+    if board.problems:
+        lines += [
+            "## Problems",
+            "",
+            "These contracts fail validation, or their evidence cannot be read as it is "
+            "(`pv dashboard --check` fails):",
+            "",
+            "| problem |",
+            "|---|",
+            *(f"| {_md(p)} |" for p in board.problems),
+            "",
+        ]
     unchecked = [(c.row, f) for c in board.contracts for f in c.falsifiers if f.unchecked]
     if unchecked:
         lines += [
@@ -300,14 +448,14 @@ def render_markdown(board: Dashboard) -> str:
         ]
         for r, f in unchecked:
             lines.append(
-                f"| `{_md(f.id)}` | `{_md(r.id)}` | {_md(f.status)} | {_unchecked_label(f)} | "
-                f"{md_text(_error_text(f) or '-')} |"
+                f"| {md_code(f.id)} | {md_code(r.id)} | {_word(f.status)} | "
+                f"{_md(_unchecked_label(f))} | {_md(_error_text(f))} |"
             )
         lines.append("")
     lines.append("![scoreboard over time](history.svg)")
     for c in board.contracts:
         r = c.row
-        lines += ["", f"## `{r.id}` {r.version} — {r.status}", ""]
+        lines += ["", f"## {md_code(r.id)} {_md(r.version)} — {_word(r.status)}", ""]
         if r.error:
             lines += [f"error: {_md(r.error)}", ""]
             continue
@@ -316,11 +464,11 @@ def render_markdown(board: Dashboard) -> str:
             "|---|---|---|---|---|---|",
         ]
         for f in c.falsifiers:
-            link = f"[json]({f.evidence_link})" if f.evidence_link else "-"
-            status = f"{f.status} ({_unchecked_label(f)})" if f.unchecked else f.status
+            link = f"[json]({_md_link(f.evidence_link)})" if f.evidence_link else "-"
+            status = _word(f.status) + (f" ({_md(_unchecked_label(f))})" if f.unchecked else "")
             lines.append(
-                f"| `{f.id}` | {status} | {', '.join(f.hosts)} | "
-                f"{', '.join(f.passed_on) or '-'} | {f.last_observed or '-'} | {link} |"
+                f"| {md_code(f.id)} | {status} | {md_escape(', '.join(f.hosts))} | "
+                f"{_md(', '.join(f.passed_on))} | {_md(f.last_observed)} | {link} |"
             )
     return "\n".join(lines)
 
@@ -401,6 +549,8 @@ def render_html(board: Dashboard) -> str:
             f"<td{cls} data-not-checked>{unchecked}</td></tr>"
         )
     heads = "".join(f"<th>{s.lower()}</th>" for s in STATUSES) + "<th>not checked</th>"
+    problems = "".join(f'<li class="FALSIFIED">{_e(p)}</li>' for p in board.problems)
+    problems = f'<ul id="problems">{problems}</ul>' if problems else ""
     sections = []
     for c in board.contracts:
         r = c.row
@@ -436,6 +586,7 @@ def render_html(board: Dashboard) -> str:
         f"<h1>Contract status</h1>"
         f'<div class="score" id="scoreboard">{_e(board.scoreboard)}</div>'
         f'<div id="totals">{totals}</div>'
+        f"{problems}"
         f'<p><img src="badge.svg" alt="badge"> </p>'
         f'<p><img src="history.svg" alt="scoreboard over time" width="720"></p>'
         '<input id="filter" type="search" placeholder="filter rows" hidden>'
@@ -521,7 +672,8 @@ def render_chart(history: list[tuple[str, dict[str, int]]]) -> str:
 
 
 def print_summary(board: Dashboard) -> None:
-    """What ``pv dashboard`` and ``pv check`` print: where the files are, and the scoreboard."""
+    """What ``pv dashboard`` and ``pv check`` print: where the files are, the scoreboard,
+    and a line per problem (a contract that fails validation, unreadable evidence)."""
     from rich.console import Console
 
     console = Console() if Console().is_terminal else Console(width=160)
@@ -533,9 +685,12 @@ def print_summary(board: Dashboard) -> None:
         colour = "dark_orange"
     console.print(
         f"dashboard: {board.out}/index.html (status.md, status.json, badge.svg, history.svg)",
+        markup=False,
         highlight=False,
     )
-    console.print(f"[{colour}]{board.scoreboard}[/]", highlight=False)
+    console.print(board.scoreboard, style=colour, markup=False, highlight=False)
+    for line in board.problems:
+        console.print(one_line(line), style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def unchecked_lines(board: Dashboard) -> list[str]:

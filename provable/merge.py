@@ -13,11 +13,23 @@ them (a CI artifact). The rules, per falsifier:
 The result does not depend on the order of the runs (same bytes), and merging a run with
 itself changes nothing: when the merged state equals one run's state, that run's files are
 taken as they are; otherwise the runs' common changelog gets one new entry.
+
+A run is untrusted input (a CI artifact a pull request controls). Nothing in it is followed
+or built into a path unchecked: a symlink anywhere below a run, or an id that is not one
+safe file name, refuses the whole merge before anything is written (``MergeError``), and
+no target below ``--out`` is written through a symlink. Evidence and history are read
+within bounds and typed; what merge cannot read or does not know (a host kind other than
+``cpu``/``cuda``, evidence of a falsifier no contract declares) is left out with a warning,
+and ``strict`` makes any warning exit 1.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +37,16 @@ from typing import Any
 
 from provable import evidence as ev
 from provable.atomic import write_atomic
+from provable.discovery import is_yaml_name
+from provable.lastrun import (
+    RefusedPath,
+    RunFileError,
+    list_below,
+    load_json,
+    one_line,
+    read_below,
+    read_tail,
+)
 from provable.lifecycle import (
     KNOWN_HOSTS,
     ContractStatus,
@@ -33,10 +55,11 @@ from provable.lifecycle import (
     derive_contract_status,
     is_semver,
 )
-from provable.model import Contract, is_binding_registry, load_contract
-from provable.rewrite import append_changelog, quoted_like, rewrite_text, set_key
+from provable.model import Contract, contract_from_document, is_binding_registry
+from provable.paths import inside, is_safe_name
+from provable.rewrite import RewriteError, append_changelog, quoted_like, rewrite_text, set_key
 from provable.status import falsifier_status
-from provable.yamlsource import YamlSourceError, read_yaml
+from provable.yamlsource import MAX_FILE_BYTES, YamlSourceError, parse_yaml
 
 #: least proven first: the conservative pick when runs disagree without evidence
 _WORST_FIRST = (
@@ -47,8 +70,19 @@ _WORST_FIRST = (
 )
 
 
+#: how much of a run's ``history.jsonl`` is merged (its end; one line per falsifier per run)
+MAX_HISTORY_BYTES = 16 * 2**20
+_SAFE_RULE = "letters, digits, '.', '_' and '-' only, no '..'; pv validate rejects it too"
+
+
 class MergeError(Exception):
-    """A run folder cannot be merged (missing, unreadable); names the path."""
+    """A run folder cannot be merged (missing, unreadable, a symlink or an unsafe id in it),
+    or ``--out`` cannot be written safely; names the path. Nothing is written."""
+
+
+def _refused(exc: RunFileError) -> MergeError:
+    why = "; a run is read without following links" if getattr(exc, "link", False) else ""
+    return MergeError(f"{exc}{why}; nothing merged")
 
 
 @dataclass(frozen=True)
@@ -68,6 +102,13 @@ class MergeReport:
     merged: dict[str, str] = field(default_factory=dict)  # qid -> merged status
     conflicts: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
+    #: what was left out: unreadable or mistyped evidence, unknown host kinds and falsifiers
+    warnings: list[str] = field(default_factory=list)
+    strict: bool = False
+
+    def exit_code(self) -> int:
+        """``pv merge``'s: 1 on a conflict, or on any warning under ``strict``; else 0."""
+        return 1 if self.conflicts or (self.strict and self.warnings) else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +118,7 @@ class MergeReport:
                 for qid in sorted(self.merged)
             },
             "conflicts": self.conflicts,
+            "warnings": self.warnings,
             "written": self.written,
         }
 
@@ -84,37 +126,261 @@ class MergeReport:
 # --- reading runs ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _ContractFile:
+    path: Path  # where it was read (for messages); never opened again
+    contract: Contract
+    text: str
+
+
 @dataclass
 class _Run:
     name: str
     root: Path
-    contracts: dict[str, tuple[Path, Contract]]  # file name -> (path, contract)
+    contracts: dict[str, _ContractFile]  # file name -> contract
     other_yaml: dict[str, bytes]  # binding registries and the like, copied when identical
+    evidence: dict[str, list[tuple[str, str]] | None]  # evidence/ folder -> its entries
+
+
+def _listing(root: Path, names: list[str]) -> list[tuple[str, str]] | None:
+    """A folder's entries; a symlink among them refuses the run (never followed, even
+    where merge would not read it)."""
+    try:
+        entries = list_below(root, names)
+    except RunFileError as exc:
+        raise _refused(exc) from None
+    for name, kind in entries or []:
+        if kind == "link":
+            link = RefusedPath(f"{Path(root, *names, name)}: is a symbolic link", link=True)
+            raise _refused(link)
+    return entries
 
 
 def _read_run(root: Path) -> _Run:
-    folder = root / "contracts"
-    if not folder.is_dir():
+    entries = _listing(root, ["contracts"])
+    if entries is None:
         raise MergeError(f"{root}: no contracts/ folder (expected a run's contracts + evidence)")
-    contracts: dict[str, tuple[Path, Contract]] = {}
+    contracts: dict[str, _ContractFile] = {}
     other: dict[str, bytes] = {}
-    for path in sorted(folder.glob("*.y*ml")):
+    for name, kind in entries:
+        if kind != "file" or not is_yaml_name(name) or name.startswith("."):
+            continue
+        path = root / "contracts" / name
+        if not is_safe_name(name):
+            raise MergeError(f"{path}: file name {name!r} is not one safe name ({_SAFE_RULE})")
         try:
-            doc = read_yaml(path)
-            if is_binding_registry(doc.data):
-                other[path.name] = path.read_bytes()
-                continue
-            contracts[path.name] = (path, load_contract(path))
-        except (YamlSourceError, ValueError, OSError) as exc:
+            raw = read_below(root, ["contracts", name], MAX_FILE_BYTES)
+            if raw is None:
+                continue  # gone since the listing
+            doc = parse_yaml(raw, path)
+        except RefusedPath as exc:
+            raise _refused(exc) from None
+        except (RunFileError, YamlSourceError) as exc:
             raise MergeError(f"{path}: cannot read contract: {exc}") from None
-    return _Run(str(root), root, contracts, other)
+        if is_binding_registry(doc.data):
+            other[name] = raw
+            continue
+        if not isinstance(doc.data, dict):
+            raise MergeError(f"{path}: cannot read contract: its top level is not a mapping")
+        contract = contract_from_document(doc)
+        _check_ids(path, contract)
+        contracts[name] = _ContractFile(path, contract, raw.decode("utf-8"))
+    evidence: dict[str, list[tuple[str, str]] | None] = {}
+    for name, kind in _listing(root, ["evidence"]) or []:
+        if kind == "folder" and not name.startswith("."):
+            evidence[name] = _listing(root, ["evidence", name]) if is_safe_name(name) else None
+    return _Run(str(root), root, contracts, other, evidence)
 
 
-def _record(run: _Run, cid: str, fid: str) -> dict[str, Any] | None:
-    record = ev.read_evidence(run.root / "evidence" / cid / f"{fid}.json")
-    if record is None or not isinstance(record.get("runs"), dict):
+def _check_ids(path: Path, contract: Contract) -> None:
+    """Ids become paths (``evidence/<contract id>/<falsifier id>.json``): each must be one
+    safe file name, or nothing is merged."""
+    if not is_safe_name(contract.id):
+        raise MergeError(
+            f"{path}: contract id {contract.id!r} cannot name a folder ({_SAFE_RULE}); "
+            "nothing merged"
+        )
+    for f in contract.falsifiers:
+        if not is_safe_name(f.id):
+            raise MergeError(
+                f"{path}: falsifier id {f.id!r} cannot name a file ({_SAFE_RULE}); nothing merged"
+            )
+
+
+def _record(run: _Run, cid: str, fid: str, warnings: list[str]) -> dict[str, Any] | None:
+    """A run's evidence record of one falsifier, typed; None (and a warning) when it cannot
+    be merged."""
+    names = ["evidence", cid, f"{fid}.json"]
+    try:
+        raw = read_below(run.root, names, ev.MAX_EVIDENCE_BYTES)
+        if raw is None:
+            return None
+        data = load_json(raw)
+    except RefusedPath as exc:
+        raise _refused(exc) from None
+    except RunFileError as exc:
+        warnings.append(f"{Path(run.root, *names)}: {exc}; not merged")
         return None
+    record, findings = check_record(data, cid, fid)
+    warnings.extend(f"{Path(run.root, *names)}: {finding}; not merged" for finding in findings)
     return record
+
+
+# --- the evidence merge knows ---------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    """What a value is, for a message: ``int 5``, ``float nan``, ``list``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        return type(value).__name__
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _field(where: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    step = key if _PLAIN_KEY.fullmatch(key) else repr(key)
+    return f"{where}.{step}" if where else step
+
+
+def _non_finite(value: Any) -> str | None:
+    """``path: NaN is not a JSON number`` for the first NaN or infinity, iteratively."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return (
+                f"{where or '(top level)'}: {'NaN' if node != node else node} is not a JSON number"
+            )
+        if isinstance(node, dict):
+            stack.extend((_field(where, k), v) for k, v in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((_field(where, i), v) for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+_SECTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "failure": ((dict,), "an object"),
+    "observed_at": ((str,), "a time (text)"),
+    "commit": ((str,), "text"),
+    "dirty": ((bool,), "true or false"),
+    "host": ((dict,), "an object"),
+    "recorded": ((dict,), "an object"),
+}
+
+
+def _section_problem(section: Any, where: str) -> str | None:
+    if not isinstance(section, dict):
+        return f"{where}: expected an object, got {_kind(section)}"
+    tests = section.get("tests")
+    if tests is not None:
+        if not isinstance(tests, list):
+            return f"{where}.tests: expected a list of test results, got {_kind(tests)}"
+        for i, test in enumerate(tests):
+            if not isinstance(test, dict):
+                return f"{where}.tests[{i}]: expected an object, got {_kind(test)}"
+            for key in ("nodeid", "outcome"):
+                if test.get(key) is not None and not isinstance(test[key], str):
+                    return f"{where}.tests[{i}].{key}: expected text, got {_kind(test[key])}"
+    for key, (types, what) in _SECTION_TYPES.items():
+        value = section.get(key)
+        if value is not None and not isinstance(value, types):
+            return f"{where}.{key}: expected {what}, got {_kind(value)}"
+    return None
+
+
+def check_record(data: Any, cid: str, fid: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """An evidence record as merge and the dashboard read it: (the record with only what
+    they know, findings). The record is None when it cannot be read at all (the first
+    finding says which field is wrong); a section of an unknown host kind, or an unknown
+    kind in ``passed_on``, is left out with a finding of its own."""
+    if not isinstance(data, dict):
+        return None, [f"expected a JSON object, got {_kind(data)}"]
+    for key, want in (("contract", cid), ("falsifier", fid)):
+        if key in data and data[key] != want:
+            return None, [f"{key}: names {_short(data[key])}, not {want!r}"]
+    for key in ("schema", "outcome", "status"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return None, [f"{key}: expected text, got {_kind(data[key])}"]
+    runs = data.get("runs")
+    if not isinstance(runs, dict):
+        got = "nothing" if "runs" not in data else _kind(runs)
+        return None, [f"runs: expected an object of host sections, got {got}"]
+    passed = data.get("passed_on")
+    if passed is not None and (
+        not isinstance(passed, list) or not all(isinstance(h, str) for h in passed)
+    ):
+        return None, [f"passed_on: expected a list of host kinds, got {_kind(passed)}"]
+    findings = []
+    known = ", ".join(KNOWN_HOSTS)
+    sections = {}
+    for kind in sorted(runs):
+        if kind not in KNOWN_HOSTS:
+            findings.append(f"runs.{kind!r}: unknown host kind (known: {known})")
+            continue
+        problem = _section_problem(runs[kind], f"runs.{kind}")
+        if problem is not None:
+            return None, [problem]
+        sections[kind] = runs[kind]
+    for host in passed or []:
+        if host not in KNOWN_HOSTS:
+            findings.append(f"passed_on: unknown host kind {host!r} (known: {known})")
+    bad = _non_finite(data)
+    if bad is not None:
+        return None, [bad]
+    record = {**data, "runs": sections}
+    if passed is not None:
+        record["passed_on"] = [h for h in passed if h in KNOWN_HOSTS]
+    return record, findings
+
+
+def _history_problem(item: Any, cid: str, declared: set[str]) -> str | None:
+    """Why a history line is not merged; None when it is."""
+    if not isinstance(item, dict):
+        return f"expected a JSON object, got {_kind(item)}"
+    if "contract" in item and item["contract"] != cid:
+        return f"contract: names {_short(item['contract'])}, not {cid!r}"
+    fid = item.get("falsifier")
+    if not isinstance(fid, str):
+        return f"falsifier: expected text, got {_kind(fid)}"
+    if fid not in declared:
+        return f"no contract declares falsifier {fid!r} in {cid}"
+    for key in ("time", "outcome", "before", "after", "commit"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            return f"{key}: expected text, got {_kind(item[key])}"
+    return _non_finite(item)
+
+
+def _unknown_evidence(runs: Sequence[_Run], declared: dict[str, set[str]]) -> list[str]:
+    """Evidence of a contract or a falsifier that no run declares: left out, and said."""
+    found = []
+    for run in runs:
+        for folder, entries in run.evidence.items():
+            where = run.root / "evidence" / folder
+            if folder not in declared:
+                found.append(f"{where}: no contract has the id {folder!r}; not merged")
+                continue
+            for name, kind in entries or []:
+                if kind != "file" or not name.endswith(".json") or name.startswith("."):
+                    continue
+                if name[: -len(".json")] not in declared[folder]:
+                    found.append(
+                        f"{where / name}: no contract declares falsifier "
+                        f"{name[: -len('.json')]!r} in {folder}; not merged"
+                    )
+    return found
 
 
 # --- the rules -----------------------------------------------------------------------------
@@ -134,7 +400,10 @@ def section_verdict(section: dict[str, Any]) -> str:
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    try:  # a contract's changelog is YAML: a date, keys of two types
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
+    except TypeError:
+        return repr(value)
 
 
 def _when(section: dict[str, Any]) -> str:
@@ -244,9 +513,15 @@ def _stable(section: dict[str, Any]) -> dict[str, Any]:
 # --- contracts -------------------------------------------------------------------------------
 
 
+def _entries(contract: Contract) -> list[Any]:
+    """The changelog's entries as written (any type: the file is untrusted)."""
+    log = contract.data.get("changelog")
+    return log if isinstance(log, list) else []
+
+
 def _common_changelog(contracts: Sequence[Contract]) -> int:
     """How many changelog entries every run shares (the state before the runs diverged)."""
-    logs = [c.data.get("changelog") or [] for c in contracts]
+    logs = [_entries(c) for c in contracts]
     n = min(len(log) for log in logs)
     for i in range(n):
         if len({_canonical(log[i]) for log in logs}) > 1:
@@ -259,11 +534,12 @@ def _state_of(contract: Contract) -> dict[str, str]:
 
 
 def _merged_contract_text(
-    candidates: list[Contract],
+    files: list[_ContractFile],
     merged: dict[str, FalsifierState],
     conflicts: list[str],
 ) -> str:
     """The merged contract's text: a run's own file when its state is the merged one."""
+    candidates = [f.contract for f in files]
     wanted = {fid: st.status.value for fid, st in merged.items()}
     evidence_paths = {
         fid: f"evidence/{candidates[0].id}/{fid}.json"
@@ -271,32 +547,40 @@ def _merged_contract_text(
         if st.record is not None
     }
     matching = [
-        c
-        for c in candidates
-        if _state_of(c) == wanted
-        and all(_evidence_of(c, fid) == p for fid, p in evidence_paths.items())
+        f
+        for f in files
+        if _state_of(f.contract) == wanted
+        and all(_evidence_of(f.contract, fid) == p for fid, p in evidence_paths.items())
     ]
     if matching:
-        texts = {c.path.read_text(encoding="utf-8") for c in matching}
-        longest = max(len(_log(t)) for t in texts)
-        return min(t for t in texts if len(_log(t)) == longest)
+        logs = {f.text: len(_entries(f.contract)) for f in matching}
+        longest = max(logs.values())
+        return min(t for t, n in logs.items() if n == longest)
     # nobody holds the merged state: the common history plus one entry saying what changed
     keep = _common_changelog(candidates)
     texts = set()
-    for c in candidates:
-        texts.add(rewrite_text(c.path.read_text(encoding="utf-8"), _mutator(c, keep, merged)))
-    if len({_canonical(_yaml_data(t)) for t in texts}) > 1:  # layout alone is no conflict
+    for f in files:
+        try:
+            texts.add(rewrite_text(f.text, _mutator(f.contract, keep, merged)))
+        except (RewriteError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise MergeError(
+                f"{f.path}: cannot write the merged state into this contract "
+                f"({type(exc).__name__}: {exc}); nothing merged"
+            ) from None
+    if len({_canonical(_yaml_data(t, files[0].path)) for t in texts}) > 1:
         conflicts.append(
             f"{candidates[0].id}: the runs' contract files differ beyond statuses and "
             "changelog; kept the first by content"
-        )
+        )  # layout alone is no conflict
     return min(texts)
 
 
-def _yaml_data(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
+def _yaml_data(text: str, path: Path) -> Any:
+    """The data of a rewritten contract, read within the same bounds as any contract."""
+    try:
+        return parse_yaml(text.encode("utf-8", "backslashreplace"), path).data
+    except YamlSourceError:
+        return text  # compared as text
 
 
 def _evidence_of(contract: Contract, fid: str) -> str | None:
@@ -304,16 +588,9 @@ def _evidence_of(contract: Contract, fid: str) -> str | None:
     return f.evidence if f is not None else None
 
 
-def _log(text: str) -> list[Any]:
-    import yaml
-
-    data = yaml.safe_load(text) or {}
-    return data.get("changelog") or [] if isinstance(data, dict) else []
-
-
 def _mutator(contract: Contract, keep: int, merged: dict[str, FalsifierState]) -> Any:
     cid = contract.id
-    log = contract.data.get("changelog") or []
+    log = [e if isinstance(e, dict) else {} for e in _entries(contract)]
     base_version = str(log[keep - 1].get("version")) if keep else (contract.version or "0.0.0")
     if not is_semver(base_version):
         base_version = contract.version or "0.0.0"
@@ -355,7 +632,7 @@ def _mutator(contract: Contract, keep: int, merged: dict[str, FalsifierState]) -
     def mutate(doc: Any) -> None:
         for item in doc.get("falsification_tests") or []:
             fid = item.get("id") if hasattr(item, "get") else None
-            if fid not in merged:
+            if not isinstance(fid, str) or fid not in merged:
                 continue
             if falsifier_status(item.get("status")) is not merged[fid].status:
                 set_key(item, "status", merged[fid].status.value)
@@ -378,7 +655,7 @@ def _mutator(contract: Contract, keep: int, merged: dict[str, FalsifierState]) -
 def _base_statuses(contract: Contract, keep: int) -> dict[str, str]:
     """Falsifier statuses at the common changelog point, replayed from the entries' text."""
     statuses: dict[str, str] = {}
-    for entry in (contract.data.get("changelog") or [])[:keep]:
+    for entry in _entries(contract)[:keep]:
         change = str(entry.get("change", "")) if isinstance(entry, dict) else ""
         for part in change.split(";"):
             words = part.split()
@@ -390,121 +667,209 @@ def _base_statuses(contract: Contract, keep: int) -> dict[str, str]:
 # --- the merge -------------------------------------------------------------------------------
 
 
-def merge_runs(run_roots: Sequence[Path], out: Path) -> MergeReport:
+def merge_runs(run_roots: Sequence[Path], out: Path, strict: bool = False) -> MergeReport:
     """Merge the runs below ``run_roots`` into ``out``/contracts and ``out``/evidence.
 
     Files whose merged bytes already sit in ``out`` are not rewritten, so merging into one
-    of the inputs (or merging a run with itself) changes nothing.
+    of the inputs (or merging a run with itself) changes nothing. Raises ``MergeError``
+    (nothing written) for a run that cannot be merged safely; what is left out is in the
+    report's ``warnings`` (``strict``: they make ``exit_code()`` 1).
     """
     if not run_roots:
         raise MergeError("no run folder given")
     runs = [_read_run(Path(r)) for r in run_roots]
-    report = MergeReport(runs=sorted({r.name for r in runs}))
-    outputs: dict[Path, bytes] = {}
-    names = sorted({n for r in runs for n in r.contracts})
-    for name in names:
+    report = MergeReport(runs=sorted({r.name for r in runs}), strict=strict)
+    declared: dict[str, set[str]] = {}
+    owner: dict[str, str] = {}  # contract id -> file name
+    for name in sorted({n for r in runs for n in r.contracts}):
+        ids = {r.contracts[name].contract.id for r in runs if name in r.contracts}
+        if len(ids) > 1:
+            raise MergeError(
+                f"contracts/{name}: its contract id differs between runs "
+                f"({', '.join(sorted(map(repr, ids)))}); nothing merged"
+            )
+        cid = ids.pop()
+        if cid in owner:
+            raise MergeError(
+                f"contracts/{owner[cid]} and contracts/{name} both have the contract id "
+                f"{cid!r}; nothing merged"
+            )
+        owner[cid] = name
+        declared[cid] = {
+            f.id for r in runs if name in r.contracts for f in r.contracts[name].contract.falsifiers
+        }
+    report.warnings.extend(_unknown_evidence(runs, declared))
+    outputs: dict[tuple[str, ...], bytes] = {}
+    for cid, name in sorted(owner.items(), key=lambda item: item[1]):
         present = [r for r in runs if name in r.contracts]
-        contracts = [r.contracts[name][1] for r in present]
-        cid = contracts[0].id
-        fids = sorted({f.id for c in contracts for f in c.falsifiers})
+        files = [r.contracts[name] for r in present]
+        contracts = [f.contract for f in files]
         merged: dict[str, FalsifierState] = {}
-        for fid in fids:
-            declared: set[str] = set()
+        for fid in sorted(declared[cid]):
+            hosts: set[str] = set()
             statuses = []
             for run, c in zip(present, contracts, strict=True):
                 f = c.falsifier(fid)
                 if f is not None:
-                    declared |= set(f.hosts)
+                    hosts |= set(f.hosts)
                     statuses.append(falsifier_status(f.status))
                     report.statuses.setdefault(f"{cid}:{fid}", {})[run.name] = statuses[-1].value
-            records = [_record(r, cid, fid) for r in present]
-            state, conflicts = merge_falsifier(records, statuses, declared, cid, fid)
+            records = [_record(r, cid, fid, report.warnings) for r in present]
+            state, conflicts = merge_falsifier(records, statuses, hosts, cid, fid)
             merged[fid] = state
             report.merged[f"{cid}:{fid}"] = state.status.value
             report.conflicts.extend(conflicts)
             if state.record is not None:
                 text = json.dumps(state.record, indent=2, ensure_ascii=False) + "\n"
-                outputs[Path("evidence") / cid / f"{fid}.json"] = text.encode("utf-8")
-        text = _merged_contract_text(contracts, merged, report.conflicts)
-        outputs[Path("contracts") / name] = text.encode("utf-8")
-        history = _merged_history(present, cid)
+                outputs["evidence", cid, f"{fid}.json"] = _encode(text)
+        text = _merged_contract_text(files, merged, report.conflicts)
+        outputs["contracts", name] = _encode(text)
+        history = _merged_history(present, cid, declared[cid], report.warnings)
         if history:
-            outputs[Path("evidence") / cid / "history.jsonl"] = history
+            outputs["evidence", cid, "history.jsonl"] = history
     for name in sorted({n for r in runs for n in r.other_yaml}):
         versions = {r.other_yaml[name] for r in runs if name in r.other_yaml}
         if len(versions) > 1:
             report.conflicts.append(f"contracts/{name}: differs between runs; kept the first")
-        outputs[Path("contracts") / name] = min(versions)
+        outputs["contracts", name] = min(versions)
     report.conflicts.sort()
+    report.warnings.sort()
+    _check_out(Path(out), outputs)
     for rel, data in sorted(outputs.items()):
-        target = Path(out) / rel
+        target = Path(out).joinpath(*rel)
         try:
-            if target.read_bytes() == data:
+            if read_below(Path(out), rel, len(data)) == data:
                 continue
-        except OSError:
-            pass
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, data)
-        report.written.append(str(rel))
+        except RunFileError:
+            pass  # larger than ours: it differs
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not inside(target.parent, out):  # pragma: no cover - _check_out refused it
+                raise MergeError(f"{target}: resolves outside {out}; not written")
+            write_atomic(target, data)
+        except OSError as exc:
+            raise MergeError(f"{target}: cannot write: {exc.strerror or exc}") from None
+        report.written.append("/".join(rel))
     return report
 
 
-def _merged_history(runs: Sequence[_Run], cid: str) -> bytes:
+def _encode(text: str) -> bytes:
+    """UTF-8; a lone surrogate (a JSON ``\\ud800`` escape in a run) stays an escape."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _check_out(out: Path, outputs: Iterable[tuple[str, ...]]) -> None:
+    """Before anything is written: every target's way down from ``out`` is real folders and
+    the target a regular file or nothing, never a symlink (which could lead outside)."""
+    try:
+        info = os.stat(out)  # --out itself is the caller's: it may be a link
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MergeError(f"{out}: {exc.strerror or exc}; nothing merged") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise MergeError(f"{out}: not a folder; nothing merged")
+    for rel in outputs:
+        where = Path(out)
+        for i, name in enumerate(rel):
+            where = where / name
+            if not is_safe_name(name):  # pragma: no cover - ids were checked when read
+                raise MergeError(f"{where}: {name!r} is not a safe file name; nothing merged")
+            try:
+                mode = os.lstat(where).st_mode
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                raise MergeError(f"{where}: {exc.strerror or exc}; nothing merged") from None
+            if stat.S_ISLNK(mode):
+                raise MergeError(
+                    f"{where}: is a symbolic link; merge never writes through one; nothing merged"
+                )
+            if i < len(rel) - 1 and not stat.S_ISDIR(mode):
+                raise MergeError(f"{where}: not a folder; nothing merged")
+            if i == len(rel) - 1 and not stat.S_ISREG(mode):
+                raise MergeError(f"{where}: not a regular file; nothing merged")
+
+
+def _merged_history(
+    runs: Sequence[_Run], cid: str, declared: set[str], warnings: list[str]
+) -> bytes:
     """Every run's history lines, each once, in time order (they feed the dashboard's chart).
 
-    When one run's log already holds every line, its bytes are kept as they are."""
-    logs: list[bytes] = []
-    lines: dict[str, str] = {}  # canonical form -> the line as written
+    A line is merged when it is a bounded JSON object naming a falsifier of this contract;
+    the others are counted in a warning. When one run's log already holds every line (and
+    nothing else), its bytes are kept as they are."""
+    logs: list[tuple[bytes, set[str]]] = []  # the clean logs, with their lines' forms
+    lines: dict[str, tuple[str, str]] = {}  # canonical form -> (time, the line as written)
     for run in runs:
+        names = ["evidence", cid, "history.jsonl"]
+        where = Path(run.root, *names)
         try:
-            data = (run.root / "evidence" / cid / "history.jsonl").read_bytes()
-        except OSError:
+            data, start = read_tail(run.root, names, MAX_HISTORY_BYTES)
+        except RefusedPath as exc:
+            raise _refused(exc) from None
+        except OSError as exc:
+            warnings.append(f"{where}: cannot read: {exc.strerror or exc}; not merged")
             continue
-        logs.append(data)
-        for line in data.decode("utf-8", errors="replace").splitlines():
-            key = _line_key(line)
-            if key is None:
+        raw_lines = data.split(b"\n")
+        if start:
+            raw_lines = raw_lines[1:]  # began mid-line
+            warnings.append(
+                f"{where}: over {MAX_HISTORY_BYTES >> 20} MiB; only its last "
+                f"{MAX_HISTORY_BYTES >> 20} MiB merged"
+            )
+        keys: set[str] = set()
+        total, dropped, first = 0, 0, ""
+        for number, raw in enumerate(raw_lines, 1):
+            if not raw.strip():
                 continue
-            lines[key] = min(lines.get(key, line), line)
+            total += 1
+            try:
+                item = load_json(raw)
+                problem = _history_problem(item, cid, declared)
+            except RunFileError as exc:
+                problem = str(exc)
+            if problem is not None:
+                dropped += 1
+                first = first or f"line {number}: {problem}"
+                continue
+            key = _canonical(item)
+            line = raw.decode("utf-8").rstrip("\r")
+            keys.add(key)
+            have = lines.get(key)
+            lines[key] = (str(item.get("time") or ""), min(have[1], line) if have else line)
+        if dropped:
+            warnings.append(f"{where}: {dropped} of {total} lines not merged ({first})")
+        if not dropped and not start:
+            logs.append((data, keys))
     if not lines:
         return b""
-    complete = [log for log in logs if len(_keys(log)) == len(lines)]
+    complete = [data for data, keys in logs if len(keys) == len(lines)]
     if complete:
         return min(complete)
-    ordered = sorted(lines, key=lambda k: (str(json.loads(k).get("time") or ""), k))
-    return "".join(lines[k] + "\n" for k in ordered).encode("utf-8")
-
-
-def _line_key(line: str) -> str | None:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return _canonical(value) if isinstance(value, dict) else None
-
-
-def _keys(log: bytes) -> set[str]:
-    keys = {_line_key(line) for line in log.decode("utf-8", errors="replace").splitlines()}
-    return {k for k in keys if k is not None}
+    ordered = sorted(lines, key=lambda k: (lines[k][0], k))
+    return _encode("".join(lines[k][1] + "\n" for k in ordered))
 
 
 def print_report(report: MergeReport) -> None:
-    """The falsifiers whose status differs between runs, the merged status, the conflicts."""
+    """The falsifiers whose status differs between runs, the merged status, the conflicts
+    and what was left out (each line as text: nothing from a run is read as markup)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console() if Console().is_terminal else Console(width=160)
     table = Table(title=f"merged {len(report.runs)} runs", title_justify="left")
     table.add_column("falsifier")
     for name in report.runs:
-        table.add_column(Path(name).name or name)
+        table.add_column(escape(one_line(Path(name).name or name)))
     table.add_column("merged", style="bold")
     shown = 0
     for qid in sorted(report.merged):
         per_run = report.statuses.get(qid, {})
         if len({*per_run.values(), report.merged[qid]}) == 1:
             continue  # every run already agrees
-        table.add_row(qid, *(per_run.get(n, "-") for n in report.runs), report.merged[qid])
+        table.add_row(escape(qid), *(per_run.get(n, "-") for n in report.runs), report.merged[qid])
         shown += 1
     if shown:
         console.print(table)
@@ -514,4 +879,7 @@ def print_report(report: MergeReport) -> None:
         f"{len(report.written)} files written"
     )
     for line in report.conflicts:
-        console.print(f"[bold red]conflict[/] {line}", highlight=False)
+        console.print(f"[bold red]conflict[/] {escape(one_line(line))}", highlight=False)
+    label = "[bold red]error[/]" if report.strict else "[yellow]warning[/]"
+    for line in report.warnings:
+        console.print(f"{label} {escape(one_line(line))}", highlight=False, soft_wrap=True)

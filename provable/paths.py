@@ -30,6 +30,7 @@ def inside(path: Path, root: Path) -> bool:
         return False
     return True
 
+
 _ROOT_MARKERS = ("pyproject.toml", ".git", "setup.cfg", "pytest.ini", "tox.ini")
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.findings import display_path
+from provable.findings import Finding, display_path
 from provable.lastrun import (
     FLAKY,
     NOT_CHECKED,
@@ -22,9 +22,9 @@ from provable.lifecycle import (
     parse_contract_status,
     parse_falsifier_status,
 )
-from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
-from provable.paths import project_root
-from provable.yamlsource import YamlSourceError
+from provable.loading import read_checked
+from provable.model import Contract
+from provable.paths import is_safe_name, project_root
 
 ORDER = (
     FalsifierStatus.DISCHARGED,
@@ -60,6 +60,8 @@ class ContractRow:
     error: str | None = None
     #: each falsifier's last run, from history.jsonl (``provable.lastrun``)
     last_runs: dict[str, LastRun | None] = field(default_factory=dict)
+    #: why the file was refused, one finding a line as ``pv validate`` prints them
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -99,25 +101,30 @@ def row_for(contract: Contract) -> ContractRow:
 
 def collect(paths: list[Path], evidence_dir: Path | None = None) -> list[ContractRow]:
     """A row per contract file, with each falsifier's last run from the evidence folder
-    (``evidence/`` of each contract's project root unless given)."""
+    (``evidence/`` of each contract's project root unless given).
+
+    Files are read by ``provable.loading.read_checked``, as ``pv validate`` reads them: a
+    contract validate refuses is a row with the first refusal as its error (every refusal
+    is in ``findings``), never a row built from what could be read of it."""
     rows: list[ContractRow] = []
     for path in paths:
-        try:
-            contract = read_contract(path)
-        except YamlSourceError as exc:
-            rows.append(problem_row(path, f"line {exc.line}: {exc.message}"))
+        result = read_checked(path)
+        if result.registry:
             continue
-        except NotAMapping as exc:
-            rows.append(problem_row(path, str(exc)))
-            continue
-        except Exception as exc:  # one bad file must not hide the others
-            rows.append(problem_row(path, f"could not read ({type(exc).__name__}: {exc})"))
-            continue
-        if isinstance(contract, BindingRegistryFile):
+        contract = result.usable
+        if contract is None:
+            refused = result.refusals
+            first = refused[0]
+            more = f" (and {len(refused) - 1} more errors)" if len(refused) > 1 else ""
+            error = f"line {first.line}: error [{first.rule}] {first.message}{more}"
+            row = problem_row(path, error)
+            row.findings = refused
+            rows.append(row)
             continue
         row = row_for(contract)
         evidence = evidence_dir if evidence_dir is not None else project_root(path) / "evidence"
-        row.last_runs = last_runs(evidence, contract.id, (f.id for f in contract.falsifiers))
+        if is_safe_name(contract.id):  # an id from a file name ('...yaml') may not be
+            row.last_runs = last_runs(evidence, contract.id, (f.id for f in contract.falsifiers))
         rows.append(row)
     return rows
 
@@ -187,11 +194,12 @@ def render_markdown(rows: list[ContractRow]) -> str:
     head = "| contract | version | status | " + " | ".join(s.value.lower() for s in ORDER) + " |"
     lines = [head, "|" + "---|" * (3 + len(ORDER))]
     for r in rows:
-        status = r.status + (" (derived)" if r.derived else "")
+        status = r.status if r.status in STYLE else _md(r.status)  # a word of ours, or escaped
+        status += " (derived)" if r.derived else ""
         if r.error:
-            status += f": {r.error}"
+            status += f": {_md(r.error)}"
         cells = " | ".join(str(r.counts.get(s.value, 0)) for s in ORDER)
-        lines.append(f"| {_md_code(r.id)} | {_md(r.version)} | {_md(status)} | {cells} |")
+        lines.append(f"| {_md_code(r.id)} | {_md(r.version)} | {status} | {cells} |")
     lines += ["", scoreboard(rows)]
     unchecked = [(r.id, fid, rec) for r in rows for fid, rec in r.unchecked.items()]
     if unchecked:
@@ -211,21 +219,22 @@ def render_markdown(rows: list[ContractRow]) -> str:
 
 
 def _md(text: str) -> str:
-    """A Markdown table cell: a ``|`` would end the cell, a newline the row."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A Markdown table cell of text from a file: ``provable.mdescape`` (no markup, no
+    line, no column can come of it)."""
+    from provable.mdescape import md_escape
+
+    return md_escape(text)
 
 
-def md_text(text: str) -> str:
-    """A table cell of text from elsewhere (an error message): any markup shows as text."""
-    text = _md(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
-    for c in "`*_[]":
-        text = text.replace(c, "\\" + c)
-    return text
+#: text from elsewhere (an error message) in a table cell: the same one escaping
+md_text = _md
 
 
 def _md_code(text: str) -> str:
-    """Inline code in a table cell (GitHub reads ``\\|`` as ``|`` inside it too)."""
-    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+    """An id in a table cell: inline code when it needs no escaping, else escaped text."""
+    from provable.mdescape import md_code
+
+    return md_code(text)
 
 
 def print_table(rows: list[ContractRow]) -> None:

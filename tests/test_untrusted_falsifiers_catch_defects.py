@@ -4,6 +4,7 @@ shared reader ignoring validate's findings, the physical-sense check skipped."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +69,35 @@ def test_006_catches_the_physical_sense_check_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(aprlib.config, "check_physical", lambda *a, **k: None)
     with pytest.raises(AssertionError, match="no real model has was loaded"):
         untrusted.check_configs_within_physical_sense(tmp_path / "defect")
+
+
+def test_002_catches_a_merge_that_follows_links_and_unsafe_ids(tmp_path, monkeypatch):
+    """merge as it was: plain reads that follow symlinks, ids taken as paths."""
+    import os
+
+    import provable.merge
+
+    untrusted.check_merge_stays_inside(tmp_path / "real")
+
+    def listing(root, names):
+        folder = Path(root, *names)
+        if not folder.is_dir():
+            return None
+        return [
+            (n, "folder" if (folder / n).is_dir() else "file") for n in sorted(os.listdir(folder))
+        ]
+
+    def read(root, names, max_bytes):
+        path = Path(root, *names)
+        return path.read_bytes()[:max_bytes] if path.is_file() else None
+
+    def tail(root, names, max_bytes):
+        data = read(root, names, max_bytes)
+        return (data or b""), 0
+
+    monkeypatch.setattr(provable.merge, "list_below", listing)
+    monkeypatch.setattr(provable.merge, "read_below", read)
+    monkeypatch.setattr(provable.merge, "read_tail", tail)
+    monkeypatch.setattr(provable.merge, "is_safe_name", lambda name: True)
+    with pytest.raises(AssertionError):
+        untrusted.check_merge_stays_inside(tmp_path / "defect")
