@@ -31,19 +31,21 @@ from provable.lastrun import (
     MAX_BYTES,
     NOT_CHECKED,
     LastRun,
-    RefusedPath,
-    RunFileError,
     error_summary,
     is_unchecked,
-    load_json,
     one_line,
-    read_below,
-    read_tail,
 )
 from provable.mdescape import md_code, md_escape
 from provable.merge import check_record
 from provable.model import Contract, read_contract
 from provable.paths import inside, is_safe_name
+from provable.runfiles import (
+    RefusedPath,
+    RunFileError,
+    load_json,
+    read_below,
+    read_tail,
+)
 from provable.status import (
     ORDER,
     ContractRow,

@@ -39,13 +39,7 @@ from provable import evidence as ev
 from provable.atomic import write_atomic
 from provable.discovery import is_yaml_name
 from provable.lastrun import (
-    RefusedPath,
-    RunFileError,
-    list_below,
-    load_json,
     one_line,
-    read_below,
-    read_tail,
 )
 from provable.lifecycle import (
     KNOWN_HOSTS,
@@ -58,6 +52,14 @@ from provable.lifecycle import (
 from provable.model import Contract, contract_from_document, is_binding_registry
 from provable.paths import inside, is_safe_name
 from provable.rewrite import RewriteError, append_changelog, quoted_like, rewrite_text, set_key
+from provable.runfiles import (
+    RefusedPath,
+    RunFileError,
+    list_below,
+    load_json,
+    read_below,
+    read_tail,
+)
 from provable.status import falsifier_status
 from provable.yamlsource import MAX_FILE_BYTES, YamlSourceError, parse_yaml
 
