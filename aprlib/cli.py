@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         "inspect",
         help="format, metadata and a table of tensors",
         description="Show a model file's format, config and tensors (dtype, shape, bytes), "
-        "dtype totals and checksum status. The format is read from the magic bytes.",
+        "dtype totals and checksum status, then every config field the weights contradict "
+        "(CONFIG_CONTRADICTS_WEIGHTS, exit 1). The format is read from the magic bytes.",
     )
     i.add_argument("file", type=Path, help="safetensors file or folder, GGUF or APR file")
     i.add_argument("--json", action="store_true", help="one JSON document")
@@ -145,6 +146,7 @@ def _quiet_stdout() -> None:
 
 def inspect_model(path: Path) -> dict[str, Any]:
     """Everything ``apr inspect`` shows, as plain data."""
+    from aprlib.consistency import findings
     from aprlib.errors import AprFormatError, FileChangedError
     from aprlib.filesource import paused_gc
     from aprlib.io import open_model
@@ -181,14 +183,17 @@ def inspect_model(path: Path) -> dict[str, Any]:
             # the type mix, most tensors first: "Q4_K x169, Q6_K x25, F32 x97"
             "dtype_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
             "checksums": checksums,
+            # what the loaders refuse: config fields the weights contradict (exit 1)
+            "findings": findings(model),
         }
 
 
 def _inspect(args: argparse.Namespace) -> int:
     info = inspect_model(args.file)
+    bad = info["checksums"].startswith("MISMATCH") or bool(info["findings"])
     if args.json:
         print(jsonout.dumps(info))
-        return EXIT_OK if not info["checksums"].startswith("MISMATCH") else EXIT_BAD_FILE
+        return EXIT_BAD_FILE if bad else EXIT_OK
     from rich.console import Console
     from rich.table import Table
 
@@ -218,7 +223,11 @@ def _inspect(args: argparse.Namespace) -> int:
             for k, n in info["dtype_counts"].items()
         )
     )
-    return EXIT_OK if not info["checksums"].startswith("MISMATCH") else EXIT_BAD_FILE
+    for f in info["findings"]:  # plain lines: one finding is one line, never wrapped
+        print(f"{f['class']} {f['message']}")
+    if info["findings"]:
+        print(f"FINDINGS: {len(info['findings'])} config field(s) contradicted by the weights")
+    return EXIT_BAD_FILE if bad else EXIT_OK
 
 
 def _convert(args: argparse.Namespace) -> int:

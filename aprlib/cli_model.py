@@ -49,7 +49,8 @@ def register(sub: Any) -> dict[str, Any]:
         help="per-point activation statistics (and compare two traces)",
         description="Statistics (mean, std, min, max, abs-max, L2, NaN/Inf) at every capture "
         "point, over all tokens and over the last token. --compare OTHER.json pairs points "
-        "only by the same name and scope and names points one side lacks.",
+        "only by the same name and scope, names points one side lacks, and gives a VERDICT "
+        "from named gates (points, finite, std_ratio, absmax_ratio): exit 0 PASS, 1 FAIL.",
     )
     tr.add_argument("model", type=Path, help="a model file, or a trace .json with --compare")
     tr.add_argument("--tokens", help="comma-separated token ids")
@@ -58,6 +59,18 @@ def register(sub: Any) -> dict[str, Any]:
     tr.add_argument("--json", type=Path, dest="json_out", help="write the trace as JSON")
     tr.add_argument("--compare", type=Path, help="another trace .json to compare with")
     tr.add_argument("--scope", choices=("all", "last"), default="all", help="rows shown")
+    tr.add_argument(
+        "--max-std-ratio",
+        type=float,
+        default=1.25,
+        help="gate: B's std over A's (either way) at any point (1.25)",
+    )
+    tr.add_argument(
+        "--max-absmax-ratio",
+        type=float,
+        default=2.0,
+        help="gate: B's abs-max over A's (either way) at any point (2)",
+    )
 
     bi = sub.add_parser(
         "bisect",
@@ -189,7 +202,7 @@ def _print_comparison(c: Any, args: argparse.Namespace) -> None:
 
 def _trace(args: argparse.Namespace) -> int:
     from aprlib.logits import parse_tokens
-    from aprlib.trace import compare_traces, load_trace, save_trace, trace_file
+    from aprlib.trace import compare_traces, load_trace, save_trace, trace_file, trace_verdict
 
     if args.model.suffix == ".json":
         trace = load_trace(args.model)
@@ -203,6 +216,7 @@ def _trace(args: argparse.Namespace) -> int:
         _print_trace(trace, args.scope)
         return EXIT_OK
     rows = compare_traces(trace, load_trace(args.compare))
+    verdict = trace_verdict(rows, args.max_std_ratio, args.max_absmax_ratio)
     from rich.table import Table
 
     t = Table(title=f"{args.model} vs {args.compare} (scope {args.scope})")
@@ -225,8 +239,8 @@ def _trace(args: argparse.Namespace) -> int:
             _fmt(absmax) if absmax is not None else "-",
         )
     _console().print(t)
-    missing = [r for r in rows if r.status != "compared"]
-    return EXIT_FAIL if missing else EXIT_OK
+    print(verdict.line())
+    return EXIT_OK if verdict.verdict == "PASS" else EXIT_FAIL
 
 
 def _print_trace(trace: Any, scope: str) -> None:

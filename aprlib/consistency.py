@@ -21,3 +21,71 @@ def contradictions(model: Model) -> Iterator[tuple[str, str, str]]:
     shapes = {name: t.shape for name, t in model.tensors.items()}
     for c in _contradictions(model.config, shapes):
         yield c.field, c.tensor, c.message
+
+
+#: ``torch_dtype`` → the stored dtype it names, for the half-precision pair a mislabel
+#: confuses (F32 storage under a half ``torch_dtype`` is an upcast, not a contradiction)
+HALF = {"bfloat16": "BF16", "float16": "F16"}
+
+
+def dtype_contradiction(model: Model) -> tuple[str, str, str] | None:
+    """``torch_dtype: bfloat16`` over float tensors that are all F16 (or float16 over BF16):
+    one of the two labels is wrong, and F16 bytes read as BF16 (or back) are garbage."""
+    said = model.config.torch_dtype if model.config is not None else None
+    if said not in HALF:
+        return None
+    counts: dict[str, int] = {}
+    for t in model.tensors.values():
+        if t.dtype.name in ("F32", "F16", "BF16"):
+            counts[t.dtype.name] = counts.get(t.dtype.name, 0) + 1
+    other = "F16" if HALF[said] == "BF16" else "BF16"
+    if counts.get(other, 0) == 0 or counts.get(HALF[said], 0) > 0:
+        return None
+    mix = ", ".join(f"{k} ×{n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (
+        "torch_dtype",
+        "",
+        f"torch_dtype: {said} but the tensors are {mix}, none {HALF[said]}: either the "
+        f"config or every tensor's dtype tag is wrong",
+    )
+
+
+def findings(model: Model) -> list[dict[str, str]]:
+    """Every config-versus-weights contradiction ``apr inspect`` lists: the loader's
+    (:func:`contradictions`, a shape its transpose named so), then the dtype label."""
+    from aprlib.shapes import expected_shapes
+
+    out = []
+    want: dict[str, tuple[int, ...]] = {}
+    if model.config is not None:
+        try:
+            want = expected_shapes(model.config)
+        except (ValueError, TypeError, ZeroDivisionError):
+            want = {}
+    for field, tensor, message in contradictions(model):
+        held = model.tensors[tensor].shape if tensor in model.tensors else None
+        implied = want.get(tensor)
+        if held and implied and len(held) == 2 and tuple(held) == tuple(implied)[::-1]:
+            message += (
+                f" ({tensor} is {held[0]}x{held[1]}, the transpose of the "
+                f"{implied[0]}x{implied[1]} the config implies: shapes swapped)"
+            )
+        out.append(
+            {
+                "class": "CONFIG_CONTRADICTS_WEIGHTS",
+                "field": field,
+                "tensor": tensor,
+                "message": message,
+            }
+        )
+    dtype = dtype_contradiction(model)
+    if dtype is not None:
+        out.append(
+            {
+                "class": "CONFIG_CONTRADICTS_WEIGHTS",
+                "field": dtype[0],
+                "tensor": dtype[1],
+                "message": dtype[2],
+            }
+        )
+    return out

@@ -7,6 +7,8 @@ writer writes through ``aprlib.atomic``, so a failed conversion leaves no partia
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -170,6 +172,24 @@ def _bytes(raw: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: raw
 
 
+#: the config ``torch_dtype`` that names each float dtype a conversion can write
+TORCH_DTYPE_OF = {DType.F32: "float32", DType.F16: "float16", DType.BF16: "bfloat16"}
+
+
+def _relabelled(model: Model, dtype: DType | None, notes: list[str]) -> Model:
+    """The model with its config's ``torch_dtype`` naming what ``--dtype`` writes: a BF16
+    folder converted to F16 must not keep ``torch_dtype: bfloat16`` over F16 tensors (what
+    ``apr inspect`` and ``apr diff`` would rightly call a contradiction)."""
+    said = model.config.torch_dtype if model.config is not None else None
+    wanted = TORCH_DTYPE_OF.get(dtype) if dtype is not None else None
+    if model.config is None or dtype is None or wanted is None or said in (None, wanted):
+        return model
+    notes.append(f"config torch_dtype {said} -> {wanted}: the weights are {dtype.name} now")
+    relabelled = copy.copy(model)
+    relabelled.config = dataclasses.replace(model.config, torch_dtype=wanted)
+    return relabelled
+
+
 def _write(
     model: Model,
     dst: Path,
@@ -179,6 +199,8 @@ def _write(
     checked: bool,
 ) -> ConvertReport:
     report = ConvertReport(model.path, dst, model.format, fmt, llama_cpp_vectors=checked)
+    if checked:
+        model = _relabelled(model, dtype, report.notes)
     tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
     if checked and fmt != "gguf":
         tensors = restore_widened_vectors(model, tensors)

@@ -20,7 +20,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from aprlib import consistency, layout, pairscan, swaps
 from aprlib.config import yarn_meaning
 from aprlib.dtypes import DType, element_count, nbytes, to_float32
 from aprlib.io import LM_HEAD, Model, Tensor
-from aprlib.quantnoise import BOUND_TEXT, CODE_BITS
+from aprlib.quantnoise import BITS, BOUND_TEXT, INTERMEDIATES, cosine_floor
 from aprlib.tokenizer import compare_tokenizers
 
 CHUNK_ELEMENTS = 1 << 22  # per side per step: 16 MiB of float32
@@ -38,7 +38,7 @@ PRECISION = {DType.F32: 5, DType.F16: 4, DType.BF16: 3, DType.Q8_0: 2, DType.Q4_
 
 
 def _precision(d: DType) -> float:
-    return PRECISION.get(d, CODE_BITS.get(d, 1) / 8)
+    return PRECISION.get(d, BITS.get(d, 1) / 8)
 
 
 IDENTICAL, EQUIVALENT = "IDENTICAL", "EQUIVALENT"
@@ -226,16 +226,18 @@ def classify(
     tol: Tolerance,
     heads: tuple[int, ...] = (),
     dtype_counts: tuple[dict[DType, int], dict[DType, int]] = ({}, {}),
+    config_dtypes: tuple[DType | None, DType | None] = (None, None),
 ) -> Pair:
     """``dtype_counts``: how many tensors of each dtype A's and B's files hold, the file's
-    own testimony on which tag of a mislabelled tensor is the odd one."""
+    own testimony on which tag of a mislabelled tensor is the odd one; ``config_dtypes``:
+    each side's config ``torch_dtype``, its testimony on the same."""
     pair = Pair(ta.name, "", _describe(ta), _describe(tb))
     if ta.dtype == tb.dtype and ta.shape == tb.shape and pairscan.bytes_equal(ta, tb):
         pair.tag = IDENTICAL
         return pair
     if ta.shape != tb.shape:
         ta, tb = _read_once(ta), _read_once(tb)
-        mislabel = _mislabel(ta, tb, dtype_counts)
+        mislabel = _mislabel(ta, tb, dtype_counts, config_dtypes)
         if mislabel is not None:
             pair.tag, pair.detail, pair.mislabel = DTYPE_MISLABEL, mislabel.detail, mislabel
         elif len(ta.shape) == 2 and tuple(reversed(ta.shape)) == tb.shape and _transposed(ta, tb):
@@ -254,20 +256,18 @@ def classify(
         pair.tag = EQUIVALENT
         pair.detail = f"same values, {ta.dtype.name} vs {tb.dtype.name}"
         return pair
-    if stats["_noise"] is not None and low is not None:
-        side = "A" if low is ta else "B"
-        pair.tag = QUANT_NOISE
-        pair.detail = (
-            f"within the rounding bound of {low.dtype.name} (the lower-precision side, "
-            f"{side}): bound {BOUND_TEXT.get(low.dtype, '?')}, "
-            f"worst error {stats['_noise']:.2f} of it"
-        )
-        pair.stats["of_bound"] = stats["_noise"]
+    noise = _quant_noise(ta, tb, low, stats, dtype_counts)
+    if noise is not None:
+        pair.tag, pair.detail, of_bound = QUANT_NOISE, *noise
+        if of_bound is not None:
+            pair.stats["of_bound"] = of_bound
+        else:
+            pair.stats["cosine_only"] = 1.0
         return pair
     # the rare cases: each detector below reads both tensors again, so read each once
     # (a reader copies the bytes out of the file on every raw() call)
     ta, tb = _read_once(ta), _read_once(tb)
-    mislabel = _mislabel(ta, tb, dtype_counts)
+    mislabel = _mislabel(ta, tb, dtype_counts, config_dtypes)
     if mislabel is not None:  # before NaN: F16 bytes read as BF16 may decode to Inf/NaN
         pair.tag, pair.detail, pair.mislabel = DTYPE_MISLABEL, mislabel.detail, mislabel
         pair.stats = {}
@@ -276,8 +276,14 @@ def classify(
         where = [int(i) for i in np.unravel_index(stats["_first_bad"], ta.shape or (1,))]
         pair.tag, pair.detail = _nonfinite_finding(stats["_counts"], where)
         return pair
-    if len(ta.shape) == 2 and ta.shape[0] == ta.shape[1] and _transposed(ta, tb):
-        pair.tag, pair.detail = TRANSPOSED, "B holds A transposed (square matrix)"
+    in_place = _transposed_in_place(ta, tb)
+    if in_place:
+        pair.tag, pair.detail = TRANSPOSED, in_place
+        pair.stats = {}
+        return pair
+    zeroed = _zeroed(stats)
+    if zeroed:
+        pair.tag, pair.detail = VALUE_DRIFT, zeroed
         return pair
     explained = _affine(ta, tb, stats, tol)
     if explained:
@@ -292,7 +298,92 @@ def classify(
         f"max abs {stats['max_abs']:.3g}, RMS {stats['rms']:.3g}, relative "
         f"{stats['relative']:.3g}, cosine {stats['cosine']:.6f}"
     )
+    hint = _drift_hint(ta, tb, low, stats)
+    if hint:
+        pair.detail += f"; {hint}"
     return pair
+
+
+def _quant_noise(
+    ta: Tensor,
+    tb: Tensor,
+    low: Tensor | None,
+    stats: dict[str, Any],
+    dtype_counts: tuple[dict[DType, int], dict[DType, int]],
+) -> tuple[str, float | None] | None:
+    """(detail, share of the bound) when the pair is its lower side's rounding of the
+    higher: directly, or through one intermediate F16/BF16 rounding (an F32 checkpoint
+    converted to an F16 or BF16 GGUF, then quantised); for a codebook type with no
+    element-wise bound, (detail, None) when its cosine and norm pass the type's floor."""
+    if low is None:
+        return None
+    side = "A" if low is ta else "B"
+    if stats["_noise"] is not None:
+        return (
+            f"within the rounding bound of {low.dtype.name} (the lower-precision side, "
+            f"{side}): bound {BOUND_TEXT.get(low.dtype, '?')}, "
+            f"worst error {stats['_noise']:.2f} of it"
+        ), stats["_noise"]
+    if stats["_first_bad"] is not None:
+        return None
+    floor = cosine_floor(low.dtype)
+    if floor is not None:
+        norm = (stats["_sum_bb"] / stats["_sum_aa"]) ** 0.5 if stats["_sum_aa"] else 0.0
+        if stats["cosine"] >= floor and floor <= norm <= 1 / floor:
+            return (
+                f"no bound known for {low.dtype.name}: compared by cosine >= {floor} only "
+                f"(and norms within {1 - floor:.0%}): cosine {stats['cosine']:.6f}, norm "
+                f"ratio {norm:.4f} ({side} is the {low.dtype.name} side)"
+            ), None
+        return None
+    for mid in _intermediates(ta, tb, low, dtype_counts):
+        again = pairscan.scan(ta, tb, low, mid)
+        if again["_noise"] is not None:
+            return (
+                f"within the rounding bound of {low.dtype.name} (the lower-precision side, "
+                f"{side}) after one {mid.name} rounding: {low.dtype.name} was made from "
+                f"{mid.name} values, so |x - q| <= |x - h| + |h - q|, h = x rounded to "
+                f"{mid.name} (half a {mid.name} ulp) and |h - q| within bound "
+                f"{BOUND_TEXT.get(low.dtype, '?')}; worst error {again['_noise']:.2f} of it"
+            ), again["_noise"]
+    return None
+
+
+def _intermediates(
+    ta: Tensor,
+    tb: Tensor,
+    low: Tensor,
+    dtype_counts: tuple[dict[DType, int], dict[DType, int]],
+) -> tuple[DType, ...]:
+    """The half-precision roundings a quantised side may have been made through: only
+    below an F32 side, and the one the quantised file's own unquantised tensors use where
+    it holds some (else either)."""
+    high = tb if low is ta else ta
+    if not low.dtype.info.quantized or high.dtype is not DType.F32:
+        return ()
+    counts = dtype_counts[0 if low is ta else 1]
+    said = tuple(d for d in INTERMEDIATES if counts.get(d, 0))
+    return said or INTERMEDIATES
+
+
+def _drift_hint(ta: Tensor, tb: Tensor, low: Tensor | None, stats: dict[str, Any]) -> str:
+    """A drift with a known cause: a BF16 side made by truncating the F32 other side
+    (round toward zero) instead of rounding to nearest."""
+    if low is None or low.dtype is not DType.BF16 or stats["_first_bad"] is not None:
+        return ""
+    high = tb if low is ta else ta
+    if high.dtype is not DType.F32:
+        return ""
+    truncated = high.raw().view("<u4") >> np.uint32(16)
+    if np.array_equal(truncated.astype("<u2"), low.raw().view("<u2")):
+        side = "A" if low is ta else "B"
+        return (
+            f"{side} is the other side's F32 values rounded to BF16 by truncation (round "
+            "toward zero), not round-to-nearest-even: every element within one BF16 ulp, "
+            "twice the round-to-nearest bound and biased toward zero (a converter's "
+            "rounding mode)"
+        )
+    return ""
 
 
 def _lower(ta: Tensor, tb: Tensor) -> Tensor | None:
@@ -319,13 +410,15 @@ def _mislabel(
     ta: Tensor,
     tb: Tensor,
     dtype_counts: tuple[dict[DType, int], dict[DType, int]] = ({}, {}),
+    config_dtypes: tuple[DType | None, DType | None] = (None, None),
 ) -> Mislabel | None:
     """One side's raw bytes, decoded as another float dtype, are the other side's values.
 
-    When both sides hold the very same bytes under two tags, either could be the liar; the
-    guilty side is the one whose tag makes the bytes implausible weights (see
-    ``_plausible``), and failing that the one whose tag is the odd one out in its own file.
-    ``decided`` is False when the side is a guess that the file's other tensors may overrule.
+    When both sides hold the very same bytes under two tags, either could be the liar: the
+    evidence is each file's other tensors, each config's ``torch_dtype`` and, for a 2-D
+    weight, which reading of the bytes looks like trained weights (see ``_guilty``).
+    ``decided`` is False when it does not tell; the file's other mislabels may then
+    (``_settle_sides``), else the finding names both readings.
     """
     found = []  # (guilty side, true dtype, its tag)
     for x, y, side in ((ta, tb, "A"), (tb, ta, "B")):
@@ -341,33 +434,55 @@ def _mislabel(
                 break
     if not found:
         return None
-    (side, true, tag), decided = (
-        (found[0], True) if len(found) == 1 else _guilty(ta, found, dtype_counts)
-    )
-    return Mislabel(side, true, tag, decided)
+    same = ta.raw().size == tb.raw().size and bool(np.array_equal(ta.raw(), tb.raw()))
+    if len(found) == 1:
+        side, true, tag = found[0]
+        return Mislabel(side, true, tag, True, same)
+    evidence = Evidence(dtype_counts[0], dtype_counts[1], config_dtypes)
+    (side, true, tag), decided = _guilty(ta, found, evidence)
+    return Mislabel(side, true, tag, decided, same, "" if decided else UNDECIDED)
 
 
 @dataclass(frozen=True)
 class Mislabel:
-    """Side ``side`` holds ``true`` data tagged ``tag``."""
+    """Side ``side`` holds ``true`` data tagged ``tag``; ``same_bytes``: both sides hold
+    the very bytes (else the other side holds their values in a wider dtype); ``undecided``:
+    why the evidence could not tell which side lies ('' when it could)."""
 
     side: str
     true: DType
     tag: DType
     decided: bool
+    same_bytes: bool = True
+    undecided: str = ""
+
+    @property
+    def short(self) -> str:
+        """'BF16 data tagged F16 (in B)', or both readings where the side is unknown."""
+        if self.decided or not self.undecided:
+            return f"{self.true.name} data tagged {self.tag.name} (in {self.side})"
+        other = "B" if self.side == "A" else "A"
+        return (
+            f"{self.true.name} data tagged {self.tag.name} in {self.side} or "
+            f"{self.tag.name} data tagged {self.true.name} in {other}: cannot tell which "
+            f"side ({self.undecided})"
+        )
 
     @property
     def detail(self) -> str:
+        if self.same_bytes:
+            return f"bytes identical, dtype tag differs: {self.short}"
+        other = "B" if self.side == "A" else "A"
         return (
-            f"bytes identical, dtype tag differs: {self.true.name} data tagged "
-            f"{self.tag.name} (in {self.side})"
+            f"{self.side}'s bytes read as {self.true.name} are {other}'s values, dtype tag "
+            f"differs: {self.short}"
         )
 
     def blamed_on(self, side: str) -> Mislabel:
         """The other reading of the same bytes: the other side lies, the tags swap."""
         if side == self.side:
-            return self
-        return Mislabel(side, self.tag, self.true, decided=True)
+            return dataclasses.replace(self, decided=True, undecided="")
+        return Mislabel(side, self.tag, self.true, True, self.same_bytes)
 
 
 def _settle_sides(pairs: list[Pair]) -> None:
@@ -390,20 +505,63 @@ def _settle_sides(pairs: list[Pair]) -> None:
             p.detail = p.mislabel.detail
 
 
+#: config ``torch_dtype`` values and the tag they stand for
+TORCH_DTYPES = {"float32": DType.F32, "float16": DType.F16, "bfloat16": DType.BF16}
+
+
+def config_dtype(model: Model) -> DType | None:
+    """The dtype a model's config says its weights are (``torch_dtype``), if it says."""
+    name = getattr(model.config, "torch_dtype", None) if model.config else None
+    return TORCH_DTYPES.get(str(name).removeprefix("torch.")) if name else None
+
+
+class Evidence(NamedTuple):
+    """What each file says of its own dtypes: how many tensors of each dtype A's and B's
+    files hold, and each config's ``torch_dtype`` (indexable as the pair of counts)."""
+
+    a: dict[DType, int]
+    b: dict[DType, int]
+    said: tuple[DType | None, DType | None] = (None, None)
+
+
+#: why a mislabel's side is undecided, when the evidence is even
+UNDECIDED = (
+    "both files hold these dtypes alike, neither config's torch_dtype tells, and the "
+    "bytes read as plausible values either way"
+)
+
+
 def _guilty(
     t: Tensor,
     found: list[tuple[str, DType, DType]],
-    dtype_counts: tuple[dict[DType, int], dict[DType, int]],
+    dtype_counts: tuple[dict[DType, int], dict[DType, int]] | Evidence,
 ) -> tuple[tuple[str, DType, DType], bool]:
     """Of 'A mislabelled' and 'B mislabelled' (same bytes, two tags), the likelier one, and
-    whether the evidence decided it (else the first is a guess)."""
-    plausible = [c for c in found if _plausible(t.raw(), c[1])]
-    if len(plausible) == 1:
-        return plausible[0], True
+    whether the evidence decided it (else the first is a guess).
+
+    Each claim '{side} holds {true} data tagged {tag}' scores a point for each witness
+    that backs it and loses one for each that denies it: the side's file (do its other
+    tensors hold ``true`` more often than ``tag``?), the side's config ``torch_dtype``
+    (``dtype_counts`` may be an ``Evidence``), and for a 2-D weight the bytes themselves
+    (read as ``true`` they look like trained weights, read as ``tag`` they do not). A 1-D
+    tensor's reading is no witness: norm weights near 1 pass or fail the look of weights
+    under either tag by their spread alone.
+    """
+    said = getattr(dtype_counts, "said", (None, None))
+    scores = []
     for side, true, tag in found:
-        counts = dtype_counts[0 if side == "A" else 1]
-        if counts.get(true, 0) > counts.get(tag, 0):
-            return (side, true, tag), True
+        i = 0 if side == "A" else 1
+        counts = dtype_counts[0] if side == "A" else dtype_counts[1]
+        score = int(counts.get(true, 0) > counts.get(tag, 0))
+        score -= int(counts.get(tag, 0) > counts.get(true, 0))
+        score += int(said[i] is true) - int(said[i] is tag)
+        if len(t.shape) >= 2:
+            looks_true, looks_tag = _plausible(t.raw(), true), _plausible(t.raw(), tag)
+            score += int(looks_true and not looks_tag) - int(looks_tag and not looks_true)
+        scores.append(score)
+    best = max(range(len(found)), key=lambda k: scores[k])
+    if scores.count(scores[best]) == 1:
+        return found[best], True
     return found[0], False
 
 
@@ -465,6 +623,23 @@ def _transposed(ta: Tensor, tb: Tensor) -> bool:
     return True
 
 
+def _transposed_in_place(ta: Tensor, tb: Tensor) -> str:
+    """One side's bytes are the other's matrix transposed while its shape label stayed
+    the row-major one: ``B.reshape(shape[::-1]).T == A`` (the row-major/column-major bug;
+    a square matrix is the special case). Returns the finding's detail, or ''."""
+    if len(ta.shape) != 2 or ta.shape != tb.shape:
+        return ""
+    flipped = tuple(reversed(ta.shape))
+    for x, y, side in ((ta, tb, "B"), (tb, ta, "A")):
+        if y.dtype in FLOATS and _transposed(x, dataclasses.replace(y, shape=flipped)):
+            return (
+                f"{side} stored transposed (column-major) under a row-major shape: a layout "
+                f"defect ({side}'s bytes hold the matrix transposed, {list(flipped)} row-major, "
+                f"under the label {list(ta.shape)})"
+            )
+    return ""
+
+
 def _typed_view(t: Tensor) -> np.ndarray:
     kinds = {DType.F32: "<u4", DType.F16: "<u2", DType.BF16: "<u2"}
     return t.raw().view(kinds[t.dtype]).reshape(t.shape)
@@ -483,6 +658,17 @@ def _nonfinite_finding(counts: dict[str, int], where: list[int]) -> tuple[str, s
             parts.append(f"{label}: {na} in A, {nb} in B, not at the same places")
     tag = NAN if counts["nan_a"] or counts["nan_b"] else INF
     return tag, f"{', '.join(parts)}, first at {where}"
+
+
+def _zeroed(stats: dict[str, Any]) -> str:
+    """'B is all zeros where A is not': a zeroed tensor is no scaling by 0."""
+    for mine, theirs, side, other in (
+        ("_sum_bb", "_sum_aa", "B", "A"),
+        ("_sum_aa", "_sum_bb", "A", "B"),
+    ):
+        if stats[mine] == 0 and stats[theirs] > 0 and stats["_first_bad"] is None:
+            return f"{side} is all zeros where {other} is not (a zeroed tensor)"
+    return ""
 
 
 def _affine(
@@ -695,6 +881,7 @@ def diff_models(
         )
     )
     counts = (_dtype_counts(a), _dtype_counts(b))
+    said = (config_dtype(a), config_dtype(b))
 
     def compare(name: str) -> Pair:
         ta = _lookup(a, name)
@@ -706,7 +893,7 @@ def diff_models(
         if tb is None:
             return Pair(name, MISSING, _describe(ta), None, "only in A")
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are findings, not noise
-            pair = classify(ta, tb, tol, heads, counts)
+            pair = classify(ta, tb, tol, heads, counts, said)
         if values and pair.tag not in CLEAN:
             pair.values = {"a": _first(ta), "b": _first(tb)}
         a.drop_pages()
@@ -798,8 +985,9 @@ def _first(t: Tensor, n: int = 6) -> list[float]:
 MEANING = {
     IDENTICAL: "Files identical tensor for tensor",
     EQUIVALENT: "Same values in another encoding (lossless)",
-    TRANSPOSED: "Values identical, shapes transposed (format layout diff)",
-    DTYPE_MISLABEL: "Bytes identical, dtype tag differs",
+    TRANSPOSED: "Values identical, stored transposed ([in, out] where [out, in] belongs): a "
+    "layout defect",
+    DTYPE_MISLABEL: "Same values under the wrong dtype tag",
     SCALED: "Values scaled by a constant",
     SHIFTED: "Values offset by a constant",
     PERMUTED: "Same rows in another order",
@@ -936,12 +1124,22 @@ def _explain(
     summary = MEANING[tag]
     where = f"all {total} tensors" if len(names) == total > 1 else fold(names, total_layers)
     if tag == DTYPE_MISLABEL and details:
-        summary += ": " + sorted(details)[0].split("differs: ", 1)[-1]
+        shorts = sorted(p.mislabel.short if p.mislabel else p.detail for p in pairs)
+        summary += ": " + shorts[0].split("differs: ", 1)[-1]
+    elif tag == TRANSPOSED and any("a layout defect" in d for d in details):
+        summary = sorted(d for d in details if "a layout defect" in d)[0]
     elif tag in (SCALED, SHIFTED, PERMUTED) and len(details) == 1:
         summary += f": {next(iter(details))}"
     elif tag == QUANT_NOISE and details:
         worst = max(pairs, key=lambda p: p.stats.get("of_bound", 0.0))
         summary += f" ({worst.detail}; worst pair {worst.name})"
+        unbound = [p for p in pairs if p.stats.get("cosine_only")]
+        if unbound:
+            least = min(unbound, key=lambda p: p.stats.get("cosine", 1.0))
+            summary += (
+                f"; {len(unbound)} tensors with {least.detail.split(': cosine ', 1)[0]} "
+                f"(least cosine {least.stats.get('cosine', 1.0):.6f}: {least.name})"
+            )
     elif tag == VALUE_DRIFT:
         worst = max(pairs, key=lambda p: p.stats.get("max_abs", 0))
         summary += f" (worst {worst.name}: {worst.detail})"

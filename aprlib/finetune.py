@@ -14,7 +14,6 @@ where it stopped.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aprlib.arch_presets import preset_name, presets, unknown_arch
 from aprlib.atomic import atomic_output
 from aprlib.checkpoint import load_state, save_checkpoint
 from aprlib.config import ModelConfig, from_hf
@@ -166,21 +166,6 @@ def config_differences(init: ModelConfig, requested: ModelConfig) -> list[str]:
     return out
 
 
-def presets() -> dict[str, Callable[[], ModelConfig]]:
-    """The published-config presets of aprlib.config, by function name."""
-    from aprlib import config as module
-
-    return {
-        name: fn
-        for name, fn in vars(module).items()
-        if inspect.isfunction(fn)
-        and fn.__module__ == module.__name__
-        and not name.startswith("_")
-        and not inspect.signature(fn).parameters
-        and fn.__annotations__.get("return") in ("ModelConfig", ModelConfig)
-    }
-
-
 def requested_config(
     config: Path | str | None = None, arch: str | None = None
 ) -> ModelConfig | None:
@@ -198,11 +183,10 @@ def requested_config(
         except ValueError as exc:  # JSONDecodeError and ConfigError
             raise FinetuneError(f"{path}: {exc}") from None
     if arch is not None:
-        known = presets()
-        name = arch.replace("-", "_").replace(".", "_")
-        if name not in known:
-            raise FinetuneError(f"unknown --arch {arch!r}; one of {', '.join(sorted(known))}")
-        return known[name]()
+        problem = unknown_arch(arch)
+        if problem is not None:
+            raise FinetuneError(problem)
+        return presets()[preset_name(arch)]()
     return None
 
 

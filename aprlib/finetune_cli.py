@@ -2,7 +2,9 @@
 
 Exit codes: 0 trained; 1 the run was refused or failed (missing/corrupt init or data, an
 architecture mismatch, ids outside the vocabulary, step-0 loss not below ln(vocab) and the
-from-scratch loss, a checkpoint that cannot be resumed); 2 usage.
+from-scratch loss, a checkpoint that cannot be resumed, an ``--out`` that exists); 2 usage
+(``--config`` with ``--arch``, an unknown ``--arch``, ``--steps 0`` and the other ranges).
+Usage and ``--out`` are checked before torch is imported or a file is read.
 """
 
 from __future__ import annotations
@@ -60,8 +62,48 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def usage_error(args: argparse.Namespace) -> str | None:
+    """What makes this command line unusable, told before any import of torch or work (the
+    ranges are ``finetune.Settings``'s, in its words)."""
+    for name in ("steps", "batch", "seq", "eval_every"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1"
+    for name in ("warmup", "save_every", "weight_decay"):
+        if getattr(args, name) < 0:
+            return f"--{name.replace('_', '-')} must be >= 0"
+    if not args.lr > 0:
+        return "--lr must be > 0"
+    if args.config is not None and args.arch is not None:
+        return "give --config or --arch, not both"
+    if args.arch is not None:
+        from aprlib.arch_presets import unknown_arch
+
+        return unknown_arch(args.arch)
+    return None
+
+
+def out_refusal(args: argparse.Namespace) -> str | None:
+    """The ``--out``/``--resume`` refusal (exit 1), told before any work: a finished run is
+    never clobbered, and a resume needs its checkpoint."""
+    out = args.out
+    if args.resume and (out is None or not out.is_file()):
+        return f"--resume needs an existing checkpoint at --out ({out})"
+    if not args.resume and out is not None and out.exists():
+        return f"{out} exists: pass --resume to continue it, or choose another --out"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import json
+
+    problem = usage_error(args)
+    if problem is not None:
+        print(f"apr: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    refusal = out_refusal(args)
+    if refusal is not None:
+        print(f"apr: error: {refusal}", file=sys.stderr)
+        return EXIT_REFUSED
 
     from aprlib.errors import ModelFileError
     from aprlib.finetune import Settings, finetune, requested_config

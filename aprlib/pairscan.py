@@ -167,11 +167,16 @@ def bytes_equal(ta: Tensor, tb: Tensor) -> bool:
 # --- the pass ----------------------------------------------------------------------------
 
 
-def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
+def scan(
+    ta: Tensor, tb: Tensor, low: Tensor | None, intermediate: DType | None = None
+) -> dict[str, Any]:
     """Difference statistics over the positions finite on both sides (NaN and Inf are
     counted and located on their own, so one NaN cannot turn every figure into nan), and
     where ``low`` names the lower-precision side, the worst error as a share of its
-    rounding bound (``_noise``: None when some element breaks it)."""
+    rounding bound (``_noise``: None when some element breaks it). ``intermediate``: an
+    F16 or BF16 rounding the low side was quantised from; the bound is then checked
+    against the higher side rounded through it (``quantnoise.INTERMEDIATES``), and the
+    pass stops at the first piece that breaks it (such a re-scan wants only ``_noise``)."""
     n_rows, row = pair_layout(ta, tb)
     row_bytes_a = ta.nbytes // n_rows if n_rows else 0
     row_bytes_b = tb.nbytes // n_rows if n_rows else 0
@@ -230,9 +235,18 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
                 diff = a - b
             if check_noise and low_dtype is not None:
                 high, low_piece, low_sub = (b, piece_a, sub_a) if low_is_a else (a, piece_b, sub_b)
-                share = quantnoise.worst_share(low_dtype, high, err, low_piece, scratch[5], low_sub)
+                low_values = a if low_is_a else b
+                noise_err = err
+                if intermediate is not None:
+                    high = quantnoise.round_through(high, intermediate)
+                    noise_err = np.abs(high - low_values)
+                share = quantnoise.worst_share(
+                    low_dtype, high, noise_err, low_piece, scratch[5], low_sub
+                )
                 check_noise = share <= 1.0
                 worst = max(worst, share)
+                if intermediate is not None and not check_noise:
+                    break  # a re-scan wants the verdict only: the first piece decides
             # sums through BLAS dot (with ones for a plain sum): 3x faster than numpy's
             # pairwise sum, and accurate to ~1e-7 relative over a piece
             sum_diff += float(dot(diff, scratch[4][: diff.size]))
@@ -241,6 +255,10 @@ def scan(ta: Tensor, tb: Tensor, low: Tensor | None) -> dict[str, Any]:
             sum_bb += float(dot(b, b))
             count += a.size
         start += count_rows
+        if intermediate is not None and not check_noise:
+            for stream in streams:
+                stream.close()
+            break
     # a.b from |a - b|^2 = a.a + b.b - 2 a.b: one dot product fewer per piece, and no
     # cancellation that matters (its error is ~1e-7 of a.a + b.b)
     sum_ab = (sum_aa + sum_bb - sum_sq) / 2

@@ -3,10 +3,12 @@
 The gates and the defect each is for: ``load`` (weights disagree with the config),
 ``tensors`` (NaN/Inf), ``zeros`` (a weight mostly zeros), ``embedding_rows`` (constant or
 dead rows), ``std_range`` (a tensor far outside the family's typical spread: a dtype
-mislabel, a scaled bias), ``logits`` (non-finite or flat logits on a fixed prompt), ``loss``
-(a token stream's loss not below ln(vocab): a transposed, mis-biased or mis-roped forward),
-``round_trip`` (APR and GGUF copies give the same logits) and ``backend_parity`` (llama.cpp
-on the GGUF copy agrees within the dtype's bound).
+mislabel, a scaled bias), ``dtype_label`` (half-precision bytes that are plausible weights
+only under the other half type: "this looks like BF16 data tagged F16"), ``logits``
+(non-finite or flat logits on a fixed prompt), ``loss`` (a token stream's loss not below
+ln(vocab): a transposed, mis-biased or mis-roped forward), ``round_trip`` (APR and GGUF
+copies give the same logits) and ``backend_parity`` (llama.cpp on the GGUF copy agrees
+within the dtype's bound).
 """
 
 from __future__ import annotations
@@ -100,7 +102,42 @@ def tensor_gates(model: Any) -> list[Gate]:
             "; ".join(out_of_range[:5]) if out_of_range else "every tensor in its typical spread",
             {"tensors": len(out_of_range)},
         ),
+        dtype_label_gate(model),
     ]
+
+
+def suspected_mislabel(t: Any) -> str | None:
+    """``"BF16 data tagged F16"`` when a half-precision tensor's bytes are no plausible
+    weights under its own tag and plausible under the other half type, else None. The
+    plausibility test is ``apr diff``'s DTYPE_MISLABEL one (aprlib.diff)."""
+    from aprlib.diff import _plausible
+    from aprlib.dtypes import DType
+
+    other = {DType.F16: DType.BF16, DType.BF16: DType.F16}.get(t.dtype)
+    if other is None:
+        return None
+    raw = np.asarray(t.raw()).view(np.uint8).reshape(-1)
+    if _plausible(raw, t.dtype) or not _plausible(raw, other):
+        return None
+    return f"{other.name} data tagged {t.dtype.name}"
+
+
+def dtype_label_gate(model: Any) -> Gate:
+    """Each F16/BF16 tensor read both ways: one whose own tag gives no plausible weights
+    and whose other reading does is named a suspected mislabel."""
+    found = []
+    for t in model:
+        guess = suspected_mislabel(t)
+        if guess is not None:
+            found.append(f"{t.name}: this looks like {guess}")
+    return Gate(
+        "dtype_label",
+        "FAIL" if found else "PASS",
+        "; ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else "")
+        if found
+        else "every half-precision tensor plausible under its own tag",
+        {"tensors": len(found)},
+    )
 
 
 def prompt_tokens(vocab: int) -> list[int]:

@@ -26,9 +26,27 @@ TINY = np.float32(2.0**-126)  # the smallest normal float32: keeps 0/0 out, neve
 #: bits per weight of the other GGML types, for a generic rounding bound
 CODE_BITS = {
     DType.Q4_0: 4, DType.Q4_1: 4, DType.Q5_0: 5, DType.Q5_1: 5, DType.Q2_K: 2, DType.Q3_K: 3,
-    DType.Q5_K: 5, DType.Q6_K: 6, DType.IQ2_XXS: 2, DType.IQ2_XS: 2, DType.IQ3_XXS: 3,
-    DType.IQ1_S: 1, DType.IQ4_NL: 4, DType.IQ3_S: 3, DType.IQ2_S: 2, DType.IQ4_XS: 4,
-    DType.IQ1_M: 1, DType.TQ1_0: 1, DType.TQ2_0: 2, DType.MXFP4: 4,
+    DType.Q5_K: 5, DType.Q6_K: 6, DType.IQ4_NL: 4, DType.IQ4_XS: 4, DType.MXFP4: 4,
+}  # fmt: skip
+
+#: the ternary types: 256-element blocks of q in {-1, 0, 1} times the block's f16 scale d,
+#: which ggml sets to the block's largest |x| (q = round(x / d)). So every element lies
+#: within d/2 of its code, plus the f16 rounding of d itself: the byte offset of d
+TERNARY = {DType.TQ1_0: 52, DType.TQ2_0: 64}
+
+#: the codebook types (a 3-, 2- or 1-bit grid of 4- or 8-value points, searched under
+#: sign and scale constraints): ggml's search gives no element-wise bound that a short
+#: derivation could stand behind, so they are compared by cosine only, and say so
+COSINE_ONLY = {
+    DType.IQ3_S: 0.95, DType.IQ3_XXS: 0.95, DType.IQ2_S: 0.85, DType.IQ2_XS: 0.85,
+    DType.IQ2_XXS: 0.85, DType.IQ1_S: 0.6, DType.IQ1_M: 0.6,
+}  # fmt: skip
+
+#: the bits per weight the generic bound's step is of: its own and the codebook types'
+BITS = {
+    **CODE_BITS,
+    DType.IQ2_XXS: 2, DType.IQ2_XS: 2, DType.IQ3_XXS: 3, DType.IQ1_S: 1, DType.IQ3_S: 3,
+    DType.IQ2_S: 2, DType.IQ1_M: 1, DType.TQ1_0: 1, DType.TQ2_0: 2,
 }  # fmt: skip
 
 #: what each bound allows per element, in words, for the output
@@ -42,7 +60,36 @@ BOUND_TEXT = {
         d: f"one {bits}-bit step over each 32-element group's +-max range ({d.name})"
         for d, bits in CODE_BITS.items()
     },
+    **{
+        d: f"d/2 per 256-element block (half a {d.name} step: q in -1..1 times the "
+        "block's max |x|), plus the f16 rounding of d"
+        for d in TERNARY
+    },
 }
+
+#: the intermediate roundings ``--expect quantized`` accepts before a quantisation: the
+#: quantiser saw the half-precision rounding h of x, so |x - q| <= |x - h| + |h - q|; the
+#: second term is held to the quantisation's own bound of h (recomputed exactly, RNE)
+INTERMEDIATES = (DType.F16, DType.BF16)
+
+
+def round_through(values: np.ndarray, mid: DType) -> np.ndarray:
+    """``values`` (float32) rounded to ``mid`` (F16 or BF16, round-to-nearest-even, as
+    llama.cpp's converter and torch write them) and back to float32."""
+    if mid is DType.F16:
+        with np.errstate(over="ignore"):
+            return values.astype(np.float16).astype(np.float32)
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) & np.uint32(
+        0xFFFF0000
+    )
+    rounded = np.where(np.isnan(values), bits, rounded)
+    return rounded.view(np.float32)
+
+
+def cosine_floor(low: DType) -> float | None:
+    """The cosine a codebook type is held to, where no element-wise bound is known."""
+    return COSINE_ONLY.get(low)
 
 
 def has_bound(low: DType) -> bool:
@@ -88,6 +135,8 @@ def worst_share(
         return float(share.max())
     if low is DType.Q4_K:
         return _q4_k_share(high, err, sub_blocks or q4_k_sub_blocks(low_raw), out)
+    if low in TERNARY:
+        return _ternary_share(low, err, low_raw)
     bits = CODE_BITS[low]
     groups = np.abs(high).reshape(-1, 32)
     step = groups.max(axis=1) * np.float32(2 / max(2**bits - 1, 1) * 1.25)
@@ -95,6 +144,19 @@ def worst_share(
     bound *= SLACK
     bound += TINY
     return float((err.reshape(-1, 32) / bound).max())
+
+
+def _ternary_share(low: DType, err: np.ndarray, low_raw: np.ndarray) -> float:
+    """d/2 per block (q = round(x / d), d = the block's max |x|), plus the f16 rounding of d
+    over one step: d_16/2 + 2 half-ulps of d (|x| <= d may round to a code 1 step away
+    only when d_16 < d, by at most half an ulp)."""
+    width = low.info.block_bytes
+    at = TERNARY[low]
+    blocks = low_raw.reshape(-1, width)
+    d = np.abs(blocks[:, at : at + 2].copy().view(np.float16).astype(np.float32).reshape(-1))
+    per_block = d * np.float32(0.5) + np.maximum(d * np.float32(2.0**-10), np.float32(2.0**-24))
+    share = err.reshape(-1, low.info.block_elements) / (per_block * SLACK + TINY)[:, None]
+    return float(share.max())
 
 
 def q4_k_sub_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

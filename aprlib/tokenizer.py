@@ -15,6 +15,7 @@ the first merge that differs, special ids and the pre-tokenizer.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +159,54 @@ def from_hf(
             token_id = fallback if isinstance(fallback, int) and 0 <= fallback < n else None
         if token_id is not None:
             out[PREFIX + gguf_key] = token_id
-    for key in ("add_bos_token", "add_eos_token"):
-        if isinstance(config.get(key), bool):
+    adds = post_processor_adds(data, config)
+    for which in ("bos", "eos"):
+        key = f"add_{which}_token"
+        if which in adds:
+            out[PREFIX + key] = adds[which]
+        elif isinstance(config.get(key), bool):
             out[PREFIX + key] = config[key]
+    return out
+
+
+def _special_text(config: dict[str, Any], key: str) -> str | None:
+    value = config.get(key)
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def post_processor_adds(data: dict[str, Any], config: dict[str, Any]) -> dict[str, bool]:
+    """What the HF post-processor adds around one sequence (``{"bos": ..., "eos": ...}``),
+    read as llama.cpp's converter (gguf-py ``SpecialVocab``) reads it: a ByteLevel
+    processor adds nothing, a Roberta one both, a template its leading BOS and trailing EOS.
+    A side it does not decide is left out (then ``tokenizer_config.json`` decides); the
+    post-processor wins over ``tokenizer_config.json`` where both speak, as in llama.cpp."""
+    post = data.get("post_processor")
+    if not isinstance(post, dict):
+        return {}
+    out: dict[str, bool] = {}
+    bos, eos = _special_text(config, "bos_token"), _special_text(config, "eos_token")
+    processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    for proc in processors:
+        if not isinstance(proc, dict):
+            continue
+        kind = proc.get("type")
+        if kind == "ByteLevel":
+            out.setdefault("bos", False)
+            out.setdefault("eos", False)
+        elif kind == "RobertaProcessing":
+            out["bos"] = out["eos"] = True
+        elif kind == "TemplateProcessing":
+            single = proc.get("single") or []
+            if len(single) > 1:
+                first = (single[0].get("SpecialToken") or {}).get("id")
+                last = (single[-1].get("SpecialToken") or {}).get("id")
+                if first:
+                    out["bos"] = first == bos or not config
+                if last:
+                    out["eos"] = last == eos or not config
+            break
     return out
 
 
@@ -183,13 +229,52 @@ def _field(tok: dict[str, Any], name: str) -> Any:
     return tok.get(PREFIX + name)
 
 
+#: ``tokenizer.ggml.pre`` values for which llama.cpp adds BOS when the file does not say
+#: (llama-vocab.cpp: the LLAMA3 pre-tokenizer family, tekken, chameleon)
+ADDS_BOS_BY_DEFAULT = frozenset(
+    {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"}
+    | {"tekken", "chameleon"}
+)
+
+
+def effective_add(tok: dict[str, Any], which: str) -> bool:
+    """Does a tokenizer in this form add ``which`` ("bos" or "eos") to a sequence? The
+    explicit ``add_*_token`` where there is one, else llama.cpp's default for its vocabulary
+    (a byte-level BPE adds BOS only for the llama-bpe family, EOS never): "not set" and an
+    explicit false are the same tokenizer when the default adds nothing."""
+    value = _field(tok, f"add_{which}_token")
+    if isinstance(value, bool):
+        return value
+    if which == "bos" and _field(tok, "model") == "gpt2":
+        return _field(tok, "pre") in ADDS_BOS_BY_DEFAULT
+    return which == "bos" and _field(tok, "model") == "llama"  # SentencePiece: BOS, no EOS
+
+
+#: strings tried, in order, for one whose ids differ between two tokenizers
+EXAMPLES = (
+    "Hello world",
+    "digits 1234567890",
+    "It's they're we've",
+    "tabs\t\tand   spaces\n\n",
+    "Grüße, naïve café 東京",
+)
+
+
 def compare_tokenizers(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
-    """One line per difference; empty when the two agree or either side has none (a file
-    without a tokenizer is not a file with another tokenizer)."""
+    """One line per difference, by what each tokenizer does (``add_bos_token`` unset and
+    false agree where llama.cpp's default adds nothing), then one line with an example
+    string whose ids differ where one is found; empty when the two agree or either side
+    has none (a file without a tokenizer is not a file with another tokenizer)."""
     if not a or not b:
         return []
     out = []
     for name in SCALARS:
+        if name in ("add_bos_token", "add_eos_token"):
+            which = name[4:7]
+            va, vb = effective_add(a, which), effective_add(b, which)
+            if va != vb:
+                out.append(f"{name}: {va!r} vs {vb!r}" + _said(a, b, name))
+            continue
         va, vb = _field(a, name), _field(b, name)
         if va != vb:
             out.append(f"{name}: {va!r} vs {vb!r}")
@@ -206,7 +291,48 @@ def compare_tokenizers(a: dict[str, Any] | None, b: dict[str, Any] | None) -> li
                 f"{name}: first differing {what} {first}: {la[first]!r} vs {lb[first]!r}"
                 + (f" ({len(la)} vs {len(lb)} entries)" if len(la) != len(lb) else "")
             )
+    if out:
+        example = _example(a, b)
+        if example:
+            out.append(example)
     return out
+
+
+def _said(a: dict[str, Any], b: dict[str, Any], name: str) -> str:
+    """Where a side's value is llama.cpp's default rather than its own key, say so."""
+    unset = [side for side, tok in (("A", a), ("B", b)) if _field(tok, name) is None]
+    return f" ({' and '.join(unset)} unset: llama.cpp's default)" if unset else ""
+
+
+def encoder(tok: dict[str, Any]) -> Callable[[str], list[int]]:
+    """text → the ids this tokenizer gives it with its special tokens added, as llama.cpp
+    would: BOS first and EOS last where :func:`effective_add` says so."""
+    from tokenizers import Tokenizer
+
+    body, _ = to_hf(tok)
+    run = Tokenizer.from_str(body)
+    bos, eos = _field(tok, "bos_token_id"), _field(tok, "eos_token_id")
+    head = [bos] if effective_add(tok, "bos") and isinstance(bos, int) else []
+    tail = [eos] if effective_add(tok, "eos") and isinstance(eos, int) else []
+
+    def encode(text: str) -> list[int]:
+        return [*head, *run.encode(text, add_special_tokens=False).ids, *tail]
+
+    return encode
+
+
+def _example(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """``example 'Hello world': ids [..] vs [..]`` for the first string the two tokenize
+    differently, or None when neither can be run here (not byte-level BPE) or none differs."""
+    try:
+        ea, eb = encoder(a), encoder(b)
+        for text in EXAMPLES:
+            ia, ib = ea(text), eb(text)
+            if ia != ib:
+                return f"example {text!r}: ids {json.dumps(ia)} vs {json.dumps(ib)}"
+    except Exception:  # an example is a courtesy; the differences stand without one
+        return None
+    return None
 
 
 def to_hf(tok: dict[str, Any]) -> tuple[str, dict[str, Any]]:

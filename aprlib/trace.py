@@ -185,3 +185,98 @@ def compare_traces(a: Trace, b: Trace) -> list[PointComparison]:
         if (p.name, p.scope) not in seen
     )
     return rows
+
+
+#: default gates of ``apr trace --compare``: B's statistic over A's at one point, either way
+#: (a ratio r counts as max(r, 1/r)). Two forwards of one model in float32 and bfloat16, or
+#: on two backends, sit within a few percent; a mis-scaled tensor or a dropped norm moves
+#: a point's spread by a factor.
+MAX_STD_RATIO = 1.25
+MAX_ABSMAX_RATIO = 2.0
+
+
+@dataclass
+class TraceVerdict:
+    """Named gates over every compared point (both scopes), like ``apr logits --compare``:
+    ``points`` (none missing on either side), ``finite`` (no NaN/Inf on one side only),
+    ``std_ratio`` and ``absmax_ratio`` (the worst point's ratio within its bound)."""
+
+    gates: dict[str, dict[str, Any]]
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, g in self.gates.items() if not g["pass"]]
+
+    @property
+    def verdict(self) -> str:
+        return "FAIL" if self.failed else "PASS"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gates": self.gates, "verdict": self.verdict, "failed": self.failed}
+
+    def line(self) -> str:
+        """``VERDICT: FAIL (std_ratio: 10 at layers.1.mlp.swiglu (all), bound 1.25)``"""
+        why = []
+        for name in self.failed:
+            g = self.gates[name]
+            at = f" at {g['worst']}" if g.get("worst") else ""
+            value = g["value"]
+            shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+            why.append(f"{name}: {shown}{at}, bound {g['bound']}")
+        return f"VERDICT: {self.verdict}" + (f" ({'; '.join(why)})" if why else "")
+
+
+def _fold(r: float | None) -> float:
+    if r is None or math.isnan(r):
+        return math.inf
+    if r == 0:
+        return math.inf
+    r = abs(r)
+    return max(r, 1.0 / r)
+
+
+def trace_verdict(
+    rows: list[PointComparison],
+    max_std_ratio: float = MAX_STD_RATIO,
+    max_absmax_ratio: float = MAX_ABSMAX_RATIO,
+) -> TraceVerdict:
+    """The gates of a trace comparison; the exit code of ``apr trace --compare`` is its
+    verdict (0 PASS, 1 FAIL)."""
+    missing = [f"{r.name} ({r.scope}) {r.status}" for r in rows if r.status != "compared"]
+    both = [r for r in rows if r.a is not None and r.b is not None]
+    gates: dict[str, dict[str, Any]] = {
+        "points": {
+            "value": len(missing),
+            "bound": 0,
+            "pass": not missing,
+            "worst": missing[0] if missing else "",
+        }
+    }
+    lone = [
+        f"{r.name} ({r.scope})"
+        for r in both
+        if r.a is not None
+        and r.b is not None
+        and (r.a.nan + r.a.inf > 0) != (r.b.nan + r.b.inf > 0)
+    ]
+    gates["finite"] = {
+        "value": len(lone),
+        "bound": 0,
+        "pass": not lone,
+        "worst": lone[0] if lone else "",
+    }
+    for name, stat, bound in (
+        ("std_ratio", "std", max_std_ratio),
+        ("absmax_ratio", "absmax", max_absmax_ratio),
+    ):
+        worst, where = 1.0, ""
+        for r in both:
+            assert r.a is not None and r.b is not None
+            x, y = getattr(r.a, stat), getattr(r.b, stat)
+            if math.isnan(x) and math.isnan(y):
+                continue  # an all-NaN point on both sides: the finite gate's business
+            folded = 1.0 if x == y else _fold(r.ratio(stat))
+            if folded > worst:
+                worst, where = folded, f"{r.name} ({r.scope})"
+        gates[name] = {"value": worst, "bound": bound, "pass": worst <= bound, "worst": where}
+    return TraceVerdict(gates)

@@ -93,13 +93,13 @@ DEFECTS = {
         _transpose_ffn,
         lambda n: ".mlp." in n,
         "mlp.{down,gate,up}_proj.weight in 2/2 layers: Values identical, "
-        "shapes transposed (format layout diff)",
+        "stored transposed ([in, out] where [out, in] belongs): a layout defect",
     ),
     "DTYPE_MISLABEL": Defect(
         "DTYPE_MISLABEL",
         _mislabel_norm,
         lambda n: n == "model.norm.weight",
-        "Bytes identical, dtype tag differs: BF16 data tagged F16",
+        "Same values under the wrong dtype tag: BF16 data tagged F16",
     ),
     "SCALED": Defect(
         "SCALED",
@@ -473,7 +473,7 @@ def check_mislabel_outranks_noise(src: Path, fmt: str, work: Path) -> str:
     report = run_diff(src, write_variant(src, both, fmt, work / fmt))
     line = report.diagnosis["line"]
     assert line.startswith(
-        "DIAGNOSIS: DTYPE_MISLABEL model.norm.weight: Bytes identical, dtype tag differs: "
+        "DIAGNOSIS: DTYPE_MISLABEL model.norm.weight: Same values under the wrong dtype tag: "
         "BF16 data tagged F16 (in B)"
     ), line
     assert "; also QUANT_NOISE" in line, line

@@ -264,7 +264,7 @@ def test_usage_errors(tmp_path, capsys):
     data.write_bytes(b"\0\0" * 100)
     assert apr_main(["finetune", "--data", str(data), "--steps", "1"]) == 1
     assert "give --init MODEL" in capsys.readouterr().err
-    assert apr_main(["finetune", "--data", str(data), "--steps", "0", "--arch", "x"]) == 1
+    assert apr_main(["finetune", "--data", str(data), "--steps", "0", "--arch", "x"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
 
 
