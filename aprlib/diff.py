@@ -556,7 +556,7 @@ def _guilty(
         score -= int(counts.get(tag, 0) > counts.get(true, 0))
         score += int(said[i] is true) - int(said[i] is tag)
         if len(t.shape) >= 2:
-            looks_true, looks_tag = _plausible(t.raw(), true), _plausible(t.raw(), tag)
+            looks_true, looks_tag = plausible_as(t.raw(), true), plausible_as(t.raw(), tag)
             score += int(looks_true and not looks_tag) - int(looks_tag and not looks_true)
         scores.append(score)
     best = max(range(len(found)), key=lambda k: scores[k])
@@ -565,7 +565,7 @@ def _guilty(
     return found[0], False
 
 
-def _plausible(raw: np.ndarray, dtype: DType, sample: int = 1 << 16) -> bool:
+def plausible_as(raw: np.ndarray, dtype: DType, sample: int = 1 << 16) -> bool:
     """Could these bytes, read as ``dtype``, be trained weights? Weights sit within a few
     powers of two of 2^-4 and spread over several binades. F16 bytes read as BF16 land near
     2^-40; BF16 bytes read as F16 keep only the top bits of the exponent and collapse into

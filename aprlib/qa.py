@@ -110,14 +110,14 @@ def suspected_mislabel(t: Any) -> str | None:
     """``"BF16 data tagged F16"`` when a half-precision tensor's bytes are no plausible
     weights under its own tag and plausible under the other half type, else None. The
     plausibility test is ``apr diff``'s DTYPE_MISLABEL one (aprlib.diff)."""
-    from aprlib.diff import _plausible
+    from aprlib.diff import plausible_as
     from aprlib.dtypes import DType
 
     other = {DType.F16: DType.BF16, DType.BF16: DType.F16}.get(t.dtype)
     if other is None:
         return None
     raw = np.asarray(t.raw()).view(np.uint8).reshape(-1)
-    if _plausible(raw, t.dtype) or not _plausible(raw, other):
+    if plausible_as(raw, t.dtype) or not plausible_as(raw, other):
         return None
     return f"{other.name} data tagged {t.dtype.name}"
 
