@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from aprlib.errors import ModelFileError
+from aprlib.gates import Gated
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -184,7 +185,7 @@ DTYPE_GATES: dict[str, Gates] = {
 
 
 @dataclass
-class Comparison:
+class Comparison(Gated):
     tokens: int
     vocab: int
     nmse: float
@@ -198,14 +199,6 @@ class Comparison:
     dp_percentiles: dict[str, float]
     dp_rms: float
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[str]:
-        return [name for name, g in self.gates.items() if not g["pass"]]
-
-    @property
-    def verdict(self) -> str:
-        return "FAIL" if self.failed else "PASS"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": self.verdict, "failed": self.failed}

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from aprlib.gates import Gated
+
 SCOPES = ("all", "last")
 
 
@@ -196,20 +198,12 @@ MAX_ABSMAX_RATIO = 2.0
 
 
 @dataclass
-class TraceVerdict:
+class TraceVerdict(Gated):
     """Named gates over every compared point (both scopes), like ``apr logits --compare``:
     ``points`` (none missing on either side), ``finite`` (no NaN/Inf on one side only),
     ``std_ratio`` and ``absmax_ratio`` (the worst point's ratio within its bound)."""
 
     gates: dict[str, dict[str, Any]]
-
-    @property
-    def failed(self) -> list[str]:
-        return [name for name, g in self.gates.items() if not g["pass"]]
-
-    @property
-    def verdict(self) -> str:
-        return "FAIL" if self.failed else "PASS"
 
     def to_dict(self) -> dict[str, Any]:
         return {"gates": self.gates, "verdict": self.verdict, "failed": self.failed}

@@ -1,0 +1,24 @@
+"""Named pass/fail gates and the verdict they give, shared by every ``--compare``.
+
+``apr logits --compare`` and ``apr trace --compare`` each hold ``gates`` (name → a dict with
+at least ``pass``); the verdict and the exit code come from the same rule: PASS only when
+every gate passes, and the failed gates are named.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Gated:
+    """Mixin for a result with ``gates``: its ``failed`` gate names and its ``verdict``."""
+
+    gates: dict[str, dict[str, Any]]
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, g in self.gates.items() if not g["pass"]]
+
+    @property
+    def verdict(self) -> str:
+        return "FAIL" if self.failed else "PASS"
