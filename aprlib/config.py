@@ -302,6 +302,17 @@ def _whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:
     return value
 
 
+def _given_reals(
+    scaling: dict[str, Any], keys: tuple[str, ...], high: float, why: str
+) -> dict[str, float]:
+    """Each of ``keys`` that ``rope_scaling`` sets, checked as a real in (0, ``high``]."""
+    return {
+        key: _real(f"rope_scaling.{key}", scaling[key], 0, high, low_open=True, why=why)
+        for key in keys
+        if scaling.get(key) is not None
+    }
+
+
 def check_physical(
     cfg: ModelConfig, partial_rotary_factor: Any = None, rope_dimension_count: Any = None
 ) -> None:
@@ -395,34 +406,21 @@ def _check_rope_scaling(cfg: ModelConfig, scaling: Any, head: int) -> None:
         )
     if original is not None:
         _whole("rope_scaling.original_max_position_embeddings", original, 1, MAX_CONTEXT)
-    bands = {}
-    for key in ("low_freq_factor", "high_freq_factor"):
-        if scaling.get(key) is not None:
-            bands[key] = _real(
-                f"rope_scaling.{key}",
-                scaling[key],
-                0,
-                context,
-                low_open=True,
-                why=f" (a wavelength of {said} {context} / it >= 1 position)",
-            )
+    bands = _given_reals(
+        scaling,
+        ("low_freq_factor", "high_freq_factor"),
+        context,
+        f" (a wavelength of {said} {context} / it >= 1 position)",
+    )
     if len(bands) == 2 and bands["high_freq_factor"] <= bands["low_freq_factor"]:
         raise ConfigValueError(
             "rope_scaling.high_freq_factor",
             scaling["high_freq_factor"],
             f"must be > low_freq_factor {scaling['low_freq_factor']!r}",
         )
-    betas = {}
-    for key in ("beta_fast", "beta_slow"):
-        if scaling.get(key) is not None:
-            betas[key] = _real(
-                f"rope_scaling.{key}",
-                scaling[key],
-                0,
-                MAX_CONTEXT,
-                low_open=True,
-                why=" (rotations over the original context)",
-            )
+    betas = _given_reals(
+        scaling, ("beta_fast", "beta_slow"), MAX_CONTEXT, " (rotations over the original context)"
+    )
     if kind == "yarn":
         fast, slow = ({**YARN_BETAS, **betas}[k] for k in ("beta_fast", "beta_slow"))
         if fast < slow:

@@ -43,7 +43,7 @@ from provable.runfiles import (
     RefusedPath,
     RunFileError,
     load_json,
-    read_below,
+    read_json_below,
     read_tail,
 )
 from provable.status import (
@@ -148,10 +148,9 @@ def _evidence(evidence_dir: Path, cid: str, fid: str, problems: list[str]) -> di
         return None  # names no file: validation says so
     where = Path(evidence_dir, cid, f"{fid}.json")
     try:
-        raw = read_below(Path(evidence_dir), [cid, f"{fid}.json"], ev.MAX_EVIDENCE_BYTES)
-        if raw is None:
+        data = read_json_below(Path(evidence_dir), [cid, f"{fid}.json"], ev.MAX_EVIDENCE_BYTES)
+        if data is None:
             return None
-        data = load_json(raw)
     except RefusedPath as exc:
         problems.append(f"{exc}; not followed" if exc.link else f"{exc}; not read")
         return None

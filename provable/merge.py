@@ -58,6 +58,7 @@ from provable.runfiles import (
     list_below,
     load_json,
     read_below,
+    read_json_below,
     read_tail,
 )
 from provable.status import falsifier_status
@@ -214,10 +215,9 @@ def _record(run: _Run, cid: str, fid: str, warnings: list[str]) -> dict[str, Any
     be merged."""
     names = ["evidence", cid, f"{fid}.json"]
     try:
-        raw = read_below(run.root, names, ev.MAX_EVIDENCE_BYTES)
-        if raw is None:
+        data = read_json_below(run.root, names, ev.MAX_EVIDENCE_BYTES)
+        if data is None:
             return None
-        data = load_json(raw)
     except RefusedPath as exc:
         raise _refused(exc) from None
     except RunFileError as exc:

@@ -195,3 +195,10 @@ def _depth(value: Any) -> int:
             if level <= MAX_JSON_DEPTH:
                 stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
     return deepest
+
+
+def read_json_below(root: Path, names: Sequence[str], max_bytes: int) -> Any:
+    """The JSON document at ``root/names...`` (``read_below`` + ``load_json``), or None when
+    it does not exist; raises ``RefusedPath`` (a link, an unsafe name) or ``RunFileError``."""
+    raw = read_below(root, names, max_bytes)
+    return None if raw is None else load_json(raw)
