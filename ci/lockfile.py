@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tests and (code := run_suite(venv, pytest_args)):
             print(f"suite failed ({code}): {LOCK.name} left as it was", file=sys.stderr)
             return code
-        LOCK.write_text(render_lock(now, header()), encoding="utf-8")
-        print(f"wrote {LOCK.name}: {len(parse_pins(LOCK.read_text()))} pins")
+        text = render_lock(now, header())
+        LOCK.write_text(text, encoding="utf-8")
+        print(f"wrote {LOCK.name}: {len(parse_pins(text))} pins")
         return 0
     code = run_suite(venv, pytest_args)
     locked = parse_pins(LOCK.read_text(encoding="utf-8")) if LOCK.exists() else {}

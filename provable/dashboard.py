@@ -42,9 +42,9 @@ from provable.paths import inside, is_safe_name
 from provable.runfiles import (
     RefusedPath,
     RunFileError,
-    load_json,
+    json_object,
     read_json_below,
-    read_tail,
+    tail_lines,
 )
 from provable.status import (
     ORDER,
@@ -204,24 +204,13 @@ def _history_lines(evidence_dir: Path, cid: str, problems: list[str]) -> list[di
     if not is_safe_name(cid):
         return []
     try:
-        data, start = read_tail(Path(evidence_dir), [cid, "history.jsonl"], MAX_BYTES)
+        lines, _ = tail_lines(Path(evidence_dir), [cid, "history.jsonl"], MAX_BYTES)
     except RefusedPath as exc:
         problems.append(f"{exc}; not followed" if exc.link else f"{exc}; not read")
         return []
-    except OSError:
+    except (RunFileError, OSError):
         return []
-    lines = data.split(b"\n")[1 if start else 0 :]  # a tail begins mid-line
-    items = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            item = load_json(line)
-        except RunFileError:
-            continue
-        if isinstance(item, dict):
-            items.append(item)
-    return items
+    return [item for line in lines if (item := json_object(line)) is not None]
 
 
 def _history(
@@ -352,9 +341,9 @@ def build_dashboard(contracts_dir: Path, evidence_dir: Path, out: Path) -> Dashb
             data = text.encode("utf-8", "backslashreplace")
             write_atomic(Path(out) / name, data, sync_dir=False)  # replaces a link, never follows
             os.chmod(Path(out) / name, 0o644)  # published pages: readable by a web server
+        ev.sync_folder(Path(out))  # a failed fsync (a full disk, EIO) is a write error too
     except OSError as exc:
         raise UsageError(f"{exc.filename or out}: cannot write: {exc.strerror or exc}") from None
-    ev.sync_folder(Path(out))
     return board
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypedDict
 
-from provable.runfiles import RunFileError, load_json, read_tail
+from provable.runfiles import RunFileError, json_object, tail_lines
 
 #: how much of the end of a history file is read (one line per falsifier per run)
 MAX_BYTES = 4 * 2**20
@@ -33,10 +33,6 @@ class LastRun(TypedDict):
     time: str | None
 
 
-def history_path(evidence_dir: Path, contract_id: str) -> Path:
-    return Path(evidence_dir) / contract_id / "history.jsonl"
-
-
 def last_runs(
     evidence_dir: Path, contract_id: str, falsifier_ids: Iterable[str]
 ) -> dict[str, LastRun | None]:
@@ -47,7 +43,7 @@ def last_runs(
     for line in reversed(_tail_lines(evidence_dir, contract_id)):
         if not missing:
             break
-        item = _parse(line)
+        item = json_object(line)
         if item is None:
             continue
         if "contract" in item and item["contract"] != contract_id:
@@ -89,23 +85,9 @@ def _tail_lines(evidence_dir: Path, contract_id: str) -> list[bytes]:
     """The lines of the last ``MAX_BYTES`` of ``evidence/<contract>/history.jsonl``; none
     for a contract id that names no folder of its own, a symlink on the way, or a FIFO."""
     try:
-        data, start = read_tail(evidence_dir, [contract_id, "history.jsonl"], MAX_BYTES)
+        return tail_lines(evidence_dir, [contract_id, "history.jsonl"], MAX_BYTES)[0]
     except (RunFileError, OSError):
         return []
-    lines = data.split(b"\n")
-    if start > 0:
-        lines = lines[1:]  # began mid-line
-    return lines
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    if not line.strip():
-        return None
-    try:
-        item = load_json(line)
-    except RunFileError:
-        return None
-    return item if isinstance(item, dict) else None
 
 
 def _error(raw: Any) -> dict[str, str | None] | None:

@@ -59,7 +59,7 @@ from provable.runfiles import (
     load_json,
     read_below,
     read_json_below,
-    read_tail,
+    tail_lines,
 )
 from provable.status import falsifier_status
 from provable.yamlsource import MAX_FILE_BYTES, YamlSourceError, parse_yaml
@@ -807,15 +807,16 @@ def _merged_history(
         names = ["evidence", cid, "history.jsonl"]
         where = Path(run.root, *names)
         try:
-            data, start = read_tail(run.root, names, MAX_HISTORY_BYTES)
+            raw_lines, truncated = tail_lines(run.root, names, MAX_HISTORY_BYTES)
         except RefusedPath as exc:
             raise _refused(exc) from None
+        except RunFileError as exc:
+            warnings.append(f"{where}: {exc}; not merged")
+            continue
         except OSError as exc:
             warnings.append(f"{where}: cannot read: {exc.strerror or exc}; not merged")
             continue
-        raw_lines = data.split(b"\n")
-        if start:
-            raw_lines = raw_lines[1:]  # began mid-line
+        if truncated:
             warnings.append(
                 f"{where}: over {MAX_HISTORY_BYTES >> 20} MiB; only its last "
                 f"{MAX_HISTORY_BYTES >> 20} MiB merged"
@@ -842,8 +843,8 @@ def _merged_history(
             lines[key] = (str(item.get("time") or ""), min(have[1], line) if have else line)
         if dropped:
             warnings.append(f"{where}: {dropped} of {total} lines not merged ({first})")
-        if not dropped and not start:
-            logs.append((data, keys))
+        if not dropped and not truncated:  # the whole file: its bytes can be kept as they are
+            logs.append((b"\n".join(raw_lines), keys))
     if not lines:
         return b""
     complete = [data for data, keys in logs if len(keys) == len(lines)]

@@ -202,3 +202,23 @@ def read_json_below(root: Path, names: Sequence[str], max_bytes: int) -> Any:
     it does not exist; raises ``RefusedPath`` (a link, an unsafe name) or ``RunFileError``."""
     raw = read_below(root, names, max_bytes)
     return None if raw is None else load_json(raw)
+
+
+def tail_lines(root: Path, names: Sequence[str], max_bytes: int) -> tuple[list[bytes], bool]:
+    """The whole lines of the last ``max_bytes`` of a log below ``root`` (``read_tail``),
+    and whether a partial first line was dropped (the file is longer than was read)."""
+    data, start = read_tail(root, names, max_bytes)
+    lines = data.split(b"\n")
+    return (lines[1:] if start else lines), bool(start)
+
+
+def json_object(line: bytes) -> dict[str, Any] | None:
+    """One log line as a JSON object within bounds; None for a blank, unreadable or
+    non-object line (a log is read line by line, each one untrusted)."""
+    if not line.strip():
+        return None
+    try:
+        item = load_json(line)
+    except RunFileError:
+        return None
+    return item if isinstance(item, dict) else None

@@ -23,6 +23,7 @@ from provable.lifecycle import (
     parse_falsifier_status,
 )
 from provable.loading import read_checked
+from provable.mdescape import md_code, md_escape
 from provable.model import Contract
 from provable.paths import is_safe_name, project_root
 
@@ -194,12 +195,14 @@ def render_markdown(rows: list[ContractRow]) -> str:
     head = "| contract | version | status | " + " | ".join(s.value.lower() for s in ORDER) + " |"
     lines = [head, "|" + "---|" * (3 + len(ORDER))]
     for r in rows:
-        status = r.status if r.status in STYLE else _md(r.status)  # a word of ours, or escaped
+        status = (
+            r.status if r.status in STYLE else md_escape(r.status)
+        )  # a word of ours, or escaped
         status += " (derived)" if r.derived else ""
         if r.error:
-            status += f": {_md(r.error)}"
+            status += f": {md_escape(r.error)}"
         cells = " | ".join(str(r.counts.get(s.value, 0)) for s in ORDER)
-        lines.append(f"| {_md_code(r.id)} | {_md(r.version)} | {status} | {cells} |")
+        lines.append(f"| {md_code(r.id)} | {md_escape(r.version)} | {status} | {cells} |")
     lines += ["", scoreboard(rows)]
     unchecked = [(r.id, fid, rec) for r in rows for fid, rec in r.unchecked.items()]
     if unchecked:
@@ -212,29 +215,11 @@ def render_markdown(rows: list[ContractRow]) -> str:
         ]
         for cid, fid, rec in unchecked:
             lines.append(
-                f"| {_md_code(fid)} | {_md_code(cid)} | {_label(rec)} | "
-                f"{md_text(one_line(rec['time']) or '-')} | {md_text(error_summary(rec) or '-')} |"
+                f"| {md_code(fid)} | {md_code(cid)} | {_label(rec)} | "
+                f"{md_escape(one_line(rec['time']) or '-')} | "
+                f"{md_escape(error_summary(rec) or '-')} |"
             )
     return "\n".join(lines)
-
-
-def _md(text: str) -> str:
-    """A Markdown table cell of text from a file: ``provable.mdescape`` (no markup, no
-    line, no column can come of it)."""
-    from provable.mdescape import md_escape
-
-    return md_escape(text)
-
-
-#: text from elsewhere (an error message) in a table cell: the same one escaping
-md_text = _md
-
-
-def _md_code(text: str) -> str:
-    """An id in a table cell: inline code when it needs no escaping, else escaped text."""
-    from provable.mdescape import md_code
-
-    return md_code(text)
 
 
 def print_table(rows: list[ContractRow]) -> None:
