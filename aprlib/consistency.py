@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from aprlib.dtypes import DType
 from aprlib.io import Model
 from aprlib.shapes import contradictions as _contradictions
 
@@ -23,29 +24,42 @@ def contradictions(model: Model) -> Iterator[tuple[str, str, str]]:
         yield c.field, c.tensor, c.message
 
 
-#: ``torch_dtype`` → the stored dtype it names, for the half-precision pair a mislabel
-#: confuses (F32 storage under a half ``torch_dtype`` is an upcast, not a contradiction)
-HALF = {"bfloat16": "BF16", "float16": "F16"}
+#: config ``torch_dtype`` values and the tag they stand for (``torch.`` prefix dropped)
+TORCH_DTYPES: dict[str, DType] = {
+    "float32": DType.F32,
+    "float16": DType.F16,
+    "bfloat16": DType.BF16,
+}
+#: the half-precision pair a mislabel confuses, each with the other
+OTHER_HALF: dict[DType, DType] = {DType.F16: DType.BF16, DType.BF16: DType.F16}
+
+
+def config_dtype(model: Model) -> DType | None:
+    """The dtype a model's config says its weights are (``torch_dtype``), if it says."""
+    name = getattr(model.config, "torch_dtype", None) if model.config else None
+    return TORCH_DTYPES.get(str(name).removeprefix("torch.")) if name else None
 
 
 def dtype_contradiction(model: Model) -> tuple[str, str, str] | None:
     """``torch_dtype: bfloat16`` over float tensors that are all F16 (or float16 over BF16):
-    one of the two labels is wrong, and F16 bytes read as BF16 (or back) are garbage."""
-    said = model.config.torch_dtype if model.config is not None else None
-    if said not in HALF:
+    one of the two labels is wrong, and F16 bytes read as BF16 (or back) are garbage. F32
+    storage under a half ``torch_dtype`` is an upcast, not a contradiction."""
+    said = config_dtype(model)
+    other = OTHER_HALF.get(said) if said is not None else None
+    if said is None or other is None:
         return None
-    counts: dict[str, int] = {}
+    counts: dict[DType, int] = {}
     for t in model.tensors.values():
-        if t.dtype.name in ("F32", "F16", "BF16"):
-            counts[t.dtype.name] = counts.get(t.dtype.name, 0) + 1
-    other = "F16" if HALF[said] == "BF16" else "BF16"
-    if counts.get(other, 0) == 0 or counts.get(HALF[said], 0) > 0:
+        if t.dtype in TORCH_DTYPES.values():
+            counts[t.dtype] = counts.get(t.dtype, 0) + 1
+    if counts.get(other, 0) == 0 or counts.get(said, 0) > 0:
         return None
-    mix = ", ".join(f"{k} ×{n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    mix = ", ".join(f"{k.name} ×{n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    written = model.config.torch_dtype if model.config is not None else said
     return (
         "torch_dtype",
         "",
-        f"torch_dtype: {said} but the tensors are {mix}, none {HALF[said]}: either the "
+        f"torch_dtype: {written} but the tensors are {mix}, none {said.name}: either the "
         f"config or every tensor's dtype tag is wrong",
     )
 

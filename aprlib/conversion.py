@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aprlib.consistency import TORCH_DTYPES
 from aprlib.dtypes import DType, from_float32, to_float32
 from aprlib.errors import ConversionError
 from aprlib.formats.apr import write_apr
@@ -173,7 +174,7 @@ def _bytes(raw: np.ndarray) -> Callable[[], np.ndarray]:
 
 
 #: the config ``torch_dtype`` that names each float dtype a conversion can write
-TORCH_DTYPE_OF = {DType.F32: "float32", DType.F16: "float16", DType.BF16: "bfloat16"}
+TORCH_DTYPE_OF = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 
 def _relabelled(model: Model, dtype: DType | None, notes: list[str]) -> Model:

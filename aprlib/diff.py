@@ -505,16 +505,6 @@ def _settle_sides(pairs: list[Pair]) -> None:
             p.detail = p.mislabel.detail
 
 
-#: config ``torch_dtype`` values and the tag they stand for
-TORCH_DTYPES = {"float32": DType.F32, "float16": DType.F16, "bfloat16": DType.BF16}
-
-
-def config_dtype(model: Model) -> DType | None:
-    """The dtype a model's config says its weights are (``torch_dtype``), if it says."""
-    name = getattr(model.config, "torch_dtype", None) if model.config else None
-    return TORCH_DTYPES.get(str(name).removeprefix("torch.")) if name else None
-
-
 class Evidence(NamedTuple):
     """What each file says of its own dtypes: how many tensors of each dtype A's and B's
     files hold, and each config's ``torch_dtype`` (indexable as the pair of counts)."""
@@ -881,7 +871,7 @@ def diff_models(
         )
     )
     counts = (_dtype_counts(a), _dtype_counts(b))
-    said = (config_dtype(a), config_dtype(b))
+    said = (consistency.config_dtype(a), consistency.config_dtype(b))
 
     def compare(name: str) -> Pair:
         ta = _lookup(a, name)

@@ -110,10 +110,10 @@ def suspected_mislabel(t: Any) -> str | None:
     """``"BF16 data tagged F16"`` when a half-precision tensor's bytes are no plausible
     weights under its own tag and plausible under the other half type, else None. The
     plausibility test is ``apr diff``'s DTYPE_MISLABEL one (aprlib.diff)."""
+    from aprlib.consistency import OTHER_HALF
     from aprlib.diff import plausible_as
-    from aprlib.dtypes import DType
 
-    other = {DType.F16: DType.BF16, DType.BF16: DType.F16}.get(t.dtype)
+    other = OTHER_HALF.get(t.dtype)
     if other is None:
         return None
     raw = np.asarray(t.raw()).view(np.uint8).reshape(-1)

@@ -176,6 +176,13 @@ def _special_text(config: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _template_special(piece: Any) -> Any:
+    """The token a template piece adds (``{"SpecialToken": {"id": "<s>"}}``), else None:
+    ``$A`` sequences and anything malformed add none."""
+    special = piece.get("SpecialToken") if isinstance(piece, dict) else None
+    return special.get("id") if isinstance(special, dict) else None
+
+
 def post_processor_adds(data: dict[str, Any], config: dict[str, Any]) -> dict[str, bool]:
     """What the HF post-processor adds around one sequence (``{"bos": ..., "eos": ...}``),
     read as llama.cpp's converter (gguf-py ``SpecialVocab``) reads it: a ByteLevel
@@ -188,6 +195,8 @@ def post_processor_adds(data: dict[str, Any], config: dict[str, Any]) -> dict[st
     out: dict[str, bool] = {}
     bos, eos = _special_text(config, "bos_token"), _special_text(config, "eos_token")
     processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    if not isinstance(processors, list):
+        return {}  # not a post-processor tokenizers would load: it says nothing about BOS
     for proc in processors:
         if not isinstance(proc, dict):
             continue
@@ -198,10 +207,9 @@ def post_processor_adds(data: dict[str, Any], config: dict[str, Any]) -> dict[st
         elif kind == "RobertaProcessing":
             out["bos"] = out["eos"] = True
         elif kind == "TemplateProcessing":
-            single = proc.get("single") or []
-            if len(single) > 1:
-                first = (single[0].get("SpecialToken") or {}).get("id")
-                last = (single[-1].get("SpecialToken") or {}).get("id")
+            single = proc.get("single")
+            if isinstance(single, list) and len(single) > 1:
+                first, last = _template_special(single[0]), _template_special(single[-1])
                 if first:
                     out["bos"] = first == bos or not config
                 if last:

@@ -172,7 +172,7 @@ def test_guilty_side_falsifier_catches_a_diff_that_guesses_per_tensor(
     monkeypatch.setattr(diff_module, "_settle_sides", lambda pairs: None)
     # the configs' torch_dtype decides a norm on its own now: silence it, so the norms
     # rest on the file's 2-D weights again
-    monkeypatch.setattr(diff_module, "config_dtype", lambda model: None)
+    monkeypatch.setattr(diff_module.consistency, "config_dtype", lambda model: None)
     with pytest.raises(AssertionError):
         falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken", whole_file=True)
 

@@ -238,3 +238,18 @@ def test_convert_to_another_half_dtype_relabels_torch_dtype(tmp_path, tiny_facto
     with open_model(out) as model:
         assert model.config.torch_dtype == "float16"
     assert main(["inspect", str(out)]) == 0
+
+
+def test_inspect_reads_torch_dtype_as_diff_does_prefix_and_all():
+    """`torch.bfloat16` (as some exporters write it) is the same claim as `bfloat16`: inspect
+    and diff share one reading of the config (consistency.config_dtype)."""
+    from types import SimpleNamespace
+
+    from aprlib.consistency import dtype_contradiction
+    from aprlib.dtypes import DType
+
+    tensors = {f"t{i}": SimpleNamespace(dtype=DType.F16) for i in range(3)}
+    for said in ("bfloat16", "torch.bfloat16"):
+        model = SimpleNamespace(config=SimpleNamespace(torch_dtype=said), tensors=tensors)
+        found = dtype_contradiction(model)  # type: ignore[arg-type]
+        assert found is not None and f"torch_dtype: {said}" in found[2], (said, found)

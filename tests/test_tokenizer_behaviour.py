@@ -107,3 +107,20 @@ def test_tokenizer_config_decides_where_the_post_processor_is_silent(tmp_path):
     assert tok["tokenizer.ggml.add_bos_token"] is True
     assert "tokenizer.ggml.add_eos_token" not in tok  # nothing says: llama.cpp's default
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "post",
+    [
+        {"type": "TemplateProcessing", "single": ["$A", "$B"]},
+        {"type": "TemplateProcessing", "single": [{"SpecialToken": "x"}, 5]},
+        {"type": "TemplateProcessing", "single": "$A"},
+        {"type": "Sequence", "processors": {"type": "ByteLevel"}},
+        {"type": "Sequence", "processors": [None, 3, {"type": "ByteLevel"}]},
+    ],
+)
+def test_a_malformed_post_processor_adds_nothing_and_raises_nothing(post):
+    """A hostile tokenizer.json reached `apr inspect` as an AttributeError traceback."""
+    from aprlib.tokenizer import post_processor_adds
+
+    assert isinstance(post_processor_adds({"post_processor": post}, {}), dict)
