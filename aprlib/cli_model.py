@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aprlib import jsonout
+from aprlib.trace import MAX_ABSMAX_RATIO, MAX_STD_RATIO
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -62,14 +63,14 @@ def register(sub: Any) -> dict[str, Any]:
     tr.add_argument(
         "--max-std-ratio",
         type=float,
-        default=1.25,
-        help="gate: B's std over A's (either way) at any point (1.25)",
+        default=MAX_STD_RATIO,
+        help=f"gate: B's std over A's (either way) at any point ({MAX_STD_RATIO:g})",
     )
     tr.add_argument(
         "--max-absmax-ratio",
         type=float,
-        default=2.0,
-        help="gate: B's abs-max over A's (either way) at any point (2)",
+        default=MAX_ABSMAX_RATIO,
+        help=f"gate: B's abs-max over A's (either way) at any point ({MAX_ABSMAX_RATIO:g})",
     )
 
     bi = sub.add_parser(

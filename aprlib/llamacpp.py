@@ -35,7 +35,6 @@ __all__ = [
     "BLOCK",
     "GGML_TYPES",
     "TIMEOUT_ENV",
-    "child_count",
     "child_pid",
     "close_all",
     "default_timeout",
@@ -214,8 +213,13 @@ _children: collections.OrderedDict[object, Child] = collections.OrderedDict()
 _children_lock = threading.Lock()
 
 
+def _key(path: Path | str | None) -> object:
+    """A child's key: the model file's resolved path, or the ggml library's marker."""
+    return _LIBRARY if path is None else Path(path).resolve()
+
+
 def _child(path: Path | str | None) -> Child:
-    key = _LIBRARY if path is None else Path(path).resolve()
+    key = _key(path)
     retired: list[Child] = []
     with _children_lock:
         child = _children.get(key)
@@ -232,19 +236,14 @@ def _child(path: Path | str | None) -> Child:
 
 def child_pid(path: Path | str | None = None) -> int | None:
     """The pid of the running child for ``path`` (None: the library's), or None."""
-    key = _LIBRARY if path is None else Path(path).resolve()
+    key = _key(path)
     child = _children.get(key)
     return child.pid if child is not None else None
 
 
-def child_count() -> int:
-    """How many children are running now."""
-    return sum(1 for c in list(_children.values()) if c.alive)
-
-
 def kill(path: Path | str | None = None) -> None:
     """Kill the child for ``path`` (None: the library's); the next call starts another."""
-    key = _LIBRARY if path is None else Path(path).resolve()
+    key = _key(path)
     child = _children.get(key)
     if child is not None:
         child.kill()

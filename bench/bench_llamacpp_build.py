@@ -18,6 +18,7 @@ that crashes is reported as such (that is the point of the portable one), not ti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -44,8 +45,7 @@ from aprlib.shapes import expected_shapes
 
 
 def random_model(folder: Path, layers: int, seed: int = 0) -> Path:
-    cfg = qwen2_0_5b()
-    cfg = type(cfg)(**{**cfg.__dict__, "num_hidden_layers": layers})
+    cfg = dataclasses.replace(qwen2_0_5b(), num_hidden_layers=layers)
     rng = np.random.default_rng(seed)
     arrays: dict[str, Any] = {}
     for name, shape in expected_shapes(cfg).items():

@@ -259,3 +259,17 @@ def test_qa_reports_a_crashed_oracle_as_not_checked_never_as_a_model_fail(
     ), parity.detail
     assert parity.numbers == {"oracle_error": "OracleCrashed", "signal": "SIGILL"}
     assert "backend_parity" not in gates_json(list(gates.values()))["failed"]
+
+
+def test_the_childs_block_table_agrees_with_aprlibs_dtypes():
+    """The child keeps its own small table (importing aprlib.dtypes would cost every child
+    a quarter second): it must say what DType says."""
+    from aprlib.dtypes import DType
+    from aprlib.llamacpp_child import BLOCK, GGML_TYPES
+
+    for kind, ggml_id in GGML_TYPES.items():
+        info = DType[kind].info
+        assert (DType[kind].value, (info.block_elements, info.block_bytes)) == (
+            ggml_id,
+            BLOCK[kind],
+        )
