@@ -298,6 +298,7 @@ ENVIRONMENT_TYPES = frozenset(
     {
         "builtins:ImportError",  # and ModuleNotFoundError below it
         "builtins:MemoryError",
+        "torch:OutOfMemoryError",  # the GPU's MemoryError (a RuntimeError; named, not imported)
         "builtins:SystemExit",
         "builtins:KeyboardInterrupt",
         "provable.outcomes:EnvironmentFault",

@@ -57,6 +57,13 @@ def test_the_machines_oserrors_are_not_checked(code):
     assert classify_failure("call", raised_from(exc)) is TestVerdict.NOT_CHECKED
 
 
+def test_a_gpu_out_of_memory_is_not_checked():
+    oom = raised("torch:OutOfMemoryError", "builtins:RuntimeError", "builtins:Exception")
+    assert classify_failure("call", (oom,)) is TestVerdict.NOT_CHECKED
+    other = raised("builtins:RuntimeError", "builtins:Exception")
+    assert classify_failure("call", (other,)) is TestVerdict.REFUTED
+
+
 def test_other_oserrors_are_what_the_code_under_test_raised():
     exc = FileNotFoundError(errno.ENOENT, "model.gguf")
     assert classify_failure("call", raised_from(exc)) is TestVerdict.REFUTED
