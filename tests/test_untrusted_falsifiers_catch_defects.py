@@ -73,6 +73,7 @@ def test_006_catches_the_physical_sense_check_skipped(tmp_path, monkeypatch):
 
 def test_002_catches_a_merge_that_follows_links_and_unsafe_ids(tmp_path, monkeypatch):
     """merge as it was: plain reads that follow symlinks, ids taken as paths."""
+    import json
     import os
 
     import provable.merge
@@ -91,13 +92,17 @@ def test_002_catches_a_merge_that_follows_links_and_unsafe_ids(tmp_path, monkeyp
         path = Path(root, *names)
         return path.read_bytes()[:max_bytes] if path.is_file() else None
 
-    def tail(root, names, max_bytes):
+    def read_json(root, names, max_bytes):
         data = read(root, names, max_bytes)
-        return (data or b""), 0
+        return None if data is None else json.loads(data)
+
+    def tail(root, names, max_bytes):
+        return (read(root, names, max_bytes) or b"").split(b"\n"), False
 
     monkeypatch.setattr(provable.merge, "list_below", listing)
     monkeypatch.setattr(provable.merge, "read_below", read)
-    monkeypatch.setattr(provable.merge, "read_tail", tail)
+    monkeypatch.setattr(provable.merge, "read_json_below", read_json)
+    monkeypatch.setattr(provable.merge, "tail_lines", tail)
     monkeypatch.setattr(provable.merge, "is_safe_name", lambda name: True)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="a symlinked file was merged|wrote outside"):
         untrusted.check_merge_stays_inside(tmp_path / "defect")
