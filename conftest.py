@@ -43,10 +43,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if find_spec("llama_cpp") is None:
         return
-    from provable.evidence import add_host_facts
+    from provable.contracts.evidence import add_host_facts
 
     def llama_cpp_system_info() -> str:
-        from aprlib.llamacpp import system_info
+        from aprlib.forward.llamacpp import system_info
 
         return system_info(timeout=60)
 

@@ -1,55 +1,50 @@
 """aprlib: model files (APR, safetensors, GGUF), converters, a reference transformer, diff.
 
 The Python API: ``from aprlib import open_model, convert, write_model, diff_models,
-model_from_arrays, Model, Tensor`` and the error classes. (``aprlib.convert`` is the
-function; the converter module is ``aprlib.conversion``.)
+model_from_arrays, Model, Tensor`` and the error classes. Each name is imported on first
+use, so ``apr --help`` and a script that only reads files never import the diff engine or
+torch. Where each concern lives: docs/architecture.md.
 """
 
-from typing import Any
+from __future__ import annotations
 
-__version__ = "0.1.0"  # first: submodules import it
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-import aprlib.convert  # noqa: F401 - load the alias module before the name means the function
-from aprlib.config import (
-    ConfigError,
-    ModelConfig,
-    llama3_2_1b,
-    qwen2_0_5b,
-    qwen2_1_5b,
-    qwen2_7b,
-)
-from aprlib.conversion import convert, write_model
-from aprlib.diff import diff_models
-from aprlib.dtypes import DType
-from aprlib.errors import (
-    AprFormatError,
-    ConversionError,
-    FileChangedError,
-    GgufFormatError,
-    ModelFileError,
-    ModelMemoryError,
-    OracleCrashed,
-    OracleError,
-    OracleTimeout,
-    SafetensorsFormatError,
-    ShapeMismatchError,
-)
-from aprlib.io import open_model
-from aprlib.modelfile import Model, Tensor, model_from_arrays
-from aprlib.shapes import check_weights_match, expected_shapes
+from aprlib.version import __version__
 
-#: torch-backed names, imported on first use so that file I/O never imports torch
-_LAZY = {"Transformer": "aprlib.model", "Ops": "aprlib.model"}
-_LAZY.update(dict.fromkeys(("FinetuneError", "InitLossError", "StepZero"), "aprlib.finetune"))
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'aprlib' has no attribute {name!r}")
-
+#: the documented API, name -> module
+_API: dict[str, str] = {
+    **dict.fromkeys(
+        ("ConfigError", "ModelConfig", "llama3_2_1b", "qwen2_0_5b", "qwen2_1_5b", "qwen2_7b"),
+        "aprlib.config.modelconfig",
+    ),
+    "convert": "aprlib.formats.conversion",
+    "write_model": "aprlib.formats.conversion",
+    "diff_models": "aprlib.compare.diff",
+    "DType": "aprlib.formats.dtypes",
+    **dict.fromkeys(
+        (
+            "AprFormatError",
+            "ConversionError",
+            "FileChangedError",
+            "GgufFormatError",
+            "ModelFileError",
+            "ModelMemoryError",
+            "OracleCrashed",
+            "OracleError",
+            "OracleTimeout",
+            "SafetensorsFormatError",
+            "ShapeMismatchError",
+        ),
+        "aprlib.errors",
+    ),
+    "open_model": "aprlib.formats.io",
+    **dict.fromkeys(("Model", "Tensor", "model_from_arrays"), "aprlib.formats.modelfile"),
+    **dict.fromkeys(("check_weights_match", "expected_shapes"), "aprlib.compare.shapes"),
+    **dict.fromkeys(("Transformer", "Ops"), "aprlib.forward.model"),
+    **dict.fromkeys(("FinetuneError", "InitLossError", "StepZero"), "aprlib.train.finetune"),
+}
 
 __all__ = [
     "AprFormatError",
@@ -86,3 +81,47 @@ __all__ = [
     "qwen2_7b",
     "write_model",
 ]
+
+if TYPE_CHECKING:
+    from aprlib.compare.diff import diff_models
+    from aprlib.compare.shapes import check_weights_match, expected_shapes
+    from aprlib.config.modelconfig import (
+        ConfigError,
+        ModelConfig,
+        llama3_2_1b,
+        qwen2_0_5b,
+        qwen2_1_5b,
+        qwen2_7b,
+    )
+    from aprlib.errors import (
+        AprFormatError,
+        ConversionError,
+        FileChangedError,
+        GgufFormatError,
+        ModelFileError,
+        ModelMemoryError,
+        OracleCrashed,
+        OracleError,
+        OracleTimeout,
+        SafetensorsFormatError,
+        ShapeMismatchError,
+    )
+    from aprlib.formats.conversion import convert, write_model
+    from aprlib.formats.dtypes import DType
+    from aprlib.formats.io import open_model
+    from aprlib.formats.modelfile import Model, Tensor, model_from_arrays
+    from aprlib.forward.model import Ops, Transformer
+    from aprlib.train.finetune import FinetuneError, InitLossError, StepZero
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aprlib' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # the function, not the submodule, from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

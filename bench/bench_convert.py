@@ -95,7 +95,7 @@ def generate(folder: Path, cfg: dict) -> tuple[Path, int]:
 # the memory of the (large) benchmark process the child was forked from.
 CONVERT = (
     "import re, sys\n"
-    "from aprlib.cli import main\n"
+    "from aprlib.cli.main import main\n"
     "rc = main(['convert', sys.argv[1], sys.argv[2]])\n"
     "status = open('/proc/self/status').read()\n"
     "print(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
@@ -141,7 +141,7 @@ def main() -> int:
             convert_times.append(time.perf_counter() - start)
             rss = max(rss, int(out.split()[-1]) * 1024)
         cp_s, cp_sync_s, convert_s = min(cp_times), min(cp_sync_times), min(convert_times)
-        from aprlib.io import open_model
+        from aprlib.formats.io import open_model
 
         start = time.perf_counter()
         model = open_model(folder / "model.apr")

@@ -37,7 +37,7 @@ from bench_convert import QWEN, generate, shapes
 TARGET = "model.layers.5.mlp.up_proj.weight"
 DIFF = (
     "import re, sys, time\n"
-    "from aprlib.cli import main\n"
+    "from aprlib.cli.main import main\n"
     "start = time.perf_counter()\n"
     "rc = main(['diff', sys.argv[1], sys.argv[2], '--json'])\n"
     "work = time.perf_counter() - start\n"
@@ -48,7 +48,7 @@ DIFF = (
 )
 CONVERT = (
     "import re, sys\n"
-    "from aprlib.cli import main\n"
+    "from aprlib.cli.main import main\n"
     "rc = main(['convert', sys.argv[1], sys.argv[2], '--dtype', sys.argv[3]])\n"
     "status = open('/proc/self/status').read()\n"
     "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1), file=sys.stderr)\n"
@@ -159,8 +159,8 @@ def main() -> int:
     parser.add_argument("--skip-q4k", action="store_true", help="no Q4_K GGUF (slow to make)")
     parser.add_argument("--keep", type=Path, help="generate into (and reuse) this folder")
     args = parser.parse_args()
-    from aprlib.convert import convert
-    from aprlib.diff import default_workers
+    from aprlib.compare.workers import default_workers
+    from aprlib.formats.conversion import convert
 
     threads = default_workers()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="apr-diff-bench-"))

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aprlib import diff_models, llamacpp, open_model
+from aprlib import diff_models, open_model
+from aprlib.forward import llamacpp
 from conftest import build_tiny
 from falsifiers.llamacpp_converter import convert_hf_to_gguf
 from falsifiers.test_tokenizer_fidelity_v1 import VOCAB, hf_folder_with_tokenizer

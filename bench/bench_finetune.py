@@ -1,7 +1,7 @@
 """Benchmark one `apr finetune` training step against a plain `transformers` training step.
 
 Same architecture, same weights, same batch, same optimiser (AdamW, grad-norm clipping)
-in one run: our step is exactly the one aprlib.finetune runs (the reference Transformer's
+in one run: our step is exactly the one aprlib.train.finetune runs (the reference Transformer's
 ``loss``, backward, clip, AdamW); the baseline is what a user would write with
 transformers (``Qwen2ForCausalLM`` forward, cross-entropy, the same backward, clip and
 AdamW). Steps alternate between the two so that load on a shared machine hits both
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's aprlib
-from aprlib.config import ModelConfig, to_hf
-from aprlib.finetune import Batches
-from aprlib.model import Transformer
+from aprlib.config.modelconfig import ModelConfig, to_hf
+from aprlib.forward.model import Transformer
+from aprlib.train.finetune import Batches
 
 SMALL_QWEN2 = ModelConfig(
     architecture="qwen2",
@@ -94,7 +94,9 @@ def peak_memory(step: Callable[[torch.Tensor], float], window: torch.Tensor) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", help="an aprlib.config preset (default: a small Qwen2)")
+    parser.add_argument(
+        "--preset", help="an aprlib.config.modelconfig preset (default: a small Qwen2)"
+    )
     parser.add_argument("--layers", type=int, help="override num_hidden_layers")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
@@ -106,7 +108,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.preset:
-        import aprlib.config as presets
+        import aprlib.config.modelconfig as presets
 
         config = getattr(presets, args.preset)()
     else:

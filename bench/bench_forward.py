@@ -33,24 +33,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aprlib import DType, Transformer, model_from_arrays, qwen2_0_5b, write_model
-from aprlib.shapes import expected_shapes
-from aprlib.trace import trace_forward
+from aprlib.compare.shapes import expected_shapes
+from aprlib.forward.trace import trace_forward
 
 BISECT = (  # timed from before torch is imported: a user waits for all of it
     "import re, sys, time\n"
     "start = time.perf_counter()\n"
     "import torch\n"
-    "import aprlib.bisect\n"
-    "from aprlib.cli import main\n"
+    "import aprlib.forward.bisect\n"
+    "from aprlib.cli.main import main\n"
     "loading = time.perf_counter() - start\n"
-    "load_side = aprlib.bisect.load_side\n"
+    "load_side = aprlib.forward.bisect.load_side\n"
     "def timed_load(*args, **kwargs):\n"
     "    global loading\n"
     "    begin = time.perf_counter()\n"
     "    net = load_side(*args, **kwargs)\n"
     "    loading += time.perf_counter() - begin\n"
     "    return net\n"
-    "aprlib.bisect.load_side = timed_load\n"
+    "aprlib.forward.bisect.load_side = timed_load\n"
     "rc = main(['bisect', sys.argv[1], sys.argv[2], '--tokens', sys.argv[3], '--json'])\n"
     "took = time.perf_counter() - start\n"
     "status = open('/proc/self/status').read()\n"
@@ -152,7 +152,7 @@ def time_forward(cfg, state, tokens, repeat: int) -> tuple[float, float, float, 
     """transformers and ours on the very same weight tensors; then ours traced."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from aprlib.config import to_hf
+    from aprlib.config.modelconfig import to_hf
 
     hf_cfg = to_hf(cfg)
     hf = AutoModelForCausalLM.from_config(

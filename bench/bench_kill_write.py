@@ -41,7 +41,14 @@ def child(root: Path, kill_at: int | None) -> subprocess.Popen:
 
 def validate(root: Path) -> tuple[int, str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "provable.cli", "validate", "--strict", str(root / "contracts")],
+        [
+            sys.executable,
+            "-m",
+            "provable.cli.main",
+            "validate",
+            "--strict",
+            str(root / "contracts"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

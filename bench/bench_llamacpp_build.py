@@ -9,7 +9,7 @@ advertises AMX that the OS or hypervisor does not enable. This measures what tha
 ``pip wheel --no-cache-dir --no-deps llama-cpp-python==VERSION``); the portable one is the
 installed package. For each of Q8_0 and Q4_K, a Qwen2.5-0.5B-shaped model (896 wide, 14
 heads, 2 kv heads, FFN 4864, vocab 151936; random weights, ``--layers`` of them) is run by
-each build in its own child process (``aprlib.llamacpp``): prompt time per token (best of
+each build in its own child process (``aprlib.forward.llamacpp``): prompt time per token (best of
 ``--repeat``, one thread per core of this machine, the child's start-up excluded) and the
 parity figures against the reference forward of the same file (NMSE in dB, top-1). A build
 that crashes is reported as such (that is the point of the portable one), not timed.
@@ -31,17 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from aprlib import (
-    DType,
-    OracleError,
-    convert,
-    llamacpp,
-    model_from_arrays,
-    qwen2_0_5b,
-    write_model,
-)
-from aprlib.logits import compare_logits, reference_logits
-from aprlib.shapes import expected_shapes
+from aprlib import DType, OracleError, convert, model_from_arrays, qwen2_0_5b, write_model
+from aprlib.compare.shapes import expected_shapes
+from aprlib.forward import llamacpp
+from aprlib.forward.logits import compare_logits, reference_logits
 
 
 def random_model(folder: Path, layers: int, seed: int = 0) -> Path:

@@ -69,9 +69,9 @@ def run(root: Path, *extra: str) -> float:
 
 def rewrite_time(root: Path) -> float:
     """Time apply_session alone: every falsifier of all 50 contracts PROPOSED -> DISCHARGED."""
-    from provable.plugin import FalsifierRun, TestResult
-    from provable.registry import Registry
-    from provable.update import apply_session
+    from provable.contracts.registry import Registry
+    from provable.plugin.hooks import FalsifierRun, TestResult
+    from provable.plugin.update import apply_session
 
     registry = Registry.load(root / "contracts")
     runs = {}

@@ -29,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from aprlib.q4k import quantize_q4_k
+    from aprlib.formats.q4k import quantize_q4_k
     from falsifiers.llamacpp_oracle import ggml_quantize
 
     x = np.random.default_rng(0).standard_normal((896, 4864)).astype(np.float32) * 0.02

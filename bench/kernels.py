@@ -88,7 +88,7 @@ def bandwidth_rows(copy_gbs: float) -> list[Row]:
             3 * gate.nbytes,
         ),
     ]
-    from aprlib.dtypes import DType, from_float32
+    from aprlib.formats.dtypes import DType, from_float32
 
     shape = (4096, 4096)
     values = shape[0] * shape[1]
@@ -162,7 +162,7 @@ def forward_row() -> Row | None:
     """The Triton backend's forward of a 0.5B-shaped model against the reference forward."""
     try:
         from aprlib import Transformer
-        from aprlib.config import qwen2_0_5b
+        from aprlib.config.modelconfig import qwen2_0_5b
     except ImportError:
         return None
     import provable_kernels

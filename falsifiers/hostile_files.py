@@ -210,14 +210,14 @@ def run_apr(
     before: str = "",
     stdin: Any = None,
 ) -> Run:
-    """``python -c 'from aprlib.cli import main; ...' ARGS`` in a fresh child (this
+    """``python -c 'from aprlib.cli.main import main; ...' ARGS`` in a fresh child (this
     worktree's aprlib), optionally under ``ulimit -v``; ``before`` is Python run first."""
     # peak RSS from VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec, so a
     # child of a 300 MB pytest would report 300 MB
     code = (
         "import sys\n"
         f"{before}\n"
-        "from aprlib.cli import main\n"
+        "from aprlib.cli.main import main\n"
         "rc = main(sys.argv[1:])\n"
         "sys.stdout.flush()\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
@@ -271,7 +271,7 @@ def assert_one_line_error(run: Run, *needles: str, code: int = 1) -> None:
 def apr_inline(capsys: Any, *args: str) -> tuple[int, str]:
     """``apr ARGS`` in this process: (exit code, the one stderr line). An exception out of
     ``main`` (a traceback for a user) fails the calling test by itself."""
-    from aprlib.cli import main
+    from aprlib.cli.main import main
 
     capsys.readouterr()
     rc = main(list(args))

@@ -209,7 +209,7 @@ def cross_entropy_case(
 
 def quantised(kind: str, rows: int, blocks: int, log_scale: float, seed: int) -> np.ndarray:
     """GGML bytes of a random [rows, blocks * block] float32 matrix, from aprlib's quantiser."""
-    from aprlib.dtypes import DType, from_float32
+    from aprlib.formats.dtypes import DType, from_float32
 
     values = provable_kernels.dequant.BLOCK_VALUES[kind]
     x = (random(seed, (rows, blocks * values), 10.0**log_scale)).float().numpy()

@@ -3,7 +3,7 @@
 ``ggml_quantize`` / ``ggml_dequantize`` call ``ggml_quantize_chunk`` and
 ``dequantize_row_*`` of the ggml library that llama-cpp-python builds and ships; ``logits``
 runs a GGUF file in llama.cpp itself. All of them run in a child process
-(``aprlib.llamacpp``): a llama.cpp that dies (SIGILL on a CPU it was not built for) raises
+(``aprlib.forward.llamacpp``): a llama.cpp that dies (SIGILL on a CPU it was not built for) raises
 ``aprlib.OracleCrashed`` in the test, it does not take the pytest worker with it.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprlib import llamacpp
-from aprlib.llamacpp import BLOCK, GGML_TYPES
+from aprlib.forward import llamacpp
+from aprlib.forward.llamacpp import BLOCK, GGML_TYPES
 
 __all__ = ["BLOCK", "GGML_TYPES", "ggml_dequantize", "ggml_quantize", "logits", "require_llama_cpp"]
 

@@ -160,7 +160,7 @@ def run_pytest(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def run_pv(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "provable.cli", *args],
+        [sys.executable, "-m", "provable.cli.main", *args],
         cwd=root,
         env=env(),
         capture_output=True,

@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aprlib import convert
-from aprlib.dtypes import DType
 from aprlib.errors import AprFormatError
 from aprlib.formats.apr import (
     HEADER,
@@ -25,7 +24,8 @@ from aprlib.formats.apr import (
     TensorEntry,
     encode_index,
 )
-from aprlib.io import LM_HEAD, open_model
+from aprlib.formats.dtypes import DType
+from aprlib.formats.io import LM_HEAD, open_model
 from falsifiers.reproducible import reproducible
 
 CHAIN = [

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aprlib import ShapeMismatchError, Transformer
-from aprlib.convert import convert
+from aprlib.formats.conversion import convert
 
 #: config.json edits and the field each must be named under, with both values
 EDITS = {

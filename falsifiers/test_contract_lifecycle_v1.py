@@ -20,7 +20,7 @@ from provable import (
     classify_failure,
     falsifier_outcome,
 )
-from provable.lifecycle import (
+from provable.contracts.lifecycle import (
     ContractStatus,
     FalsifierStatus,
     Outcome,
@@ -185,8 +185,8 @@ def test_every_change_bumps_and_logs(evidence):
 
 from pathlib import Path  # noqa: E402
 
-from provable.plan import RunFacts, aggregate, plan_contract  # noqa: E402
-from provable.session import FalsifierRun, SessionScope, TestResult  # noqa: E402
+from provable.plugin.plan import RunFacts, aggregate, plan_contract  # noqa: E402
+from provable.plugin.session import FalsifierRun, SessionScope, TestResult  # noqa: E402
 
 
 def _run(cases: int, ran: set[int], files: int) -> tuple[FalsifierRun, dict[str, set[str]]]:
@@ -258,7 +258,7 @@ falsification_tests:
 def check_concurrent_refutation_kept(plan_fn: Callable = plan_contract, tmp: Path | None = None):
     """A contract refuted on disk after this run began (it started as PROPOSED, PARTIAL or
     DISCHARGED) is never flipped back by this run's complete pass."""
-    from provable.model import load_contract
+    from provable.contracts.model import load_contract
 
     assert tmp is not None
     path = tmp / "contracts" / "c-v1.yaml"
@@ -308,7 +308,7 @@ EXCEPTIONS = [
     (Raised(("builtins:OSError", "builtins:Exception"), errno=28), False),  # ENOSPC
     (Raised(("builtins:OSError", "builtins:Exception"), errno=24), False),  # EMFILE
     (Raised(("_pytest.outcomes:Failed",), "Timeout >30.0s"), False),
-    (Raised(("provable.outcomes:NotYetWritten", "builtins:Exception")), False),
+    (Raised(("provable.plugin.outcomes:NotYetWritten", "builtins:Exception")), False),
     (Raised(("aprlib.errors:OracleCrashed", "aprlib.errors:OracleError")), False),
 ]
 DECLARED = frozenset({"aprlib.errors:OracleError"})

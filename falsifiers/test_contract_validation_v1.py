@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from falsifiers.reproducible import reproducible
-from provable.lifecycle import ContractStatus, FalsifierStatus, derive_contract_status
-from provable.validate import Report, discover, validate_paths
+from provable.contracts.lifecycle import ContractStatus, FalsifierStatus, derive_contract_status
+from provable.contracts.validate import Report, discover, validate_paths
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "compat" / "provable-contracts"
 EXAMPLES = reproducible(150)

@@ -14,7 +14,7 @@ import torch
 
 import provable_kernels
 from aprlib import Transformer
-from aprlib.model import KVCache, as_reference64
+from aprlib.forward.model import KVCache, as_reference64
 from falsifiers import kernel_cases as kc
 from provable_kernels import ParityResult
 
@@ -134,7 +134,7 @@ def test_bisect_names_the_capture_point_of_a_planted_kernel_bug(
 ):
     import importlib
 
-    from aprlib.bisect import bisect, load_side, twin
+    from aprlib.forward.bisect import bisect, load_side, twin
     from falsifiers.kernel_mutants import plant
 
     module, kernel, edits, expected = PLANTED[bug]

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aprlib import convert
-from aprlib.dtypes import DType, from_float32, to_float32
-from aprlib.io import open_model
+from aprlib.formats.dtypes import DType, from_float32, to_float32
+from aprlib.formats.io import open_model
 from falsifiers import llamacpp_oracle as oracle
 from falsifiers.reproducible import reproducible
 
@@ -106,7 +106,7 @@ def test_q8_0_within_bound_and_equal_to_llama_cpp(evidence):
 
 
 def check_q4_k(x: np.ndarray, quantize=None) -> None:
-    from aprlib.q4k import quantize_q4_k, scale_min_k4
+    from aprlib.formats.q4k import quantize_q4_k, scale_min_k4
 
     raw = (quantize or quantize_q4_k)(x)
     assert np.array_equal(raw, oracle.ggml_quantize(x, "Q4_K")), "bytes differ from llama.cpp"

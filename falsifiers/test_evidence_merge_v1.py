@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from falsifiers.reproducible import reproducible
-from provable.merge import merge_runs
+from provable.reports.merge import merge_runs
 
 Merge = Callable[[list[Path], Path], Any]
 EXAMPLES = reproducible(30)
@@ -243,11 +243,11 @@ def check_cpu_and_gpu_runs_discharge(
     work = pytester.path.parent / f"{pytester.path.name}-runs"
     base = _keep(pytester.path, work / "base")
     args = ("-p", "no:cacheprovider")
-    monkeypatch.setattr("provable.plugin._cuda_available", False)  # the CPU host
+    monkeypatch.setattr("provable.plugin.hooks._cuda_available", False)  # the CPU host
     pytester.runpytest_inprocess(*args).assert_outcomes(passed=1, skipped=1)
     cpu = _keep(pytester.path, work / "cpu")
     _reset(pytester.path, base)
-    monkeypatch.setattr("provable.plugin._cuda_available", True)  # the GPU host
+    monkeypatch.setattr("provable.plugin.hooks._cuda_available", True)  # the GPU host
     pytester.runpytest_inprocess(*args, "-m", "cuda").assert_outcomes(passed=1)
     gpu = _keep(pytester.path, work / "gpu")
     alone = {

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from aprlib.cli import main as apr_main
-from aprlib.config import from_hf
-from aprlib.convert import convert, write_model
-from aprlib.dtypes import DType, from_float32
-from aprlib.finetune import (
+from aprlib.cli.main import main as apr_main
+from aprlib.config.modelconfig import from_hf
+from aprlib.formats.conversion import convert, write_model
+from aprlib.formats.dtypes import DType, from_float32
+from aprlib.formats.io import EMBED, LM_HEAD, model_from_arrays, open_model
+from aprlib.train.finetune import (
     InitLossError,
     Settings,
     evaluate,
@@ -34,7 +35,6 @@ from aprlib.finetune import (
     load_init,
     val_windows,
 )
-from aprlib.io import EMBED, LM_HEAD, model_from_arrays, open_model
 from falsifiers.pretrained import SEQ, Pretrained, one_thread, pretrain
 
 SETTINGS = Settings(steps=6, lr=1e-3, batch=8, seq=SEQ, eval_every=3, eval_windows=16, seed=0)

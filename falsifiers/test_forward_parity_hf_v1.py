@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aprlib import Ops, Transformer
-from aprlib.config import from_hf
+from aprlib.config.modelconfig import from_hf
 from falsifiers.reproducible import reproducible
 
 TOLERANCE = 1e-4  # float32; the bound (observed ~1e-6)

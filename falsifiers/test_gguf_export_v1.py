@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprlib.cli import main as apr
+from aprlib.cli.main import main as apr
 from falsifiers import llamacpp_oracle as oracle
 
 TOKENS = [1, 17, 5, 42, 7, 88, 3, 64, 11, 29]

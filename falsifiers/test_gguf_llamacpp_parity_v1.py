@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from aprlib import DType, OracleCrashed, model_from_arrays, open_model, write_model
-from aprlib.cli import main as apr
-from aprlib.dtypes import from_float32
-from aprlib.logits import DTYPE_GATES, compare_logits, llamacpp_logits, reference_logits
+from aprlib.cli.main import main as apr
+from aprlib.formats.dtypes import from_float32
+from aprlib.forward.logits import DTYPE_GATES, compare_logits, llamacpp_logits, reference_logits
 from falsifiers.llamacpp_oracle import require_llama_cpp
 
 WIDE = dict(hidden_size=256, intermediate_size=512)  # Q4_K needs rows of 256

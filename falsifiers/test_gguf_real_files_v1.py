@@ -10,7 +10,7 @@ import pytest
 from gguf import GGUFReader, GGUFWriter
 
 from aprlib import convert, diff_models, open_model
-from aprlib.cli import main as apr
+from aprlib.cli.main import main as apr
 from falsifiers.llamacpp_converter import convert_hf_to_gguf
 from falsifiers.test_tokenizer_fidelity_v1 import VOCAB, hf_folder_with_tokenizer
 
@@ -113,7 +113,7 @@ def test_llama_cpp_converter_output_opens_diffs_clean_and_converts_back(
 
 
 def _ggml_types() -> list[str]:
-    from aprlib.dtypes import ENCODABLE, DType
+    from aprlib.formats.dtypes import ENCODABLE, DType
 
     return [d.name for d in DType if d not in ENCODABLE]
 
@@ -188,7 +188,7 @@ def test_every_ggml_type_reads_decodes_and_passes_through(tiny_factory, tmp_path
 def check_k_quant_mix(tiny, work: Path, capsys) -> str:
     """llama.cpp's own quantiser (llama_model_quantize, Q4_K_M): its type mix opens, shows
     in inspect, diffs as quantisation noise only, and passes through APR unchanged."""
-    from aprlib import llamacpp
+    from aprlib.forward import llamacpp
     from falsifiers.llamacpp_oracle import require_llama_cpp
 
     require_llama_cpp()

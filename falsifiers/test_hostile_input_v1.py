@@ -452,8 +452,8 @@ def _small_model(path: Path) -> Path:
     import numpy as np
 
     from aprlib import model_from_arrays
-    from aprlib.config import ModelConfig
-    from aprlib.dtypes import DType
+    from aprlib.config.modelconfig import ModelConfig
+    from aprlib.formats.dtypes import DType
 
     rng = np.random.default_rng(3)
     cfg = ModelConfig("qwen2", 64, 256, 512, 1, 4, 2, 1e-6, 1e4, 64, False)

@@ -13,8 +13,8 @@ import pytest
 from gguf import GGUFReader
 
 from aprlib import convert, diff_models, open_model
-from aprlib.cli import main as apr
-from aprlib.logits import DTYPE_GATES, compare_logits, llamacpp_logits, reference_logits
+from aprlib.cli.main import main as apr
+from aprlib.forward.logits import DTYPE_GATES, compare_logits, llamacpp_logits, reference_logits
 from falsifiers.llama3_rope import build_llama3_tiny, hf_rope_scaling
 from falsifiers.llamacpp_converter import convert_hf_to_gguf
 from falsifiers.llamacpp_oracle import require_llama_cpp

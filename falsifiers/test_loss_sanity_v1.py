@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from aprlib import DType, ModelConfig, Transformer, model_from_arrays, write_model
-from aprlib.dtypes import from_float32
+from aprlib.formats.dtypes import from_float32
 from falsifiers.llamacpp_oracle import require_llama_cpp
 from falsifiers.loss_stream import VOCAB, eval_tokens, save, train
 
@@ -26,7 +26,7 @@ def loss_of(net: Transformer) -> float:
 
 
 def llamacpp_loss(gguf: Path, tokens: torch.Tensor) -> float:
-    from aprlib.logits import llamacpp_logits
+    from aprlib.forward.logits import llamacpp_logits
 
     total = 0.0
     for row in tokens.tolist():

@@ -22,8 +22,8 @@ from aprlib import (
     qwen2_7b,
     write_model,
 )
-from aprlib.config import hf_cannot_say, to_hf
-from aprlib.shapes import expected_shapes
+from aprlib.compare.shapes import expected_shapes
+from aprlib.config.modelconfig import hf_cannot_say, to_hf
 
 LLAMA3_SCALING = {
     "rope_type": "llama3",

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprlib.cli import main as apr
-from aprlib.convert import convert, write_model
-from aprlib.diff import CLEAN, IDENTICAL, DiffReport, diff_models
-from aprlib.dtypes import DType, from_float32
-from aprlib.io import model_from_arrays, open_model
-from aprlib.layout import permute_qk
+from aprlib.cli.main import main as apr
+from aprlib.compare.diff import diff_models
+from aprlib.compare.report import CLEAN, IDENTICAL, DiffReport
+from aprlib.formats.conversion import convert, write_model
+from aprlib.formats.dtypes import DType, from_float32
+from aprlib.formats.io import model_from_arrays, open_model
+from aprlib.formats.layout import permute_qk
 
 FORMATS = ["safetensors", "apr", "gguf"]
 Arrays = dict[str, tuple[DType, tuple[int, ...], np.ndarray]]

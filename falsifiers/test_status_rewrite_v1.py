@@ -15,11 +15,11 @@ from unittest import mock
 import pytest
 import yaml
 
-from provable import evidence as ev
-from provable.atomic import write_atomic
-from provable.lifecycle import ContractStatus, FalsifierStatus, Outcome
-from provable.rewrite import rewrite_text
-from provable.update import FalsifierChange, _mutate
+from provable.contracts import evidence as ev
+from provable.contracts.atomic import write_atomic
+from provable.contracts.lifecycle import ContractStatus, FalsifierStatus, Outcome
+from provable.contracts.rewrite import rewrite_text
+from provable.plugin.update import FalsifierChange, _mutate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "compat" / "provable-contracts"
@@ -202,8 +202,8 @@ def _dies_at(kill_at: int) -> Callable[..., None]:
 def check_kill_leaves_valid_contracts(tmp: Path, commit: Callable | None = None) -> int:
     """Stop the write phase at every ``os.replace`` of a 3-contract session; after the next
     reader's recovery every contract validates strictly and no temp file is left."""
-    from provable import update
-    from provable.cli import main
+    from provable.cli.main import main
+    from provable.plugin import update
     from tests.killwrite import apply_all_passed, make_project
 
     trials = 0

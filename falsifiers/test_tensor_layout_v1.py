@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprlib import layout
-from aprlib.convert import convert
-from aprlib.io import open_model
+from aprlib.formats import layout
+from aprlib.formats.conversion import convert
+from aprlib.formats.io import open_model
 
 
 def convert_both(src: Path, work: Path) -> tuple[Path, Path]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprlib.convert import convert
 from aprlib.errors import ConversionError
-from aprlib.io import EMBED, LM_HEAD, open_model
+from aprlib.formats.conversion import convert
+from aprlib.formats.io import EMBED, LM_HEAD, open_model
 
 
 def outputs(src: Path, work: Path) -> list[Path]:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from aprlib import convert, diff_models, llamacpp, open_model
-from aprlib.tokenizer import PRE_TOKENIZERS
+from aprlib import convert, diff_models, open_model
+from aprlib.formats.tokenizer import PRE_TOKENIZERS
+from aprlib.forward import llamacpp
 from falsifiers.llamacpp_oracle import require_llama_cpp
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -106,7 +107,7 @@ def test_tokenizer_survives_gguf_apr_gguf(tiny_factory, tmp_path, evidence):
 
 
 def check_unknown_pre_tokenizer_is_named(tiny, work: Path, capsys) -> str:
-    from aprlib.cli import main as apr
+    from aprlib.cli.main import main as apr
 
     folder, _ = hf_folder_with_tokenizer(tiny, "qwen2", work)
     data = json.loads((folder / "tokenizer.json").read_text())

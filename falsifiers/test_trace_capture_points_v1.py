@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from aprlib.model import capture_graph
-from aprlib.trace import SCOPES, Trace, TraceMismatchError, compare_traces, trace_forward
+from aprlib.forward.model import capture_graph
+from aprlib.forward.trace import SCOPES, Trace, TraceMismatchError, compare_traces, trace_forward
 from falsifiers.test_forward_parity_hf_v1 import FIXED, Spec, hf_model, ours_from
 
 SPECS = {

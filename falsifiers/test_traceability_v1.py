@@ -25,10 +25,10 @@ from falsifiers.mini_project import (
     make_project,
     run_pytest,
 )
-from provable.audit import audit
-from provable.contract_diff import MAJOR, MINOR, NONE, diff_contracts
-from provable.model import load_contract
-from provable.skeleton import NOT_YET_WRITTEN, scaffold
+from provable.contracts.model import load_contract
+from provable.reports.audit import audit
+from provable.reports.contract_diff import MAJOR, MINOR, NONE, diff_contracts
+from provable.reports.skeleton import NOT_YET_WRITTEN, scaffold
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -115,8 +115,8 @@ def check_merge_stays_inside(base: Path, merge: Callable[..., Any] | None = None
     """A run whose history.jsonl and whose evidence JSON are symlinks to files outside it,
     and a run whose contract id climbs out: the merged output holds no byte of the outside
     files, and nothing appears outside ``--out``."""
-    from provable.merge import MergeError
-    from provable.merge import merge_runs as real_merge
+    from provable.reports.merge import MergeError
+    from provable.reports.merge import merge_runs as real_merge
 
     merge = merge or real_merge
     secret = base / "secret.txt"
@@ -152,7 +152,7 @@ def test_merge_follows_no_link_and_no_unsafe_id(tmp_path, evidence):
 
 
 def _escape() -> Callable[[str], str]:
-    from provable.mdescape import md_escape
+    from provable.reports.mdescape import md_escape
 
     return md_escape
 
@@ -206,8 +206,8 @@ equations:
 
 def check_audit_not_decided_by_bindings(tmp_path: Path, resolver: Any = None) -> dict[str, Any]:
     """Bound modules that exit, print and hang at import become findings naming them."""
-    from provable.binding import check_bindings, load_binding_file
-    from provable.model import load_contract
+    from provable.contracts.model import load_contract
+    from provable.reports.binding import check_bindings, load_binding_file
 
     root = tmp_path / "bound"
     (root / "contracts").mkdir(parents=True)
@@ -262,7 +262,7 @@ def check_commands_refuse_what_validate_refuses(
     tmp_path: Path, main: Callable[[list[str]], int] | None = None
 ) -> dict[str, int]:
     if main is None:
-        from provable.cli import main
+        from provable.cli.main import main
     folder = tmp_path / "dup" / "contracts"
     folder.mkdir(parents=True)
     path = folder / "dup-v1.yaml"
@@ -315,8 +315,8 @@ def check_configs_within_physical_sense(tmp_path: Path) -> dict[str, str]:
     """The issue's configs, as config.json beside real weights: each load is one typed error
     naming ``rope_scaling``; the same model without them loads."""
     from aprlib import DType, ModelFileError, model_from_arrays, open_model, write_model
-    from aprlib.config import from_hf
-    from aprlib.shapes import expected_shapes
+    from aprlib.compare.shapes import expected_shapes
+    from aprlib.config.modelconfig import from_hf
 
     cfg = from_hf(
         {

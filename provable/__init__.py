@@ -10,45 +10,45 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from provable.version import __version__
 
 #: the documented API, name -> module; imported on first use so ``pv --help`` stays fast
 _API = {
-    "Contract": "provable.model",
-    "read_contract": "provable.model",
-    "load_contract": "provable.model",
-    "Registry": "provable.registry",
-    "BindingError": "provable.registry",
-    "Finding": "provable.findings",
-    "Report": "provable.validate",
-    "validate_paths": "provable.validate",
-    "discover": "provable.validate",
-    "FalsifierStatus": "provable.lifecycle",
-    "ContractStatus": "provable.lifecycle",
-    "Outcome": "provable.lifecycle",
-    "promote": "provable.lifecycle",
-    "derive_contract_status": "provable.lifecycle",
-    "parse_falsifier_status": "provable.lifecycle",
-    "TestVerdict": "provable.lifecycle",
-    "Raised": "provable.lifecycle",
-    "classify_failure": "provable.lifecycle",
-    "after_rerun": "provable.lifecycle",
-    "falsifier_outcome": "provable.lifecycle",
-    "not_yet_written": "provable.outcomes",
-    "NotYetWritten": "provable.outcomes",
-    "EnvironmentFault": "provable.outcomes",
-    "TestResult": "provable.session",
-    "FalsifierRun": "provable.session",
-    "SessionScope": "provable.session",
-    "aggregate": "provable.plan",
-    "plan_contract": "provable.plan",
-    "ContractChange": "provable.plan",
-    "apply_session": "provable.update",
-    "commit_files": "provable.writer",
-    "recover": "provable.writer",
-    "Evidence": "provable.evidence",
-    "YamlSourceError": "provable.yamlsource",
-    "read_yaml": "provable.yamlsource",
+    "Contract": "provable.contracts.model",
+    "read_contract": "provable.contracts.model",
+    "load_contract": "provable.contracts.model",
+    "Registry": "provable.contracts.registry",
+    "BindingError": "provable.contracts.registry",
+    "Finding": "provable.contracts.findings",
+    "Report": "provable.contracts.validate",
+    "validate_paths": "provable.contracts.validate",
+    "discover": "provable.contracts.validate",
+    "FalsifierStatus": "provable.contracts.lifecycle",
+    "ContractStatus": "provable.contracts.lifecycle",
+    "Outcome": "provable.contracts.lifecycle",
+    "promote": "provable.contracts.lifecycle",
+    "derive_contract_status": "provable.contracts.lifecycle",
+    "parse_falsifier_status": "provable.contracts.lifecycle",
+    "TestVerdict": "provable.contracts.lifecycle",
+    "Raised": "provable.contracts.lifecycle",
+    "classify_failure": "provable.contracts.lifecycle",
+    "after_rerun": "provable.contracts.lifecycle",
+    "falsifier_outcome": "provable.contracts.lifecycle",
+    "not_yet_written": "provable.plugin.outcomes",
+    "NotYetWritten": "provable.plugin.outcomes",
+    "EnvironmentFault": "provable.plugin.outcomes",
+    "TestResult": "provable.plugin.session",
+    "FalsifierRun": "provable.plugin.session",
+    "SessionScope": "provable.plugin.session",
+    "aggregate": "provable.plugin.plan",
+    "plan_contract": "provable.plugin.plan",
+    "ContractChange": "provable.plugin.plan",
+    "apply_session": "provable.plugin.update",
+    "commit_files": "provable.plugin.writer",
+    "recover": "provable.plugin.writer",
+    "Evidence": "provable.contracts.evidence",
+    "YamlSourceError": "provable.contracts.yamlsource",
+    "read_yaml": "provable.contracts.yamlsource",
 }
 __all__ = [
     "BindingError",
@@ -90,9 +90,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from provable.evidence import Evidence
-    from provable.findings import Finding
-    from provable.lifecycle import (
+    from provable.contracts.evidence import Evidence
+    from provable.contracts.findings import Finding
+    from provable.contracts.lifecycle import (
         ContractStatus,
         FalsifierStatus,
         Outcome,
@@ -105,15 +105,15 @@ if TYPE_CHECKING:
         parse_falsifier_status,
         promote,
     )
-    from provable.model import Contract, load_contract, read_contract
-    from provable.outcomes import EnvironmentFault, NotYetWritten, not_yet_written
-    from provable.plan import ContractChange, aggregate, plan_contract
-    from provable.registry import BindingError, Registry
-    from provable.session import FalsifierRun, SessionScope, TestResult
-    from provable.update import apply_session
-    from provable.validate import Report, discover, validate_paths
-    from provable.writer import commit_files, recover
-    from provable.yamlsource import YamlSourceError, read_yaml
+    from provable.contracts.model import Contract, load_contract, read_contract
+    from provable.contracts.registry import BindingError, Registry
+    from provable.contracts.validate import Report, discover, validate_paths
+    from provable.contracts.yamlsource import YamlSourceError, read_yaml
+    from provable.plugin.outcomes import EnvironmentFault, NotYetWritten, not_yet_written
+    from provable.plugin.plan import ContractChange, aggregate, plan_contract
+    from provable.plugin.session import FalsifierRun, SessionScope, TestResult
+    from provable.plugin.update import apply_session
+    from provable.plugin.writer import commit_files, recover
 
 
 def __getattr__(name: str) -> Any:

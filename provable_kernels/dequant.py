@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from aprlib.dtypes import DType, element_count
+from aprlib.formats.dtypes import DType, element_count
 from provable_kernels._launch import block
 
 Q8_0, Q4_K = "q8_0", "q4_k"

@@ -1,4 +1,5 @@
-"""``TritonOps``: the reference model's ops (``aprlib.model.Ops``) routed through the kernels.
+"""``TritonOps``: the reference model's ops (``aprlib.forward.model.Ops``) routed through the
+kernels.
 
 The model, not the ops, emits trace capture points, so a model built with these ops traces
 the same points as the torch reference and ``apr bisect --backend-b triton`` can compare them
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from aprlib.model import Ops
+from aprlib.forward.model import Ops
 from provable_kernels.attention import attention
 from provable_kernels.cross_entropy import cross_entropy
 from provable_kernels.linear import linear
@@ -38,7 +39,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
 
 class TritonOps(Ops):
-    """``aprlib.model.Ops`` with every arithmetic op a Triton kernel."""
+    """``aprlib.forward.model.Ops`` with every arithmetic op a Triton kernel."""
 
     name = "triton"
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from aprlib.model import llama3_scaled, rotate_half
+from aprlib.forward.model import llama3_scaled, rotate_half
 from provable_kernels._launch import block
 
 

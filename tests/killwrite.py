@@ -47,13 +47,13 @@ def make_project(root: Path, n: int) -> None:
 
 
 def apply_all_passed(root: Path) -> None:
-    from provable.registry import Registry
-    from provable.update import apply_session
+    from provable.contracts.registry import Registry
+    from provable.plugin.update import apply_session
 
     try:
-        from provable.session import FalsifierRun, SessionScope, TestResult
+        from provable.plugin.session import FalsifierRun, SessionScope, TestResult
     except ImportError:  # the code before issue 9, to compare against
-        from provable.plugin import FalsifierRun, TestResult  # type: ignore[no-redef]
+        from provable.plugin.hooks import FalsifierRun, TestResult  # type: ignore[no-redef]
 
         SessionScope = None  # type: ignore[assignment,misc]
 
@@ -86,7 +86,7 @@ def main() -> None:
             return real(src, dst, *args, **kwargs)
 
         os.replace = replace  # type: ignore[assignment]
-    import provable.update  # noqa: F401  (imports done: what follows is the write phase)
+    import provable.plugin.update  # noqa: F401  (imports done: what follows is the write phase)
 
     print("ready", flush=True)
     apply_all_passed(root)

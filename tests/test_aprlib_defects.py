@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aprlib import conversion as convert_module
-from aprlib import dtypes, layout, output
+from aprlib.formats import conversion as convert_module
+from aprlib.formats import dtypes, layout, output
 from aprlib.formats.apr import AprFile
 from falsifiers import test_apr_format_v2 as apr_format
 from falsifiers import test_dtype_fidelity_v1 as fidelity
@@ -94,7 +94,7 @@ def test_dtype_002_catches_f16_decoded_as_bf16(tiny_factory, tmp_path, monkeypat
             dtype = dtypes.DType.BF16
         return real(raw, dtype, shape)
 
-    monkeypatch.setattr("aprlib.modelfile.to_float32", mislabel)
+    monkeypatch.setattr("aprlib.formats.modelfile.to_float32", mislabel)
     with pytest.raises(AssertionError):
         fidelity.check_against_safetensors(
             tiny_factory("qwen2", dtype="float16").safetensors, tmp_path
@@ -118,7 +118,7 @@ def test_dtype_003_catches_a_wrong_q8_0_block_layout(monkeypatch):
 
 
 def test_dtype_004_catches_swapped_nibbles():
-    from aprlib.q4k import quantize_q4_k
+    from aprlib.formats.q4k import quantize_q4_k
 
     def swapped(x):
         raw = quantize_q4_k(x).reshape(-1, 144).copy()

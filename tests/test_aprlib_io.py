@@ -10,10 +10,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from aprlib.cli import main as apr
-from aprlib.config import from_gguf_kv, from_hf, to_gguf_kv, to_hf
-from aprlib.convert import convert
-from aprlib.dtypes import DType
+from aprlib.cli.main import main as apr
+from aprlib.config.modelconfig import from_gguf_kv, from_hf, to_gguf_kv, to_hf
 from aprlib.errors import (
     ConversionError,
     FileChangedError,
@@ -21,7 +19,9 @@ from aprlib.errors import (
     ModelFileError,
     SafetensorsFormatError,
 )
-from aprlib.io import open_model, sniff
+from aprlib.formats.conversion import convert
+from aprlib.formats.dtypes import DType
+from aprlib.formats.io import open_model, sniff
 
 
 def safetensors_bytes(header: dict, data: bytes = b"", length: int | None = None) -> bytes:
@@ -282,7 +282,7 @@ def test_a_source_that_shrinks_mid_copy_leaves_no_output(tiny_qwen2, tmp_path, m
     src = tmp_path / "model.safetensors"
     shutil.copy(tiny_qwen2.safetensors, src)
     shutil.copy(tiny_qwen2.folder / "config.json", tmp_path)
-    from aprlib import conversion as convert_module
+    from aprlib.formats import conversion as convert_module
 
     real = convert_module.open_model
 

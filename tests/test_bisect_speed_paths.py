@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import aprlib.bisect as bisect_module
-import aprlib.model as model_module
+import aprlib.forward.bisect as bisect_module
+import aprlib.forward.model as model_module
 from aprlib import Ops, Transformer
-from aprlib.bisect import BisectError, Tolerance, bisect, twin
-from aprlib.model import capture_graph, widened_rows
+from aprlib.forward.bisect import BisectError, Tolerance, bisect, twin
+from aprlib.forward.model import capture_graph, widened_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]

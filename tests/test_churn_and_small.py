@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provable.cli import main
-from provable.evidence import merge_record
+from provable.cli.main import main
+from provable.contracts.evidence import merge_record
 from tests.contract_samples import CLEAN_CONTRACT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_xdist_and_serial_failures_store_the_same_message(project):
 
 
 def test_clean_message_drops_addresses_and_the_worker_header():
-    from provable.evidence import clean_message
+    from provable.contracts.evidence import clean_message
 
     raw = (
         "[gw2] linux -- Python 3.11.7 /usr/bin/python3\n"

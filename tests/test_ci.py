@@ -93,7 +93,7 @@ def _checkout(tmp_path: Path, base: Path) -> Path:
 def _ci(repo: Path, script: str, *args: str, summary: Path) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "PV": f"{sys.executable} -m provable.cli",
+        "PV": f"{sys.executable} -m provable.cli.main",
         "PYTHONPATH": str(ROOT),
         "GITHUB_STEP_SUMMARY": str(summary),
     }

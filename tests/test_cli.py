@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from provable.cli import main
-from provable.validate import discover, validate_paths
+from provable.cli.main import main
+from provable.contracts.validate import discover, validate_paths
 from tests.contract_samples import CLEAN_CONTRACT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_check_runs_validate_falsifiers_and_status(pytester):
         "import pytest\n\n@pytest.mark.falsifies('FALSIFY-MINI-001')\ndef test_m():\n    pass\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "provable.cli", "check", "--", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "provable.cli.main", "check", "--", "-q", "-p", "no:cacheprovider"],
         cwd=pytester.path,
         capture_output=True,
         text=True,

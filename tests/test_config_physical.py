@@ -5,7 +5,7 @@ original_max_position_embeddings: 0}`` and ``{llama3, factor: 1e308}`` loaded an
 logits`` exited 0 with logits up to 0.41 away from the unscaled model; a GGUF with
 ``llama.rope.dimension_count=100000`` against head_dim 16 passed ``apr logits``, ``apr
 trace`` and ``apr qa``. Every numeric field that shapes a forward is now checked at load,
-in every format, in one place (``aprlib.config.check_physical``, run by ``ModelConfig``
+in every format, in one place (``aprlib.config.modelconfig.check_physical``, run by ``ModelConfig``
 itself), with one typed line naming the field and the value.
 """
 
@@ -22,8 +22,9 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aprlib import convert, open_model, presets
-from aprlib.config import ConfigError, ModelConfig, from_gguf_kv, from_hf, to_gguf_kv
+from aprlib import convert, open_model
+from aprlib.config import presets
+from aprlib.config.modelconfig import ConfigError, ModelConfig, from_gguf_kv, from_hf, to_gguf_kv
 from aprlib.errors import AprFormatError, GgufFormatError, ModelFileError
 from aprlib.formats.apr import AprFile, AprWriter, PlannedTensor
 from falsifiers.hostile_files import apr_inline, assert_one_line_error, run_apr

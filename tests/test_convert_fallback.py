@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from aprlib import DType, convert, open_model
-from aprlib.cli import main as apr
+from aprlib.cli.main import main as apr
 
 
 def test_q4_k_falls_back_per_tensor_and_says_which(tiny_factory, tmp_path):
@@ -53,8 +53,9 @@ def test_quantising_in_bands_of_rows_gives_the_same_bytes(monkeypatch):
     cross rows, so the bytes equal a whole-matrix quantisation."""
     import numpy as np
 
-    from aprlib import model_from_arrays, output
-    from aprlib.dtypes import from_float32
+    from aprlib import model_from_arrays
+    from aprlib.formats import output
+    from aprlib.formats.dtypes import from_float32
 
     values = np.random.default_rng(3).standard_normal((37, 512)).astype(np.float32)
     model = model_from_arrays({"w": (DType.F32, values.shape, values)}, None)

@@ -9,7 +9,7 @@ import os
 from tokenizers import Tokenizer
 
 from aprlib import convert, diff_models, open_model
-from aprlib.cli import main as apr
+from aprlib.cli.main import main as apr
 from falsifiers.test_tokenizer_fidelity_v1 import CORPUS, VOCAB, hf_folder_with_tokenizer
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from provable.cli import main
-from provable.dashboard import build_dashboard
+from provable.cli.main import main
+from provable.reports.dashboard import build_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -191,7 +191,7 @@ def test_pv_check_ends_by_writing_the_dashboard_and_its_scoreboard(pytester):
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's provable
     result = subprocess.run(
-        [sys.executable, "-m", "provable.cli", "check", "--", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "provable.cli.main", "check", "--", "-q", "-p", "no:cacheprovider"],
         cwd=pytester.path,
         capture_output=True,
         text=True,

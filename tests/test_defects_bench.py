@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import bench.defects.catalogue  # noqa: F401 - registers the entries
-from aprlib.convert import convert
-from aprlib.diff import diff_models
-from aprlib.io import open_model
+from aprlib.compare.diff import diff_models
+from aprlib.formats.conversion import convert
+from aprlib.formats.io import open_model
 from bench.defects import CATALOGUE, DESIGN_ROWS, Defect, register
 from bench.defects import injections as inj
 from bench.defects.runner import Result, _known_falsifiers, run_one, summarise

@@ -6,43 +6,53 @@ import dataclasses
 
 import pytest
 
-from aprlib import diff as diff_module
-from aprlib import pairscan, quantnoise
+from aprlib.compare import (
+    classify,
+    configs,
+    consistency,
+    diagnosis,
+    mislabel,
+    pairscan,
+    quantnoise,
+    report,
+)
+from aprlib.compare import diff as diff_module
 from falsifiers import test_model_diff_v1 as falsifier
 
+#: the defect: (module whose name is replaced, the name as that module calls it, the blind version)
 DEFECTS = {
-    "TRANSPOSED": ("_transposed", lambda *a, **k: False),
-    "DTYPE_MISLABEL": ("_mislabel", lambda *a, **k: None),
-    "SCALED": ("_affine", lambda *a, **k: None),
-    "SHIFTED": ("_affine", lambda *a, **k: None),
-    "PERMUTED": ("_permutation", lambda *a, **k: ""),
+    "TRANSPOSED": (classify, "_transposed", lambda *a, **k: False),
+    "DTYPE_MISLABEL": (classify, "find_mislabel", lambda *a, **k: None),
+    "SCALED": (classify, "_affine", lambda *a, **k: None),
+    "SHIFTED": (classify, "_affine", lambda *a, **k: None),
+    "PERMUTED": (classify, "_permutation", lambda *a, **k: ""),
     # the rounding bound: never met (blind to noise) or always met (anything is noise)
-    "QUANT_NOISE/bf16": ("worst_share", lambda *a, **k: float("inf")),
-    "QUANT_NOISE/q8_0": ("worst_share", lambda *a, **k: float("inf")),
+    "QUANT_NOISE/bf16": (quantnoise, "worst_share", lambda *a, **k: float("inf")),
+    "QUANT_NOISE/q8_0": (quantnoise, "worst_share", lambda *a, **k: float("inf")),
     # anything is noise: every pair has a lower side, and every bound is met
-    "VALUE_DRIFT": ("_lower", lambda ta, tb: tb),
-    "MISSING": ("_pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
-    "EXTRA": ("_pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
+    "VALUE_DRIFT": (classify, "lower_side", lambda ta, tb: tb),
+    "MISSING": (diff_module, "pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
+    "EXTRA": (diff_module, "pair_names", lambda a, b: sorted(set(a.tensors) & set(b.tensors))),
     "SHAPE_MISMATCH": (
+        diff_module,
         "classify",
-        lambda ta, tb, *args: diff_module.Pair(
+        lambda ta, tb, *args: report.Pair(
             ta.name, "VALUE_DRIFT" if ta.shape != tb.shape else "IDENTICAL", None, None
         ),
     ),
-    "CONFIG_MISMATCH": ("compare_configs", lambda a, b: []),
+    "CONFIG_MISMATCH": (diff_module, "compare_configs", lambda a, b: []),
 }
 
 
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_each_diff_falsifier_catches_a_blind_detector(tiny_qwen2, tmp_path, monkeypatch, defect):
-    name, broken = DEFECTS[defect]
+    owner, name, broken = DEFECTS[defect]
     fmt = falsifier.DEFECTS[defect].formats[-1]
     falsifier.check_defect(
         tiny_qwen2.safetensors, falsifier.DEFECTS[defect], fmt, tmp_path / "real"
     )
-    owner = quantnoise if name == "worst_share" else diff_module
     monkeypatch.setattr(owner, name, broken)
-    if name == "_lower":
+    if name == "lower_side":
         monkeypatch.setattr(quantnoise, "has_bound", lambda low: True)
         monkeypatch.setattr(quantnoise, "worst_share", lambda *a, **k: 0.0)
     with pytest.raises(AssertionError):
@@ -105,15 +115,15 @@ ISSUE10_DEFECTS = {
         lambda src, work, capsys: falsifier.check_nonfinite(src, float("inf"), "gguf", work),
     ),
     "nan ranked by count": (
-        lambda mp: mp.setattr(diff_module, "TIER", {}),
+        lambda mp: mp.setattr(diagnosis, "TIER", {}),
         lambda src, work, capsys: falsifier.check_nonfinite(src, float("nan"), "apr", work),
     ),
     "mislabel ranked by count": (
-        lambda mp: mp.setattr(diff_module, "TIER", {}),
+        lambda mp: mp.setattr(diagnosis, "TIER", {}),
         lambda src, work, capsys: falsifier.check_mislabel_outranks_noise(src, "gguf", work),
     ),
     "contradiction blind": (
-        lambda mp: mp.setattr(diff_module.consistency, "contradictions", lambda m: iter(())),
+        lambda mp: mp.setattr(consistency, "contradictions", lambda m: iter(())),
         lambda src, work, capsys: falsifier.check_contradiction(src, "apr", work),
     ),
     "tokenizer blind": (
@@ -122,17 +132,15 @@ ISSUE10_DEFECTS = {
     ),
     "expect passes anything": (
         lambda mp: mp.setattr(
-            diff_module.DiffReport, "passes", lambda self, expect_quantized=False: True
+            report.DiffReport, "passes", lambda self, expect_quantized=False: True
         ),
         lambda src, work, capsys: falsifier.check_expect_quantized(src, work, capsys),
     ),
     "expect never passes": (
         lambda mp: mp.setattr(
-            diff_module.DiffReport,
+            report.DiffReport,
             "passes",
-            lambda self, expect_quantized=False: all(
-                p.tag in diff_module.CLEAN for p in self.pairs
-            ),
+            lambda self, expect_quantized=False: all(p.tag in report.CLEAN for p in self.pairs),
         ),
         lambda src, work, capsys: falsifier.check_expect_quantized(src, work, capsys),
     ),
@@ -156,7 +164,7 @@ def test_guilty_side_falsifier_catches_a_diff_that_always_blames_a(
 ):
     tiny = tiny_factory("qwen2", dtype=dtype)
     falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "real")
-    monkeypatch.setattr(diff_module, "_guilty", lambda t, found, counts: (found[0], True))
+    monkeypatch.setattr(mislabel, "guilty", lambda t, found, counts: (found[0], True))
     with pytest.raises(AssertionError):
         falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken")
 
@@ -169,10 +177,10 @@ def test_guilty_side_falsifier_catches_a_diff_that_guesses_per_tensor(
     read as F16 are implausible even for norms, so only this direction needs the file.)"""
     tiny = tiny_factory("qwen2", dtype="float16")
     falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "real", whole_file=True)
-    monkeypatch.setattr(diff_module, "_settle_sides", lambda pairs: None)
+    monkeypatch.setattr(diff_module, "settle_sides", lambda pairs: None)
     # the configs' torch_dtype decides a norm on its own now: silence it, so the norms
     # rest on the file's 2-D weights again
-    monkeypatch.setattr(diff_module.consistency, "config_dtype", lambda model: None)
+    monkeypatch.setattr(consistency, "config_dtype", lambda model: None)
     with pytest.raises(AssertionError):
         falsifier.check_guilty_side(tiny, "B", "apr", tmp_path / "broken", whole_file=True)
 
@@ -182,14 +190,14 @@ def test_config_meaning_falsifier_catches_a_diff_blind_to_the_field(
     tiny_qwen2, tmp_path, monkeypatch, change
 ):
     falsifier.check_config_meaning(tiny_qwen2.safetensors, change, "gguf", tmp_path / "real")
-    fields = tuple(f for f in diff_module.CONFIG_FIELDS if f != change)
-    monkeypatch.setattr(diff_module, "CONFIG_FIELDS", fields)
+    fields = tuple(f for f in configs.CONFIG_FIELDS if f != change)
+    monkeypatch.setattr(configs, "CONFIG_FIELDS", fields)
     with pytest.raises(AssertionError):
         falsifier.check_config_meaning(tiny_qwen2.safetensors, change, "gguf", tmp_path / "broken")
 
 
 def test_config_meaning_fills_in_defaults_before_comparing():
-    from aprlib.config import qwen2_0_5b
+    from aprlib.config.modelconfig import qwen2_0_5b
 
     base = qwen2_0_5b()
     same = [
@@ -199,11 +207,11 @@ def test_config_meaning_fills_in_defaults_before_comparing():
     ]
     for other in same:
         assert all(
-            diff_module._same(diff_module._meaning(base, f), diff_module._meaning(other, f))
-            for f in diff_module.CONFIG_FIELDS
+            configs.same_meaning(configs.config_meaning(base, f), configs.config_meaning(other, f))
+            for f in configs.CONFIG_FIELDS
         ), other
     llama_defaults = dataclasses.replace(base, architecture="llama")
-    assert not diff_module._same(
-        diff_module._meaning(base, "attention_bias"),
-        diff_module._meaning(llama_defaults, "attention_bias"),
+    assert not configs.same_meaning(
+        configs.config_meaning(base, "attention_bias"),
+        configs.config_meaning(llama_defaults, "attention_bias"),
     )

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from aprlib import diff_models, open_model
-from aprlib.dtypes import DType, from_float32
-from aprlib.io import model_from_arrays
+from aprlib.formats.dtypes import DType, from_float32
+from aprlib.formats.io import model_from_arrays
 from falsifiers.test_model_diff_v1 import Arrays, f32, write_variant
 
 
@@ -40,7 +40,7 @@ def pipeline(tmp_path_factory, request):
     def get(label: str) -> Path:
         if label in made:
             return made[label]
-        from aprlib import llamacpp
+        from aprlib.forward import llamacpp
 
         if "->" not in label:
             made[label] = convert_hf_to_gguf(folder, work / f"{label}.gguf", "qwen2", label)
@@ -252,7 +252,7 @@ def test_the_odd_tag_of_its_own_file_is_blamed(tiny_factory, tmp_path):
 
 
 def test_when_the_evidence_does_not_decide_the_finding_says_a_or_b(tmp_path):
-    from aprlib.convert import write_model
+    from aprlib.formats.conversion import write_model
 
     values = (1.0 + np.random.default_rng(0).standard_normal(64) * 0.1).astype(np.float32)
     raw = from_float32(values, DType.F16)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aprlib import quantnoise
-from aprlib.diff import Tolerance, classify
-from aprlib.dtypes import DType, from_float32
-from aprlib.modelfile import Tensor
+from aprlib.compare import quantnoise
+from aprlib.compare.classify import Tolerance, classify
+from aprlib.formats.dtypes import DType, from_float32
+from aprlib.formats.modelfile import Tensor
 
 
 def _tensor(dtype: DType, values: np.ndarray) -> Tensor:

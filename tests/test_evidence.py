@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from provable.evidence import json_safe, merge_record, write_evidence
+from provable.contracts.evidence import json_safe, merge_record, write_evidence
 
 
 def test_json_safe_scalars_nan_and_arrays():

@@ -15,10 +15,10 @@ import yaml
 from falsifiers import test_contract_lifecycle_v1 as lifecycle
 from falsifiers import test_contract_validation_v1 as validation
 from falsifiers import test_status_rewrite_v1 as rewrite
-from provable import lifecycle as real
-from provable.findings import ERROR, Finding
-from provable.lifecycle import ContractStatus, FalsifierStatus, Outcome, Promotion
-from provable.validate import Report, validate_paths
+from provable.contracts import lifecycle as real
+from provable.contracts.findings import ERROR, Finding
+from provable.contracts.lifecycle import ContractStatus, FalsifierStatus, Outcome, Promotion
+from provable.contracts.validate import Report, validate_paths
 
 # --- contract-lifecycle-v1 ---------------------------------------------------------------
 
@@ -173,7 +173,7 @@ def test_rewrite_002_catches_a_write_in_place(tmp_path):
 
 
 def test_rewrite_003_catches_evidence_that_restamps_every_run(pytester, monkeypatch):
-    monkeypatch.setattr("provable.evidence.merge_record", rewrite.forgetful_merge)
+    monkeypatch.setattr("provable.contracts.evidence.merge_record", rewrite.forgetful_merge)
     with pytest.raises(AssertionError, match="a repeat run rewrote"):
         rewrite.check_idempotent(pytester)
 
@@ -182,7 +182,7 @@ def test_rewrite_003_catches_evidence_that_restamps_every_run(pytester, monkeypa
 
 
 def test_lifecycle_006_catches_an_aggregate_that_trusts_a_partial_run():
-    from provable.plan import aggregate
+    from provable.plugin.plan import aggregate
 
     def forgetful(run, known=None, scope=None):  # the old rule: only what was collected
         return aggregate(run)
@@ -192,7 +192,7 @@ def test_lifecycle_006_catches_an_aggregate_that_trusts_a_partial_run():
 
 
 def test_lifecycle_007_catches_a_planner_blind_to_concurrent_refutations(tmp_path):
-    from provable.plan import plan_contract
+    from provable.plugin.plan import plan_contract
 
     def last_writer_wins(contract, text, runs, previous, started, *args):
         now = {f.id: f.status for f in contract.falsifiers}  # "started" = what is on disk
@@ -205,7 +205,7 @@ def test_lifecycle_007_catches_a_planner_blind_to_concurrent_refutations(tmp_pat
 def test_rewrite_004_catches_a_write_phase_without_a_journal(tmp_path, capsys):
     from pathlib import Path
 
-    from provable.atomic import write_atomic
+    from provable.contracts.atomic import write_atomic
 
     def one_file_at_a_time(folder, evidence, contracts):  # the old order: each file alone
         for path, text in [*contracts, *evidence]:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import aprlib.checkpoint as ckpt
-import aprlib.finetune as ft
-from aprlib.cli import main as apr_main
-from aprlib.config import from_hf, to_hf
-from aprlib.convert import convert
+import aprlib.train.checkpoint as ckpt
+import aprlib.train.finetune as ft
+from aprlib.cli.main import main as apr_main
+from aprlib.config.modelconfig import from_hf, to_hf
+from aprlib.formats.conversion import convert
 from falsifiers import test_finetune_from_init_v1 as fal
 from falsifiers.pretrained import one_thread
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import aprlib
-from aprlib import layout
-from aprlib.dtypes import DType, from_float32
+from aprlib.formats import layout
+from aprlib.formats.dtypes import DType, from_float32
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,13 +31,13 @@ def test_the_documented_api_is_importable_from_the_root():
         open_model,
         write_model,
     )
-    from aprlib.io import Model as IoModel
-    from aprlib.io import Tensor as IoTensor
-    from aprlib.io import open_model as io_open_model
+    from aprlib.formats.io import Model as IoModel
+    from aprlib.formats.io import Tensor as IoTensor
+    from aprlib.formats.io import open_model as io_open_model
 
     assert callable(convert) and IoModel is Model and IoTensor is Tensor
     assert io_open_model is open_model
-    from aprlib.convert import write_model as old_path  # older code keeps working
+    from aprlib.formats.conversion import write_model as old_path  # older code keeps working
 
     assert old_path is aprlib.write_model
 
@@ -60,7 +60,7 @@ def test_no_falsifier_or_test_imports_a_private_aprlib_name(folder):
 def test_the_written_gguf_ne_is_the_layout_reversal(tmp_path, dtype):
     """GGUFWriter reverses the shape itself: check what lands on disk against layout."""
     from aprlib import model_from_arrays, write_model
-    from aprlib.config import ModelConfig
+    from aprlib.config.modelconfig import ModelConfig
 
     rng = np.random.default_rng(0)
     shape = (3, 64)  # non-square, rows a whole Q8_0 block count
@@ -84,7 +84,7 @@ def test_one_module_per_format_each_with_reader_and_writer():
 @pytest.mark.parametrize("suffix", [".apr", ".gguf", ".safetensors"])
 def test_mapped_opens_give_zero_copy_views_of_the_same_bytes(tmp_path, suffix):
     from aprlib import model_from_arrays, open_model, write_model
-    from aprlib.config import ModelConfig
+    from aprlib.config.modelconfig import ModelConfig
 
     rng = np.random.default_rng(4)
     cfg = ModelConfig("qwen2", 6, 64, 96, 1, 4, 2, 1e-6, 1e4, 32, True)

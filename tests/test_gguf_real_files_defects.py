@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import aprlib.formats.gguf as gguf_format
-from aprlib import layout
-from aprlib import tokenizer as tokenizer_module
+from aprlib.formats import layout
+from aprlib.formats import tokenizer as tokenizer_module
 from falsifiers import test_gguf_real_files_v1 as falsifier
 from falsifiers.test_tokenizer_fidelity_v1 import VOCAB
 
@@ -44,7 +44,7 @@ def test_ggufreal_002_catches_a_reader_without_llama_cpps_defaults(
 def test_ggufreal_003_catches_a_reader_limited_to_its_own_types(
     tiny_factory, tmp_path, monkeypatch
 ):
-    from aprlib.dtypes import ENCODABLE, DType
+    from aprlib.formats.dtypes import ENCODABLE, DType
 
     tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
     falsifier.check_ggml_type(tiny, "Q6_K", tmp_path / "real")
@@ -60,7 +60,7 @@ def test_ggufreal_003_catches_a_reader_limited_to_its_own_types(
 
 
 def test_ggufreal_004_catches_a_reader_without_q6_k(tiny_factory, tmp_path, monkeypatch, capsys):
-    from aprlib.dtypes import DType
+    from aprlib.formats.dtypes import DType
 
     tiny = tiny_factory("qwen2", hidden_size=256, intermediate_size=512)
     falsifier.check_k_quant_mix(tiny, tmp_path / "real", capsys)

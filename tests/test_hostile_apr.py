@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from aprlib import AprFormatError, model_from_arrays, open_model, write_model
-from aprlib.config import ModelConfig
-from aprlib.dtypes import DType
-from aprlib.modelfile import MAX_TENSORS
+from aprlib.config.modelconfig import ModelConfig
+from aprlib.formats.dtypes import DType
+from aprlib.formats.modelfile import MAX_TENSORS
 from falsifiers.hostile_files import (
     AprEntry,
     apr_bytes,

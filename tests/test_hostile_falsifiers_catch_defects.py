@@ -26,7 +26,7 @@ def test_hostile_001_catches_a_reader_that_trusts_a_dtype_field(tmp_path, monkey
 
 def test_hostile_001_catches_config_values_used_unchecked(tmp_path, monkeypatch):
     """head_count 0 reaches a division when the value checks are gone."""
-    monkeypatch.setattr("aprlib.config.check_config_values", lambda raw, source: None)
+    monkeypatch.setattr("aprlib.config.modelconfig.check_config_values", lambda raw, source: None)
     with pytest.raises(AssertionError, match="untyped"):
         hostile.fuzz("gguf", tmp_path, examples=100)
 
@@ -34,7 +34,7 @@ def test_hostile_001_catches_config_values_used_unchecked(tmp_path, monkeypatch)
 MAPPED_READS = """
 import mmap
 import numpy as np
-from aprlib import filesource
+from aprlib.formats import filesource
 real_init = filesource.FileSource.__init__
 def mapped_init(self, *a, **k):
     real_init(self, *a, **k)
@@ -60,13 +60,13 @@ def test_hostile_003_catches_writers_that_never_clean_dead_temps(tmp_path):
     src = hostile._small_model(tmp_path / "model.apr")
     out = tmp_path / "dst"
     out.mkdir()
-    no_cleaning = "from aprlib import atomic\natomic.remove_dead_temps = lambda dst: []\n"
+    no_cleaning = "from aprlib.formats import atomic\natomic.remove_dead_temps = lambda dst: []\n"
     with pytest.raises(AssertionError, match="left behind"):
         hostile.killed_converts(src, out / "model.gguf", kills=10, before=no_cleaning)
 
 
 def test_hostile_004_catches_json_without_an_item_cap(tmp_path):
-    uncapped = "from aprlib import jsonlimits\njsonlimits.MAX_ITEMS = 10**12\n"
+    uncapped = "from aprlib.formats import jsonlimits\njsonlimits.MAX_ITEMS = 10**12\n"
     with pytest.raises(AssertionError, match="peak RSS"):
         hostile.check_rss(tmp_path, before=uncapped, only="apr metadata 20 MB of [],")
 

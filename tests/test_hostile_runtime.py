@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from aprlib import model_from_arrays, write_model
-from aprlib.config import ModelConfig
-from aprlib.dtypes import DType
+from aprlib.config.modelconfig import ModelConfig
+from aprlib.formats.dtypes import DType
 from falsifiers.hostile_files import (
     ROOT,
     AprEntry,
@@ -49,7 +49,7 @@ def model_file(path):
 
 TRUNCATE_AFTER_OPEN = """
 import importlib, os
-import aprlib.io as io_mod
+import aprlib.formats.io as io_mod
 real = io_mod.open_model
 opened = []
 def opened_then_truncated(path):
@@ -59,7 +59,7 @@ def opened_then_truncated(path):
         os.truncate(path, os.path.getsize(path) // 2)
     return model
 io_mod.open_model = opened_then_truncated
-for name in ("aprlib.conversion", "aprlib.convert"):
+for name in ("aprlib.formats.conversion", "aprlib.formats.conversion"):
     try:
         module = importlib.import_module(name)
     except ImportError:
@@ -165,7 +165,7 @@ def test_inspect_json_into_a_closed_pipe_ends_quietly(tmp_path):
     entries = [AprEntry(f"t{i}", 0, (0,), 0, 0, 0) for i in range(20_000)]
     path = tmp_path / "many.apr"
     path.write_bytes(apr_bytes({}, entries, b""))
-    code = "import sys; from aprlib.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from aprlib.cli.main import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "inspect", "--json", str(path)],
         stdout=subprocess.PIPE,

@@ -27,7 +27,7 @@ MAX_RSS_MB = 300
 #: ru_maxrss, which Linux carries across fork+exec (a child of a 900 MB pytest reports 900 MB)
 DRIVER = textwrap.dedent("""\
     import json, sys, io, contextlib
-    from provable.cli import main
+    from provable.cli.main import main
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = main(["validate", *sys.argv[1:]])
@@ -89,7 +89,7 @@ def test_hostile_file_gives_one_finding_and_exit_1(tmp_path, name):
 
 
 def test_hostile_file_does_not_stop_pv_status(tmp_path, capsys):
-    from provable.cli import main
+    from provable.cli.main import main
 
     (tmp_path / "deep.yaml").write_text(HOSTILE["deep-flow-500"])
     (tmp_path / "ok-v1.yaml").write_text(CLEAN_CONTRACT.format(id="ok-v1"))
@@ -150,7 +150,7 @@ def test_folders_that_hold_no_contract_are_findings(tmp_path, kind):
 
 
 def test_an_unreadable_folder_is_a_finding_even_as_root(tmp_path, monkeypatch, capsys):
-    from provable.cli import main
+    from provable.cli.main import main
 
     folder = tmp_path / "contracts"
     folder.mkdir()
@@ -178,8 +178,8 @@ def test_one_bad_file_does_not_hide_the_others(tmp_path):
 
 
 def test_an_internal_error_in_one_file_is_a_finding(tmp_path, monkeypatch, capsys):
-    from provable import validate
-    from provable.cli import main
+    from provable.cli.main import main
+    from provable.contracts import validate
 
     (tmp_path / "a-v1.yaml").write_text(CLEAN_CONTRACT.format(id="a-v1"))
     (tmp_path / "b-v1.yaml").write_text(CLEAN_CONTRACT.format(id="b-v1"))
@@ -196,7 +196,7 @@ def test_an_internal_error_in_one_file_is_a_finding(tmp_path, monkeypatch, capsy
 
 
 def test_evidence_paths_stay_inside_the_evidence_folder(tmp_path):
-    from provable.validate import discover, validate_paths
+    from provable.contracts.validate import discover, validate_paths
 
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "contracts").mkdir()
@@ -215,7 +215,7 @@ def test_evidence_paths_stay_inside_the_evidence_folder(tmp_path):
 def test_non_ascii_digits_in_a_falsifier_id_are_refused(tmp_path):
     text = CLEAN_CONTRACT.format(id="u-v1").replace("FALSIFY-CLEAN-001", "FALSIFY-CLEAN-00１")
     (tmp_path / "u-v1.yaml").write_text(text, encoding="utf-8")
-    from provable.validate import discover, validate_paths
+    from provable.contracts.validate import discover, validate_paths
 
     report = validate_paths(discover([str(tmp_path)]))
     assert any("FALSIFY-CLEAN-00１" in f.message for f in report.findings), report.render_text()
@@ -270,7 +270,7 @@ def hostile_yaml(draw: st.DrawFn) -> str:
 @given(text=hostile_yaml())
 def test_fuzz_pv_validate_never_crashes(tmp_path_factory, text):
     """In-process: zero tracebacks (any exception escaping ``main`` fails the example)."""
-    from provable.cli import main
+    from provable.cli.main import main
 
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "f.yaml").write_text(text)

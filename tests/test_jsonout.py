@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aprlib.jsonout import dumps, finite_or_null
+from aprlib.formats.jsonout import dumps, finite_or_null
 
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),

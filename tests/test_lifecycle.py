@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provable.lifecycle import (
+from provable.contracts.lifecycle import (
     ContractStatus,
     FalsifierStatus,
     Outcome,

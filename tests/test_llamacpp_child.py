@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprlib import ModelFileError, OracleCrashed, OracleError, OracleTimeout, convert, llamacpp
-from aprlib.logits import compute_logits, llamacpp_logits, reference_logits
+from aprlib import ModelFileError, OracleCrashed, OracleError, OracleTimeout, convert
+from aprlib.forward import llamacpp
+from aprlib.forward.logits import compute_logits, llamacpp_logits, reference_logits
 from falsifiers.llamacpp_oracle import require_llama_cpp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_a_sigill_through_the_cli_is_one_line_and_exit_1(tiny_gguf, tmp_path, mo
     plant(monkeypatch, tmp_path, "sigill")
     argv = ["logits", str(gguf), "--tokens", "1,2,3", "--backend", "llama.cpp"]
     proc = subprocess.run(
-        [sys.executable, "-m", "aprlib.cli", *argv],
+        [sys.executable, "-m", "aprlib.cli.main", *argv],
         capture_output=True,
         text=True,
         timeout=300,
@@ -248,7 +249,7 @@ def test_the_library_child_can_be_killed_and_comes_back():
 def test_qa_reports_a_crashed_oracle_as_not_checked_never_as_a_model_fail(
     tiny_gguf, tmp_path, monkeypatch
 ):
-    from aprlib.qa import gates_json, run_qa
+    from aprlib.forward.qa import gates_json, run_qa
 
     plant(monkeypatch, tmp_path, "sigill")
     gates = {g.name: g for g in run_qa(tiny_gguf)}
@@ -262,10 +263,10 @@ def test_qa_reports_a_crashed_oracle_as_not_checked_never_as_a_model_fail(
 
 
 def test_the_childs_block_table_agrees_with_aprlibs_dtypes():
-    """The child keeps its own small table (importing aprlib.dtypes would cost every child
+    """The child keeps its own small table (importing aprlib.formats.dtypes would cost every child
     a quarter second): it must say what DType says."""
-    from aprlib.dtypes import DType
-    from aprlib.llamacpp_child import BLOCK, GGML_TYPES
+    from aprlib.formats.dtypes import DType
+    from aprlib.forward.llamacpp_child import BLOCK, GGML_TYPES
 
     for kind, ggml_id in GGML_TYPES.items():
         info = DType[kind].info

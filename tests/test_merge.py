@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provable.cli import main
-from provable.merge import merge_runs
-from provable.validate import discover, validate_paths
+from provable.cli.main import main
+from provable.contracts.validate import discover, validate_paths
+from provable.reports.merge import merge_runs
 from tests.test_plugin import CONTRACT, TESTS, run
 
 
@@ -42,14 +42,14 @@ def two_jobs(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_pat
     base = _copy_run(pytester.path, tmp_path / "base")
     # a CPU host: no CUDA. (Asking torch inside pytester's in-process run would import it
     # there; pytester then drops it from sys.modules, and a later import of torch crashes.)
-    monkeypatch.setattr("provable.plugin._cuda_available", False)
+    monkeypatch.setattr("provable.plugin.hooks._cuda_available", False)
     run(pytester)  # the CPU job
     cpu = _copy_run(pytester.path, tmp_path / "cpu")
     for part in ("contracts", "evidence"):  # the GPU job starts from the same checkout
         shutil.rmtree(pytester.path / part, ignore_errors=True)
         if (base / part).exists():
             shutil.copytree(base / part, pytester.path / part)
-    monkeypatch.setattr("provable.plugin._cuda_available", True)  # as on a GPU host
+    monkeypatch.setattr("provable.plugin.hooks._cuda_available", True)  # as on a GPU host
     run(pytester, "-m", "cuda").assert_outcomes(passed=1)
     gpu = _copy_run(pytester.path, tmp_path / "gpu")
     return cpu, gpu

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import Phase, settings
 
 from falsifiers import test_evidence_merge_v1 as falsifier
-from provable import merge as real
+from provable.reports import merge as real
 
 #: a defect needs one counterexample, not the smallest one
 FIRST_FAILURE = settings(parent=falsifier.EXAMPLES, phases=[Phase.generate])

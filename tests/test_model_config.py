@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
-from aprlib import ShapeMismatchError, check_weights_match, expected_shapes, presets, qwen2_0_5b
-from aprlib import config as config_mod
-from aprlib.config import from_gguf_kv, from_hf, to_gguf_kv, to_hf
+from aprlib import ShapeMismatchError, check_weights_match, expected_shapes, qwen2_0_5b
+from aprlib.config import modelconfig as config_mod
+from aprlib.config import presets
+from aprlib.config.modelconfig import from_gguf_kv, from_hf, to_gguf_kv, to_hf
 from falsifiers import test_model_config_v1 as fals
 
 MISTRAL_7B = {  # mistralai/Mistral-7B-v0.1

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aprlib import Ops, layout
-from aprlib import model as model_mod
-from aprlib import shapes as shapes_mod
+from aprlib import Ops
+from aprlib.compare import shapes as shapes_mod
+from aprlib.formats import layout
+from aprlib.forward import model as model_mod
 from falsifiers import test_arch_polymorphic_v1 as arch
 from falsifiers import test_forward_parity_hf_v1 as fwd
 
@@ -176,7 +177,7 @@ def test_capture_hands_out_clones():
 
 def test_llamacpp_parity_catches_a_gguf_writer_that_drops_yarn(monkeypatch, tmp_path):
     """FALSIFY-LLAMACPP-001's rope-scaling case turns red when the writer forgets yarn."""
-    from aprlib import config as config_mod
+    from aprlib.config import modelconfig as config_mod
     from falsifiers import test_gguf_llamacpp_parity_v1 as lcpp
     from falsifiers.llamacpp_oracle import require_llama_cpp
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from aprlib import DType, Ops, model_from_arrays, write_model
-from aprlib.backends import register_backend
-from aprlib.cli import main
-from aprlib.logits import TokenMismatchError, compare_logits
+from aprlib.cli.main import main
+from aprlib.forward.backends import register_backend
+from aprlib.forward.logits import TokenMismatchError, compare_logits
 from falsifiers import test_loss_sanity_v1 as loss
 from falsifiers.loss_stream import eval_tokens, save, train
 

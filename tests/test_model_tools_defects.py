@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from aprlib import DType, layout
-from aprlib import model as model_mod
-from aprlib.dtypes import from_float32
-from aprlib.trace import PointComparison
+from aprlib import DType
+from aprlib.formats import layout
+from aprlib.formats.dtypes import from_float32
+from aprlib.forward import model as model_mod
+from aprlib.forward.trace import PointComparison
 from falsifiers import test_gguf_llamacpp_parity_v1 as llamacpp
 from falsifiers import test_loss_sanity_v1 as loss
 from falsifiers import test_trace_capture_points_v1 as trace

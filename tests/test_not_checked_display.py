@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from provable import dashboard, lastrun
-from provable.cli import main
+from provable.cli.main import main
+from provable.reports import dashboard, lastrun
 from tests.contract_samples import CLEAN_CONTRACT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,7 +333,7 @@ def test_pv_check_fails_when_a_falsifier_is_not_checked(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's provable
     result = subprocess.run(
-        [sys.executable, "-m", "provable.cli", "check", "--", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "provable.cli.main", "check", "--", "-q", "-p", "no:cacheprovider"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -1,4 +1,5 @@
-"""The outcome taxonomy's rules, one test each (``provable.lifecycle``: pure functions), and
+"""The outcome taxonomy's rules, one test each (``provable.contracts.lifecycle``: pure functions),
+and
 the plugin's folding of reports into them. Removing any rule turns its test red."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from provable import FalsifierStatus, Outcome, promote
-from provable.lifecycle import (
+from provable.contracts.lifecycle import (
     Raised,
     TestVerdict,
     after_rerun,
@@ -18,8 +19,8 @@ from provable.lifecycle import (
     classify_raised,
     falsifier_outcome,
 )
-from provable.plugin import _apply_report, raised_from
-from provable.session import TestResult
+from provable.plugin.hooks import _apply_report, raised_from
+from provable.plugin.session import TestResult
 
 FAILED = "_pytest.outcomes:Failed"
 
@@ -83,13 +84,13 @@ def test_declared_classes_are_matched_along_the_mro_by_name():
 
 
 def test_environment_fault_base_class_is_not_checked():
-    from provable.outcomes import EnvironmentFault
+    from provable.plugin.outcomes import EnvironmentFault
 
     assert classify_failure("call", raised_from(EnvironmentFault())) is TestVerdict.NOT_CHECKED
 
 
 def test_the_placeholder_is_not_written():
-    from provable.outcomes import NotYetWritten
+    from provable.plugin.outcomes import NotYetWritten
 
     assert classify_raised(raised_from(NotYetWritten("x"))[0]) is TestVerdict.NOT_WRITTEN
     legacy = raised(FAILED, message="FALSIFY-A-001 not yet written: write a test that would")

@@ -11,18 +11,18 @@ from gguf.quants import GGMLQuantizationType, quantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aprlib import (
-    AprFormatError,
-    diff_models,
-    model_from_arrays,
-    open_model,
-    pairscan,
-    quantnoise,
-    write_model,
+from aprlib import AprFormatError, diff_models, model_from_arrays, open_model, write_model
+from aprlib.compare import pairscan, quantnoise
+from aprlib.config.modelconfig import ModelConfig
+from aprlib.formats.dtypes import (
+    DType,
+    decode_into,
+    float32_to_bf16,
+    from_float32,
+    nbytes,
+    to_float32,
 )
-from aprlib.config import ModelConfig
-from aprlib.dtypes import DType, decode_into, float32_to_bf16, from_float32, nbytes, to_float32
-from aprlib.modelfile import Tensor
+from aprlib.formats.modelfile import Tensor
 
 CONFIG = ModelConfig("qwen2", 6, 8, 24, 2, 2, 1, 1e-6, 1e4, 64, False)
 
@@ -206,7 +206,7 @@ def test_workers_do_not_change_the_report(tiny_qwen2, tmp_path):
 
 
 def test_cli_threads_must_be_positive(tiny_qwen2, capsys):
-    from aprlib.cli import main
+    from aprlib.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["diff", str(tiny_qwen2.safetensors), str(tiny_qwen2.safetensors), "--threads", "0"])
@@ -253,7 +253,7 @@ def test_decoders_equal_the_gguf_package(dtype, into):
 def test_q4_k_bound_holds_for_ggmls_quantiser_and_breaks_for_one_step_more():
     """Values quantised by aprlib's Q4_K quantiser (held byte for byte to ggml's) lie within
     the bound; a value pushed a step outside its sub-block's range breaks it."""
-    from aprlib.q4k import quantize_q4_k
+    from aprlib.formats.q4k import quantize_q4_k
 
     rng = np.random.default_rng(9)
     values = (rng.standard_normal((8, 512)) * 0.02).astype(np.float32)

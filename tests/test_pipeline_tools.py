@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprlib.cli import main
+from aprlib.cli.main import main
 
 TOKENS = "3,1,4,1,5,9,2,6"
 
@@ -186,11 +186,11 @@ def test_qa_does_not_suspect_a_clean_f16_file(tiny_factory, capsys):
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """Importing aprlib.finetune (torch, the model) now fails: a check made before it made
+    """Importing aprlib.train.finetune (torch, the model) now fails: a check made before it made
     no work."""
     import sys
 
-    monkeypatch.setitem(sys.modules, "aprlib.finetune", None)
+    monkeypatch.setitem(sys.modules, "aprlib.train.finetune", None)
 
 
 def test_finetune_unknown_arch_is_a_usage_error_before_any_work(no_training, tmp_path, capsys):
@@ -229,7 +229,7 @@ def test_convert_to_another_half_dtype_relabels_torch_dtype(tmp_path, tiny_facto
     """Our own converter must not write what `apr inspect` calls a contradiction: a BF16
     folder converted with --dtype f16 gets torch_dtype float16, and inspect exits 0."""
     from aprlib import DType, convert, open_model
-    from aprlib.cli import main
+    from aprlib.cli.main import main
 
     bf16 = tiny_factory("qwen2", dtype="bfloat16")
     out = tmp_path / "f16.apr"
@@ -245,8 +245,8 @@ def test_inspect_reads_torch_dtype_as_diff_does_prefix_and_all():
     and diff share one reading of the config (consistency.config_dtype)."""
     from types import SimpleNamespace
 
-    from aprlib.consistency import dtype_contradiction
-    from aprlib.dtypes import DType
+    from aprlib.compare.consistency import dtype_contradiction
+    from aprlib.formats.dtypes import DType
 
     tensors = {f"t{i}": SimpleNamespace(dtype=DType.F16) for i in range(3)}
     for said in ("bfloat16", "torch.bfloat16"):

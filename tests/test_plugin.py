@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provable.validate import discover, validate_paths
+from provable.contracts.validate import discover, validate_paths
 
 CONTRACT = """\
 # alpha: a comment that must survive every rewrite
@@ -262,7 +262,7 @@ def test_keyboard_interrupt_leaves_contracts_intact(project):
 def test_a_cuda_run_discharges_what_the_cpu_run_left_partial(project, monkeypatch):
     run(project)
     assert statuses(project)["FALSIFY-ALPHA-003"] == "PARTIAL"
-    monkeypatch.setattr("provable.plugin._cuda_available", True)  # as on a GPU host
+    monkeypatch.setattr("provable.plugin.hooks._cuda_available", True)  # as on a GPU host
     run(project, "-m", "cuda").assert_outcomes(passed=1)
     assert statuses(project)["FALSIFY-ALPHA-003"] == "DISCHARGED"
     record = json.loads(

@@ -18,9 +18,9 @@ from falsifiers.mini_project import (
     run_pv,
     run_pytest,
 )
-from provable.audit import audit, chain_findings
-from provable.chain import build_chain
-from provable.loading import load_contracts
+from provable.contracts.loading import load_contracts
+from provable.reports.audit import audit, chain_findings
+from provable.reports.chain import build_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 

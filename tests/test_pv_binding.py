@@ -5,9 +5,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from provable.binding import check_bindings, load_binding_file, signature_differences
-from provable.cli import main
-from provable.loading import load_contracts
+from provable.cli.main import main
+from provable.contracts.loading import load_contracts
+from provable.reports.binding import check_bindings, load_binding_file, signature_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path("/work/shared/compat/provable-contracts/aprender/binding.yaml")
@@ -44,28 +44,28 @@ def test_unresolved_paths_and_signature_mismatches(tmp_path):
     path = write(
         tmp_path,
         """\
-        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.layout,
+        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.formats.layout,
            function: gguf_shape_to_logical, status: implemented,
            signature: "def gguf_shape_to_logical(ne: tuple[int, ...]) -> tuple[int, ...]"}
         - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.no_such_module,
            function: f, signature: "(x)", status: implemented}
-        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.layout,
+        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.formats.layout,
            function: no_such_function, signature: "(x)", status: implemented}
-        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.layout,
+        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.formats.layout,
            function: gguf_shape_to_logical, signature: "(shape)", status: implemented}
-        - {contract: contract-lifecycle-v1.yaml, equation: derive, module_path: provable.lifecycle,
-           function: derive_contract_status, status: implemented,
+        - {contract: contract-lifecycle-v1.yaml, module_path: provable.contracts.lifecycle,
+           function: derive_contract_status, equation: derive, status: implemented,
            signature: "def derive_contract_status(falsifier_statuses, current) -> ContractStatus"}
-        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.layout,
+        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.formats.layout,
            function: gguf_shape_to_logical, signature: "def f(ne: list[int]) -> tuple[int, ...]",
            status: implemented}
-        - {contract: ghost-v1.yaml, equation: layout, module_path: aprlib.layout,
+        - {contract: ghost-v1.yaml, equation: layout, module_path: aprlib.formats.layout,
            function: gguf_shape_to_logical, signature: "(ne)", status: implemented}
         - {contract: tensor-layout-v1.yaml, equation: nope, module_path: ~, function: ~,
            signature: ~, status: not_implemented}
-        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.io,
+        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.formats.io,
            function: Model.get, signature: "(self, name: str) -> Tensor", status: implemented}
-        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.layout,
+        - {contract: tensor-layout-v1.yaml, equation: layout, module_path: aprlib.formats.layout,
            function: gguf_shape_to_logical, signature: "def (", status: implemented}
         """,
     )

@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provable.cli import main
-from provable.contract_diff import MAJOR, MINOR, NONE, PATCH, diff_contracts
-from provable.model import load_contract
+from provable.cli.main import main
+from provable.contracts.model import load_contract
+from provable.reports.contract_diff import MAJOR, MINOR, NONE, PATCH, diff_contracts
 
 # Frozen copies of real contracts (model-diff-v1 at 1.1.1, gguf-export-v1 at 1.1.0): the
 # project's own files change with every `pv check` and every new falsifier, and these tests

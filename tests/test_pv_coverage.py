@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from falsifiers.mini_project import BROKEN_CHAIN, BROKEN_TESTS, make_project, run_pv
-from provable.bound import BoundTests
-from provable.coverage import coverage_rows, total_row
-from provable.loading import load_contracts
+from provable.contracts.loading import load_contracts
+from provable.reports.bound import BoundTests
+from provable.reports.coverage import coverage_rows, total_row
 
 ROOT = Path(__file__).resolve().parents[1]
 

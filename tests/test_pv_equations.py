@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from provable.cli import main
-from provable.equations import to_latex
+from provable.cli.main import main
+from provable.reports.equations import to_latex
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path("/work/shared/compat/provable-contracts")

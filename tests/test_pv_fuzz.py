@@ -9,14 +9,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provable.audit import chain_findings
-from provable.chain import build_chain
-from provable.contract_diff import diff_contracts
-from provable.coverage import coverage_rows
-from provable.equations import equations_of, render_latex, render_text, to_latex
-from provable.graph import build_graph, render_dot, render_mermaid
-from provable.graph import render_text as graph_text
-from provable.model import load_contract
+from provable.contracts.model import load_contract
+from provable.reports.audit import chain_findings
+from provable.reports.chain import build_chain
+from provable.reports.contract_diff import diff_contracts
+from provable.reports.coverage import coverage_rows
+from provable.reports.equations import equations_of, render_latex, render_text, to_latex
+from provable.reports.graph import build_graph, render_dot, render_mermaid
+from provable.reports.graph import render_text as graph_text
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8)

@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provable.cli import main
-from provable.graph import _topological, build_graph, render_dot, render_mermaid
-from provable.loading import load_contracts
+from provable.cli.main import main
+from provable.contracts.loading import load_contracts
+from provable.reports.graph import _topological, build_graph, render_dot, render_mermaid
 
 ROOT = Path(__file__).resolve().parents[1]
 

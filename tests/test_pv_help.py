@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from provable.cli import main
+from provable.cli.main import main
 
 COMMANDS = ("scaffold", "audit", "coverage", "graph", "diff", "equations")
 

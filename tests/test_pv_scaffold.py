@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from falsifiers.mini_project import MINI_CONTRACT, make_project, run_pv, run_pytest
-from provable.cli import main
-from provable.model import load_contract
-from provable.skeleton import NOT_YET_WRITTEN, PLACEHOLDER_IMPORT, bound_ids, scaffold
+from provable.cli.main import main
+from provable.contracts.model import load_contract
+from provable.plugin.markers import bound_ids
+from provable.reports.skeleton import NOT_YET_WRITTEN, PLACEHOLDER_IMPORT, scaffold
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aprlib.q4k import quantize_q4_k
+from aprlib.formats.q4k import quantize_q4_k
 from falsifiers import llamacpp_oracle as oracle
 
 KINDS = (
@@ -89,7 +89,7 @@ def test_each_kind_alone_matches_ggml(kind: str):
 def test_many_chunks_match_ggml():
     """More blocks than one vectorised chunk, with a ragged last chunk."""
     oracle.require_llama_cpp()
-    from aprlib import q4k
+    from aprlib.formats import q4k
 
     blocks = 2 * q4k.CHUNK_BLOCKS + 3
     x = np.random.default_rng(11).standard_normal((blocks, 256)).astype(np.float32) * 0.02
@@ -113,7 +113,7 @@ def test_float_shortcut_without_its_guard_differs_from_ggml(monkeypatch):
     """The injected defect: take np.rint for nearest_int even where iscale overflowed
     (subnormal sub-blocks); the bytes then leave ggml's, so the guard is load-bearing."""
     oracle.require_llama_cpp()
-    from aprlib import q4k
+    from aprlib.formats import q4k
 
     x = np.stack([sub_block("subnormal", np.random.default_rng(i)) for i in range(8)])
     x = x.reshape(1, 256)
@@ -126,7 +126,7 @@ def test_float_shortcut_without_its_guard_differs_from_ggml(monkeypatch):
 def test_integer_path_alone_matches_ggml(monkeypatch):
     """Both ways of rounding give ggml's bytes: the bit-trick path, forced everywhere."""
     oracle.require_llama_cpp()
-    from aprlib import q4k
+    from aprlib.formats import q4k
 
     monkeypatch.setattr(q4k, "_regular", lambda *args: False)
     rng = np.random.default_rng(9)
@@ -136,7 +136,7 @@ def test_integer_path_alone_matches_ggml(monkeypatch):
 
 def test_six_bit_codes_cut_to_a_byte_before_the_clamp():
     """ggml stores nearest_int in a uint8_t, then takes MIN(63, .): -1 -> 255 -> 63."""
-    from aprlib import q4k
+    from aprlib.formats import q4k
 
     values = np.array([-1.0, -256.0, 0.4, 62.6, 63.0, 70.0, 255.0, 256.0, 300.0], np.float32)
     expected = [63, 0, 0, 63, 63, 63, 63, 0, 44]

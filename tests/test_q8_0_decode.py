@@ -7,7 +7,7 @@ from gguf.quants import GGMLQuantizationType, dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aprlib.dtypes import DType, to_float32
+from aprlib.formats.dtypes import DType, to_float32
 
 
 @settings(max_examples=30, deadline=None)

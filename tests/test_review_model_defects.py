@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from aprlib import Transformer
-from aprlib.bisect import bisect
-from aprlib.cli import main as apr
-from aprlib.config import from_hf, llama_cpp_rope_gaps
-from aprlib.shapes import expected_shapes
+from aprlib.cli.main import main as apr
+from aprlib.compare.shapes import expected_shapes
+from aprlib.config.modelconfig import from_hf, llama_cpp_rope_gaps
+from aprlib.forward.bisect import bisect
 from falsifiers.test_forward_parity_hf_v1 import TOLERANCE, Spec, hf_model
 
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from provable.cli import main
-from provable.model import load_contract
-from provable.skeleton import scaffold
+from provable.cli.main import main
+from provable.contracts.model import load_contract
+from provable.reports.skeleton import scaffold
 
 HOSTILE_ID = 'evil"""; import os; os.system("touch PWNED"); """'
 
@@ -227,7 +227,7 @@ def test_a_first_run_of_some_files_does_not_promote_what_another_file_binds(pyte
 
 def test_an_interrupted_run_still_records_the_refutation_it_saw(pytester, monkeypatch):
     """A failure, then Ctrl-C: the failure refutes (the passes before it promote nothing)."""
-    from provable.validate import discover, validate_paths
+    from provable.contracts.validate import discover, validate_paths
     from tests.test_partial_runs import CONTRACT, statuses
 
     (pytester.path / "contracts").mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from provable.rewrite import append_changelog, quoted_like, rewrite_text, set_key
+from provable.contracts.rewrite import append_changelog, quoted_like, rewrite_text, set_key
 
 
 def edit(text, fn):

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 import aprlib.formats.gguf as gguf_format
 from aprlib import GgufFormatError, convert, open_model
-from aprlib.cli import main as apr
-from aprlib.config import llama3_2_1b
-from aprlib.rope_freqs import (
+from aprlib.cli.main import main as apr
+from aprlib.config.modelconfig import llama3_2_1b
+from aprlib.config.rope_freqs import (
     ROPE_FREQS,
     RopeFreqsError,
     allowed_ulps,
@@ -74,8 +74,8 @@ def test_divisors_match_llama_cpps_converter_code():
 def test_reference_forward_rotates_by_base_frequency_over_the_divisors(context):
     """Our reference forward's llama3 frequencies (transformers' formula, float64) are
     llama.cpp's ``freq / divisor`` to float32 precision: both stacks rotate alike."""
-    from aprlib.config import ModelConfig
-    from aprlib.model import rope_inv_freq
+    from aprlib.config.modelconfig import ModelConfig
+    from aprlib.forward.model import rope_inv_freq
 
     base = llama3_2_1b()
     scaling = {**dict(base.rope_scaling or {}), "original_max_position_embeddings": context}

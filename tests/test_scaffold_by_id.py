@@ -1,5 +1,5 @@
 """`pv scaffold` takes a contract id as well as a path; its placeholders call
-``provable.outcomes.not_yet_written`` (imported once per module)."""
+``provable.plugin.outcomes.not_yet_written`` (imported once per module)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from falsifiers.mini_project import MINI_CONTRACT, make_project, run_pytest
-from provable.cli import main
-from provable.model import load_contract
-from provable.skeleton import NOT_YET_WRITTEN, PLACEHOLDER_IMPORT, bound_ids, scaffold
+from provable.cli.main import main
+from provable.contracts.model import load_contract
+from provable.plugin.markers import bound_ids
+from provable.reports.skeleton import NOT_YET_WRITTEN, PLACEHOLDER_IMPORT, scaffold
 
 
 @pytest.fixture

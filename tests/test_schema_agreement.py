@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provable.rules import _schema_validator, schema_valid_fast
+from provable.contracts.rules import _schema_validator, schema_valid_fast
 from tests.contract_samples import CLEAN_CONTRACT
 
 BASE = yaml.safe_load(CLEAN_CONTRACT.format(id="clean-v1"))

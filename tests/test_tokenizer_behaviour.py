@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from aprlib.cli import main as apr
-from aprlib.tokenizer import compare_tokenizers, effective_add, from_hf
+from aprlib.cli.main import main as apr
+from aprlib.formats.tokenizer import compare_tokenizers, effective_add, from_hf
 from falsifiers.test_tokenizer_fidelity_v1 import VOCAB, hf_folder_with_tokenizer
 
 
@@ -121,6 +121,6 @@ def test_tokenizer_config_decides_where_the_post_processor_is_silent(tmp_path):
 )
 def test_a_malformed_post_processor_adds_nothing_and_raises_nothing(post):
     """A hostile tokenizer.json reached `apr inspect` as an AttributeError traceback."""
-    from aprlib.tokenizer import post_processor_adds
+    from aprlib.formats.tokenizer import post_processor_adds
 
     assert isinstance(post_processor_adds({"post_processor": post}, {}), dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import aprlib.formats.gguf as gguf_format
-from aprlib import tokenizer as tokenizer_module
+from aprlib.formats import tokenizer as tokenizer_module
 from falsifiers import test_tokenizer_fidelity_v1 as falsifier
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aprlib.tokens import (
+from aprlib.train.tokens import (
     TokenDataError,
     check_ids,
     check_tokenizer,
@@ -87,7 +87,7 @@ def test_an_id_outside_the_vocab_is_named_with_its_position(monkeypatch):
     ids = np.array([1, 2, 3, 151_935, 151_936, 7, 200_000], dtype=np.uint32)
     check_ids(ids[:4], 151_936, "t.bin")
     for chunk in (1 << 24, 3):  # the first offender, also when it sits in a later chunk
-        monkeypatch.setattr("aprlib.tokens.CHUNK", chunk)
+        monkeypatch.setattr("aprlib.train.tokens.CHUNK", chunk)
         with pytest.raises(TokenDataError, match=r"token id 151936 at position 4 .* 151936"):
             check_ids(ids, 151_936, "t.bin")
 

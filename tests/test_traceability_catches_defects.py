@@ -8,10 +8,10 @@ import pytest
 
 from falsifiers import test_traceability_v1 as trace
 from falsifiers.mini_project import BROKEN_CHAIN, BROKEN_TESTS, make_project
-from provable import audit as audit_module
-from provable import contract_diff, skeleton
-from provable.bound import BoundTests, collect_bound_tests
-from provable.contract_diff import MINOR, Change, diff_contracts
+from provable.reports import audit as audit_module
+from provable.reports import contract_diff, skeleton
+from provable.reports.bound import BoundTests, collect_bound_tests
+from provable.reports.contract_diff import MINOR, Change, diff_contracts
 
 
 def test_stale_check_fails_when_audit_never_reports_staleness(tmp_path, monkeypatch):

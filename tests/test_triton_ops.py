@@ -1,4 +1,4 @@
-"""``provable_kernels.TritonOps`` against ``aprlib.model.Ops``, op by op, and the kernels'
+"""``provable_kernels.TritonOps`` against ``aprlib.forward.model.Ops``, op by op, and the kernels'
 input checks.
 
 The whole-model parity is a falsifier (cpu-cuda-forward-parity-v1); these pin each op to the
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import provable_kernels
-from aprlib.model import Ops
+from aprlib.forward.model import Ops
 from falsifiers.kernel_cases import random
 
 REFERENCE, TRITON = Ops(), provable_kernels.TritonOps()

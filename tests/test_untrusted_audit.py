@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from falsifiers.mini_project import BROKEN_CHAIN, env, make_project, run_pv
-from provable.binding import check_bindings, load_binding_file
-from provable.loading import load_contracts
+from provable.contracts.loading import load_contracts
+from provable.reports.binding import check_bindings, load_binding_file
 
 #: checked before and after the hostile one: their verdicts must survive it
 GOOD_A = "def f(x: int) -> int:\n    return x\n"
@@ -143,7 +143,7 @@ def test_sleep_past_the_timeout_is_a_finding_and_audit_finishes(tmp_path):
     root = project(tmp_path, {"sleepy": "import time\ntime.sleep(120)\n"})
     script = (
         "from pathlib import Path\n"
-        "from provable.audit import audit\n"
+        "from provable.reports.audit import audit\n"
         "report = audit(['contracts'], binding=Path('binding.yaml'), binding_timeout=1.0)\n"
         "print(report.render_json())\n"
     )
@@ -209,7 +209,7 @@ def test_non_daemon_thread_left_behind_does_not_hang_audit(tmp_path):
 def run_pv_within(root: Path, seconds: float, *args: str) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            [sys.executable, "-m", "provable.cli", *args],
+            [sys.executable, "-m", "provable.cli.main", *args],
             cwd=root,
             env=env(),
             capture_output=True,

@@ -13,13 +13,13 @@ from falsifiers import test_untrusted_input_v1 as untrusted
 
 
 def test_001_catches_the_path_checks_removed(pytester, tmp_path, monkeypatch):
-    import provable.paths
-    import provable.plan
-    import provable.update
+    import provable.contracts.paths
+    import provable.plugin.plan
+    import provable.plugin.update
 
-    monkeypatch.setattr(provable.plan, "is_safe_name", lambda name: True)
-    monkeypatch.setattr(provable.update, "is_safe_name", lambda name: True)
-    monkeypatch.setattr(provable.paths, "inside", lambda path, root: True)
+    monkeypatch.setattr(provable.plugin.plan, "is_safe_name", lambda name: True)
+    monkeypatch.setattr(provable.plugin.update, "is_safe_name", lambda name: True)
+    monkeypatch.setattr(provable.contracts.paths, "inside", lambda path, root: True)
     with pytest.raises(AssertionError, match="wrote outside the project"):
         untrusted.check_plugin_stays_inside(pytester, tmp_path)
 
@@ -34,7 +34,7 @@ def test_003_catches_the_escaping_removed():
 
 def in_process(entries: Any, timeout: float) -> dict[int, Any]:
     """audit as it was: every bound module imported in audit's own process."""
-    from provable.binding import Outcome, actual_params, resolve
+    from provable.reports.binding import Outcome, actual_params, resolve
 
     outcomes = {}
     for index, module, function in entries:
@@ -54,7 +54,7 @@ def test_004_catches_audit_importing_in_its_own_process(tmp_path):
 
 
 def test_005_catches_a_reader_that_ignores_validates_findings(tmp_path, monkeypatch):
-    from provable.loading import ReadResult
+    from provable.contracts.loading import ReadResult
 
     untrusted.check_commands_refuse_what_validate_refuses(tmp_path / "real")
     monkeypatch.setattr(ReadResult, "refusals", property(lambda self: []))
@@ -63,10 +63,10 @@ def test_005_catches_a_reader_that_ignores_validates_findings(tmp_path, monkeypa
 
 
 def test_006_catches_the_physical_sense_check_skipped(tmp_path, monkeypatch):
-    import aprlib.config
+    import aprlib.config.modelconfig
 
     untrusted.check_configs_within_physical_sense(tmp_path / "real")
-    monkeypatch.setattr(aprlib.config, "check_physical", lambda *a, **k: None)
+    monkeypatch.setattr(aprlib.config.modelconfig, "check_physical", lambda *a, **k: None)
     with pytest.raises(AssertionError, match="no real model has was loaded"):
         untrusted.check_configs_within_physical_sense(tmp_path / "defect")
 
@@ -76,7 +76,7 @@ def test_002_catches_a_merge_that_follows_links_and_unsafe_ids(tmp_path, monkeyp
     import json
     import os
 
-    import provable.merge
+    import provable.reports.merge
 
     untrusted.check_merge_stays_inside(tmp_path / "real")
 
@@ -99,10 +99,10 @@ def test_002_catches_a_merge_that_follows_links_and_unsafe_ids(tmp_path, monkeyp
     def tail(root, names, max_bytes):
         return (read(root, names, max_bytes) or b"").split(b"\n"), False
 
-    monkeypatch.setattr(provable.merge, "list_below", listing)
-    monkeypatch.setattr(provable.merge, "read_below", read)
-    monkeypatch.setattr(provable.merge, "read_json_below", read_json)
-    monkeypatch.setattr(provable.merge, "tail_lines", tail)
-    monkeypatch.setattr(provable.merge, "is_safe_name", lambda name: True)
-    with pytest.raises(AssertionError, match="a symlinked file was merged|wrote outside"):
+    monkeypatch.setattr(provable.reports.merge, "list_below", listing)
+    monkeypatch.setattr(provable.reports.merge, "read_below", read)
+    monkeypatch.setattr(provable.reports.merge, "read_json_below", read_json)
+    monkeypatch.setattr(provable.reports.merge, "tail_lines", tail)
+    monkeypatch.setattr(provable.reports.merge, "is_safe_name", lambda name: True)
+    with pytest.raises(AssertionError, match=r"a symlinked file was merged|wrote outside"):
         untrusted.check_merge_stays_inside(tmp_path / "defect")

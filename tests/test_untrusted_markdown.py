@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from provable import dashboard, status
-from provable.cli import main
-from provable.lastrun import LastRun
-from provable.mdescape import md_code, md_escape
+from provable.cli.main import main
+from provable.reports import dashboard, status
+from provable.reports.lastrun import LastRun
+from provable.reports.mdescape import md_code, md_escape
 
 #: GitHub's Markdown as far as a parser here can say: CommonMark, raw HTML, tables, ~~
 MD = MarkdownIt("commonmark", {"html": True}).enable("table").enable("strikethrough")

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from falsifiers.test_evidence_merge_v1 import write_run
-from provable.cli import main
-from provable.merge import merge_runs
-from provable.paths import is_safe_name
+from provable.cli.main import main
+from provable.contracts.paths import is_safe_name
+from provable.reports.merge import merge_runs
 
 SECRET = "SECRET_TOKEN=hunter2-do-not-publish"
 DEMO = """\

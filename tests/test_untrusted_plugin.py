@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provable.paths import inside, is_safe_name
-from provable.validate import discover, validate_paths
-from provable.writer import JOURNAL_NAME, OutsideRoot, commit_files, recover
+from provable.contracts.paths import inside, is_safe_name
+from provable.contracts.validate import discover, validate_paths
+from provable.plugin.writer import JOURNAL_NAME, OutsideRoot, commit_files, recover
 
 
 def contract(cid: str, fid: str) -> str:

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provable.cli import main
-from provable.loading import read_checked
-from provable.model import load_contract
-from provable.skeleton import ScaffoldRefused, module_path, scaffold
+from provable.cli.main import main
+from provable.contracts.loading import read_checked
+from provable.contracts.model import load_contract
+from provable.reports.skeleton import ScaffoldRefused, module_path, scaffold
 from tests.conftest import SHARED_CONTRACTS
 
 GOOD = """\

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from provable.cli import main
-from provable.validate import discover, validate_paths
+from provable.cli.main import main
+from provable.contracts.validate import discover, validate_paths
 from tests.contract_samples import CLEAN_CONTRACT
 
 
@@ -321,8 +321,8 @@ def test_binding_registry_is_recognised_not_an_error(tmp_path):
 def test_provable_never_imports_torch_or_aprlib(write_contract):
     path = write_contract()
     code = (
-        "import sys; from provable.cli import main; rc = main(['validate', sys.argv[1]]);"
-        "import provable.plugin, provable.update, provable.status;"
+        "import sys; from provable.cli.main import main; rc = main(['validate', sys.argv[1]]);"
+        "import provable.plugin.hooks, provable.plugin.update, provable.reports.status;"
         "bad = [m for m in ('torch', 'triton', 'aprlib', 'numpy') if m in sys.modules];"
         "assert not bad, bad; sys.exit(rc)"
     )

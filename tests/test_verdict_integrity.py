@@ -64,7 +64,7 @@ from pathlib import Path
 
 import pytest
 
-from provable.outcomes import not_yet_written
+from provable.plugin.outcomes import not_yet_written
 
 
 class OracleCrashed(Exception):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provable.validate import discover, validate_paths
+from provable.contracts.validate import discover, validate_paths
 from tests.killwrite import FALSIFIERS, make_project
 
 JOURNAL_NAME = ".provable-journal.json"
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_lock_lives_beside_the_contracts_whatever_the_tmpdir(tmp_path, monkeypatch):
-    from provable.writer import LOCK_NAME, lock_for
+    from provable.plugin.writer import LOCK_NAME, lock_for
 
     paths = set()
     for tmp in ("a", "b"):
@@ -81,7 +81,7 @@ def test_sigkill_in_the_write_phase_leaves_valid_contracts_and_no_temps(tmp_path
     """
     make_project(tmp_path, 4)
     assert _kill(tmp_path, at) == -9
-    from provable.cli import main
+    from provable.cli.main import main
 
     assert main(["validate", "--strict", str(tmp_path / "contracts")]) == 0
     assert _temps(tmp_path) == []
@@ -98,7 +98,7 @@ def test_stale_temps_of_a_dead_run_are_removed(tmp_path):
     stale.write_text("{")
     also = tmp_path / "contracts" / ".kill-000-v1.yaml.xyz98765.tmp"
     also.write_text("metadata:")
-    from provable.writer import recover
+    from provable.plugin.writer import recover
 
     mine = tmp_path / "contracts" / ".notes.tmp"  # not one of ours: left alone
     mine.write_text("x")

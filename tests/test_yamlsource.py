@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from provable.yamlsource import YamlSourceError, parse_yaml, read_yaml
+from provable.contracts.yamlsource import YamlSourceError, parse_yaml, read_yaml
 
 BOMB = """\
 a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]

@@ -1,4 +1,4 @@
-"""``apr finetune``: the command line of aprlib.finetune (torch is imported only to run it).
+"""``apr finetune``: the command line of aprlib.train.finetune (torch is imported only to run it).
 
 Exit codes: 0 trained; 1 the run was refused or failed (missing/corrupt init or data, an
 architecture mismatch, ids outside the vocabulary, step-0 loss not below ln(vocab) and the
@@ -76,7 +76,7 @@ def usage_error(args: argparse.Namespace) -> str | None:
     if args.config is not None and args.arch is not None:
         return "give --config or --arch, not both"
     if args.arch is not None:
-        from aprlib.arch_presets import unknown_arch
+        from aprlib.config.arch_presets import unknown_arch
 
         return unknown_arch(args.arch)
     return None
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
 
     from aprlib.errors import ModelFileError
-    from aprlib.finetune import Settings, finetune, requested_config
+    from aprlib.train.finetune import Settings, finetune, requested_config
 
     try:
         settings = Settings(

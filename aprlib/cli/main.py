@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aprlib import __version__, jsonout
-from aprlib.cli_model import register as register_model_commands
-from aprlib.finetune_cli import register as register_finetune
+from aprlib.cli.finetune_command import register as register_finetune
+from aprlib.cli.model_commands import register as register_model_commands
+from aprlib.formats import jsonout
+from aprlib.version import __version__
 
 EXIT_OK, EXIT_BAD_FILE, EXIT_USAGE = 0, 1, 2
 INSPECT_ROWS = 200
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from aprlib.config import ConfigError
+    from aprlib.config.modelconfig import ConfigError
     from aprlib.errors import ConversionError, ModelFileError, OracleError
 
     bad_file = EXIT_USAGE if args.command == "diff" else EXIT_BAD_FILE  # diff: 1 = findings
@@ -146,10 +147,10 @@ def _quiet_stdout() -> None:
 
 def inspect_model(path: Path) -> dict[str, Any]:
     """Everything ``apr inspect`` shows, as plain data."""
-    from aprlib.consistency import findings
+    from aprlib.compare.consistency import findings
     from aprlib.errors import AprFormatError, FileChangedError
-    from aprlib.filesource import paused_gc
-    from aprlib.io import open_model
+    from aprlib.formats.filesource import paused_gc
+    from aprlib.formats.io import open_model
 
     with open_model(path) as model, paused_gc():
         tensors: list[dict[str, Any]] = []
@@ -231,9 +232,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from aprlib.conversion import convert
-    from aprlib.dtypes import DType
-    from aprlib.io import open_model
+    from aprlib.formats.conversion import convert
+    from aprlib.formats.dtypes import DType
+    from aprlib.formats.io import open_model
 
     dtype = DType.parse(args.dtype) if args.dtype else None
     if args.src.resolve() == Path(args.dst).resolve():
@@ -280,8 +281,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from aprlib.diff import CLEAN, Tolerance, diff_models
-    from aprlib.io import open_model
+    from aprlib.compare.classify import Tolerance
+    from aprlib.compare.diff import diff_models
+    from aprlib.compare.report import CLEAN
+    from aprlib.formats.io import open_model
 
     with open_model(args.a) as a, open_model(args.b) as b:
         report = diff_models(

@@ -1,6 +1,6 @@
 """The forward-pass subcommands of ``apr``: logits, trace, bisect, qa.
 
-Registered from ``aprlib/cli.py`` by ``register``; each handler returns the exit code:
+Registered from ``aprlib/cli/main.py`` by ``register``; each handler returns the exit code:
 0 = PASS / clean, 1 = FAIL / diverged / bad input file, 2 = usage error.
 """
 
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aprlib import jsonout
-from aprlib.trace import MAX_ABSMAX_RATIO, MAX_STD_RATIO
+from aprlib.formats import jsonout
+from aprlib.forward.trace import MAX_ABSMAX_RATIO, MAX_STD_RATIO
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -124,7 +124,7 @@ def _fmt(x: float) -> str:
 
 
 def _logits(args: argparse.Namespace) -> int:
-    from aprlib.logits import (
+    from aprlib.forward.logits import (
         DTYPE_GATES,
         Gates,
         TokenMismatchError,
@@ -132,9 +132,9 @@ def _logits(args: argparse.Namespace) -> int:
         compute_logits,
         is_npy,
         load_logits,
-        parse_tokens,
         save_logits,
     )
+    from aprlib.forward.token_ids import parse_tokens
 
     tokens = parse_tokens(args.tokens)
     logits = compute_logits(args.model, tokens, args.backend)
@@ -202,8 +202,14 @@ def _print_comparison(c: Any, args: argparse.Namespace) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from aprlib.logits import parse_tokens
-    from aprlib.trace import compare_traces, load_trace, save_trace, trace_file, trace_verdict
+    from aprlib.forward.token_ids import parse_tokens
+    from aprlib.forward.trace import (
+        compare_traces,
+        load_trace,
+        save_trace,
+        trace_file,
+        trace_verdict,
+    )
 
     if args.model.suffix == ".json":
         trace = load_trace(args.model)
@@ -267,7 +273,7 @@ def _print_trace(trace: Any, scope: str) -> None:
 
 
 def _bisect(args: argparse.Namespace) -> int:
-    from aprlib.bisect import (
+    from aprlib.forward.bisect import (
         Tolerance,
         bisect,
         load_side,
@@ -275,7 +281,7 @@ def _bisect(args: argparse.Namespace) -> int:
         twin,
         write_bundle,
     )
-    from aprlib.logits import check_token_ids, parse_tokens
+    from aprlib.forward.token_ids import check_token_ids, parse_tokens
 
     tokens = parse_tokens(args.tokens)
     net_a = load_side(args.a, args.backend_a, args.dtype_a)
@@ -352,8 +358,8 @@ def _print_bisect(report: Any, data: dict[str, Any]) -> None:
 
 
 def _qa(args: argparse.Namespace) -> int:
-    from aprlib.logits import parse_tokens
-    from aprlib.qa import gates_json, run_qa
+    from aprlib.forward.qa import gates_json, run_qa
+    from aprlib.forward.token_ids import parse_tokens
 
     stream = None
     if args.stream:

@@ -3,16 +3,16 @@
 A config whose ``num_key_value_heads`` says 4 beside k_proj rows that hold 2 heads loads,
 runs and produces garbage; comparing the two configs would not see it when both files carry
 the same wrong config. The weights' shapes are the testimony here; the check itself is
-``aprlib.shapes.contradictions``, the same one the loader fails fast on.
+``aprlib.compare.shapes.contradictions``, the same one the loader fails fast on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from aprlib.dtypes import DType
-from aprlib.io import Model
-from aprlib.shapes import contradictions as _contradictions
+from aprlib.compare.shapes import contradictions as _contradictions
+from aprlib.formats.dtypes import OTHER_HALF, TORCH_DTYPES, DType
+from aprlib.formats.io import Model
 
 
 def contradictions(model: Model) -> Iterator[tuple[str, str, str]]:
@@ -22,16 +22,6 @@ def contradictions(model: Model) -> Iterator[tuple[str, str, str]]:
     shapes = {name: t.shape for name, t in model.tensors.items()}
     for c in _contradictions(model.config, shapes):
         yield c.field, c.tensor, c.message
-
-
-#: config ``torch_dtype`` values and the tag they stand for (``torch.`` prefix dropped)
-TORCH_DTYPES: dict[str, DType] = {
-    "float32": DType.F32,
-    "float16": DType.F16,
-    "bfloat16": DType.BF16,
-}
-#: the half-precision pair a mislabel confuses, each with the other
-OTHER_HALF: dict[DType, DType] = {DType.F16: DType.BF16, DType.BF16: DType.F16}
 
 
 def config_dtype(model: Model) -> DType | None:
@@ -67,7 +57,7 @@ def dtype_contradiction(model: Model) -> tuple[str, str, str] | None:
 def findings(model: Model) -> list[dict[str, str]]:
     """Every config-versus-weights contradiction ``apr inspect`` lists: the loader's
     (:func:`contradictions`, a shape its transpose named so), then the dtype label."""
-    from aprlib.shapes import expected_shapes
+    from aprlib.compare.shapes import expected_shapes
 
     out = []
     want: dict[str, tuple[int, ...]] = {}

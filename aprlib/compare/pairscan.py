@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from aprlib import quantnoise
-from aprlib.dtypes import DType, decode_into, element_count
-from aprlib.filesource import FileSource
-from aprlib.modelfile import Tensor
+from aprlib.compare import quantnoise
+from aprlib.formats.dtypes import DType, decode_into, element_count
+from aprlib.formats.filesource import FileSource
+from aprlib.formats.modelfile import Tensor
 
 CHUNK_BYTES = 16 << 20  # per side per read
 #: the magnitudes whose squares a float32 sum of a piece holds without overflow (2^80 x

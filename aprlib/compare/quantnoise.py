@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from aprlib.dtypes import Q8_0_BLOCK, DType
+from aprlib.formats.dtypes import Q8_0_BLOCK, DType
 
 #: relative slack on every bound: float32 evaluation of |high - low| and of the bound
 #: itself rounds by at most a few 2^-24; 2^-16 covers that with room, and is far below
@@ -163,7 +163,7 @@ def q4_k_sub_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """(step, minimum, clamp) of every 32-element sub-block of Q4_K bytes, float32: ggml's
     d*sc and dmin*m (a value decodes as step*q - minimum, q in 0..15), and how far outside
     [-minimum, 15*step - minimum] ggml's quantiser may leave a value (see ``q4_k_clamp``)."""
-    from aprlib.q4k import block_scales
+    from aprlib.formats.q4k import block_scales
 
     d, dmin, step, minimum = block_scales(raw)
     return step, minimum, q4_k_clamp(step, d, dmin)
@@ -211,3 +211,11 @@ def _q4_k_share(
     bound += floor[:, None]
     np.divide(err.reshape(-1, 32), bound, out=bound)
     return float(bound.max()) / float(SLACK)
+
+
+#: rank of each dtype's precision (higher is finer): which side of a pair rounds the other
+PRECISION = {DType.F32: 5, DType.F16: 4, DType.BF16: 3, DType.Q8_0: 2, DType.Q4_K: 1}
+
+
+def precision(d: DType) -> float:
+    return PRECISION.get(d, BITS.get(d, 1) / 8)

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aprlib.config import ModelConfig
+from aprlib.config.modelconfig import ModelConfig
 from aprlib.errors import ShapeMismatchError
-from aprlib.modelfile import EMBED, LM_HEAD
+from aprlib.formats.modelfile import EMBED, LM_HEAD
 
 FINAL_NORM = "model.norm.weight"
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")

@@ -13,7 +13,7 @@ import hashlib
 import re
 from collections import defaultdict
 
-from aprlib.io import Tensor
+from aprlib.formats.io import Tensor
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _PROJ = re.compile(r"^(.*\.)?([a-z]+_[a-z]+)\.(weight|bias)$")
@@ -21,11 +21,11 @@ _PROJ = re.compile(r"^(.*\.)?([a-z]+_[a-z]+)\.(weight|bias)$")
 
 def fingerprint(t: Tensor) -> bytes:
     """Same values in any dtype that decodes to the same float32s, same fingerprint."""
-    from aprlib.diff import _chunks  # the diff's chunked reader: never a whole model at once
+    from aprlib.compare.chunks import chunks  # never a whole model at once
 
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(tuple(t.shape)).encode())
-    for _, rows in _chunks(t):
+    for _, rows in chunks(t):
         h.update(rows.astype("<f4", copy=False).tobytes())
     return h.digest()
 

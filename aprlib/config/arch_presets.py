@@ -6,12 +6,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from aprlib.config import ModelConfig
+from aprlib.config.modelconfig import ModelConfig
 
 
 def presets() -> dict[str, Callable[[], ModelConfig]]:
-    """The published-config presets of aprlib.config, by function name."""
-    from aprlib import config as module
+    """The published-config presets of aprlib.config.modelconfig, by function name."""
+    from aprlib.config import modelconfig as module
 
     return {
         name: fn

@@ -856,27 +856,27 @@ def gguf_config_error(exc: ConfigError, kv: dict[str, Any]) -> tuple[str, str | 
 
 def qwen2_0_5b() -> ModelConfig:
     """Qwen2.5-0.5B (tied head)."""
-    from aprlib import presets
+    from aprlib.config import presets
 
     return from_hf(presets.QWEN2_5_0_5B)
 
 
 def qwen2_1_5b() -> ModelConfig:
     """Qwen2.5-1.5B (tied head)."""
-    from aprlib import presets
+    from aprlib.config import presets
 
     return from_hf(presets.QWEN2_5_1_5B)
 
 
 def qwen2_7b() -> ModelConfig:
     """Qwen2.5-7B (untied head)."""
-    from aprlib import presets
+    from aprlib.config import presets
 
     return from_hf(presets.QWEN2_5_7B)
 
 
 def llama3_2_1b() -> ModelConfig:
     """Llama-3.2-1B (tied head, llama3 rope scaling)."""
-    from aprlib import presets
+    from aprlib.config import presets
 
     return from_hf(presets.LLAMA3_2_1B)

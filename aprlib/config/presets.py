@@ -1,7 +1,7 @@
 """Published ``config.json`` files, verbatim (the fields that shape the forward).
 
 Copied from the Hugging Face hub repositories named on each; the presets in
-``aprlib.config`` are these read through ``from_hf``, so a preset cannot drift from its
+``aprlib.config.modelconfig`` are these read through ``from_hf``, so a preset cannot drift from its
 published config without a test seeing it (an incident: a ``qwen2_0_5b()`` that said
 ``tie_word_embeddings: false``).
 """

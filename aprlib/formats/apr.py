@@ -4,7 +4,7 @@ its reader (``AprFile``, ``open_apr``) and its writer (``AprWriter``, ``write_ap
 Reading trusts nothing: every length, offset, count and code is checked against the file
 before it is used, so a truncated or hostile file raises ``AprFormatError`` naming the file,
 the tensor and the field, and never allocates beyond the file's own size. Writing streams
-tensor by tensor into a temporary file (``aprlib.atomic``) renamed into place only when
+tensor by tensor into a temporary file (``aprlib.formats.atomic``) renamed into place only when
 complete.
 """
 
@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from aprlib import output
-from aprlib.atomic import atomic_output
-from aprlib.config import ConfigError, ModelConfig, check_config_values
-from aprlib.dtypes import DType, nbytes
+from aprlib.config.modelconfig import ConfigError, ModelConfig, check_config_values
 from aprlib.errors import AprFormatError, FileChangedError
-from aprlib.filesource import FileSource
-from aprlib.jsonlimits import load_json
-from aprlib.modelfile import (
+from aprlib.formats import output
+from aprlib.formats.atomic import atomic_output
+from aprlib.formats.dtypes import DType, nbytes
+from aprlib.formats.filesource import FileSource
+from aprlib.formats.jsonlimits import load_json
+from aprlib.formats.modelfile import (
     MAX_TENSOR_DIM,
     MAX_TENSOR_NDIM,
     MAX_TENSORS,
@@ -286,7 +286,7 @@ class AprFile:
     """An open APR file: header, metadata and index checked; tensors read on demand.
 
     Tensor bytes are read with ``pread`` into buffers this process owns (see
-    ``aprlib.filesource``): a file truncated while open gives ``FileChangedError``, never
+    ``aprlib.formats.filesource``): a file truncated while open gives ``FileChangedError``, never
     SIGBUS.
     """
 

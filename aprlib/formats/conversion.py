@@ -2,7 +2,7 @@
 
 ``convert`` opens any format and hands the model to the writer of the destination's
 format (``aprlib.formats.*``). A tied model gets no ``lm_head`` in the output. Every
-writer writes through ``aprlib.atomic``, so a failed conversion leaves no partial output.
+writer writes through ``aprlib.formats.atomic``, so a failed conversion leaves no partial output.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from aprlib.consistency import TORCH_DTYPES
-from aprlib.dtypes import DType, from_float32, to_float32
 from aprlib.errors import ConversionError
 from aprlib.formats.apr import write_apr
+from aprlib.formats.dtypes import TORCH_DTYPES, DType, from_float32, to_float32
 from aprlib.formats.gguf import WIDENED_KEY, write_gguf
+from aprlib.formats.io import open_model
+from aprlib.formats.modelfile import EMBED, LM_HEAD, Model, Tensor
+from aprlib.formats.output import ConvertReport, Progress, encode, output_dtype, quant_fallbacks
 from aprlib.formats.safetensors import write_safetensors
-from aprlib.io import open_model
-from aprlib.modelfile import EMBED, LM_HEAD, Model, Tensor
-from aprlib.output import ConvertReport, Progress, encode, output_dtype, quant_fallbacks
 
 __all__ = [
     "FORMATS",
@@ -140,8 +139,8 @@ def write_hf_tokenizer(tokenizer: dict, folder: Path) -> None:
     """tokenizer.json and tokenizer_config.json from the GGUF-keyed tokenizer, atomically."""
     import json
 
-    from aprlib.atomic import atomic_output
-    from aprlib.tokenizer import to_hf
+    from aprlib.formats.atomic import atomic_output
+    from aprlib.formats.tokenizer import to_hf
 
     text, config = to_hf(tokenizer)
     for name, body in (("tokenizer.json", text), ("tokenizer_config.json", json.dumps(config))):

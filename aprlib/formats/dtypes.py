@@ -209,7 +209,7 @@ def decode_into(
         np.copyto(by_block, blocks["q"])
         by_block *= blocks["d"].astype(np.float32)[:, None]
     elif dtype is DType.Q4_K:
-        from aprlib.q4k import dequantize_into
+        from aprlib.formats.q4k import dequantize_into
 
         dequantize_into(raw, out, q4_k_scales)
     else:
@@ -235,7 +235,17 @@ def from_float32(values: np.ndarray, dtype: DType) -> np.ndarray:
 
         return quantize(values.reshape(-1, values.shape[-1]), GGMLQuantizationType.Q8_0).reshape(-1)
     if dtype is DType.Q4_K:
-        from aprlib.q4k import quantize_q4_k
+        from aprlib.formats.q4k import quantize_q4_k
 
         return quantize_q4_k(values.reshape(-1, values.shape[-1])).reshape(-1)
     raise ValueError(f"cannot encode {dtype!r}")
+
+
+#: config ``torch_dtype`` values and the tag they stand for (``torch.`` prefix dropped)
+TORCH_DTYPES: dict[str, DType] = {
+    "float32": DType.F32,
+    "float16": DType.F16,
+    "bfloat16": DType.BF16,
+}
+#: the half-precision pair a mislabel confuses, each with the other
+OTHER_HALF: dict[DType, DType] = {DType.F16: DType.BF16, DType.BF16: DType.F16}

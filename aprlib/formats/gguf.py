@@ -1,7 +1,7 @@
 """GGUF: its limits, its reader (header, key/values, tensor infos, parsed here under
 bounds) and its writer (via gguf-py's GGUFWriter).
 
-Shapes cross ``aprlib.layout`` in both directions (GGUF lists ``ne[]`` fastest first);
+Shapes cross ``aprlib.formats.layout`` in both directions (GGUF lists ``ne[]`` fastest first);
 llama-architecture q/k rows are un-permuted on read and permuted on write.
 """
 
@@ -18,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from aprlib import __version__, layout, output
-from aprlib.atomic import atomic_output
-from aprlib.config import (
+from aprlib.config.modelconfig import (
     LLAMA3_DIVISOR_ARCHS,
     ConfigError,
     ModelConfig,
@@ -29,12 +27,7 @@ from aprlib.config import (
     llama_cpp_rope_gaps,
     to_gguf_kv,
 )
-from aprlib.dtypes import DType, nbytes
-from aprlib.errors import ConversionError, GgufFormatError
-from aprlib.filesource import FileSource
-from aprlib.gguf_defaults import with_llama_cpp_defaults
-from aprlib.modelfile import EMBED, MAX_TENSORS, Model, Tensor, check_tensor_shape
-from aprlib.rope_freqs import (
+from aprlib.config.rope_freqs import (
     ROPE_FREQS,
     RopeFreqsError,
     check_against,
@@ -42,6 +35,14 @@ from aprlib.rope_freqs import (
     llama3_rope_factors,
     recover_llama3,
 )
+from aprlib.errors import ConversionError, GgufFormatError
+from aprlib.formats import layout, output
+from aprlib.formats.atomic import atomic_output
+from aprlib.formats.dtypes import DType, nbytes
+from aprlib.formats.filesource import FileSource
+from aprlib.formats.gguf_defaults import with_llama_cpp_defaults
+from aprlib.formats.modelfile import EMBED, MAX_TENSORS, Model, Tensor, check_tensor_shape
+from aprlib.version import __version__
 
 _U64 = struct.Struct("<Q")
 MAGIC = b"GGUF"

@@ -2,7 +2,7 @@
 
 The format is told by magic bytes, never by the file name; each format's reader lives in
 ``aprlib.formats``. Every tensor is exposed under its canonical (HF) name with its logical
-row-major shape and dtype (see ``aprlib.modelfile``).
+row-major shape and dtype (see ``aprlib.formats.modelfile``).
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from aprlib.errors import ModelFileError
-from aprlib.filesource import FileSource, paused_gc
 from aprlib.formats.apr import MAGIC, MAGIC_V1, open_apr
+from aprlib.formats.filesource import FileSource, paused_gc
 from aprlib.formats.gguf import open_gguf
+from aprlib.formats.modelfile import EMBED, LM_HEAD, Model, Tensor, model_from_arrays
 from aprlib.formats.safetensors import open_safetensors
-from aprlib.modelfile import EMBED, LM_HEAD, Model, Tensor, model_from_arrays
 
 __all__ = ["EMBED", "LM_HEAD", "Model", "Tensor", "model_from_arrays", "open_model", "sniff"]
 
@@ -43,7 +43,7 @@ def open_model(path: Path | str, mapped: bool = False) -> Model:
     """Open any supported model file or folder. Tensors are read with ``pread`` into owned
     buffers (a file that changes gives ``FileChangedError``); ``mapped=True`` makes them
     zero-copy views of a memory map instead, for a caller that owns the file (see
-    ``aprlib.filesource``)."""
+    ``aprlib.formats.filesource``)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(path, "no such file or directory")

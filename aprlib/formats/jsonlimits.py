@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aprlib.errors import ModelFileError
-from aprlib.filesource import FileSource, paused_gc
+from aprlib.formats.filesource import FileSource, paused_gc
 
 MAX_DEPTH = 64
 MAX_ITEMS = 2_000_000  # a 256k-token vocabulary with merges and types holds ~800k

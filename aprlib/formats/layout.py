@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from aprlib.dtypes import DType, nbytes
+from aprlib.formats.dtypes import DType, nbytes
 
 _GLOBAL = {
     "token_embd.weight": "model.embed_tokens.weight",

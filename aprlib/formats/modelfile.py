@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from aprlib.config import ModelConfig
-from aprlib.dtypes import DType, nbytes, to_float32
+from aprlib.config.modelconfig import ModelConfig
+from aprlib.formats.dtypes import DType, nbytes, to_float32
 
 #: what any tensor of any format may be (each format enforces these and its own limits)
 MAX_TENSOR_NDIM = 8
@@ -93,7 +93,7 @@ class Model:
         """Let the kernel take back mapped pages read so far (they stay in the page cache).
 
         Only a model opened ``open_model(path, mapped=True)`` has maps; by default the
-        readers read into owned buffers (``aprlib.filesource``) and this does nothing.
+        readers read into owned buffers (``aprlib.formats.filesource``) and this does nothing.
         """
         for m in self._maps:
             with contextlib.suppress(AttributeError, OSError, ValueError):

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from aprlib import __version__
-from aprlib.dtypes import DType, from_float32, nbytes, to_float32
-from aprlib.modelfile import Model, Tensor
+from aprlib.formats.dtypes import DType, from_float32, nbytes, to_float32
+from aprlib.formats.modelfile import Model, Tensor
+from aprlib.version import __version__
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes done) after each tensor
 

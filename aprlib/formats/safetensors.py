@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from aprlib import output
-from aprlib.atomic import atomic_output
-from aprlib.config import ConfigError, ModelConfig, from_hf, hf_cannot_say, to_hf
-from aprlib.dtypes import SAFETENSORS_DTYPES, DType, nbytes
+from aprlib.config.modelconfig import ConfigError, ModelConfig, from_hf, hf_cannot_say, to_hf
 from aprlib.errors import ConversionError, ModelFileError, SafetensorsFormatError
-from aprlib.filesource import FileSource
-from aprlib.jsonlimits import load_json, read_json_file
-from aprlib.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, MAX_TENSORS, Model, Tensor
+from aprlib.formats import output
+from aprlib.formats.atomic import atomic_output
+from aprlib.formats.dtypes import SAFETENSORS_DTYPES, DType, nbytes
+from aprlib.formats.filesource import FileSource
+from aprlib.formats.jsonlimits import load_json, read_json_file
+from aprlib.formats.modelfile import MAX_TENSOR_DIM, MAX_TENSOR_NDIM, MAX_TENSORS, Model, Tensor
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # as the safetensors package's own cap
 MAX_JSON_FILE = 16 << 20  # config.json, model.safetensors.index.json
@@ -235,7 +235,7 @@ def open_safetensors(path: Path, mapped: bool = False) -> Model:
 def _hf_tokenizer(folder: Path, config: Any, metadata: dict[str, Any]) -> dict[str, Any] | None:
     """The folder's tokenizer.json in GGUF terms. One that cannot be carried does not stop
     inspect or diff: the reason waits in the metadata for a converter to raise it."""
-    from aprlib.tokenizer import TokenizerError, read_hf_folder
+    from aprlib.formats.tokenizer import TokenizerError, read_hf_folder
 
     try:
         return read_hf_folder(folder, config.vocab_size if config else None)

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 BACKENDS: dict[str, str] = {
-    "reference": "aprlib.model:Ops",
+    "reference": "aprlib.forward.model:Ops",
     "triton": "provable_kernels:TritonOps",
 }
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from aprlib.model import Transformer, as_reference64, capture_graph
+from aprlib.forward.model import Transformer, as_reference64, capture_graph
 
 
 @dataclass(frozen=True)
@@ -306,7 +306,7 @@ def bisect(
 
 
 def load_side(path: Path | str, backend: str = "reference", dtype: str = "float32") -> Transformer:
-    from aprlib.backends import make_ops
+    from aprlib.forward.backends import make_ops
 
     return Transformer.from_file(
         path, dtype=getattr(torch, dtype), ops=make_ops(backend), zero_copy=True
@@ -315,7 +315,7 @@ def load_side(path: Path | str, backend: str = "reference", dtype: str = "float3
 
 def twin(net: Transformer, backend: str = "reference", dtype: str | None = None) -> Transformer:
     """A's weights under another backend or dtype (shared when the dtype is unchanged)."""
-    from aprlib.backends import make_ops
+    from aprlib.forward.backends import make_ops
 
     other = Transformer(net.config, make_ops(backend))
     state = net.state_dict()

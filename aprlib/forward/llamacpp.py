@@ -2,7 +2,7 @@
 
 A natively built llama.cpp can die of SIGILL on a CPU it was not built for (AMX), abort on
 a GGML_ASSERT, or hang; in-process, each took the caller (a pytest worker, ``apr qa``) with
-it. Here every evaluation runs in a fresh interpreter, ``python -m aprlib.llamacpp_child``
+it. Here every evaluation runs in a fresh interpreter, ``python -m aprlib.forward.llamacpp_child``
 (started with ``Popen``, never forked from a process that holds torch or threads): one
 child per model file (keyed by its resolved path), one for the ggml library calls, each
 started on first use, reused for the session and closed at exit. A child that dies or does
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from aprlib.errors import OracleCrashed, OracleTimeout
-from aprlib.llamacpp_child import BLOCK, GGML_TYPES
-from aprlib.llamacpp_wire import WireTimeout, receive, send
+from aprlib.forward.llamacpp_child import BLOCK, GGML_TYPES
+from aprlib.forward.llamacpp_wire import WireTimeout, receive, send
 
 __all__ = [
     "BLOCK",
@@ -102,7 +102,7 @@ class Child:
         )
         flags = ["-P"] if sys.version_info >= (3, 11) else []  # not the cwd on sys.path
         proc = subprocess.Popen(
-            [sys.executable, *flags, "-m", "aprlib.llamacpp_child"],
+            [sys.executable, *flags, "-m", "aprlib.forward.llamacpp_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

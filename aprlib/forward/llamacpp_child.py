@@ -1,6 +1,6 @@
-"""The child side of ``aprlib.llamacpp``: llama.cpp runs here, never in the caller.
+"""The child side of ``aprlib.forward.llamacpp``: llama.cpp runs here, never in the caller.
 
-``python -m aprlib.llamacpp_child`` reads ``(op, kwargs)`` frames on stdin and answers each
+``python -m aprlib.forward.llamacpp_child`` reads ``(op, kwargs)`` frames on stdin and answers each
 with ``("ok", value)`` or ``("raise", exception, child traceback)`` on the fd that was its
 stdout. Its fd 1 is pointed at stderr first, so llama.cpp's chatter (C ``printf`` included)
 can never corrupt a frame; the parent keeps the last stderr lines for its error message.
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from aprlib.llamacpp_wire import receive, send
+from aprlib.forward.llamacpp_wire import receive, send
 
 #: ggml type ids and (values, bytes) per block of the quantisations the oracle is asked for
 GGML_TYPES = {"Q8_0": 8, "Q4_K": 12}
@@ -38,7 +38,7 @@ def logits(path: str, name: str, tokens: list[int], n_ctx: int) -> np.ndarray:
     context per call, as in-process callers had, so no state carries between calls."""
     import llama_cpp
 
-    from aprlib.logits import check_token_ids
+    from aprlib.forward.token_ids import check_token_ids
 
     llm = llama_cpp.Llama(
         path,

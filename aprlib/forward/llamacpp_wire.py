@@ -1,4 +1,4 @@
-"""The pipe protocol between ``aprlib.llamacpp`` and its llama.cpp child: pickled frames.
+"""The pipe protocol between ``aprlib.forward.llamacpp`` and its llama.cpp child: pickled frames.
 
 A frame is an 8-byte little-endian length and a pickle (protocol 5, so a few MB of logits
 cost one copy each way). The parent reads and writes against a deadline with ``select``, so

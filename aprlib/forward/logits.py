@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from aprlib.errors import ModelFileError
-from aprlib.gates import Gated
+from aprlib.forward.gates import Gated
+from aprlib.forward.token_ids import check_token_ids
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -27,29 +28,7 @@ class TokenMismatchError(ValueError):
     """Two logit sets computed over different token ids: there is nothing to compare."""
 
 
-def parse_tokens(text: str) -> list[int]:
-    """``"1,2,3"`` → ``[1, 2, 3]`` (a typed error names the bad item)."""
-    out = []
-    for item in text.replace(" ", "").split(","):
-        if not item:
-            continue
-        if not item.lstrip("-").isdigit() or int(item) < 0:
-            raise ValueError(f"--tokens: {item!r} is not a token id (non-negative integer)")
-        out.append(int(item))
-    if not out:
-        raise ValueError("--tokens: no token ids given")
-    return out
-
-
 # --- computing ---------------------------------------------------------------------------
-
-
-def check_token_ids(tokens: list[int], vocab: int, where: Path | str) -> None:
-    """A typed error naming the first id the model's embedding has no row for (the
-    embedding itself would end in an IndexError traceback)."""
-    bad = [t for t in tokens if t >= vocab]
-    if bad:
-        raise ModelFileError(where, f"token id {bad[0]} >= vocab_size {vocab}", field="tokens")
 
 
 def reference_logits(
@@ -58,8 +37,8 @@ def reference_logits(
     """Our ``Transformer`` on the named ``Ops`` backend: float32 logits ``[T, vocab]``."""
     import torch
 
-    from aprlib.backends import make_ops
-    from aprlib.model import Transformer
+    from aprlib.forward.backends import make_ops
+    from aprlib.forward.model import Transformer
 
     net = Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
     check_token_ids(tokens, net.config.vocab_size, Path(path))
@@ -72,13 +51,13 @@ def llamacpp_logits(
 ) -> np.ndarray:
     """llama.cpp (llama-cpp-python) at every position, F32 KV cache, on a GGUF file.
 
-    It runs in a child process (``aprlib.llamacpp``): a llama.cpp that crashes or hangs
+    It runs in a child process (``aprlib.forward.llamacpp``): a llama.cpp that crashes or hangs
     raises ``OracleCrashed`` / ``OracleTimeout`` here instead of taking this process with
     it. ``timeout`` in seconds (default ``APRLIB_LLAMACPP_TIMEOUT``, else 300)."""
     import importlib.util
 
-    from aprlib import llamacpp
-    from aprlib.io import sniff
+    from aprlib.formats.io import sniff
+    from aprlib.forward import llamacpp
 
     path = Path(path)
     if sniff(path) != "gguf":
@@ -93,8 +72,8 @@ def transformers_logits(path: Path | str, tokens: list[int]) -> np.ndarray:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from aprlib.config import to_hf
-    from aprlib.io import LM_HEAD, open_model
+    from aprlib.config.modelconfig import to_hf
+    from aprlib.formats.io import LM_HEAD, open_model
 
     with open_model(path) as model:
         if model.config is None:
@@ -124,7 +103,7 @@ def compute_logits(path: Path | str, tokens: list[int], backend: str = "referenc
 
 def save_logits(path: Path, logits: np.ndarray, tokens: list[int], source: dict[str, Any]) -> None:
     """``path`` (.npy, float32, never truncated) and ``path.json`` with the token ids; atomic."""
-    from aprlib.atomic import atomic_output
+    from aprlib.formats.atomic import atomic_output
 
     path = Path(path)
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aprlib.config import ConfigError, ModelConfig, yarn_attention_factor, yarn_factor
+from aprlib.compare.shapes import check_weights_match
+from aprlib.config.modelconfig import ConfigError, ModelConfig, yarn_attention_factor, yarn_factor
 from aprlib.errors import ModelFileError
-from aprlib.io import LM_HEAD, Model, open_model
-from aprlib.shapes import check_weights_match
+from aprlib.formats.io import LM_HEAD, Model, open_model
 
 Hook = Callable[[str, Tensor], None]
 WIDEN_BYTES = 40 << 20  # a weight widened to the activations' dtype (float64) this much at a time

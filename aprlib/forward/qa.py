@@ -109,9 +109,9 @@ def tensor_gates(model: Any) -> list[Gate]:
 def suspected_mislabel(t: Any) -> str | None:
     """``"BF16 data tagged F16"`` when a half-precision tensor's bytes are no plausible
     weights under its own tag and plausible under the other half type, else None. The
-    plausibility test is ``apr diff``'s DTYPE_MISLABEL one (aprlib.diff)."""
-    from aprlib.consistency import OTHER_HALF
-    from aprlib.diff import plausible_as
+    plausibility test is ``apr diff``'s DTYPE_MISLABEL one (aprlib.compare.mislabel)."""
+    from aprlib.compare.mislabel import plausible_as
+    from aprlib.formats.dtypes import OTHER_HALF
 
     other = OTHER_HALF.get(t.dtype)
     if other is None:
@@ -180,8 +180,8 @@ def loss_gate(net: Any, stream: list[int] | None, max_loss: float | None = None)
 
 
 def round_trip_gate(model: Any, reference: np.ndarray, tokens: list[int], work: Path) -> Gate:
-    from aprlib.conversion import write_model
-    from aprlib.logits import reference_logits
+    from aprlib.formats.conversion import write_model
+    from aprlib.forward.logits import reference_logits
 
     diffs = {}
     for suffix in (".apr", ".gguf"):
@@ -206,7 +206,7 @@ def parity_gate(model: Any, reference: np.ndarray, tokens: list[int], work: Path
     import importlib.util
 
     from aprlib.errors import OracleError
-    from aprlib.logits import DTYPE_GATES, compare_logits, llamacpp_logits
+    from aprlib.forward.logits import DTYPE_GATES, compare_logits, llamacpp_logits
 
     if importlib.util.find_spec("llama_cpp") is None:
         return Gate("backend_parity", "SKIP", "llama-cpp-python not installed", {})
@@ -241,10 +241,10 @@ def run_qa(
     """Every gate on the model at ``path``; the forward gates need it to load first."""
     import torch
 
-    from aprlib.config import ConfigError
+    from aprlib.config.modelconfig import ConfigError
     from aprlib.errors import ModelFileError, ShapeMismatchError
-    from aprlib.io import open_model
-    from aprlib.model import Transformer
+    from aprlib.formats.io import open_model
+    from aprlib.forward.model import Transformer
 
     with open_model(path) as model:
         gates = tensor_gates(model)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aprlib.gates import Gated
+from aprlib.forward.gates import Gated
 
 SCOPES = ("all", "last")
 
@@ -119,9 +119,9 @@ def trace_file(
 ) -> Trace:
     import torch
 
-    from aprlib.backends import make_ops
-    from aprlib.logits import check_token_ids
-    from aprlib.model import Transformer
+    from aprlib.forward.backends import make_ops
+    from aprlib.forward.model import Transformer
+    from aprlib.forward.token_ids import check_token_ids
 
     net = Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
     check_token_ids(tokens, net.config.vocab_size, path)
@@ -129,8 +129,8 @@ def trace_file(
 
 
 def save_trace(trace: Trace, path: Path) -> None:
-    from aprlib import jsonout
-    from aprlib.atomic import atomic_output
+    from aprlib.formats import jsonout
+    from aprlib.formats.atomic import atomic_output
 
     with atomic_output(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(jsonout.dumps(trace.to_dict(), indent=1))  # NaN statistics as null

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from aprlib.atomic import atomic_output
-from aprlib.config import ModelConfig
-from aprlib.dtypes import DType, from_float32
-from aprlib.io import LM_HEAD, model_from_arrays
+from aprlib.config.modelconfig import ModelConfig
+from aprlib.formats.atomic import atomic_output
+from aprlib.formats.dtypes import DType, from_float32
+from aprlib.formats.io import LM_HEAD, model_from_arrays
 
 CHECKPOINT_DTYPE = DType.F32  # lossless for the float32 weights that train
 
@@ -50,7 +50,7 @@ def save_checkpoint(
     The sidecar names the weights by digest, so a pair torn by a kill between the two
     renames is refused on resume instead of pairing step-N moments with step-M weights.
     """
-    from aprlib.conversion import write_model
+    from aprlib.formats.conversion import write_model
 
     arrays = {}
     for name, p in model.state_dict().items():

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from aprlib.arch_presets import preset_name, presets, unknown_arch
-from aprlib.atomic import atomic_output
-from aprlib.checkpoint import load_state, save_checkpoint
-from aprlib.config import ModelConfig, from_hf
-from aprlib.io import open_model
-from aprlib.model import Transformer
-from aprlib.tokens import (
+from aprlib.config.arch_presets import preset_name, presets, unknown_arch
+from aprlib.config.modelconfig import ModelConfig, from_hf
+from aprlib.formats.atomic import atomic_output
+from aprlib.formats.io import open_model
+from aprlib.forward.model import Transformer
+from aprlib.train.checkpoint import load_state, save_checkpoint
+from aprlib.train.tokens import (
     check_ids,
     check_tokenizer,
     load_tokens,
@@ -169,7 +169,8 @@ def config_differences(init: ModelConfig, requested: ModelConfig) -> list[str]:
 def requested_config(
     config: Path | str | None = None, arch: str | None = None
 ) -> ModelConfig | None:
-    """The architecture the user named: an HF ``config.json`` or a preset of aprlib.config."""
+    """The architecture the user named: an HF ``config.json`` or a named preset
+    (``aprlib.config.modelconfig``)."""
     if config is not None and arch is not None:
         raise FinetuneError("give --config or --arch, not both")
     if config is not None:
@@ -316,7 +317,7 @@ def diagnose(init: Path | str, zero: StepZero) -> str:
     spread); when they all pass the values are plausible but wired wrong (a transposed
     weight, a dropped bias), which only a comparison with the source shows.
     """
-    from aprlib.qa import tensor_gates
+    from aprlib.forward.qa import tensor_gates
 
     with open_model(init) as model:
         failed = [g for g in tensor_gates(model) if g.status == "FAIL"]

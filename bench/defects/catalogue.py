@@ -3,7 +3,7 @@
 File-level entries run today (converter, formats, dtypes, ``apr diff``). Entries for the
 reference model, trace, bisect, qa, kernels and tokenizers name the modules they need and
 run once those land (their injections are written against the interface names of
-``/work/briefs/interfaces.md``: ``aprlib.model.Ops``, ``Transformer``).
+``/work/briefs/interfaces.md``: ``aprlib.forward.model.Ops``, ``Transformer``).
 """
 
 from __future__ import annotations
@@ -302,10 +302,11 @@ register(
 
 
 def _ops_patch(method: str, make: Any) -> Any:
-    """Replace ``aprlib.model.Ops.<method>`` with a defective version built from the real one."""
+    """Replace ``aprlib.forward.model.Ops.<method>`` with a defective version built from the
+    real one."""
 
     def patch(mp: Any) -> None:
-        from aprlib.model import Ops
+        from aprlib.forward.model import Ops
 
         mp.setattr(Ops, method, make(getattr(Ops, method)))
 
@@ -357,7 +358,7 @@ def _bias_ignored(real: Any) -> Any:
 
 
 def _logits_off_by_one(mp: Any) -> None:
-    from aprlib.model import Transformer
+    from aprlib.forward.model import Transformer
 
     real = Transformer.forward
 
@@ -385,7 +386,7 @@ for _id, _title, _method, _make in (
             fmt=None,
             patch=_ops_patch(_method, _make),
             right_falsifiers=FORWARD,
-            requires=("aprlib.model:Ops", "aprlib.model:Transformer"),
+            requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
         )
     )
 register(
@@ -397,7 +398,7 @@ register(
         fmt=None,
         patch=_logits_off_by_one,
         right_falsifiers=FORWARD,
-        requires=("aprlib.model:Transformer",),
+        requires=("aprlib.forward.model:Transformer",),
     )
 )
 
@@ -436,12 +437,12 @@ def _trace_by_position(mp: Any) -> None:
     """Trace comparison pairs points by position: attn.q.pre_bias meets post_bias."""
     import importlib
 
-    trace = importlib.import_module("aprlib.trace")  # branch issue11
+    trace = importlib.import_module("aprlib.forward.trace")  # branch issue11
     inj.swap_code(mp, trace.compare_traces, _compare_by_position)
 
 
 def _compare_by_position(a, b):  # type: ignore[no-untyped-def]
-    # runs with aprlib.trace's globals (its code object replaces compare_traces's)
+    # runs with aprlib.forward.trace's globals (its code object replaces compare_traces's)
     return [
         PointComparison(p.name, p.scope, "compared", p, other)  # noqa: F821
         for p, other in zip(a.points, b.points, strict=False)
@@ -457,7 +458,7 @@ register(
         fmt=None,
         patch=_trace_by_position,
         right_falsifiers=("FALSIFY-TRACE-003",),
-        requires=("aprlib.trace:compare_traces",),
+        requires=("aprlib.forward.trace:compare_traces",),
     )
 )
 register(
@@ -469,7 +470,7 @@ register(
         model="qwen2-tokenizer",
         fmt="gguf",
         patch=inj.tokenizer_edit(inj.first_merge_dropped),
-        requires=("aprlib.tokenizer",),
+        requires=("aprlib.formats.tokenizer",),
         expect=("TOKENIZER_MISMATCH",),
         where=("merges: first differing merge 0:",),  # the dropped merge, by index and text
         notes="the source folder carries a byte-level BPE trained in the run",
@@ -481,7 +482,7 @@ def _shapes_unchecked(mp: Any) -> None:
     """The loader takes the weights as the config says, whatever their shapes."""
     import importlib
 
-    shapes = importlib.import_module("aprlib.shapes")  # branch issue11
+    shapes = importlib.import_module("aprlib.compare.shapes")  # branch issue11
     inj.swap_code(mp, shapes.check_weights_match, _no_check)
 
 
@@ -498,7 +499,7 @@ register(
         fmt=None,
         patch=_shapes_unchecked,
         right_falsifiers=("FALSIFY-ARCH-001",),
-        requires=("aprlib.shapes:check_weights_match",),
+        requires=("aprlib.compare.shapes:check_weights_match",),
     )
 )
 register(
@@ -521,7 +522,7 @@ def _promote_on_skip(mp: Any) -> None:
     a falsifier's default argument) runs the defect, as a real bug in it would."""
     import types
 
-    from provable import lifecycle
+    from provable.contracts import lifecycle
 
     real = lifecycle.promote
     copy = types.FunctionType(real.__code__, real.__globals__, "promote", real.__defaults__)
@@ -530,7 +531,7 @@ def _promote_on_skip(mp: Any) -> None:
 
 
 def _defective_promote(current, outcome, passed_on=(), required_hosts=(), previously_passed_on=()):  # type: ignore[no-untyped-def]
-    # runs with provable.lifecycle's globals (its code object replaces promote's)
+    # runs with provable.contracts.lifecycle's globals (its code object replaces promote's)
     if outcome is Outcome.SKIPPED and current is FalsifierStatus.PARTIAL:  # noqa: F821
         return Promotion(FalsifierStatus.DISCHARGED, frozenset(previously_passed_on))  # noqa: F821
     return _bench_real_promote(  # noqa: F821

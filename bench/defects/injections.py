@@ -21,7 +21,7 @@ from bench.defects.registry import Arrays, Transform
 
 
 def _dtypes() -> Any:
-    import aprlib.dtypes as dtypes
+    import aprlib.formats.dtypes as dtypes
 
     return dtypes
 
@@ -204,7 +204,7 @@ def truncate(fraction: float) -> Callable[[Path], None]:
 
 def q4_k_scales_swapped(mp: Any) -> None:
     """The 6-bit scales of sub-blocks 0 and 1 of every Q4_K block trade places."""
-    import aprlib.q4k as q4k
+    import aprlib.formats.q4k as q4k
 
     real = q4k.quantize_q4_k
 
@@ -265,7 +265,7 @@ def tokenizer_edit(edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable
 
 
 def converter_module() -> Any:
-    from aprlib.convert import convert
+    from aprlib.formats.conversion import convert
 
     return sys.modules[convert.__module__]
 
@@ -276,7 +276,7 @@ def install_seam(
     """Every file the converter writes gets ``transform`` (then ``file_bytes``)."""
     module = converter_module()
     real = module.write_model
-    from aprlib.io import model_from_arrays, open_model
+    from aprlib.formats.io import model_from_arrays, open_model
 
     def defective(model: Any, dst: Any, fmt: Any = None, dtype: Any = None, *args: Any, **kw: Any):
         checked = kw.get("checked", args[1] if len(args) > 1 else False)

@@ -90,7 +90,7 @@ class _Collector:
 
 def _known_falsifiers() -> dict[str, str]:
     """Falsifier ID -> contract id, from the contracts through provable's loader."""
-    from provable.model import load_contract
+    from provable.contracts.model import load_contract
 
     known: dict[str, str] = {}
     for path in sorted((ROOT / "contracts").glob("*.yaml")):
@@ -136,7 +136,7 @@ def run_diff(defect: Defect, source: Path, work: Path, start: float) -> tuple[in
 
     Returns (exit code, diagnosis class, diagnosis line); a typed error is FILE_ERROR.
     """
-    from aprlib.cli import main as apr
+    from aprlib.cli.main import main as apr
 
     suffix = {"apr": "model.apr", "gguf": "model.gguf", "safetensors": "model.safetensors"}
     dst = work / suffix[defect.fmt or "apr"]

@@ -1,10 +1,10 @@
 """The ``pv`` subcommands beyond validate/status/new/check: scaffold, audit, coverage, graph,
-diff, equations. ``provable.cli`` only registers them (``add_parsers``/``COMMANDS``), so this
+diff, equations. ``provable.cli.main`` only registers them (``add_parsers``/``COMMANDS``), so this
 file and that one change independently.
 
 Exit codes, as for every ``pv`` command: 0 nothing wrong; 1 findings (errors, an unbumped
 version, a cycle...), a contract ``pv validate`` refuses among them (each command reads
-contracts through ``provable.loading.read_checked`` and prints validate's lines); 2 usage
+contracts through ``provable.contracts.loading.read_checked`` and prints validate's lines); 2 usage
 (a name naming nothing, a folder or a binding registry where a contract file is wanted).
 """
 
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from provable.cli import EXIT_FINDINGS, EXIT_OK, _usage
+from provable.cli.exits import EXIT_FINDINGS, EXIT_OK, usage
 
 if TYPE_CHECKING:
-    from provable.model import Contract
+    from provable.contracts.model import Contract
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -128,16 +128,16 @@ def _one_contract(argument: str) -> Contract | int:
     """The contract a command line names, read as ``pv validate`` reads it; else the exit
     code, once the reason is printed: 2 (usage) for a name naming nothing, a folder or a
     binding registry; 1 when validate refuses the file (each refusal on its own line)."""
-    from provable.loading import read_checked
+    from provable.contracts.loading import read_checked
 
     path = Path(argument)
     if not path.exists() and not path.is_symlink():
-        return _usage(f"{argument}: no such file")
+        return usage(f"{argument}: no such file")
     if path.is_dir():
-        return _usage(f"{argument}: is a folder, not a contract file")
+        return usage(f"{argument}: is a folder, not a contract file")
     result = read_checked(path)
     if result.registry:
-        return _usage(f"{argument}: a binding registry, not a contract")
+        return usage(f"{argument}: a binding registry, not a contract")
     if result.usable is None:
         for finding in result.refusals:
             print(finding.render(), file=sys.stderr)
@@ -149,7 +149,7 @@ _CONTRACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 
 
 def _looks_like_id(argument: str) -> bool:
-    from provable.discovery import is_yaml_name
+    from provable.contracts.discovery import is_yaml_name
 
     return bool(_CONTRACT_ID.fullmatch(argument)) and not is_yaml_name(argument)
 
@@ -158,10 +158,10 @@ def _contract_by_id(argument: str) -> tuple[Path | None, str]:
     """The file of contract id ``argument``: ``contracts/<id>.yaml`` (or ``.yml``) under the
     project root found from the working directory, else the one file in that folder whose
     ``metadata.id`` it is; or a one-line reason naming both tries."""
-    from provable.discovery import discover_all
-    from provable.findings import display_path
-    from provable.loading import read_checked
-    from provable.paths import project_root
+    from provable.contracts.discovery import discover_all
+    from provable.contracts.findings import display_path
+    from provable.contracts.loading import read_checked
+    from provable.contracts.paths import project_root
 
     # as for a file in ./contracts/: the nearest folder with a project marker, else here
     folder = project_root(Path.cwd() / "contracts" / "_") / "contracts"
@@ -188,9 +188,9 @@ def _contract_by_id(argument: str) -> tuple[Path | None, str]:
 def _scaffold(args: argparse.Namespace) -> int:
     import json
 
-    from provable.findings import display_path
-    from provable.paths import project_root
-    from provable.skeleton import ScaffoldRefused, scaffold, unsafe_id
+    from provable.contracts.findings import display_path
+    from provable.contracts.paths import project_root
+    from provable.reports.skeleton import ScaffoldRefused, scaffold, unsafe_id
 
     path, out = Path(args.contract), args.out
     if not path.is_file() and _looks_like_id(args.contract):
@@ -200,7 +200,7 @@ def _scaffold(args: argparse.Namespace) -> int:
             if out is None:  # from a subfolder too: beside the project's other falsifiers
                 out = project_root(found) / "falsifiers"
         elif not path.exists() and not path.is_symlink():
-            return _usage(problem)  # else the folder, the dangling link, says what it is
+            return usage(problem)  # else the folder, the dangling link, says what it is
     args.out = Path("falsifiers") if out is None else out
     contract = _one_contract(str(path))
     if isinstance(contract, int):
@@ -245,14 +245,14 @@ def _scaffold(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from provable.audit import audit
-    from provable.bound import CollectionFailed
-    from provable.validate import UsageError
+    from provable.contracts.validate import UsageError
+    from provable.reports.audit import audit
+    from provable.reports.bound import CollectionFailed
 
     if args.binding is not None and not args.binding.is_file():
-        return _usage(f"{args.binding}: no such binding file")
+        return usage(f"{args.binding}: no such binding file")
     if not args.binding_timeout > 0:
-        return _usage("--binding-timeout must be a positive number of seconds")
+        return usage("--binding-timeout must be a positive number of seconds")
     try:
         report = audit(
             args.paths or ["contracts"],
@@ -261,7 +261,7 @@ def _audit(args: argparse.Namespace) -> int:
             binding_timeout=args.binding_timeout,
         )
     except (UsageError, CollectionFailed) as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     if args.strict:
         report.findings = [f.strict() for f in report.findings]
     print(report.render_json() if args.json or args.format == "json" else report.render_text())
@@ -269,11 +269,11 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _coverage(args: argparse.Namespace) -> int:
-    from provable.bound import CollectionFailed, collect_bound_tests
-    from provable.coverage import coverage_rows, print_table, render_json
-    from provable.loading import read_arguments, refusals, usable
-    from provable.paths import project_root
-    from provable.validate import UsageError
+    from provable.contracts.loading import read_arguments, refusals, usable
+    from provable.contracts.paths import project_root
+    from provable.contracts.validate import UsageError
+    from provable.reports.bound import CollectionFailed, collect_bound_tests
+    from provable.reports.coverage import coverage_rows, print_table, render_json
 
     try:
         results, problems = read_arguments(args.paths or ["contracts"])
@@ -282,7 +282,7 @@ def _coverage(args: argparse.Namespace) -> int:
             collect_bound_tests(project_root(contracts[0].path), args.tests) if contracts else None
         )
     except (UsageError, CollectionFailed) as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     refused = [*problems, *refusals(results)]
     for f in refused:
         print(f.render(), file=sys.stderr)
@@ -295,14 +295,14 @@ def _coverage(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
-    from provable import graph as g
-    from provable.loading import read_arguments, refusals, usable
-    from provable.validate import UsageError
+    from provable.contracts.loading import read_arguments, refusals, usable
+    from provable.contracts.validate import UsageError
+    from provable.reports import graph as g
 
     try:
         results, problems = read_arguments(args.paths or ["contracts"])
     except UsageError as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     graph = g.build_graph(usable(results), refused=[*problems, *refusals(results)])
     fmt = "json" if args.json else args.format
     render: dict[str, Callable[[g.Graph], str]] = {
@@ -320,7 +320,7 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from provable.contract_diff import diff_contracts
+    from provable.reports.contract_diff import diff_contracts
 
     old, new = _one_contract(args.old), _one_contract(args.new)  # both say what is wrong
     if isinstance(old, int) or isinstance(new, int):
@@ -331,7 +331,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _equations(args: argparse.Namespace) -> int:
-    from provable import equations as eq
+    from provable.reports import equations as eq
 
     contract = _one_contract(args.contract)
     if isinstance(contract, int):

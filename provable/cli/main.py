@@ -11,9 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from provable import __version__
-
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+from provable.cli.exits import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, usage
+from provable.version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--prefix", help="falsifier ID prefix (default: from the id, e.g. LAYOUT)")
     n.add_argument("--description", help="one-line description")
 
-    from provable import cli_more
+    from provable.cli.analysis import add_parsers
 
-    cli_more.add_parsers(sub)
+    add_parsers(sub)
     return parser
 
 
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from provable.cli_more import COMMANDS
+    from provable.cli.analysis import COMMANDS
 
     commands = {
         "validate": _validate,
@@ -111,41 +110,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _usage(message: str) -> int:
-    print(f"pv: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def _recover_named(arguments: Sequence[str]) -> None:
     """Finish or roll back an interrupted write around the files and folders named, so
     what is read next is whole (globs and missing names are left to discovery)."""
-    from provable.writer import recover_around
+    from provable.plugin.writer import recover_around
 
     recover_around(Path(a) for a in arguments if Path(a).is_dir() or Path(a).is_file())
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from provable.validate import UsageError, validate_arguments
+    from provable.contracts.validate import UsageError, validate_arguments
 
     _recover_named(args.paths)
     try:
         report = validate_arguments(args.paths, strict=args.strict)
     except UsageError as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     print(report.render_json() if args.format == "json" else report.render_text())
     return EXIT_FINDINGS if report.errors else EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
-    from provable.discovery import UsageError, discover_all
-    from provable.status import collect, print_table, problem_row, render_json, render_markdown
+    from provable.contracts.discovery import UsageError, discover_all
+    from provable.reports.status import (
+        collect,
+        print_table,
+        problem_row,
+        render_json,
+        render_markdown,
+    )
 
     arguments = args.paths or ["contracts"]
     _recover_named(arguments)
     try:
         found = discover_all(arguments)
     except UsageError as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     rows = [problem_row(p.path, p.message) for p in found.problems] + collect(found.files)
     for row in rows:  # a contract pv validate refuses: its row says error; here, why
         for finding in row.findings:
@@ -163,13 +163,13 @@ def _status(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import subprocess
 
-    from provable.status import collect, print_table
-    from provable.validate import UsageError, discover, validate_arguments
+    from provable.contracts.validate import UsageError, discover, validate_arguments
+    from provable.reports.status import collect, print_table
 
     try:
         report = validate_arguments([args.contracts], strict=True)
     except UsageError as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     print(report.render_text(), flush=True)
     if report.errors:
         print("pv check: contracts are invalid; falsifiers not run", file=sys.stderr)
@@ -178,7 +178,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"$ {' '.join(cmd[2:])}", flush=True)
     tests = subprocess.run(cmd).returncode
     print_table(collect(discover([args.contracts])))
-    from provable.dashboard import build_dashboard, print_summary, unchecked_lines
+    from provable.reports.dashboard import build_dashboard, print_summary, unchecked_lines
 
     evidence = Path(args.contracts).resolve().parent / "evidence"
     board = build_dashboard(Path(args.contracts), evidence, Path(args.dashboard))
@@ -190,7 +190,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from provable.scaffold import new_contract
+    from provable.reports.scaffold import new_contract
 
     try:
         path = new_contract(args.id, args.dir, prefix=args.prefix, description=args.description)
@@ -206,7 +206,7 @@ def _new(args: argparse.Namespace) -> int:
         )
         return EXIT_FINDINGS
     except ValueError as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -253,13 +253,13 @@ def _add_dashboard_and_merge(sub: argparse._SubParsersAction) -> None:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from provable.dashboard import build_dashboard, print_summary, unchecked_lines
-    from provable.validate import UsageError
+    from provable.contracts.validate import UsageError
+    from provable.reports.dashboard import build_dashboard, print_summary, unchecked_lines
 
     try:
         board = build_dashboard(Path(args.contracts), Path(args.evidence), Path(args.out))
     except UsageError as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     if args.json:
         print(board.status_json)
     else:
@@ -274,12 +274,12 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     import json
 
-    from provable.merge import MergeError, merge_runs, print_report
+    from provable.reports.merge import MergeError, merge_runs, print_report
 
     try:
         report = merge_runs([Path(r) for r in args.runs], args.out, strict=args.strict)
     except MergeError as exc:
-        return _usage(str(exc))
+        return usage(str(exc))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

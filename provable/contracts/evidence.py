@@ -26,10 +26,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from provable.atomic import fsync_dir, write_atomic
+from provable.contracts.atomic import fsync_dir, write_atomic
 
 SCHEMA = "provable-evidence/1"
-EVIDENCE_PROPERTY = "provable.evidence"
+EVIDENCE_PROPERTY = "provable.contracts.evidence"
 MAX_MESSAGE_CHARS = 6000
 _VOLATILE = ("commit", "dirty", "observed_at", "host")
 

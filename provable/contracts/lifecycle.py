@@ -301,7 +301,7 @@ ENVIRONMENT_TYPES = frozenset(
         "torch:OutOfMemoryError",  # the GPU's MemoryError (a RuntimeError; named, not imported)
         "builtins:SystemExit",
         "builtins:KeyboardInterrupt",
-        "provable.outcomes:EnvironmentFault",
+        "provable.plugin.outcomes:EnvironmentFault",
     }
 )
 #: an OSError with one of these errnos is the machine's: ENOSPC, ENOMEM, EMFILE, ENFILE,
@@ -310,7 +310,7 @@ MACHINE_ERRNOS = frozenset(
     getattr(__import__("errno"), n, v)
     for n, v in (("ENOSPC", 28), ("ENOMEM", 12), ("EMFILE", 24), ("ENFILE", 23), ("EDQUOT", 122))
 )
-NOT_WRITTEN_TYPE = "provable.outcomes:NotYetWritten"
+NOT_WRITTEN_TYPE = "provable.plugin.outcomes:NotYetWritten"
 PYTEST_FAILED_TYPE = "_pytest.outcomes:Failed"
 #: pytest-timeout's signal method ends a test with ``pytest.fail("Timeout >5.0s")``
 _TIMEOUT_MESSAGE = re.compile(r"^Timeout >\d+(\.\d+)?s\b")

@@ -24,10 +24,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.discovery import discover_all
-from provable.findings import ERROR, Finding, display_path
-from provable.model import Contract
-from provable.validate import Report, check_file, discover, validate_paths
+from provable.contracts.discovery import discover_all
+from provable.contracts.findings import ERROR, Finding, display_path
+from provable.contracts.model import Contract
+from provable.contracts.validate import Report, check_file, discover, validate_paths
 
 #: validate's rules about a well-formed contract's claims and its place, not its form
 CLAIM_RULES = frozenset(

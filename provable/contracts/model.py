@@ -13,8 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from provable.findings import display_path
-from provable.yamlsource import YamlDocument, read_yaml
+from provable.contracts.findings import display_path
+from provable.contracts.yamlsource import YamlDocument, read_yaml
 
 KNOWN_SECTIONS = (
     "metadata",
@@ -186,7 +186,7 @@ class BindingRegistryFile:
 
 def read_contract(path: Path) -> Contract | BindingRegistryFile:
     """The one way a contract file is parsed (validate, registry, plugin). The ``pv``
-    commands read through ``provable.loading.read_checked``: this and validate's checks.
+    commands read through ``provable.contracts.loading.read_checked``: this and validate's checks.
 
     Raises ``YamlSourceError`` (unreadable, hostile or not YAML) or ``NotAMapping``.
     """

@@ -7,10 +7,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.discovery import Discovery, walk_folder
-from provable.findings import display_path
-from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
-from provable.yamlsource import YamlSourceError
+from provable.contracts.discovery import Discovery, walk_folder
+from provable.contracts.findings import display_path
+from provable.contracts.model import BindingRegistryFile, Contract, NotAMapping, read_contract
+from provable.contracts.yamlsource import YamlSourceError
 
 
 class BindingError(Exception):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provable.atomic import write_atomic
+from provable.contracts.atomic import write_atomic
 
 #: (mapping, sequence, offset) layouts tried in turn, the common ones first
 _INDENTS = (

@@ -16,9 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from provable.evidence import EvidenceUnreadable, load_evidence
-from provable.findings import ERROR, WARNING, Finding
-from provable.lifecycle import (
+from provable.contracts.evidence import EvidenceUnreadable, load_evidence
+from provable.contracts.findings import ERROR, WARNING, Finding
+from provable.contracts.lifecycle import (
     WILD_CONTRACT_STATUSES,
     WILD_FALSIFIER_STATUSES,
     ContractStatus,
@@ -27,8 +27,8 @@ from provable.lifecycle import (
     is_semver,
     semver_key,
 )
-from provable.model import FALSIFIER_ALIASES, KNOWN_SECTIONS, Contract
-from provable.paths import is_safe_name, project_root
+from provable.contracts.model import FALSIFIER_ALIASES, KNOWN_SECTIONS, Contract
+from provable.contracts.paths import is_safe_name, project_root
 
 FALSIFIER_ID_SHAPE = re.compile(r"^FALSIFY-[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*-[0-9]{3}\Z", re.ASCII)
 FALSIFIER_REF = re.compile(r"(?<![A-Za-z0-9_-])FALSIFY-[A-Z0-9]+(?:-[A-Z0-9]+)*")
@@ -38,7 +38,7 @@ Rule = Callable[[Contract], Iterator[Finding]]
 
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    text = resources.files("provable").joinpath("schema/contract.schema.json").read_text()
+    text = resources.files("provable.contracts").joinpath("schema/contract.schema.json").read_text()
     return json.loads(text)
 
 

@@ -8,12 +8,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.discovery import Discovery, FolderProblem, UsageError, discover_all, walk_folder
-from provable.findings import ERROR, NOTE, WARNING, Finding, Tally, display_path
-from provable.model import BindingRegistryFile, Contract, NotAMapping, read_contract
-from provable.paths import project_root
-from provable.rules import check_contract
-from provable.yamlsource import YamlSourceError
+from provable.contracts.discovery import (
+    Discovery,
+    FolderProblem,
+    UsageError,
+    discover_all,
+    walk_folder,
+)
+from provable.contracts.findings import ERROR, NOTE, WARNING, Finding, Tally, display_path
+from provable.contracts.model import BindingRegistryFile, Contract, NotAMapping, read_contract
+from provable.contracts.paths import project_root
+from provable.contracts.rules import check_contract
+from provable.contracts.yamlsource import YamlSourceError
 
 __all__ = ["Report", "UsageError", "check_together", "discover", "validate_paths"]
 
@@ -85,7 +91,7 @@ def validate_arguments(arguments: Iterable[str], strict: bool = False) -> Report
 def check_file(path: Path, report: Report) -> None:
     """Validate one file into ``report``; never raises: a defect of ours becomes an
     ``internal`` finding, so one file's failure never hides another's findings. The one
-    per-file reader every command shares (``provable.loading.read_checked``)."""
+    per-file reader every command shares (``provable.contracts.loading.read_checked``)."""
     try:
         _validate_one(Path(path), report)
     except Exception as exc:

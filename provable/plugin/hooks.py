@@ -13,17 +13,22 @@ from typing import Any
 
 import pytest
 
-from provable.evidence import EVIDENCE_PROPERTY, MAX_MESSAGE_CHARS, Evidence, clean_message
-from provable.findings import display_path
-from provable.lifecycle import (
+from provable.contracts.evidence import (
+    EVIDENCE_PROPERTY,
+    MAX_MESSAGE_CHARS,
+    Evidence,
+    clean_message,
+)
+from provable.contracts.findings import display_path
+from provable.contracts.lifecycle import (
     Raised,
     TestVerdict,
     after_rerun,
     classify_failure,
     worst,
 )
-from provable.registry import BindingError, Registry
-from provable.session import FalsifierRun, SessionScope, TestResult, test_file
+from provable.contracts.registry import BindingError, Registry
+from provable.plugin.session import FalsifierRun, SessionScope, TestResult, test_file
 
 __all__ = ["FalsifierRun", "ProvablePlugin", "TestResult", "cuda_available", "evidence"]
 
@@ -150,7 +155,7 @@ class ProvablePlugin:
         self.examples: dict[str, str] = {}  # nodeid -> hypothesis counterexample
         self.selected: set[str] | None = None
         self.collected_files: set[str] = set()  # test files whose collection ran
-        self.outcome: Any = None  # the SessionOutcome of provable.update, at session finish
+        self.outcome: Any = None  # the SessionOutcome of provable.plugin.update, at session finish
         self.last_failed_only = False  # --lf with failures to rerun (set at session start)
         self.collect_errors: dict[str, str] = {}  # test file -> why it did not import
         opts = config.option
@@ -168,8 +173,8 @@ class ProvablePlugin:
     def registry(self) -> Registry:
         if self._registry is None:
             if not self.config.option.no_status_write and self.contracts_dir.is_dir():
-                from provable.paths import project_root
-                from provable.writer import recover
+                from provable.contracts.paths import project_root
+                from provable.plugin.writer import recover
 
                 recover(self.contracts_dir, project_root(self.contracts_dir) / "evidence")
             try:
@@ -401,7 +406,7 @@ class ProvablePlugin:
                     return  # a project without contracts: stay out of the way
             except pytest.UsageError:
                 return  # no test is bound, so an unreadable contract changes nothing here
-        from provable.update import apply_session
+        from provable.plugin.update import apply_session
 
         opts = self.config.option
         whole_suite = not (opts.file_or_dir or opts.keyword or opts.markexpr)
@@ -428,7 +433,7 @@ class ProvablePlugin:
 
     def _join_collection_errors(self) -> None:
         """Falsifiers bound in a module that did not import: not checked, by name."""
-        from provable.skeleton import bound_ids
+        from provable.plugin.markers import bound_ids
 
         for file, text in sorted(self.collect_errors.items()):
             try:
@@ -438,7 +443,7 @@ class ProvablePlugin:
             try:
                 ids = bound_ids(source)
             except (SyntaxError, ValueError):
-                from provable.rules import FALSIFIER_REF  # a module that does not parse
+                from provable.contracts.rules import FALSIFIER_REF  # a module that does not parse
 
                 ids = set(FALSIFIER_REF.findall(source))
             for fid in sorted(ids):
@@ -493,7 +498,7 @@ class ProvablePlugin:
         """
         from fnmatch import fnmatch
 
-        from provable.skeleton import bound_ids
+        from provable.plugin.markers import bound_ids
 
         root = self.config.rootpath
         patterns = self.config.getini("python_files")
@@ -548,7 +553,7 @@ class ProvablePlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or self.outcome is None:
             return
-        from provable.summary import write_summary
+        from provable.plugin.summary import write_summary
 
         write_summary(terminalreporter, self.outcome)
 

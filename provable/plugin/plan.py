@@ -3,7 +3,7 @@ shape: pure functions decide, hooks only apply).
 
 ``plan_contract`` reads nothing from disk but the existence of test files (to tell a test
 that this session could not see from one that is gone); the caller gathers the contract, its
-text, the previous evidence and the session's results, and ``provable.writer`` applies the
+text, the previous evidence and the session's results, and ``provable.plugin.writer`` applies the
 plan as one unit.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provable import evidence as ev
-from provable.lifecycle import (
+from provable.contracts import evidence as ev
+from provable.contracts.lifecycle import (
     ContractStatus,
     FalsifierStatus,
     Outcome,
@@ -29,11 +29,11 @@ from provable.lifecycle import (
     parse_falsifier_status,
     promote,
 )
-from provable.model import Contract
-from provable.paths import is_safe_name
-from provable.rewrite import append_changelog, quoted_like, rewrite_text, set_key
-from provable.session import FalsifierRun, SessionScope, TestResult, test_file
-from provable.staleness import sources_of
+from provable.contracts.model import Contract
+from provable.contracts.paths import is_safe_name
+from provable.contracts.rewrite import append_changelog, quoted_like, rewrite_text, set_key
+from provable.plugin.session import FalsifierRun, SessionScope, TestResult, test_file
+from provable.plugin.staleness import sources_of
 
 CONCURRENT_REFUTATION = "kept FALSIFIED: another run refuted it after this run started"
 UNSAFE_ID = "no evidence written: its id cannot name a file (see pv validate)"

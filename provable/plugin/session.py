@@ -1,6 +1,6 @@
 """What one pytest session observed: the data the plugin gathers and the planner reads.
 
-Kept apart from the plugin so that the planner (``provable.plan``) and the writer import
+Kept apart from the plugin so that the planner (``provable.plugin.plan``) and the writer import
 plain data types, not pytest hooks.
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 class TestResult:
     __test__ = False  # not a pytest test class
 
-    #: "pending", then a ``provable.lifecycle.TestVerdict`` value: passed, failed (refuted),
+    #: "pending", then a ``provable.contracts.lifecycle.TestVerdict`` value: passed, failed
+    #: (refuted),
     #: not_checked, flaky, not_written, skipped
     outcome: str = "pending"
     duration: float = 0.0

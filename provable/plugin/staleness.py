@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from provable.session import test_file
+from provable.plugin.session import test_file
 
 GIT_TIMEOUT_S = 30
 

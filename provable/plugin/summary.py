@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from provable.findings import display_path
-from provable.lifecycle import FalsifierStatus, Outcome
-from provable.update import SessionOutcome
+from provable.contracts.findings import display_path
+from provable.contracts.lifecycle import FalsifierStatus, Outcome
+from provable.plugin.update import SessionOutcome
 
 #: outcomes that change nothing yet must be seen: the heading each gets, and its colour
 _UNSETTLED = {

@@ -2,8 +2,8 @@
 
 Called by the plugin on the controller only. Under the lock beside the contracts it
 finishes any write a killed run left, re-reads each contract (another run may have written
-it meanwhile), asks ``provable.plan`` what to change, and hands every change of the session
-to ``provable.writer`` as one unit.
+it meanwhile), asks ``provable.plugin.plan`` what to change, and hands every change of the session
+to ``provable.plugin.writer`` as one unit.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from provable import evidence as ev
-from provable.model import Contract, file_stamp, load_contract
-from provable.paths import inside, is_safe_name, project_root
-from provable.plan import (
+from provable.contracts import evidence as ev
+from provable.contracts.model import Contract, file_stamp, load_contract
+from provable.contracts.paths import inside, is_safe_name, project_root
+from provable.contracts.rewrite import RewriteError
+from provable.plugin.plan import (
     ContractChange,
     FalsifierChange,
     RunFacts,
@@ -25,12 +26,11 @@ from provable.plan import (
     mutate,
     plan_contract,
 )
-from provable.rewrite import RewriteError
-from provable.session import FalsifierRun, SessionScope
-from provable.writer import OutsideRoot, commit_files, lock_for, recover
+from provable.plugin.session import FalsifierRun, SessionScope
+from provable.plugin.writer import OutsideRoot, commit_files, lock_for, recover
 
 if TYPE_CHECKING:
-    from provable.registry import Registry
+    from provable.contracts.registry import Registry
 
 #: kept for callers of the old names
 _mutate = mutate

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from provable.atomic import fsync_dir, temp_beside
+from provable.contracts.atomic import fsync_dir, temp_beside
 
 LOCK_NAME = ".provable.lock"
 JOURNAL_NAME = ".provable-journal.json"
@@ -63,7 +63,7 @@ def commit_files(
     writes = [*evidence, *contracts]
     if not writes:
         return
-    from provable.paths import inside, project_root
+    from provable.contracts.paths import inside, project_root
 
     allowed = {"evidence": project_root(folder) / "evidence", "contract": Path(folder)}
     for kind, items in (("evidence", evidence), ("contract", contracts)):
@@ -151,7 +151,7 @@ def _recover_locked(folder: Path, evidence_root: Path | None) -> list[str]:
 def _ours(temp: Path, target: Path, folder: Path, evidence_root: Path | None) -> bool:
     """A rename this module could have journaled: our temp name, beside its target, both
     below the contracts or the evidence folder, the target no symlink."""
-    from provable.paths import inside
+    from provable.contracts.paths import inside
 
     roots = [r for r in (folder, evidence_root) if r is not None]
     return (
@@ -177,7 +177,7 @@ def _stale_temps(folder: Path, evidence_root: Path | None) -> Iterator[Path]:
 def recover_around(folders: Iterable[Path]) -> list[str]:
     """``recover`` every folder named (and its ancestors up to the project root) that holds
     a journal or our lock: what ``pv validate``/``pv status`` run before reading."""
-    from provable.paths import project_root
+    from provable.contracts.paths import project_root
 
     actions: list[str] = []
     seen: set[Path] = set()

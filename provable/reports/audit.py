@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.binding import DEFAULT_TIMEOUT_S, check_bindings, load_binding_file
-from provable.bound import BoundTests, collect_bound_tests
-from provable.chain import Chain, build_chain
-from provable.evidence import read_evidence
-from provable.findings import ERROR, NOTE, WARNING, Finding, Tally
-from provable.loading import load_contracts
-from provable.model import Contract
-from provable.paths import project_root
-from provable.staleness import in_git, stale_reasons
+from provable.contracts.evidence import read_evidence
+from provable.contracts.findings import ERROR, NOTE, WARNING, Finding, Tally
+from provable.contracts.loading import load_contracts
+from provable.contracts.model import Contract
+from provable.contracts.paths import project_root
+from provable.plugin.staleness import in_git, stale_reasons
+from provable.reports.binding import DEFAULT_TIMEOUT_S, check_bindings, load_binding_file
+from provable.reports.bound import BoundTests, collect_bound_tests
+from provable.reports.chain import Chain, build_chain
 
 PYTEST_CONFIGS = ("pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini")
 

@@ -2,12 +2,12 @@
 
 Same shape as the public registry (``contract``, ``equation``, ``module_path``, ``function``,
 ``signature``, ``status``, ``notes``), with Python dotted paths: ``module_path`` is an
-importable module (``aprlib.layout``) and ``function`` a name in it, dotted for methods
+importable module (``aprlib.formats.layout``) and ``function`` a name in it, dotted for methods
 (``Transformer.forward``). ``signature`` is written as Python
 (``def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor`` or just ``(x, weight,
 eps)``). ``pv audit --binding`` imports each and compares.
 
-The imports run in a child process (``provable.binding_child``), never in audit's own: a
+The imports run in a child process (``provable.reports.binding_child``), never in audit's own: a
 bound module is code from whoever wrote it, and what it does at import (``sys.exit``,
 ``os._exit``, a signal, a print, a sleep, patching audit) must not decide audit's result.
 The child reports each step on a dedicated channel (a file, not its stdout); a child that
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from provable.findings import ERROR, NOTE, WARNING, Finding, display_path
-from provable.model import Contract
-from provable.yamlsource import YamlSourceError, read_yaml
+from provable.contracts.findings import ERROR, NOTE, WARNING, Finding, display_path
+from provable.contracts.model import Contract
+from provable.contracts.yamlsource import YamlSourceError, read_yaml
 
 STATUSES = ("implemented", "partial", "not_implemented")
 
@@ -103,7 +103,7 @@ def load_binding_file(path: Path) -> BindingFile:
 def resolve(module_path: str, function: str) -> Any:
     """Import ``module_path`` and walk ``function``'s dotted name; raises ``LookupError``.
 
-    In this process: for the child (``provable.binding_child``), never for audit itself."""
+    In this process: for the child (``provable.reports.binding_child``), never for audit itself."""
     try:
         obj: Any = importlib.import_module(module_path)
     except Exception as exc:  # an import can fail in any way; say how, don't crash
@@ -228,7 +228,7 @@ REPORT_LIMIT = 16 * 1024 * 1024
 #: audited folder is not the code that imports the bound modules and reports on them
 BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from provable.binding_child import main; main(sys.argv[2], sys.argv[3])"
+    "from provable.reports.binding_child import main; main(sys.argv[2], sys.argv[3])"
 )
 
 #: (index in the binding file, module_path, function)
@@ -268,7 +268,7 @@ class _ChildRun:
 def resolve_in_child(
     entries: Sequence[Entry], timeout: float = DEFAULT_TIMEOUT_S
 ) -> dict[int, Outcome]:
-    """Each entry's outcome, the imports done in a child (``provable.binding_child``).
+    """Each entry's outcome, the imports done in a child (``provable.reports.binding_child``).
 
     A child that ends or hangs in the middle names the step it was in; the entries it had
     not reached run in a fresh child, until every entry has an outcome."""

@@ -1,8 +1,8 @@
 """The child side of ``pv audit --binding``: bound modules are imported here, never in audit.
 
-``python -I -u -c BOOT OWN REQUEST REPORT`` (``provable.binding.BOOT``: audit's own
+``python -I -u -c BOOT OWN REQUEST REPORT`` (``provable.reports.binding.BOOT``: audit's own
 checkout ``OWN`` first on the path, never the folder audit runs in; ``python -m
-provable.binding_child REQUEST REPORT`` does the same work). REQUEST is a JSON file, read in
+provable.reports.binding_child REQUEST REPORT`` does the same work). REQUEST is a JSON file, read in
 full before anything is imported: ``{"sys_path": [...], "entries": [[index, module, function],
 ...]}``. REPORT is the dedicated channel: the child appends one JSON line per step to it,
 written whole and flushed, never to its stdout (a bound module may print there)::
@@ -31,7 +31,7 @@ import os
 import sys
 from typing import IO, Any
 
-from provable.binding import actual_params, walk
+from provable.reports.binding import actual_params, walk
 
 
 def _stdout_offset() -> int | None:

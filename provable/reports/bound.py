@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import provable
-
 OUTPUT_ENV = "PROVABLE_BOUND_OUT"
 TIMEOUT_S = 600
 
@@ -71,7 +69,7 @@ def collect_bound_tests(root: Path, test_paths: Sequence[str] = ()) -> BoundTest
     root = Path(root).resolve()
     with tempfile.TemporaryDirectory(prefix="pv-bound-") as tmp:
         out = Path(tmp) / "bound.json"
-        own = str(Path(provable.__file__).resolve().parents[1])
+        own = str(Path(__file__).resolve().parents[2])  # the folder holding provable/
         env = {
             **os.environ,
             OUTPUT_ENV: str(out),
@@ -86,7 +84,7 @@ def collect_bound_tests(root: Path, test_paths: Sequence[str] = ()) -> BoundTest
             "-q",
             "--no-status-write",
             "-p",
-            "provable.bound",
+            "provable.reports.bound",
             "-p",
             "no:cacheprovider",
             *test_paths,

@@ -18,7 +18,7 @@ import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
-from provable.model import Contract
+from provable.contracts.model import Contract
 
 
 @dataclass

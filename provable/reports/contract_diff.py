@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from provable.findings import ERROR, NOTE, Finding
-from provable.model import Contract
+from provable.contracts.findings import ERROR, NOTE, Finding
+from provable.contracts.model import Contract
 
 MAJOR, MINOR, PATCH, NONE = 3, 2, 1, 0
 LEVEL_NAMES = {MAJOR: "major", MINOR: "minor", PATCH: "patch", NONE: "none"}

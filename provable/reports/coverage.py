@@ -1,7 +1,7 @@
 """``pv coverage``: how much of each contract is attacked, bound and proven.
 
 Three ratios per contract and in total: obligations covered by a falsifier (the chain's
-links, see ``provable.chain``), falsifiers bound to a test (the plugin's own binding table,
+links, see ``provable.reports.chain``), falsifiers bound to a test (the plugin's own binding table,
 collected without running), falsifiers DISCHARGED.
 """
 
@@ -11,9 +11,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from provable.bound import BoundTests
-from provable.chain import build_chain
-from provable.model import Contract
+from provable.contracts.model import Contract
+from provable.reports.bound import BoundTests
+from provable.reports.chain import build_chain
 
 
 @dataclass

@@ -11,7 +11,7 @@ symlink below the evidence folder is followed, nor one from the contracts folder
 outside it; evidence and history are read within bounds and typed. A contract that fails
 validation, or evidence that cannot be read as it is, is a problem line (printed, on every
 page, and ``--check`` fails). Every value from a file is escaped: ``html.escape`` in the
-page and the chart, ``provable.mdescape`` in ``status.md``.
+page and the chart, ``provable.reports.mdescape`` in ``status.md``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provable import evidence as ev
-from provable.atomic import write_atomic
-from provable.findings import ERROR, Finding
-from provable.lastrun import (
+from provable.contracts import evidence as ev
+from provable.contracts.atomic import write_atomic
+from provable.contracts.findings import ERROR, Finding
+from provable.contracts.model import Contract, read_contract
+from provable.contracts.paths import inside, is_safe_name
+from provable.contracts.validate import UsageError, check_together, discover
+from provable.contracts.yamlsource import YamlSourceError
+from provable.reports.lastrun import (
     MAX_BYTES,
     NOT_CHECKED,
     LastRun,
@@ -35,18 +39,16 @@ from provable.lastrun import (
     is_unchecked,
     one_line,
 )
-from provable.mdescape import md_code, md_escape
-from provable.merge import check_record
-from provable.model import Contract, read_contract
-from provable.paths import inside, is_safe_name
-from provable.runfiles import (
+from provable.reports.mdescape import md_code, md_escape
+from provable.reports.merge import check_record
+from provable.reports.runfiles import (
     RefusedPath,
     RunFileError,
     json_object,
     read_json_below,
     tail_lines,
 )
-from provable.status import (
+from provable.reports.status import (
     ORDER,
     ContractRow,
     collect,
@@ -55,8 +57,6 @@ from provable.status import (
     problem_row,
     scoreboard,
 )
-from provable.validate import UsageError, check_together, discover
-from provable.yamlsource import YamlSourceError
 
 STATUSES = tuple(s.value for s in ORDER)  # DISCHARGED, PARTIAL, PROPOSED, FALSIFIED
 COLOURS = {
@@ -285,7 +285,7 @@ def gather(
 
 def validation_problems(contracts: list[Contract]) -> list[str]:
     """One line per contract that fails ``pv validate``: the file, its first error."""
-    from provable.rules import check_contract
+    from provable.contracts.rules import check_contract
 
     found: list[Finding] = []
     for c in contracts:
@@ -381,7 +381,7 @@ def render_json(board: Dashboard) -> str:
 
 
 def _md(text: str | None) -> str:
-    """A value from a file in ``status.md`` (``provable.mdescape``); ``-`` for none."""
+    """A value from a file in ``status.md`` (``provable.reports.mdescape``); ``-`` for none."""
     return md_escape(text) if text else "-"
 
 

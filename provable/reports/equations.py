@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from provable.findings import printable
-from provable.model import Contract
+from provable.contracts.findings import printable
+from provable.contracts.model import Contract
 
 SYMBOLS = {
     "α": r"\alpha",

@@ -12,10 +12,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from provable.findings import ERROR, WARNING, Finding, printable
-from provable.model import Contract
-from provable.status import row_for
-from provable.validate import find_cycles
+from provable.contracts.findings import ERROR, WARNING, Finding, printable
+from provable.contracts.model import Contract
+from provable.contracts.validate import find_cycles
+from provable.reports.status import row_for
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Graph:
     cycles: list[list[str]]
     missing: dict[str, list[str]]  # contract → dependencies that name no contract
     falsified_roots: dict[str, list[str]] = field(default_factory=dict)  # contract → refuted deps
-    #: files left out of the graph: ``pv validate`` refuses them (``provable.loading``)
+    #: files left out of the graph: ``pv validate`` refuses them (``provable.contracts.loading``)
     refused: list[Finding] = field(default_factory=list)
 
     def findings(self) -> list[Finding]:

@@ -8,7 +8,7 @@ The history is written by the plugin but read as untrusted: a missing file, garb
 huge lines or another writer's half line give no record, never a traceback, and at most the
 last ``MAX_BYTES`` of the file are read.
 
-The file is read with ``provable.runfiles``' readers (no symlink followed, bounded JSON).
+The file is read with ``provable.reports.runfiles``' readers (no symlink followed, bounded JSON).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypedDict
 
-from provable.runfiles import RunFileError, json_object, tail_lines
+from provable.reports.runfiles import RunFileError, json_object, tail_lines
 
 #: how much of the end of a history file is read (one line per falsifier per run)
 MAX_BYTES = 4 * 2**20

@@ -35,13 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provable import evidence as ev
-from provable.atomic import write_atomic
-from provable.discovery import is_yaml_name
-from provable.lastrun import (
-    one_line,
-)
-from provable.lifecycle import (
+from provable.contracts import evidence as ev
+from provable.contracts.atomic import write_atomic
+from provable.contracts.discovery import is_yaml_name
+from provable.contracts.lifecycle import (
     KNOWN_HOSTS,
     ContractStatus,
     FalsifierStatus,
@@ -49,10 +46,20 @@ from provable.lifecycle import (
     derive_contract_status,
     is_semver,
 )
-from provable.model import Contract, contract_from_document, is_binding_registry
-from provable.paths import inside, is_safe_name
-from provable.rewrite import RewriteError, append_changelog, quoted_like, rewrite_text, set_key
-from provable.runfiles import (
+from provable.contracts.model import Contract, contract_from_document, is_binding_registry
+from provable.contracts.paths import inside, is_safe_name
+from provable.contracts.rewrite import (
+    RewriteError,
+    append_changelog,
+    quoted_like,
+    rewrite_text,
+    set_key,
+)
+from provable.contracts.yamlsource import MAX_FILE_BYTES, YamlSourceError, parse_yaml
+from provable.reports.lastrun import (
+    one_line,
+)
+from provable.reports.runfiles import (
     RefusedPath,
     RunFileError,
     list_below,
@@ -61,8 +68,7 @@ from provable.runfiles import (
     read_json_below,
     tail_lines,
 )
-from provable.status import falsifier_status
-from provable.yamlsource import MAX_FILE_BYTES, YamlSourceError, parse_yaml
+from provable.reports.status import falsifier_status
 
 #: least proven first: the conservative pick when runs disagree without evidence
 _WORST_FIRST = (

@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from provable.atomic import write_atomic
-from provable.paths import project_root
+from provable.contracts.atomic import write_atomic
+from provable.contracts.paths import project_root
 
 CONTRACT_ID = re.compile(r"[a-z0-9][a-z0-9._-]*", re.ASCII)
 _VERSION_SUFFIX = re.compile(r"^v\d+$")

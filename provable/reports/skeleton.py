@@ -2,7 +2,7 @@
 
 Each test carries its ``@pytest.mark.falsifies`` marker (so the plugin binds it at once), a
 docstring from the falsifier's rule, prediction and if_fails, and a body that calls
-``provable.outcomes.not_yet_written``: pytest reports it failed ("not yet written") and the
+``provable.plugin.outcomes.not_yet_written``: pytest reports it failed ("not yet written") and the
 plugin keeps the falsifier PROPOSED. A scaffold must never pass, or an empty test would
 discharge a claim; nor may it refute one, for it observed nothing.
 Re-running appends tests for falsifiers that no test in the file binds yet and never
@@ -21,16 +21,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from provable.atomic import write_atomic
-from provable.findings import ERROR, Finding, display_path
-from provable.model import Contract, Falsifier
-from provable.paths import inside, is_safe_name
+from provable.contracts.atomic import write_atomic
+from provable.contracts.findings import ERROR, Finding, display_path
+from provable.contracts.model import Contract, Falsifier
+from provable.contracts.paths import inside, is_safe_name
+from provable.plugin.markers import bound_ids
 
 NOT_YET_WRITTEN = "not yet written"
 #: the first line of a placeholder body. Imported there, not in the module's header: a test
 #: appended to a module written before (or by hand) needs no header, and once every test is
 #: written no unused import is left behind.
-PLACEHOLDER_IMPORT = "from provable.outcomes import not_yet_written"
+PLACEHOLDER_IMPORT = "from provable.plugin.outcomes import not_yet_written"
 
 
 class ScaffoldRefused(Exception):
@@ -56,7 +57,7 @@ def module_path(contract: Contract, out: Path) -> Path:
 
 def unsafe_id(contract: Contract) -> Finding | None:
     """A finding when the contract id is not of the safe shape for a file name
-    (``provable.paths.is_safe_name``): ``pv scaffold`` builds no path from it."""
+    (``provable.contracts.paths.is_safe_name``): ``pv scaffold`` builds no path from it."""
     if is_safe_name(contract.id):
         return None
     meta = contract.data.get("metadata")
@@ -90,22 +91,6 @@ def _checked_path(contract: Contract, out: Path) -> Path:
             )
         )
     return path
-
-
-def bound_ids(source: str) -> set[str]:
-    """Falsifier ids bound by ``falsifies(...)`` markers in a module (plain or qualified)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if name != "falsifies":
-            continue
-        for arg in node.args:
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                found.add(arg.value.split(":", 1)[-1])
-    return found
 
 
 def _function_names(source: str) -> set[str]:

@@ -6,8 +6,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provable.findings import Finding, display_path
-from provable.lastrun import (
+from provable.contracts.findings import Finding, display_path
+from provable.contracts.lifecycle import (
+    FalsifierStatus,
+    derive_contract_status,
+    parse_contract_status,
+    parse_falsifier_status,
+)
+from provable.contracts.loading import read_checked
+from provable.contracts.model import Contract
+from provable.contracts.paths import is_safe_name, project_root
+from provable.reports.lastrun import (
     FLAKY,
     NOT_CHECKED,
     LastRun,
@@ -16,16 +25,7 @@ from provable.lastrun import (
     last_runs,
     one_line,
 )
-from provable.lifecycle import (
-    FalsifierStatus,
-    derive_contract_status,
-    parse_contract_status,
-    parse_falsifier_status,
-)
-from provable.loading import read_checked
-from provable.mdescape import md_code, md_escape
-from provable.model import Contract
-from provable.paths import is_safe_name, project_root
+from provable.reports.mdescape import md_code, md_escape
 
 ORDER = (
     FalsifierStatus.DISCHARGED,
@@ -46,7 +46,7 @@ STYLE = {
 UNCHECKED_STYLE = "dark_orange"
 
 
-#: kept for callers of the old name; ``provable.lifecycle`` parses status words
+#: kept for callers of the old name; ``provable.contracts.lifecycle`` parses status words
 falsifier_status = parse_falsifier_status
 
 
@@ -59,7 +59,7 @@ class ContractRow:
     derived: bool
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
-    #: each falsifier's last run, from history.jsonl (``provable.lastrun``)
+    #: each falsifier's last run, from history.jsonl (``provable.reports.lastrun``)
     last_runs: dict[str, LastRun | None] = field(default_factory=dict)
     #: why the file was refused, one finding a line as ``pv validate`` prints them
     findings: list[Finding] = field(default_factory=list)
@@ -104,7 +104,7 @@ def collect(paths: list[Path], evidence_dir: Path | None = None) -> list[Contrac
     """A row per contract file, with each falsifier's last run from the evidence folder
     (``evidence/`` of each contract's project root unless given).
 
-    Files are read by ``provable.loading.read_checked``, as ``pv validate`` reads them: a
+    Files are read by ``provable.contracts.loading.read_checked``, as ``pv validate`` reads them: a
     contract validate refuses is a row with the first refusal as its error (every refusal
     is in ``findings``), never a row built from what could be read of it."""
     rows: list[ContractRow] = []
