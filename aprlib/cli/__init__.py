@@ -1,0 +1,3 @@
+"""The ``apr`` command: one module per command group; each imports its engine only when its
+command runs.
+"""

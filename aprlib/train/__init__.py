@@ -1,0 +1,1 @@
+"""Fine-tuning: the training loop, checkpoints, and the token streams it reads."""

@@ -1,0 +1,3 @@
+"""The ``pv`` command: ``main`` parses and dispatches, ``analysis`` holds the per-contract
+analysis commands, ``exits`` the exit codes they share.
+"""
