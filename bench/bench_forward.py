@@ -11,6 +11,11 @@ this CPU. Measured in one run, each against its baseline:
   files) is printed apart from its compute;
 * bisect's peak RSS in a fresh interpreter vs one model's float32 size (target < 2x).
 
+Bisect and its floor are timed in alternating rounds (``--bisect-rounds``), each the best
+of its rounds, so that load from other work on a shared machine falls on both alike (the
+floor was always a best of three; a median bisect beside it counted any such load against
+bisect alone). Every figure is printed beside its same-run baseline, under the CPU model.
+
     python bench/bench_forward.py [--layers 24] [--repeat 3]
 
 The bench writes two ~2 GB safetensors files under a temporary folder and needs ~8 GB RAM;
@@ -20,6 +25,8 @@ it is not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import re
 import statistics
 import subprocess
@@ -30,11 +37,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# run as a script: the repository root first on sys.path, and bench/ itself off it, or
+# bench/kernels.py shadows the `kernels` package transformers imports
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
-from aprlib import DType, Transformer, model_from_arrays, qwen2_0_5b, write_model
-from aprlib.compare.shapes import expected_shapes
-from aprlib.forward.trace import trace_forward
+from aprlib import DType, Transformer, model_from_arrays, qwen2_0_5b, write_model  # noqa: E402
+from aprlib.compare.shapes import expected_shapes  # noqa: E402
+from aprlib.forward.trace import trace_forward  # noqa: E402
 
 BISECT = (  # timed from before torch is imported: a user waits for all of it
     "import re, sys, time\n"
@@ -55,8 +66,19 @@ BISECT = (  # timed from before torch is imported: a user waits for all of it
     "took = time.perf_counter() - start\n"
     "status = open('/proc/self/status').read()\n"
     "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)\n"
-    "print('VmHWM', hwm, took, loading, file=sys.stderr)\n"
+    "print('VmHWM', hwm, took, loading, torch.get_num_threads(), file=sys.stderr)\n"
 )
+
+
+def cpu_model() -> str:
+    """The CPU every figure was taken on (each is only comparable on the same kind)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def best(fn, repeat: int) -> float:
@@ -102,6 +124,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bisect-rounds", type=int, default=3)
     args = parser.parse_args()
 
     import dataclasses
@@ -112,6 +135,7 @@ def main() -> None:
     tokens = torch.randint(
         0, cfg.vocab_size, (1, args.tokens), generator=torch.Generator().manual_seed(1)
     )
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}")
     print(
         f"Qwen2.5-0.5B shape, {args.layers} layers, {model_bytes / 1e9:.2f} GB float32, "
         f"1x{args.tokens} tokens, torch threads {torch.get_num_threads()}"
@@ -130,12 +154,17 @@ def main() -> None:
         layer = args.layers // 2
         a, b = write_pair(state, cfg, Path(tmp), layer)
         state.clear()
-        t_two = time_two_forwards(a, b, tokens)
-        rss, t_bisect, t_start, found = run_bisect(a, b, tokens, 2)
+        t_two, rss, t_bisect, t_start, found, threads, t_median = time_bisect(
+            a, b, tokens, args.bisect_rounds
+        )
     print(
         f"bisect    A+B forwards {t_two:.3f} s   bisect {t_bisect:.3f} s   ratio "
         f"{t_bisect / t_two:.2f}x (target < 3x)   introduced at {found} "
         f"(injected: layers.{layer}.attn.k.post_bias)"
+    )
+    print(
+        f"bisect    best of {args.bisect_rounds} rounds each; bisect's median "
+        f"{t_median:.3f} s = {t_median / t_two:.2f}x; torch threads in bisect {threads}"
     )
     print(
         f"bisect    of which start-up {t_start:.3f} s (import torch and aprlib, open both "
@@ -179,38 +208,56 @@ def write_pair(state, cfg, folder: Path, layer: int) -> tuple[Path, Path]:
     return a, b
 
 
-def time_two_forwards(a: Path, b: Path, tokens: torch.Tensor) -> float:
-    """The floor bisect is held to: A's and B's forwards, each warm, best of three."""
+def time_bisect(
+    a: Path, b: Path, tokens: torch.Tensor, rounds: int
+) -> tuple[float, int, float, float, str, int, float]:
+    """The floor and ``apr bisect`` in alternating rounds: (best floor, peak RSS, best
+    bisect, its start-up, first point, bisect's torch threads, median bisect)."""
     net_a, net_b = Transformer.from_file(a), Transformer.from_file(b)
+    floors, runs = [], []
+    for _ in range(rounds):
+        floors.append(time_two_forwards(net_a, net_b, tokens))
+        runs.append(run_bisect(a, b, tokens))
+    took, start, _, found, threads = min(runs)
+    return (
+        min(floors),
+        max(r[2] for r in runs),
+        took,
+        start,
+        found,
+        threads,
+        statistics.median(r[0] for r in runs),
+    )
+
+
+def time_two_forwards(net_a: Transformer, net_b: Transformer, tokens: torch.Tensor) -> float:
+    """The floor bisect is held to: A's and B's forwards, each warm, best of three."""
     with torch.no_grad():
         net_a(tokens), net_b(tokens)  # warm both: page faults are not the forward
         return best(lambda: (net_a(tokens), net_b(tokens)), 3)
 
 
-def run_bisect(a: Path, b: Path, tokens: torch.Tensor, runs: int) -> tuple[int, float, float, str]:
-    """``apr bisect A B`` in a fresh interpreter: (peak RSS bytes, seconds, of which start-up
-    seconds, first point)."""
+def run_bisect(a: Path, b: Path, tokens: torch.Tensor) -> tuple[float, float, int, str, int]:
+    """``apr bisect A B`` in a fresh interpreter: (seconds, of which start-up seconds, peak
+    RSS bytes, first point, torch threads)."""
     ids = ",".join(map(str, tokens[0].tolist()))
-    results, found = [], None
-    for _ in range(runs):
-        proc = subprocess.run(
-            [sys.executable, "-c", BISECT, str(a), str(b), ids],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        m = re.search(r"VmHWM (\d+) ([\d.]+) ([\d.]+)", proc.stderr)
-        if m is None:
-            raise SystemExit(f"bisect failed: {proc.stderr[-2000:]}")
-        results.append((int(m.group(1)) * 1024, float(m.group(2)), float(m.group(3))))
-        hit = re.search(r'"introduced": \[\s*"([^"]+)"', proc.stdout)
-        found = hit.group(1) if hit else None
+    proc = subprocess.run(
+        [sys.executable, "-c", BISECT, str(a), str(b), ids],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    m = re.search(r"VmHWM (\d+) ([\d.]+) ([\d.]+) (\d+)", proc.stderr)
+    if m is None:
+        raise SystemExit(f"bisect failed: {proc.stderr[-2000:]}")
+    hit = re.search(r'"introduced": \[\s*"([^"]+)"', proc.stdout)
     return (
-        max(r[0] for r in results),
-        statistics.median(r[1] for r in results),
-        statistics.median(r[2] for r in results),
-        str(found),
+        float(m.group(2)),
+        float(m.group(3)),
+        int(m.group(1)) * 1024,
+        str(hit.group(1) if hit else None),
+        int(m.group(4)),
     )
 
 

@@ -30,6 +30,8 @@ def transpose_ffn(monkeypatch):
         return raw
 
     monkeypatch.setattr(output, "encode", encode)
+    # every tensor through encode: same-dtype bytes otherwise go file to file, unencoded
+    monkeypatch.setattr(output, "unchanged_span", lambda t, dtype: None)
 
 
 def test_apr_001_catches_a_transposing_converter(tiny_factory, tmp_path, transpose_ffn):

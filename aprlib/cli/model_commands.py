@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aprlib.formats import jsonout
-from aprlib.forward.trace import MAX_ABSMAX_RATIO, MAX_STD_RATIO
+from aprlib.forward.gates import MAX_ABSMAX_RATIO, MAX_STD_RATIO
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DTYPES = ("float32", "float64", "bfloat16", "float16")

@@ -122,8 +122,7 @@ class AprWriter:
         self._fh: Any = None
         self._output: Any = None
         self._tmp: Path | None = None
-        self._pool: Any = None
-        self._copies: list[Any] = []
+        self._copier: output.SpanCopier | None = None
 
     def __enter__(self) -> AprWriter:
         self._output = atomic_output(self.path)
@@ -156,35 +155,18 @@ class AprWriter:
     ) -> None:
         """Write a tensor whose bytes lie unchanged in ``source`` at ``offset``.
 
-        The kernel copies file to file (copy_file_range, on a background thread) while a
-        buffered read here computes the CRC: no page of the source is mapped into this
-        process, which is faster and keeps RSS flat.
+        The bytes go file to file (``output.SpanCopier``): read once into a reused
+        cache-sized buffer, the CRC computed there as they pass, written from there; no
+        page of the source is mapped into this process, no tensor is whole in memory, and
+        the write-back of what was written starts at once.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         entry = self._expect(name)
-        self._fh.flush()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apr-copy")
+        if self._copier is None:
+            self._fh.flush()  # the buffered header and metadata are written first
+            self._copier = output.SpanCopier(self._fh.fileno())
         dest = self.data_offset + entry.offset
-        self._copies.append(
-            self._pool.submit(
-                _copy_file, str(source), self._fh.fileno(), entry.nbytes, offset, dest
-            )
-        )
-        crc, buf = 0, bytearray(min(entry.nbytes, 16 << 20) or 1)
-        view = memoryview(buf)
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            done = 0
-            while done < entry.nbytes:
-                n = os.preadv(fd, [view[: entry.nbytes - done]], offset + done)
-                if n <= 0:
-                    raise FileChangedError(source, "file changed: it ends early", tensor=name)
-                crc = zlib.crc32(view[:n], crc)
-                done += n
-        finally:
-            os.close(fd)
+        crc = self._copier.copy(source, offset, entry.nbytes, dest, crc=True, tensor=name)
+        assert crc is not None
         if check_crc is not None:  # an APR source: what was copied is what it stored
             check_crc(crc)
         self._written(entry, crc)
@@ -213,15 +195,13 @@ class AprWriter:
             exc_type, exc, tb = type(failure), failure, failure.__traceback__
             raise
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            if self._copier is not None:
+                self._copier.close()
             if self._fh is not None and not self._fh.closed:
                 self._fh.close()
             self._output.__exit__(exc_type, exc, tb)  # renames on success, else removes
 
     def _finish(self) -> None:
-        for copy in self._copies:
-            copy.result()  # re-raises a failed background copy
         fh = self._fh
         fh.truncate(self.data_offset + self.data_length)
         index = encode_index(self.entries)
@@ -245,41 +225,6 @@ class AprWriter:
         fh.write(head)
         fh.flush()
         fh.close()
-
-
-def _copy_file(source: str, out: int, count: int, offset: int, dest: int) -> None:
-    """Copy ``count`` bytes of ``source`` at ``offset`` into ``out`` at ``dest``."""
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if _copy_range(fd, out, count, offset, dest):
-            return
-        buf = memoryview(bytearray(min(count, 16 << 20) or 1))
-        done = 0
-        while done < count:  # no copy_file_range here: read and write
-            n = os.preadv(fd, [buf[: count - done]], offset + done)
-            if n <= 0:
-                raise FileChangedError(source, "file changed: it ends early")
-            os.pwrite(out, buf[:n], dest + done)
-            done += n
-    finally:
-        os.close(fd)
-
-
-def _copy_range(src: int, dst: int, count: int, src_offset: int, dst_offset: int) -> bool:
-    """copy_file_range until done; False (nothing guaranteed) where the kernel can't."""
-    copy = getattr(os, "copy_file_range", None)
-    if copy is None:
-        return False
-    done = 0
-    try:
-        while done < count:
-            n = copy(src, dst, count - done, src_offset + done, dst_offset + done)
-            if n == 0:
-                return False
-            done += n
-    except OSError:
-        return False
-    return True
 
 
 class AprFile:
@@ -638,8 +583,9 @@ def write_apr(
     plan = [PlannedTensor(t.name, output.output_dtype(t, dtype), t.shape) for t in tensors]
     with AprWriter(dst, metadata, plan) as w:
         for t, p in zip(tensors, plan, strict=True):
-            if p.dtype == t.dtype and t.span is not None:
-                w.copy(t.name, *t.span, check_crc=t.check_crc)
+            span = output.unchanged_span(t, p.dtype)
+            if span is not None:
+                w.copy(t.name, *span, check_crc=t.check_crc)
             else:
                 w.write(t.name, output.encode(t, p.dtype))
             report.advance(t.name, nbytes(p.dtype, p.shape), progress)

@@ -44,7 +44,7 @@ class DType(IntEnum):
 
     @property
     def info(self) -> DTypeInfo:
-        return _INFO[self]
+        return _info(self)
 
     @classmethod
     def from_code(cls, code: int) -> DType | None:
@@ -87,34 +87,44 @@ _INFO = {
     DType.BF16: DTypeInfo(1, 2, None, "BF16"),
     DType.Q8_0: DTypeInfo(32, 34, None),  # f16 scale + 32 x int8
     DType.Q4_K: DTypeInfo(256, 144, None),  # f16 d, f16 dmin, 12 bytes scales, 128 bytes nibbles
-    # read and passed through as raw blocks, decoded by gguf.quants (llama.cpp's mixes:
-    # Q4_K_M holds Q6_K, older files Q4_0/Q4_1/Q5_0/Q5_1, i-quants)
-    **{
-        d: DTypeInfo(*_ggml_block(d), None)
-        for d in (
-            DType.Q4_0,
-            DType.Q4_1,
-            DType.Q5_0,
-            DType.Q5_1,
-            DType.Q2_K,
-            DType.Q3_K,
-            DType.Q5_K,
-            DType.Q6_K,
-            DType.IQ2_XXS,
-            DType.IQ2_XS,
-            DType.IQ3_XXS,
-            DType.IQ1_S,
-            DType.IQ4_NL,
-            DType.IQ3_S,
-            DType.IQ2_S,
-            DType.IQ4_XS,
-            DType.IQ1_M,
-            DType.TQ1_0,
-            DType.TQ2_0,
-            DType.MXFP4,
-        )
-    },
 }
+#: read and passed through as raw blocks, decoded by gguf.quants (llama.cpp's mixes: Q4_K_M
+#: holds Q6_K, older files Q4_0/Q4_1/Q5_0/Q5_1, i-quants); their block sizes come from the
+#: gguf package's table on first use, so that reading a safetensors or APR file never
+#: imports gguf (~0.1 s of every ``apr diff``'s start-up)
+_LLAMA_CPP_ONLY = (
+    DType.Q4_0,
+    DType.Q4_1,
+    DType.Q5_0,
+    DType.Q5_1,
+    DType.Q2_K,
+    DType.Q3_K,
+    DType.Q5_K,
+    DType.Q6_K,
+    DType.IQ2_XXS,
+    DType.IQ2_XS,
+    DType.IQ3_XXS,
+    DType.IQ1_S,
+    DType.IQ4_NL,
+    DType.IQ3_S,
+    DType.IQ2_S,
+    DType.IQ4_XS,
+    DType.IQ1_M,
+    DType.TQ1_0,
+    DType.TQ2_0,
+    DType.MXFP4,
+)
+
+
+def _info(d: DType) -> DTypeInfo:
+    info = _INFO.get(d)
+    if info is None:
+        if d not in _LLAMA_CPP_ONLY:
+            raise KeyError(d)
+        info = _INFO[d] = DTypeInfo(*_ggml_block(d), None)
+    return info
+
+
 #: what aprlib can encode (``--dtype``); every other type is read and passed through
 ENCODABLE = (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_K)
 

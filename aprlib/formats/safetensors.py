@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -280,11 +281,43 @@ def write_safetensors(
     with atomic_output(dst) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(struct.pack("<Q", len(head)) + head)
-            for t, out in plan:
-                data = np.ascontiguousarray(output.encode(t, out))
-                fh.write(data.data)
-                report.advance(t.name, data.nbytes, progress)
+            fh.flush()
+            _write_data(fh.fileno(), 8 + len(head), plan, report, progress)
         write_hf_config(model.config, dst.parent)
+
+
+def _write_data(
+    fd: int,
+    pos: int,
+    plan: list[tuple[Tensor, DType]],
+    report: output.ConvertReport,
+    progress: output.Progress,
+) -> None:
+    """Tensors back to back from ``pos``: one whose bytes lie unchanged in its source goes
+    file to file (``output.SpanCopier``; an APR source's CRC32 checked as they pass),
+    others are encoded and written."""
+    copier = output.SpanCopier(fd)
+    try:
+        for t, out in plan:
+            size = nbytes(out, t.shape)
+            span = output.unchanged_span(t, out)
+            if span is not None:
+                source, offset = span
+                crc = copier.copy(source, offset, size, pos, crc=t.checksummed, tensor=t.name)
+                if crc is not None:
+                    t.check_crc(crc)
+            else:
+                data = np.ascontiguousarray(output.encode(t, out)).reshape(-1).view(np.uint8)
+                if data.nbytes != size:
+                    raise ValueError(f"tensor {t.name!r}: {data.nbytes} bytes, expected {size}")
+                done = 0
+                while done < size:
+                    done += os.pwrite(fd, data.data[done:], pos + done)
+            pos += size
+            report.advance(t.name, size, progress)
+    finally:
+        copier.close()
+    os.ftruncate(fd, pos)
 
 
 def _check_sayable(cfg: ModelConfig | None) -> None:

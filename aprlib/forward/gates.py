@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the default gates of ``apr trace --compare``: B's statistic over A's at one point, either way
+#: (a ratio r counts as max(r, 1/r)). Two forwards of one model in float32 and bfloat16, or
+#: on two backends, sit within a few percent; a mis-scaled tensor or a dropped norm moves
+#: a point's spread by a factor.
+MAX_STD_RATIO = 1.25
+MAX_ABSMAX_RATIO = 2.0
+
 
 class Gated:
     """Mixin for a result with ``gates``: its ``failed`` gate names and its ``verdict``."""

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aprlib.forward.gates import Gated
+from aprlib.forward.gates import MAX_ABSMAX_RATIO, MAX_STD_RATIO, Gated
 
 SCOPES = ("all", "last")
 
@@ -187,14 +187,6 @@ def compare_traces(a: Trace, b: Trace) -> list[PointComparison]:
         if (p.name, p.scope) not in seen
     )
     return rows
-
-
-#: default gates of ``apr trace --compare``: B's statistic over A's at one point, either way
-#: (a ratio r counts as max(r, 1/r)). Two forwards of one model in float32 and bfloat16, or
-#: on two backends, sit within a few percent; a mis-scaled tensor or a dropped norm moves
-#: a point's spread by a factor.
-MAX_STD_RATIO = 1.25
-MAX_ABSMAX_RATIO = 2.0
 
 
 @dataclass
