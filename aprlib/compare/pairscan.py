@@ -63,11 +63,11 @@ def _load_memcmp() -> Any:
     """libc's memcmp through ctypes (numpy has no allocation-free byte compare: its
     array_equal builds a boolean array). ctypes drops the GIL for the call."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        memcmp = libc.memcmp
+        # the process's own symbols hold libc's memcmp; ctypes.util.find_library("c") would
+        # run ldconfig in a child process on every ``apr diff``'s start-up
+        memcmp = ctypes.CDLL(None).memcmp
     except (OSError, AttributeError):  # pragma: no cover - platforms without a C library
         return None
     memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]

@@ -9,10 +9,10 @@ the bytes of the tensors that differ, never a compare of every pair with every o
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import defaultdict
 
+from aprlib.compare.chunks import chunks  # never a whole model at once
 from aprlib.formats.io import Tensor
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -21,7 +21,7 @@ _PROJ = re.compile(r"^(.*\.)?([a-z]+_[a-z]+)\.(weight|bias)$")
 
 def fingerprint(t: Tensor) -> bytes:
     """Same values in any dtype that decodes to the same float32s, same fingerprint."""
-    from aprlib.compare.chunks import chunks  # never a whole model at once
+    import hashlib  # here: only a diff that finds moved tensors pays for it
 
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(tuple(t.shape)).encode())
