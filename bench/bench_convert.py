@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import struct
 import subprocess
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine  # bench/ is this script's folder
 
 QWEN = dict(
     vocab_size=151936,
@@ -120,25 +120,6 @@ STARTUP = (
     "if sys.argv[1] == 'gguf':\n"
     "    import gguf\n"
 )
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load average {load:.2f} at start; "
-        f"Python {platform.python_version()}"
-    )
 
 
 def settle(*paths: Path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 from aprlib import DType, Transformer, model_from_arrays, qwen2_0_5b, write_model  # noqa: E402
 from aprlib.compare.shapes import expected_shapes  # noqa: E402
 from aprlib.forward.trace import trace_forward  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
 
 BISECT = (  # timed from before torch is imported: a user waits for all of it
     "import re, sys, time\n"
@@ -68,17 +68,6 @@ BISECT = (  # timed from before torch is imported: a user waits for all of it
     "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)\n"
     "print('VmHWM', hwm, took, loading, torch.get_num_threads(), file=sys.stderr)\n"
 )
-
-
-def cpu_model() -> str:
-    """The CPU every figure was taken on (each is only comparable on the same kind)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def best(fn, repeat: int) -> float:

@@ -23,17 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/ is this script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def wall(code: str, repeat: int) -> tuple[float, float]:

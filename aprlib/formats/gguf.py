@@ -595,7 +595,7 @@ def _write_data(
     align = writer.data_alignment
     pos = _pad(writer.fout[0].tell(), align)
     if rope_freqs is not None:  # llama.cpp's converter writes it first
-        _pwrite_all(fd, memoryview(np.ascontiguousarray(rope_freqs).tobytes()), pos)
+        output.pwrite_all(fd, rope_freqs, pos)
         pos += _pad(rope_freqs.nbytes, align)
     permute = cfg.architecture in layout.PERMUTED_QK_ARCHS
     copier = output.SpanCopier(fd)
@@ -607,21 +607,13 @@ def _write_data(
                 else None
             )
             size = nbytes(out, t.shape)
-            span = output.unchanged_span(t, out) if heads is None else None
-            if span is not None:
-                source, offset = span
-                crc = copier.copy(source, offset, size, pos, crc=t.checksummed, tensor=t.name)
-                if crc is not None:
-                    t.check_crc(crc)
-            else:
+            if heads is not None or not copier.copy_unchanged(t, out, pos):
                 data = np.ascontiguousarray(output.encode(t, out))
                 if heads is not None:
-                    data = np.ascontiguousarray(
-                        layout.permute_qk(data.reshape(t.shape[0], -1), heads)
-                    ).reshape(-1)
+                    data = layout.permute_qk(data.reshape(t.shape[0], -1), heads)
                 if data.nbytes != size:
                     raise ValueError(f"tensor {t.name!r}: {data.nbytes} bytes, expected {size}")
-                _pwrite_all(fd, data.reshape(-1).view(np.uint8).data, pos)
+                output.pwrite_all(fd, data, pos)
             pos += _pad(size, align)
             report.advance(t.name, size, progress)
     finally:
@@ -631,12 +623,6 @@ def _write_data(
 
 def _pad(n: int, align: int) -> int:
     return -(-n // align) * align
-
-
-def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], pos + done)
 
 
 def _pack_strings(items: list[str]) -> bytes:

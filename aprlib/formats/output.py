@@ -160,6 +160,16 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
     return start
 
 
+def pwrite_all(fd: int, data: np.ndarray | memoryview, pos: int) -> None:
+    """All of ``data`` (an array's bytes, or a byte view) at ``pos`` of ``fd``: ``pwrite`` may
+    write less than asked."""
+    view = data if isinstance(data, memoryview) else np.ascontiguousarray(data).reshape(-1).data
+    view = view.cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], pos + done)
+
+
 class SpanCopier:
     """Copies byte spans of source files into one output file, file to file.
 
@@ -209,6 +219,20 @@ class SpanCopier:
             self._writeback(self.out, dest + done, n)
             done += n
         return None
+
+    def copy_unchanged(self, t: Tensor, dtype: DType, dest: int) -> bool:
+        """``t`` written as ``dtype`` at ``dest`` by copying its stored bytes, its CRC32
+        checked as they pass where it has one; False (nothing written) where its bytes must
+        be made by ``encode``."""
+        span = unchanged_span(t, dtype)
+        if span is None:
+            return False
+        source, offset = span
+        size = nbytes(dtype, t.shape)
+        crc = self.copy(source, offset, size, dest, crc=t.checksummed, tensor=t.name)
+        if crc is not None:
+            t.check_crc(crc)
+        return True
 
     def _through_buffer(
         self,

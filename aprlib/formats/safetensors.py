@@ -300,19 +300,11 @@ def _write_data(
     try:
         for t, out in plan:
             size = nbytes(out, t.shape)
-            span = output.unchanged_span(t, out)
-            if span is not None:
-                source, offset = span
-                crc = copier.copy(source, offset, size, pos, crc=t.checksummed, tensor=t.name)
-                if crc is not None:
-                    t.check_crc(crc)
-            else:
-                data = np.ascontiguousarray(output.encode(t, out)).reshape(-1).view(np.uint8)
+            if not copier.copy_unchanged(t, out, pos):
+                data = output.encode(t, out)
                 if data.nbytes != size:
                     raise ValueError(f"tensor {t.name!r}: {data.nbytes} bytes, expected {size}")
-                done = 0
-                while done < size:
-                    done += os.pwrite(fd, data.data[done:], pos + done)
+                output.pwrite_all(fd, data, pos)
             pos += size
             report.advance(t.name, size, progress)
     finally:
