@@ -9,7 +9,8 @@ as the diff uses (the faster is the floor: a diff on N threads is held to a read
 threads). Each `apr diff` runs in a fresh interpreter and reports two times: the command's
 wall time, start-up included, and the time of its work (open both files and diff), which is
 what scales with the model. Targets (issue 27): the diff's work <= 1.5x its read floor and
-its wall time <= 2x one plain read of both files, in every pair of formats; a diff against the q8_0 / Q4_K GGUF <= 3x the BF16 safetensors-vs-GGUF diff;
+its wall time <= 2x one plain read of both files, in every pair of formats; a diff
+against the q8_0 / Q4_K GGUF <= 3x the BF16 safetensors-vs-GGUF diff;
 `apr convert --dtype q8_0` peak RSS <= 1.5x the largest tensor + 300 MB.
 
     python bench/bench_diff.py [--layers 24] [--skip-q4k] [--keep DIR]

@@ -104,3 +104,41 @@ def test_without_copy_file_range_the_gguf_is_the_same_file(tiny_qwen2, tmp_path,
     buffered = tmp_path / "buffered.gguf"
     convert(tiny_qwen2.safetensors, buffered)
     assert kernel.read_bytes() == buffered.read_bytes()
+
+
+@pytest.mark.parametrize("source_suffix", [".apr", ".safetensors", ".gguf"])
+@pytest.mark.parametrize("suffix", [".apr", ".gguf", ".safetensors"])
+def test_a_source_replaced_after_opening_is_an_error_not_its_bytes(tmp_path, source_suffix, suffix):
+    """Copying by path reads whatever file is there now: another file put in its place
+    (``os.replace``, as every atomic writer does) must be ``FileChangedError``, never the
+    other file's bytes at the first one's offsets (sealed with a fresh CRC in an APR)."""
+    import os
+
+    from aprlib import FileChangedError
+
+    a = _apr(tmp_path)
+    src = tmp_path / f"src{source_suffix}"
+    convert(a, src)
+    other = tmp_path / f"other{source_suffix}"
+    convert(a, other)
+    out = tmp_path / "out" / f"m{suffix}"
+    out.parent.mkdir()
+    with open_model(src) as m:
+        os.replace(other, src)
+        with pytest.raises(FileChangedError, match="another file is at this path"):
+            write_model(m, out)
+    assert not out.exists() and not list(out.parent.glob(".m*"))
+
+
+def test_a_diff_of_a_replaced_source_is_an_error(tmp_path):
+    import os
+
+    from aprlib import FileChangedError, diff_models
+
+    a = _apr(tmp_path)
+    b = tmp_path / "b.apr"
+    convert(a, b)
+    with open_model(a) as ma, open_model(b) as mb:
+        os.replace(b, a)  # A's path now names B's file: same bytes, another file
+        with pytest.raises(FileChangedError):
+            diff_models(ma, mb)

@@ -105,3 +105,21 @@ def test_scaffold_of_real_contracts_compiles_with_one_test_per_falsifier(tmp_pat
     assert text.count("not_yet_written(") == len(contract.falsifiers)
     assert "pytest.fail(" not in text
     assert text.count(f"    {PLACEHOLDER_IMPORT}\n") == len(contract.falsifiers)
+
+
+def test_an_id_too_long_for_a_file_name_is_refused_not_a_traceback(tmp_path):
+    """A safe-shaped id of 250 characters makes a module name the file system cannot hold
+    (with the atomic write's temp file beside it): a refusal naming the size, nothing
+    written, where it was an OSError traceback."""
+    from provable.reports.skeleton import MAX_MODULE_NAME_BYTES, ScaffoldRefused
+
+    path = tmp_path / "c.yaml"
+    path.write_text(MINI_CONTRACT, encoding="utf-8")
+    contract = load_contract(path)
+    contract.id = "a" * 250
+    out = tmp_path / "out"
+    with pytest.raises(ScaffoldRefused, match=r"bytes .*file names hold 255"):
+        scaffold(contract, out)
+    assert not out.exists() or not any(out.iterdir())
+    contract.id = "a" * (MAX_MODULE_NAME_BYTES - len("test_.py"))
+    assert scaffold(contract, out).path.is_file()  # the longest that fits is written

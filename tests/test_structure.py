@@ -82,13 +82,12 @@ def imports(sources: Mapping[str, str]) -> Iterator[Import]:
                         private = alias.name if _private(alias.name) else None
                         yield Import(importer, base, node.lineno, private)
         for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Attribute)
-                and isinstance(node.value, ast.Name)
-                and node.value.id in bound
-                and _private(node.attr)
-            ):
+            if not isinstance(node, ast.Attribute) or not _private(node.attr):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in bound:
                 yield Import(importer, bound[node.value.id], node.lineno, node.attr)
+            elif ast.unparse(node.value) in sources:  # ``import a.b`` then ``a.b._x``
+                yield Import(importer, ast.unparse(node.value), node.lineno, node.attr)
 
 
 def _absolute(node: ast.ImportFrom, importer: str, is_package: bool) -> str | None:
@@ -234,6 +233,27 @@ def test_a_planted_private_import_is_found() -> None:
     assert problems(sources, TOY_LAYERS) == ["pkg.low.b:2 takes _x from pkg.low.a"]
 
 
+def test_a_planted_private_attribute_through_a_dotted_import_is_found() -> None:
+    sources = toy(pkg__low__a="_x = 1\n", pkg__low__b="import pkg.low.a\ny = pkg.low.a._x\n")
+    assert problems(sources, TOY_LAYERS) == ["pkg.low.b:2 takes _x from pkg.low.a"]
+
+
+def test_aprlib_and_provable_never_import_each_other() -> None:
+    """provable is a generic contract engine, aprlib knows nothing of contracts: only the
+    falsifiers join them (DESIGN §2)."""
+    for package, other in (("aprlib", "provable"), ("provable", "aprlib")):
+        for name, source in package_sources(package).items():
+            for node in ast.walk(ast.parse(source)):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                assert not any(n.split(".")[0] == other for n in names), (name, node.lineno)
+
+
 def test_a_planted_upward_import_is_found() -> None:
     sources = toy(pkg__high__a="X = 1\n", pkg__low__b="from pkg.high.a import X\n")
     assert problems(sources, TOY_LAYERS) == [
@@ -259,3 +279,16 @@ def test_downward_and_floor_imports_are_allowed() -> None:
     )
     sources["pkg"] = "from pkg.high.b import E\n"  # the root re-exports
     assert problems(sources, TOY_LAYERS) == []
+
+
+def test_child_processes_put_the_folder_holding_the_package_on_their_path() -> None:
+    """A child started with ``-I`` (binding checks) or a fresh PYTHONPATH (the llama.cpp
+    oracle) must import this checkout's package: its root is the folder *holding* the
+    package, which moved one level up when the modules moved into folders."""
+    from aprlib.forward import llamacpp
+
+    assert (Path(llamacpp._PACKAGE_ROOT) / "aprlib" / "__init__.py").is_file()
+    for module in ("provable/reports/binding.py", "provable/reports/bound.py"):
+        source = (ROOT / module).read_text()
+        assert "Path(__file__).resolve().parents[2]" in source, module
+        assert (Path(ROOT / module).resolve().parents[2] / "provable" / "__init__.py").is_file()

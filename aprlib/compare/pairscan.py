@@ -124,7 +124,7 @@ def _raw_rows(
     path, offset = t.span
     crc = 0
     check = check and t.checksummed
-    with FileSource(path) as src:
+    with FileSource(path, expect=t.span_file) as src:
         for start in range(0, n, rows):
             view = buf[: min(rows, n - start) * row_bytes]
             src.read_into(view.data, offset + start * row_bytes, t.name)

@@ -152,8 +152,10 @@ class AprWriter:
         source: Path | str,
         offset: int,
         check_crc: Callable[[int], None] | None = None,
+        identity: tuple[int, int] | None = None,
     ) -> None:
-        """Write a tensor whose bytes lie unchanged in ``source`` at ``offset``.
+        """Write a tensor whose bytes lie unchanged in ``source`` at ``offset`` (in the file
+        whose ``FileSource.identity`` is ``identity``, where given).
 
         The bytes go file to file (``output.SpanCopier``): read once into a reused
         cache-sized buffer, the CRC computed there as they pass, written from there; no
@@ -165,7 +167,9 @@ class AprWriter:
             self._fh.flush()  # the buffered header and metadata are written first
             self._copier = output.SpanCopier(self._fh.fileno())
         dest = self.data_offset + entry.offset
-        crc = self._copier.copy(source, offset, entry.nbytes, dest, crc=True, tensor=name)
+        crc = self._copier.copy(
+            source, offset, entry.nbytes, dest, crc=True, tensor=name, identity=identity
+        )
         assert crc is not None
         if check_crc is not None:  # an APR source: what was copied is what it stored
             check_crc(crc)
@@ -553,6 +557,7 @@ def open_apr(path: Path, mapped: bool = False) -> Model:
             name,
             functools.partial(f.raw, name),
             span=(path, f._data_offset + e.offset),
+            span_file=f._src.identity,
             _verify=functools.partial(f.verify, name),
             _check_crc=functools.partial(f.check_crc, name),
         )
@@ -585,7 +590,7 @@ def write_apr(
         for t, p in zip(tensors, plan, strict=True):
             span = output.unchanged_span(t, p.dtype)
             if span is not None:
-                w.copy(t.name, *span, check_crc=t.check_crc)
+                w.copy(t.name, *span, check_crc=t.check_crc, identity=t.span_file)
             else:
                 w.write(t.name, output.encode(t, p.dtype))
             report.advance(t.name, nbytes(p.dtype, p.shape), progress)

@@ -34,8 +34,15 @@ class FileSource:
     """An open regular file with the size it had when opened."""
 
     def __init__(
-        self, path: Path | str, error: type[ModelFileError] = ModelFileError, mapped: bool = False
+        self,
+        path: Path | str,
+        error: type[ModelFileError] = ModelFileError,
+        mapped: bool = False,
+        expect: tuple[int, int] | None = None,
     ) -> None:
+        """``expect``: the ``identity`` of the file a reader opened at this path before; a
+        different file there now (replaced, not rewritten in place) is ``FileChangedError``,
+        never its bytes read at the first file's offsets."""
         self.path = Path(path)
         self.error = error
         self.map: mmap.mmap | None = None
@@ -47,6 +54,12 @@ class FileSource:
             st = os.fstat(self.fd)
             if not stat.S_ISREG(st.st_mode):
                 raise error(self.path, "not a regular file (a FIFO, device or socket)")
+            #: (device, inode): which file this is, whatever its path later names
+            self.identity = (st.st_dev, st.st_ino)
+            if expect is not None and self.identity != expect:
+                raise FileChangedError(
+                    self.path, "file changed: another file is at this path since it was opened"
+                )
         except BaseException:
             os.close(self.fd)
             raise

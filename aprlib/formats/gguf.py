@@ -354,6 +354,7 @@ def _open(path: Path, src: FileSource) -> Model:
                 p.name,
                 functools.partial(src.read, where, p.nbytes, tensor=p.name, field="data"),
                 span=(path, where),
+                span_file=src.identity,
             )
             continue
         rows = p.shape[0] if p.shape else 0

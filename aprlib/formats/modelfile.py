@@ -41,6 +41,9 @@ class Tensor:
     tied_to: str | None = None  # set when this is the embedding standing in for lm_head
     #: (file, byte offset) where raw() lies unchanged, for file-to-file copies
     span: tuple[Path, int] | None = None
+    #: the ``FileSource.identity`` of the file ``span`` lies in: whoever reopens its path
+    #: passes it as ``expect``, so a file replaced since is an error, not other bytes
+    span_file: tuple[int, int] | None = None
     #: the format's integrity check in flat memory, where it has one (APR's CRC32)
     _verify: Callable[[], None] | None = field(default=None, repr=False)
     #: where the bytes at ``span`` carry a stored CRC32 (APR): raises the format's error

@@ -17,6 +17,7 @@ import numpy as np
 
 from aprlib.errors import FileChangedError
 from aprlib.formats.dtypes import DType, from_float32, nbytes, to_float32
+from aprlib.formats.filesource import FileSource
 from aprlib.formats.modelfile import Model, Tensor
 from aprlib.version import __version__
 
@@ -189,24 +190,33 @@ class SpanCopier:
 
     def __init__(self, out: int) -> None:
         self.out = out
-        self._sources: dict[Path, int] = {}
+        self._sources: dict[Path, FileSource] = {}
         self._buf: memoryview | None = None
         self._writeback = _writeback_starter()
 
-    def _source(self, path: Path) -> int:
-        fd = self._sources.get(path)
-        if fd is None:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            self._sources[path] = fd
-        return fd
+    def _source(self, path: Path, identity: tuple[int, int] | None) -> int:
+        """The source's descriptor, opened once; ``identity`` (the reader's
+        ``FileSource.identity``) makes a file replaced since it was read an error."""
+        src = self._sources.get(path)
+        if src is None:
+            src = self._sources[path] = FileSource(path, expect=identity)
+        return src.fd
 
     def copy(
-        self, source: Path | str, offset: int, count: int, dest: int, crc: bool, tensor: str
+        self,
+        source: Path | str,
+        offset: int,
+        count: int,
+        dest: int,
+        crc: bool,
+        tensor: str,
+        identity: tuple[int, int] | None = None,
     ) -> int | None:
         """Copy ``count`` bytes of ``source`` at ``offset`` to ``dest`` of the output; the
-        CRC32 of those bytes when ``crc``, else None."""
+        CRC32 of those bytes when ``crc``, else None. ``identity``: the file the offsets
+        belong to (``Tensor.span_file``)."""
         source = Path(source)
-        fd = self._source(source)
+        fd = self._source(source, identity)
         if crc:
             return self._through_buffer(source, fd, offset, count, dest, tensor, crc=True)
         done = 0
@@ -229,7 +239,9 @@ class SpanCopier:
             return False
         source, offset = span
         size = nbytes(dtype, t.shape)
-        crc = self.copy(source, offset, size, dest, crc=t.checksummed, tensor=t.name)
+        crc = self.copy(
+            source, offset, size, dest, crc=t.checksummed, tensor=t.name, identity=t.span_file
+        )
         if crc is not None:
             t.check_crc(crc)
         return True
@@ -264,8 +276,8 @@ class SpanCopier:
         return value
 
     def close(self) -> None:
-        for fd in self._sources.values():
-            os.close(fd)
+        for src in self._sources.values():
+            src.close()
         self._sources.clear()
 
 

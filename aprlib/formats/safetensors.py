@@ -212,6 +212,7 @@ def open_safetensors(path: Path, mapped: bool = False) -> Model:
                     name,
                     functools.partial(shard.raw, name),
                     span=(file, shard.data_start + shard.entries[name][2]),
+                    span_file=shard.src.identity,
                 )
         if weight_map is not None:
             missing = sorted(set(weight_map) - set(tensors))

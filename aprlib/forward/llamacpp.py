@@ -52,7 +52,9 @@ DEFAULT_TIMEOUT = 300.0
 STDERR_LINES = 40
 #: how long a child that closed its pipe gets to finish dying before it is killed
 REAP_SECONDS = 5.0
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+#: the folder holding ``aprlib/`` (this file is aprlib/forward/llamacpp.py), put on the child's
+#: path so that a checkout that is not installed runs its own aprlib
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def default_timeout() -> float:

@@ -300,7 +300,7 @@ def _run_child(entries: Sequence[Entry], timeout: float) -> _ChildRun:
     """One child over ``entries``, in a folder of its own; its stdout and stderr go to files,
     never to ours, and audit reads them and the report through handles it opened itself."""
     steps = len(entries) + len({module for _, module, _ in entries})
-    own = str(Path(__file__).resolve().parents[1])
+    own = str(Path(__file__).resolve().parents[2])  # the folder holding provable/
     child = [sys.executable or "python3", "-I", "-u", "-c", BOOT, own]
     sys_path = [p for p in sys.path if isinstance(p, str)]
     with tempfile.TemporaryDirectory(prefix="pv-binding-", ignore_cleanup_errors=True) as tmp:

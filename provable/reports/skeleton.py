@@ -73,9 +73,27 @@ def unsafe_id(contract: Contract) -> Finding | None:
     )
 
 
+#: a file name holds 255 bytes on the file systems users have, and the atomic write's temp
+#: file beside the module adds 14 (``.NAME.xxxxxxxx.tmp``)
+MAX_MODULE_NAME_BYTES = 255 - 14
+
+
 def _checked_path(contract: Contract, out: Path) -> Path:
-    """``module_path``, refused unless it resolves below ``out`` (a symlink leaving it)."""
+    """``module_path``, refused unless it resolves below ``out`` (a symlink leaving it) and
+    its name fits a file name (a long id was an ``OSError`` traceback from the temp file)."""
     path = module_path(contract, out)
+    size = len(path.name.encode("utf-8", "surrogateescape"))
+    if size > MAX_MODULE_NAME_BYTES:
+        raise ScaffoldRefused(
+            Finding(
+                contract.shown_path,
+                1,
+                ERROR,
+                "output-path",
+                f"the test module's name would be {size} bytes ({path.name[:40]}...): file "
+                f"names hold 255 and its temp file needs 14 more; nothing written",
+            )
+        )
     if not inside(path, out):
         try:
             target = str(path.resolve())
