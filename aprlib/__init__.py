@@ -124,4 +124,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    """The module's own names and the API not yet imported (``__getattr__`` serves it)."""
+    return sorted({*globals(), *__all__})

@@ -237,7 +237,7 @@ class _Head:
                 f"alignment {alignment!r} is not a power of two up to 65536",
                 field="general.alignment",
             )
-        return kv, infos, -(-self.pos // alignment) * alignment
+        return kv, infos, _pad(self.pos, alignment)
 
 
 @dataclass(frozen=True)
@@ -487,12 +487,7 @@ def add_kv(writer: Any, kv: Iterable[tuple[str, Any]]) -> None:
         elif isinstance(value, str):
             writer.add_string(key, value)
         elif isinstance(value, list):
-            kinds = set(map(type, value))  # one pass over a 150k-token vocabulary
-            if kinds == {str}:
-                writer.add_array(key, value)
-            elif kinds == {int}:
-                writer.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
-            elif value and all(isinstance(v, str) for v in value):
+            if value and all(isinstance(v, str) for v in value):
                 writer.add_array(key, value)
             elif value and all(isinstance(v, int) for v in value):
                 writer.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
