@@ -123,6 +123,17 @@ def tiny_factory(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: torch's threads only contend (a busy 2-core host ran 10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen2(tiny_factory) -> TinyModel:
     return tiny_factory("qwen2", tied=False)

@@ -43,14 +43,23 @@ _API: dict[str, str] = {
     **dict.fromkeys(("Model", "Tensor", "model_from_arrays"), "aprlib.formats.modelfile"),
     **dict.fromkeys(("check_weights_match", "expected_shapes"), "aprlib.compare.shapes"),
     **dict.fromkeys(("Transformer", "Ops"), "aprlib.forward.model"),
+    **dict.fromkeys(("BisectReport", "Side", "Tolerance", "bisect"), "aprlib.forward.bisect"),
+    **dict.fromkeys(
+        ("ActivationDump", "DumpError", "PointMap", "read_dump", "write_dump"),
+        "aprlib.forward.dump",
+    ),
+    "bisect_module": "aprlib.forward.sides",
     **dict.fromkeys(("FinetuneError", "InitLossError", "StepZero"), "aprlib.train.finetune"),
 }
 
 __all__ = [
+    "ActivationDump",
     "AprFormatError",
+    "BisectReport",
     "ConfigError",
     "ConversionError",
     "DType",
+    "DumpError",
     "FileChangedError",
     "FinetuneError",
     "GgufFormatError",
@@ -63,12 +72,17 @@ __all__ = [
     "OracleCrashed",
     "OracleError",
     "OracleTimeout",
+    "PointMap",
     "SafetensorsFormatError",
     "ShapeMismatchError",
+    "Side",
     "StepZero",
     "Tensor",
+    "Tolerance",
     "Transformer",
     "__version__",
+    "bisect",
+    "bisect_module",
     "check_weights_match",
     "convert",
     "diff_models",
@@ -79,6 +93,8 @@ __all__ = [
     "qwen2_0_5b",
     "qwen2_1_5b",
     "qwen2_7b",
+    "read_dump",
+    "write_dump",
     "write_model",
 ]
 
@@ -110,7 +126,10 @@ if TYPE_CHECKING:
     from aprlib.formats.dtypes import DType
     from aprlib.formats.io import open_model
     from aprlib.formats.modelfile import Model, Tensor, model_from_arrays
+    from aprlib.forward.bisect import BisectReport, Side, Tolerance, bisect
+    from aprlib.forward.dump import ActivationDump, DumpError, PointMap, read_dump, write_dump
     from aprlib.forward.model import Ops, Transformer
+    from aprlib.forward.sides import bisect_module
     from aprlib.train.finetune import FinetuneError, InitLossError, StepZero
 
 

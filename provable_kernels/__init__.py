@@ -33,7 +33,7 @@ from provable_kernels.dequant import (
     dequantize_matvec_reference,
     dequantize_reference,
 )
-from provable_kernels.linear import linear, linear_reference
+from provable_kernels.linear import add_bias, linear, linear_reference
 from provable_kernels.ops import TritonOps
 from provable_kernels.rms_norm import rms_norm, rms_norm_reference
 from provable_kernels.rope import rope, rope_cos_sin, rope_reference
@@ -44,6 +44,7 @@ __all__ = [
     "ParityResult",
     "TritonModeError",
     "TritonOps",
+    "add_bias",
     "assert_parity",
     "attention",
     "attention_reference",

@@ -66,6 +66,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out.reshape(*x.shape[:-1], n)
 
 
+@triton.jit
+def _add_bias_kernel(y_ptr, b_ptr, out_ptr, n, width, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs % width, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, y + b, mask=mask)
+
+
+def add_bias(y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``y [..., N] + bias[N]`` in float32, output in y's dtype: the q/k/v bias add, apart
+    from its matmul so both sides of it are capture points."""
+    if bias.shape != (y.shape[-1],):
+        raise ValueError(f"add_bias: y {tuple(y.shape)} and bias {tuple(bias.shape)} do not fit")
+    y, bias = y.contiguous(), bias.contiguous()
+    out = torch.empty_like(y)
+    n = y.numel()
+    size = block(n, 1 << 16)
+    _add_bias_kernel[(triton.cdiv(n, size),)](y, bias, out, n, bias.shape[0], BLOCK=size)
+    return out
+
+
 def linear_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from aprlib.forward.model import Ops
 from provable_kernels.attention import attention
 from provable_kernels.cross_entropy import cross_entropy
-from provable_kernels.linear import linear
+from provable_kernels.linear import add_bias, linear
 from provable_kernels.rms_norm import rms_norm
 from provable_kernels.rope import rope
 from provable_kernels.swiglu import swiglu
@@ -50,6 +50,9 @@ class TritonOps(Ops):
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         return linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    def add_bias(self, y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return add_bias(y, bias.to(y.dtype))
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return rope(x, cos.to(x.dtype), sin.to(x.dtype))

@@ -41,6 +41,7 @@ def op_cases(dtype: torch.dtype):
     cos, sin = provable_kernels.rope_cos_sin(16, torch.arange(6, 11), 10000.0)
     yield "rms_norm", (x, (1 + random(5, (48,))).float(), 1e-6)
     yield "linear", (x, random(6, (40, 48)).float() / 7, random(7, (40,)).float())
+    yield "add_bias", (x, random(11, (48,)).float())
     yield "rope", (q, cos, sin)
     yield "attention", (q, k, v)
     yield "swiglu", (x, random(8, (2, 5, 48)).to(dtype))

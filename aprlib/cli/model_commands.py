@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aprlib.formats import jsonout
-from aprlib.forward.gates import MAX_ABSMAX_RATIO, MAX_STD_RATIO
+from aprlib.forward.gates import EXPECT, MAX_ABSMAX_RATIO, MAX_STD_RATIO
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -75,19 +75,38 @@ def register(sub: Any) -> dict[str, Any]:
 
     bi = sub.add_parser(
         "bisect",
-        help="the first capture point where two forwards diverge",
-        description="Run A and B on the same tokens (B: another file, or A on --backend-b / "
-        "--dtype-b) beside a float64 run of A, streaming, and name the first point that "
-        "INTRODUCES a divergence (inputs agree, output does not): RMSE(B,ref64) > "
-        "m*RMSE(A,ref64) + atol + rtol*RMS(ref64). Exit 0 clean, 1 diverged or bad file.",
+        help="the first capture point where a forward diverges, and in which side",
+        description="Run A and B on the same tokens (B: another file; A on --backend-b / "
+        "--dtype-b; an activation dump another engine wrote; llama.cpp's own graph on a "
+        "GGUF with --backend-b llama.cpp; transformers' modules with --backend-b "
+        "transformers), streaming. Each side is judged against a float64 run of the "
+        "reference on its own weights, with the floor of a clean run in its own arithmetic "
+        "(--expect): RMSE(side,ref64) > m*RMSE(clean,ref64) + atol + rtol*RMS(ref64). Two "
+        "files are also compared weights against weights, configs first. Names the first "
+        "point that INTRODUCES a divergence (inputs agree, output does not), per side. "
+        "Exit 0 clean, 1 diverged or bad file.",
     )
-    bi.add_argument("a", type=Path)
-    bi.add_argument("b", type=Path, nargs="?")
-    bi.add_argument("--tokens", required=True)
+    bi.add_argument("a", type=Path, help="a model file (HF folder, safetensors, APR, GGUF)")
+    bi.add_argument(
+        "b", type=Path, nargs="?", help="another model file, or an activation dump of A's weights"
+    )
+    bi.add_argument("--tokens", help="token ids (a dump carries its own)")
     bi.add_argument("--backend-a", default="reference")
-    bi.add_argument("--backend-b", default="reference")
+    bi.add_argument(
+        "--backend-b",
+        default="reference",
+        help="an Ops backend, or llama.cpp (B a GGUF, or A's GGUF) or transformers",
+    )
     bi.add_argument("--dtype-a", default="float32", choices=DTYPES)
     bi.add_argument("--dtype-b", choices=DTYPES)
+    for side in ("a", "b"):
+        bi.add_argument(
+            f"--expect-{side}",
+            choices=EXPECT,
+            help=f"the rounding side {side.upper()} is expected to show (sets its floor)",
+        )
+    bi.add_argument("--expect", choices=EXPECT, help="same as --expect-b")
+    bi.add_argument("--map", type=Path, help="YAML map from a dump's engine names to points")
     bi.add_argument("--m", type=float, default=2.0, help="noise-floor multiplier (2)")
     bi.add_argument("--atol", type=float, default=0.0)
     bi.add_argument("--rtol", type=float, default=1e-6)
@@ -273,85 +292,143 @@ def _print_trace(trace: Any, scope: str) -> None:
 
 
 def _bisect(args: argparse.Namespace) -> int:
-    from aprlib.forward.bisect import (
-        Tolerance,
-        bisect,
-        load_side,
-        parse_override,
-        twin,
-        write_bundle,
-    )
-    from aprlib.forward.token_ids import check_token_ids, parse_tokens
+    from aprlib.forward.bisect import Tolerance, bisect, parse_override, write_bundle
 
-    tokens = parse_tokens(args.tokens)
-    net_a = load_side(args.a, args.backend_a, args.dtype_a)
-    if args.b is not None:
-        net_b = load_side(args.b, args.backend_b, args.dtype_b or args.dtype_a)
-        label_b = f"{args.b} ({args.backend_b}, {args.dtype_b or args.dtype_a})"
-    elif args.backend_b != args.backend_a or args.dtype_b:
-        net_b = twin(net_a, args.backend_b, args.dtype_b)
-        label_b = f"{args.a} ({args.backend_b}, {args.dtype_b or args.dtype_a})"
-    else:
-        raise ValueError("give B, or --backend-b / --dtype-b to run A another way")
-    for path, net in ((args.a, net_a), (args.b or args.a, net_b)):
-        check_token_ids(tokens, net.config.vocab_size, path)
+    side_a, side_b, tokens = _bisect_sides(args)
     overrides = dict(parse_override(o) for o in args.override)
-    report = bisect(
-        net_a,
-        net_b,
-        tokens,
-        Tolerance(args.m, args.atol, args.rtol),
-        overrides,
-        (f"{args.a} ({args.backend_a}, {args.dtype_a})", label_b),
-    )
+    report = bisect(side_a, side_b, tokens, Tolerance(args.m, args.atol, args.rtol), overrides)
     data = report.to_dict()
     finding = report.first_nonfinite or (report.introduced[0] if report.introduced else None)
-    if args.bundle and finding is not None:
+    if args.bundle and finding is not None and side_b.points is None and side_a.points is None:
         data["bundle"] = [
-            str(p) for p in write_bundle(args.bundle, net_a, net_b, tokens, finding.name)
+            str(p) for p in write_bundle(args.bundle, side_a.net, side_b.net, tokens, finding.name)
         ]
     if args.json:
         print(jsonout.dumps(data))
     else:
-        _print_bisect(report, data)
+        _print_bisect(report)
     return EXIT_OK if report.clean else EXIT_FAIL
 
 
-def _print_bisect(report: Any, data: dict[str, Any]) -> None:
+def _bisect_sides(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
+    """The two sides the command line names, and the tokens they run on."""
+    from aprlib.forward import sides
+    from aprlib.forward.dump import PointMap, is_dump
+    from aprlib.forward.token_ids import check_token_ids, parse_tokens
+
+    expect_b = args.expect_b or args.expect
+    tokens = parse_tokens(args.tokens) if args.tokens else None
+    dump = args.b is not None and is_dump(args.b)
+    if args.map is not None and not dump:
+        raise ValueError("--map applies to an activation dump given as B")
+    if tokens is None and not dump:
+        if args.b is not None and not args.b.is_dir() and is_dump(args.a):
+            raise ValueError(f"{args.a} is an activation dump: give the model first (REF DUMP)")
+        raise ValueError(
+            "--tokens is required"
+            + (f": {args.b} is not an activation dump (which carries its own)" if args.b else "")
+        )
+    if dump and args.dtype_a != "float32":
+        raise ValueError("a dump is judged on REF's weights as stored: --dtype-a does not apply")
+    side_a = sides.file_side(args.a, args.backend_a, args.dtype_a, args.expect_a)
+    if dump:
+        point_map = PointMap.load(args.map) if args.map else None
+        side_b, held = sides.dump_side(side_a, args.b, point_map, expect_b)
+        if tokens is not None and tokens != held.tokens:
+            raise ValueError(f"--tokens differ from the tokens {args.b} was computed on")
+        side_b.ignored = list(held.ignored)
+        return side_a, side_b, held.tokens
+    assert tokens is not None
+    check_token_ids(tokens, side_a.net.config.vocab_size, args.a)
+    dtype_b = args.dtype_b or args.dtype_a
+    if args.backend_b == "llama.cpp":
+        side_b = sides.llamacpp_side(args.b or args.a, tokens, expect_b)
+    elif args.backend_b == "transformers":
+        reference = sides.file_side(args.b) if args.b is not None else side_a
+        side_b = sides.transformers_side(reference, tokens, expect_b)
+    elif args.b is not None:
+        side_b = sides.file_side(args.b, args.backend_b, dtype_b, expect_b)
+    elif args.backend_b != args.backend_a or args.dtype_b:
+        from aprlib.forward.bisect import twin
+
+        net = twin(side_a.net, args.backend_b, args.dtype_b)
+        label = f"{args.a} ({args.backend_b}, {dtype_b})"
+        side_b = type(side_a)(label, net, weights=side_a.weights, expect=expect_b)
+    else:
+        raise ValueError("give B, or --backend-b / --dtype-b to run A another way")
+    check_token_ids(tokens, side_b.net.config.vocab_size, args.b or args.a)
+    return side_a, side_b, tokens
+
+
+def _print_bisect(report: Any) -> None:
     console = _console()
     console.print(f"A: {report.a}\nB: {report.b}\ntokens: {len(report.tokens)}")
-    nonfinite = report.first_nonfinite
-    if nonfinite is not None:
-        side = "B" if nonfinite.nonfinite_b > nonfinite.nonfinite_a else "A"
+    note = report.config_note()
+    if note:
+        console.print(f"[yellow]{note}[/]")
+    if report.weights_differ:
+        names = report.weights_differ
         console.print(
-            f"[red]first NaN/Inf[/] in {side} at {nonfinite.name}: A has "
-            f"{nonfinite.nonfinite_a} values, B {nonfinite.nonfinite_b}"
+            f"weights differ in {len(names)} tensor{'s' if len(names) != 1 else ''}: "
+            f"{', '.join(names[:3])}" + (" ..." if len(names) > 3 else "")
         )
-    if not report.introduced:
-        print("BISECT: CLEAN — every point within its noise floor" if nonfinite is None else "")
-        return
-    first = report.introduced[0]
-    before = report.before(first)
-    for label, p in (("point before", before), ("INTRODUCED at", first)):
-        if p is None:
+    if report.same_weights:
+        console.print("B's weights and config equal A's value for value: one reference")
+    for side in report.trusted:
+        console.print(f"{side}: the reference arithmetic itself (its own floor)")
+    for label, names in report.ignored.items():
+        console.print(
+            f"[yellow]{label}: {len(names)} tensors name no capture point (ignored):[/] "
+            + ", ".join(names[:5])
+            + (" ..." if len(names) > 5 else "")
+        )
+    for check in report.checks:
+        absent = [p.name for p in check.points if p.role == "absent"]
+        console.print(f"[bold]{check.title}[/]: {check.subject}; floor: {check.floor}")
+        if absent:
+            console.print(
+                f"  {len(absent)} points not held (absent, not judged): "
+                + ", ".join(absent[:4])
+                + (" ..." if len(absent) > 4 else "")
+            )
+        nonfinite = check.first_nonfinite
+        if nonfinite is not None:
+            console.print(
+                f"  [red]first NaN/Inf[/] at {nonfinite.name}: clean run has "
+                f"{nonfinite.nonfinite_a} values, {check.title} {nonfinite.nonfinite_b}"
+            )
+        if not check.introduced:
+            if nonfinite is None:
+                console.print("  every held point within its noise floor")
             continue
+        first = check.introduced[0]
+        for label, p in (("point before", check.before(first)), ("INTRODUCED at", first)):
+            if p is None:
+                continue
+            called = f" ({p.engine_name})" if p.engine_name else ""
+            console.print(
+                f"  {label} {p.name}{called}: RMSE(clean,ref64) {p.rmse_a:.3g}  "
+                f"RMSE(side,ref64) {p.rmse_b:.3g}  bound {p.bound:.3g}  "
+                f"({'diverged' if p.diverged else 'agrees'})"
+                + ("  [last token only]" if p.scope == "last" else "")
+            )
         console.print(
-            f"{label} {p.name}: RMSE(A,ref64) {p.rmse_a:.3g}  RMSE(B,ref64) {p.rmse_b:.3g}  "
-            f"bound {p.bound:.3g}  ({'diverged' if p.diverged else 'agrees'})"
+            f"  inputs {', '.join(first.inputs) or '(none)'} agree; would have passed with "
+            f"m >= {first.needed['m']:.3g} or atol >= {first.needed['atol']:.3g}"
         )
-    console.print(
-        f"inputs {', '.join(first.inputs) or '(none)'} agree; would have passed with "
-        f"m >= {first.needed['m']:.3g} or atol >= {first.needed['atol']:.3g}"
-    )
-    inherited = data["inherited"]
-    console.print(
-        f"{len(inherited)} later points inherit it"
-        + (f" (first: {inherited[0]})" if inherited else "")
-    )
-    others = [p.name for p in report.introduced[1:]]
-    if others:
-        console.print(f"also introduced independently: {', '.join(others[:5])}")
-    print(f"BISECT: DIVERGED — introduced at {first.name}")
+        inherited = [p.name for p in check.points if p.role == "inherited"]
+        console.print(
+            f"  {len(inherited)} later points inherit it"
+            + (f" (first: {inherited[0]})" if inherited else "")
+        )
+        others = [p.name for p in check.introduced[1:]]
+        if others:
+            console.print(f"  also introduced independently: {', '.join(others[:5])}")
+    findings = report.findings()
+    if not findings:
+        print("BISECT: CLEAN — every point within its noise floor")
+    else:
+        print("BISECT: DIVERGED — " + "; ".join(findings))
 
 
 # --- qa ----------------------------------------------------------------------------------

@@ -76,9 +76,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(dst: Path | str) -> Iterator[Path]:
+def atomic_output(dst: Path | str, durable: bool = True) -> Iterator[Path]:
     """Yield a fresh temp path beside ``dst``; on success it is synced and renamed onto
-    ``dst``, on any failure (or interrupt) it is removed and ``dst`` is untouched."""
+    ``dst``, on any failure (or interrupt) it is removed and ``dst`` is untouched.
+
+    ``durable=False`` skips the fsyncs: still whole or absent for every reader, but a power
+    loss may leave an empty file (for scratch a program writes again, like a dump)."""
     dst = Path(dst)
     check_destination(dst)
     remove_dead_temps(dst)
@@ -90,14 +93,16 @@ def atomic_output(dst: Path | str) -> Iterator[Path]:
             raise ConversionError(f"{dst}: cannot write there: {exc.strerror}") from None
         try:
             yield tmp
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            if durable:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, dst)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConversionError(f"{dst}: writing failed: {reason}") from None
-        _fsync_dir(dst.parent)
+        if durable:
+            _fsync_dir(dst.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

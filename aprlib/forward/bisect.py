@@ -1,42 +1,62 @@
-"""Bisect two forwards: name the first capture point where a divergence is *introduced*.
+"""Bisect two forwards: name the first capture point where a divergence is *introduced*,
+and in which side.
 
-A and B run in lockstep on the same tokens (B may be another file, another backend or
-another dtype of A), beside a float64 run of A's own weights (the reference). At each point
-the activations themselves are compared and dropped, so memory holds one point per side,
-never a whole forward. The bar is a noise floor, not a fixed atol (torch's accuracy-checker
-rule): a point diverges when
+Two sides run in lockstep on the same tokens. A side is an engine over some weights: the
+reference ``Ops`` over a file, another ``Ops`` backend (Triton, a user's), another compute
+dtype, or activations an engine wrote elsewhere (an activation dump, llama.cpp's graph,
+a transformers model's modules). At each point the activations are compared and dropped,
+so memory holds one point per run, never a whole forward.
 
-    RMSE(B, ref64) > m · RMSE(A, ref64) + ε,   ε = atol + rtol · RMS(ref64)
+**The rule trusts neither side.** A side's activations are judged against a float64 run
+of the reference ``Ops`` on that side's *own* weights (``ref64``), and the bar is the noise
+floor of a run known to be correct: the reference ``Ops`` in the side's own compute dtype
+(its ``--expect``) on the same weights. A point of side S diverges when
 
-A diverged point whose inputs (``capture_graph``) all agree *introduced* the divergence;
-one with a diverged input only *inherits* it. The first NaN/Inf in B (where A is finite)
-is its own finding.
+    RMSE(S, ref64_S) > m · RMSE(clean_S, ref64_S) + ε,   ε = atol + rtol · RMS(ref64_S)
+
+The floor never comes from the side under test: a floor measured on a broken side grows
+with its own error and passes it (a GQA head mapping ``h % n_kv`` on side A once bisected
+CLEAN). Where a side *is* the reference ``Ops`` in its dtype it is its own clean run, is
+trusted, and costs no extra forward.
+
+Two different files also differ in their weights or configs: a third check (``weights``)
+runs B's weights on the reference ``Ops`` against the float64 run of A's, with A's own
+float32 error as the floor, or, with ``--expect`` for B, the error of A's weights rounded
+as B's dtype stores them (bf16, f16, Q8_0, Q4_K: the rounding a faithful conversion makes).
+Differences between the two configs are named before any point.
+
+``--expect`` sets each side's floor from its dtype's rounding, not from a tuned constant:
+
+* ``f32``: the reference ``Ops`` in float32;
+* ``bf16`` / ``f16``: the reference ``Ops`` computing in that dtype throughout;
+* ``q8_0`` / ``q4_k``: float32, every matmul's input rounded to the blocks llama.cpp's
+  CPU kernels quantise it to for those weights (Q8_0 blocks of 32; Q8_K blocks of 256).
+
+A diverged point whose inputs (``capture_graph``; for a point a dump does not hold, the
+nearest held points upstream) all agree *introduced* the divergence; one with a diverged
+input only *inherits* it. The first NaN/Inf where the floor run is finite is its own
+finding.
 
 Speed (the target: under 3x the time of A's and B's forwards) comes from doing the same
 arithmetic with less waste, never from a cheaper reference, so no verdict can change:
 
-* the reference is still a full float64 forward of A's weights from the tokens (not a
-  per-point float64 replay of A's inputs, which would measure one op's rounding instead
-  of A's accumulated error and flag every deep point of a clean twin on another backend);
-* its float32 weights are widened into one reused buffer per thread (``widened_rows``)
-  instead of a fresh copy per block; the widened values are the same exact numbers, only
-  the float64 GEMM may block differently: a change near 1e-16 relative, nine orders below
-  the float32 errors the floor is made of;
+* runs are shared by what they compute: two sides over the same weights share one ref64,
+  and a trusted side is the other side's clean run, so ``apr bisect a b`` and
+  ``--backend-b`` each run three forwards, as before the rule judged both sides;
+* the reference is a full float64 forward from the tokens (not a per-point float64 replay
+  of a side's inputs, which would measure one op's rounding instead of the accumulated
+  error and flag every deep point of a clean twin on another backend);
+* float32 weights are widened into one reused buffer per thread (``widened_rows``)
+  instead of a fresh copy per block: the same exact numbers;
 * each point's numbers come from one pass (``_errors``): the same float64 differences,
   summed by a dot product instead of ``sum`` (last-bit rounding only); NaN/Inf counted
-  where a difference is non-finite (a finite difference has finite operands), and B's
-  numbers taken from A's where B equals A value for value: both shortcuts are exact;
-* the three forwards are generators (``Transformer.points``) stepped in turn on one thread
-  instead of three threads at once: each does the same ops in the same order; they only
-  stop contending for two cores and paying a thread switch at every point. A point is
-  handed over without a copy: its forward is paused until it has been compared, nothing
-  writes to it, and nothing keeps it;
-* the statistics' memory is reused, not faulted in again: each chunk's differences from
-  the reference go into one float64 scratch per thread (``_scratch``). Only where memory
-  comes from changes, never a value; on the bench's VM this took ~30k page faults out of a
-  24-layer bisect. (Keeping glibc's freed blocks for the next op took ~100k more, but it
-  changes malloc's settings for the whole process, from inside a library call, for a gain
-  inside this VM's noise: not done.)
+  where a difference is non-finite (a finite difference has finite operands), and the
+  subject's numbers taken from the floor's where they are equal value for value: both
+  shortcuts are exact;
+* the forwards are generators (``Transformer.points``) stepped in turn on one thread:
+  each does the same ops in the same order; a point is handed over without a copy: its
+  forward is paused until it has been compared, nothing writes to it, nothing keeps it;
+* the statistics' memory is reused (``_scratch``), not faulted in again per point.
 """
 
 from __future__ import annotations
@@ -45,14 +65,25 @@ import fnmatch
 import json
 import math
 import threading
-from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aprlib.forward.model import Transformer, as_reference64, capture_graph
+from aprlib.forward.gates import EXPECT
+from aprlib.forward.model import Ops, Transformer, as_reference64, capture_graph
+
+#: per --expect: (compute dtype of the clean run or None for the side's own, matmul-input blocks)
+ARITHMETIC: dict[str, tuple[torch.dtype | None, str | None]] = {
+    "f32": (torch.float32, None),
+    "bf16": (torch.bfloat16, None),
+    "f16": (torch.float16, None),
+    "q8_0": (torch.float32, "q8_0"),
+    "q4_k": (torch.float32, "q8_K"),
+}
+ACTIVATION_BLOCK = {"q8_0": 32, "q8_K": 256}
 
 
 @dataclass(frozen=True)
@@ -67,15 +98,17 @@ class PointResult:
     name: str
     inputs: tuple[str, ...]
     shape: tuple[int, ...]
-    rmse_a: float  # A vs ref64: the noise floor
-    rmse_b: float  # B vs ref64
+    rmse_a: float  # the clean run vs ref64: the noise floor
+    rmse_b: float  # the side judged vs ref64
     rmse_ab: float
     ref_rms: float
     bound: float
-    nonfinite_a: int
-    nonfinite_b: int
+    nonfinite_a: int  # in the clean run
+    nonfinite_b: int  # in the side judged
     diverged: bool
-    role: str = "agrees"  # "agrees" | "introduced" | "inherited"
+    role: str = "agrees"  # "agrees" | "introduced" | "inherited" | "absent"
+    scope: str = "all"  # "last": only the last token was compared (the side held no more)
+    engine_name: str = ""  # what the side's engine calls this point (llama.cpp's "Kcur-1")
 
     @property
     def needed(self) -> dict[str, float]:
@@ -91,11 +124,13 @@ class PointResult:
 
 
 @dataclass
-class BisectReport:
-    a: str
-    b: str
-    tokens: list[int]
-    tolerance: Tolerance
+class Check:
+    """One judgement: a side's engine on its own weights, or B's weights against A's."""
+
+    kind: str  # "engine" | "weights"
+    side: str  # "A" | "B"
+    subject: str  # what is judged, in words
+    floor: str  # the clean run the floor comes from, in words
     points: list[PointResult] = field(default_factory=list)
 
     @property
@@ -104,49 +139,157 @@ class BisectReport:
 
     @property
     def first_nonfinite(self) -> PointResult | None:
-        """The first point where one side holds NaN/Inf the other does not. Either side:
-        A's own reference runs A's weights, so a NaN of A's is in the reference too and
-        would otherwise pass for agreement."""
+        """The first point where the judged side holds NaN/Inf the clean run does not (or
+        the other way round: a NaN in the weights is in ref64 too, and would otherwise
+        pass for agreement)."""
         return next((p for p in self.points if p.nonfinite_b != p.nonfinite_a), None)
 
     @property
     def clean(self) -> bool:
         return not self.introduced and self.first_nonfinite is None
 
-    def before(self, point: PointResult) -> PointResult | None:
-        i = self.points.index(point)
-        return self.points[i - 1] if i else None
+    @property
+    def title(self) -> str:
+        return f"{self.side}'s {'engine' if self.kind == 'engine' else 'weights'}"
+
+    def finding(self) -> str | None:
+        """One line: where this check's divergence is introduced, or None."""
+        nonfinite = self.first_nonfinite
+        first = self.introduced[0] if self.introduced else None
+        if first is None and nonfinite is None:
+            return None
+        where = "in" if self.kind == "engine" else "by"
+        if nonfinite is not None and (first is None or self._before(nonfinite, first)):
+            return f"first NaN/Inf {where} {self.title} at {_called(nonfinite)}"
+        assert first is not None
+        return f"introduced {where} {self.title} at {_called(first)}"
+
+    def _before(self, p: PointResult, q: PointResult) -> bool:
+        return self.points.index(p) <= self.points.index(q)
 
     def to_dict(self) -> dict[str, Any]:
-        def row(p: PointResult | None) -> dict[str, Any] | None:
-            if p is None:
-                return None
-            d = asdict(p)
-            d.pop("_m")
-            d["needed"] = p.needed
-            return d
-
         first = self.introduced[0] if self.introduced else None
+        return {
+            "kind": self.kind,
+            "side": self.side,
+            "subject": self.subject,
+            "floor": self.floor,
+            "finding": self.finding(),
+            "first_introduced": _row(first),
+            "point_before": _row(self.before(first)) if first else None,
+            "introduced": [p.name for p in self.introduced],
+            "inherited": [p.name for p in self.points if p.role == "inherited"],
+            "absent": [p.name for p in self.points if p.role == "absent"],
+            "first_nonfinite": _row(self.first_nonfinite),
+            "points": [_row(p) for p in self.points],
+        }
+
+    def before(self, point: PointResult) -> PointResult | None:
+        held = [p for p in self.points if p.role != "absent"]
+        i = held.index(point)
+        return held[i - 1] if i else None
+
+
+def _called(p: PointResult) -> str:
+    """A point's name, with the engine's own name for it where the side has one."""
+    return f"{p.name} ({p.engine_name})" if p.engine_name else p.name
+
+
+def _row(p: PointResult | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    d = asdict(p)
+    d.pop("_m")
+    d["needed"] = p.needed
+    return d
+
+
+@dataclass
+class BisectReport:
+    a: str
+    b: str
+    tokens: list[int]
+    tolerance: Tolerance
+    checks: list[Check] = field(default_factory=list)
+    config_differences: list[tuple[str, Any, Any]] = field(default_factory=list)
+    trusted: list[str] = field(default_factory=list)  # sides that are their own clean run
+    same_weights: bool = False  # two files holding one model, value for value
+    weights_differ: list[str] = field(default_factory=list)  # tensor names, two files
+    ignored: dict[str, list[str]] = field(default_factory=dict)  # side -> unplaced tensors
+
+    @property
+    def primary(self) -> Check | None:
+        """The check a one-line verdict is about: the first with a finding, else the first."""
+        return next(
+            (c for c in self.checks if not c.clean), self.checks[0] if self.checks else None
+        )
+
+    @property
+    def points(self) -> list[PointResult]:
+        return self.primary.points if self.primary else []
+
+    @property
+    def introduced(self) -> list[PointResult]:
+        return [p for c in self.checks for p in c.introduced]
+
+    @property
+    def first_nonfinite(self) -> PointResult | None:
+        return next((c.first_nonfinite for c in self.checks if c.first_nonfinite), None)
+
+    @property
+    def clean(self) -> bool:
+        return all(c.clean for c in self.checks)
+
+    def findings(self) -> list[str]:
+        return [f for c in self.checks if (f := c.finding()) is not None]
+
+    def config_note(self) -> str | None:
+        """Config differences, named before any point: they explain the weights check."""
+        if not self.config_differences:
+            return None
+        fields = ", ".join(f"{n} {_show(a)} vs {_show(b)}" for n, a, b in self.config_differences)
+        weights = next((c for c in self.checks if c.kind == "weights"), None)
+        tail = ""
+        if weights is not None and weights.introduced:
+            tail = f" — the divergence at {weights.introduced[0].name} follows from it"
+        return f"configs differ: {fields}{tail}"
+
+    def before(self, point: PointResult) -> PointResult | None:
+        check = next(c for c in self.checks if point in c.points)
+        return check.before(point)
+
+    def to_dict(self) -> dict[str, Any]:
+        primary = self.primary
+        body = primary.to_dict() if primary else {}
+        for key in ("kind", "side", "subject", "floor", "finding"):
+            body.pop(key, None)
         return {
             "a": self.a,
             "b": self.b,
             "tokens": self.tokens,
             "tolerance": asdict(self.tolerance),
             "verdict": "CLEAN" if self.clean else "DIVERGED",
-            "first_introduced": row(first),
-            "point_before": row(self.before(first)) if first else None,
-            "introduced": [p.name for p in self.introduced],
-            "inherited": [p.name for p in self.points if p.role == "inherited"],
-            "first_nonfinite": row(self.first_nonfinite),
-            "points": [row(p) for p in self.points],
+            "configs_differ": [{"field": n, "a": a, "b": b} for n, a, b in self.config_differences],
+            "config_note": self.config_note(),
+            "findings": self.findings(),
+            "trusted": self.trusted,
+            "same_weights": self.same_weights,
+            "weights_differ": self.weights_differ,
+            "ignored": self.ignored,
+            **body,
+            "checks": [c.to_dict() for c in self.checks],
         }
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+RMSE_CHUNK = 1 << 18  # elements compared at once: float64 temporaries of 2 MB stay in cache
 
 
 class BisectError(ValueError):
     """Two forwards that cannot be compared point by point (different architectures)."""
-
-
-RMSE_CHUNK = 1 << 18  # elements compared at once: float64 temporaries of 2 MB stay in cache
 
 
 @dataclass(frozen=True)
@@ -240,21 +383,6 @@ def _errors(xa: torch.Tensor, xb: torch.Tensor, xr: torch.Tensor) -> _Errors:
     return _Errors(a_ref.value, b_ref.value, a_b.value, ref.value, bad_a, bad_b)
 
 
-def _next(forward: Generator[tuple[str, torch.Tensor], None, Any], name: str) -> Any:
-    try:
-        return next(forward)
-    except StopIteration:
-        raise BisectError(f"a forward ended before {name}: different capture points") from None
-
-
-def _finish(forward: Generator[tuple[str, torch.Tensor], None, Any]) -> None:
-    try:
-        extra, _ = next(forward)
-    except StopIteration:
-        return
-    raise BisectError(f"a forward went on past the logits, to {extra!r}")
-
-
 def _tolerance_for(name: str, default: Tolerance, overrides: dict[str, Tolerance]) -> Tolerance:
     for pattern, tol in overrides.items():
         if fnmatch.fnmatchcase(name, pattern):
@@ -262,70 +390,413 @@ def _tolerance_for(name: str, default: Tolerance, overrides: dict[str, Tolerance
     return default
 
 
+# --- sides, runs and the plan ----------------------------------------------------------------
+
+
+class RoundedOps(Ops):
+    """The reference arithmetic with every matmul's input rounded to int8 blocks, as
+    llama.cpp's CPU kernels quantise activations for Q8_0 (``q8_0``: blocks of 32, an f16
+    scale) and K-quant weights (``q8_K``: blocks of 256, an f32 scale): the clean run an
+    engine over quantised weights is expected to stay near."""
+
+    def __init__(self, blocks: str) -> None:
+        self.blocks = blocks
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        return super().linear(round_blocks(x, self.blocks), weight, bias)
+
+
+def round_blocks(x: torch.Tensor, blocks: str) -> torch.Tensor:
+    """``x`` quantised to signed int8 per block of its last axis and back (round to nearest;
+    scale absmax/127). A last axis not a multiple of the block is left as it is, as llama.cpp
+    keeps such a matmul in float."""
+    size = ACTIVATION_BLOCK[blocks]
+    if x.shape[-1] % size:
+        return x
+    b = x.reshape(*x.shape[:-1], -1, size)
+    scale = b.abs().amax(-1, keepdim=True) / 127
+    if blocks == "q8_0":
+        scale = scale.to(torch.float16).to(x.dtype)
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.round(b / safe).clamp(-127, 127) * scale).reshape(x.shape)
+
+
+def round_weights(net: Transformer, expect: str) -> Transformer:
+    """A's weights as a faithful conversion to ``expect`` stores them (2-D weights whose
+    rows are whole blocks quantised; norms and biases kept), on the reference ``Ops``."""
+    from aprlib.formats.dtypes import DType, from_float32, to_float32
+
+    dtype = {"f32": DType.F32, "bf16": DType.BF16, "f16": DType.F16}.get(expect)
+    dtype = dtype or {"q8_0": DType.Q8_0, "q4_k": DType.Q4_K}[expect]
+    block = dtype.info.block_elements
+    state = {}
+    for name, w in net.state_dict().items():
+        if w.dim() == 2 and w.shape[-1] % block == 0 and dtype is not DType.F32:
+            values = w.detach().float().numpy()
+            decoded = to_float32(from_float32(values, dtype), dtype, tuple(values.shape))
+            w = torch.from_numpy(decoded.copy()).to(w.dtype)
+        state[name] = w
+    other = Transformer(net.config, Ops())
+    other.load_state_dict(state, strict=True, assign=True)
+    return other.eval()
+
+
+@dataclass
+class Side:
+    """One side of a bisect: an engine over some weights.
+
+    ``net`` holds the weights; it is also the engine unless ``points`` is given (an
+    activation dump, llama.cpp's graph, a transformers model: already computed, in the
+    forward's own layout, batch 1; a point missing is absent, never an error).
+    ``weights`` names the weights (a resolved path) so two sides over one file share their
+    reference; without it, sides share only when their tensors are the same memory.
+    """
+
+    label: str
+    net: Transformer
+    points: Mapping[str, torch.Tensor] | None = None
+    scopes: Mapping[str, str] = field(default_factory=dict)
+    weights: str | None = None
+    expect: str | None = None
+    engine: str = ""  # what computed ``points``, in words
+    engine_names: Mapping[str, str] = field(default_factory=dict)  # point -> engine's name
+    ignored: list[str] = field(default_factory=list)  # engine tensors placed at no point
+
+    def __post_init__(self) -> None:
+        if self.expect is not None and self.expect not in EXPECT:
+            raise ValueError(f"expect {self.expect!r} is not one of {', '.join(EXPECT)}")
+
+    @property
+    def trusted(self) -> bool:
+        """The reference ``Ops`` itself: its own clean run, nothing to judge."""
+        return self.points is None and type(self.net.ops) is Ops
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of this side's engine (its ``--expect`` for outside engines)."""
+        if self.points is not None:
+            return ARITHMETIC[self.expect or "f32"][0] or torch.float32
+        return self.net.compute_dtype or self.net.model.embed_tokens.weight.dtype
+
+    def weights_key(self) -> str:
+        if self.weights is not None:
+            return self.weights
+        return f"memory:{self.net.model.embed_tokens.weight.untyped_storage().data_ptr()}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A forward to step: a side's own engine, a float64 reference, or a clean run."""
+
+    kind: str  # "side" | "ref64" | "clean"
+    weights: str  # weights key (or the side's label, for kind "side")
+    dtype: str = ""  # clean runs: compute dtype
+    blocks: str | None = None  # clean runs: matmul inputs rounded to these blocks
+    rounded: str | None = None  # clean runs: weights rounded as this --expect stores them
+
+
+@dataclass(frozen=True)
+class PlannedCheck:
+    kind: str
+    side: str
+    subject: Run
+    reference: Run
+    floor: Run
+
+
+def _clean(side: Side, weights: str, rounded: str | None = None) -> Run:
+    """The clean run a side is judged against: its ``--expect`` arithmetic (or its own
+    compute dtype) on the reference ``Ops`` over ``weights``."""
+    dtype, blocks = ARITHMETIC[side.expect] if side.expect else (side.dtype, None)
+    return Run("clean", weights, str(dtype).removeprefix("torch."), blocks, rounded)
+
+
+def _trusted_run(side: Side) -> Run:
+    """What a trusted side computes: the reference ``Ops`` in its own dtype on its weights."""
+    return Run("clean", side.weights_key(), str(side.dtype).removeprefix("torch."))
+
+
+def plan(side_a: Side, side_b: Side) -> list[PlannedCheck]:
+    """Which checks a bisect makes, and on which runs (pure: the engine's decision)."""
+    checks = []
+    keys = {"A": side_a.weights_key(), "B": side_b.weights_key()}
+    for label, side in (("A", side_a), ("B", side_b)):
+        if side.trusted:
+            continue
+        w = keys[label]
+        checks.append(
+            PlannedCheck("engine", label, Run("side", label), Run("ref64", w), _clean(side, w))
+        )
+    if keys["A"] != keys["B"]:
+        # B's weights on the reference Ops, against A's in float64; the floor: A's weights
+        # (rounded as B's --expect stores them) in B's compute dtype
+        subject = Run("clean", keys["B"], str(side_b.dtype).removeprefix("torch."))
+        rounded = side_b.expect if side_b.expect not in (None, "f32") else None
+        floor = Run("clean", keys["A"], subject.dtype, None, rounded)
+        checks.append(PlannedCheck("weights", "B", subject, Run("ref64", keys["A"]), floor))
+    return checks
+
+
+def _build(run: Run, nets: dict[str, Transformer]) -> Transformer:
+    net = nets[run.weights]
+    if run.kind == "ref64":
+        return as_reference64(net)
+    if run.rounded:
+        net = round_weights(net, run.rounded)
+    dtype = getattr(torch, run.dtype)
+    if run.blocks is None and type(net.ops) is Ops and _weights_dtype(net) == dtype:
+        return net
+    other = Transformer(net.config, RoundedOps(run.blocks) if run.blocks else Ops())
+    state = {k: v.to(dtype) for k, v in net.state_dict().items()}
+    other.load_state_dict(state, strict=True, assign=True)
+    return other.eval()
+
+
+def _weights_dtype(net: Transformer) -> torch.dtype:
+    return net.compute_dtype or net.model.embed_tokens.weight.dtype
+
+
+def _held(side: Side, batch: torch.Tensor) -> Generator[tuple[str, torch.Tensor | None], None, Any]:
+    """An outside engine's points in firing order (None where it holds none)."""
+    assert side.points is not None
+    for name in capture_graph(side.net.config.num_hidden_layers):
+        yield name, side.points.get(name)
+
+
+def last_token(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The last position of a point in the forward's own layout."""
+    if name.endswith(("attn.q.rope", "attn.k.rope", "attn.scores")):
+        return x[:, :, -1:]
+    return x[:, -1:]
+
+
+def internal_layout(point: str, canonical: torch.Tensor) -> torch.Tensor:
+    """A dump's canonical tensor (tokens first, no batch) in the forward's own layout."""
+    if point.endswith(("attn.q.rope", "attn.k.rope")):
+        return canonical.transpose(0, 1).unsqueeze(0).contiguous()
+    if point.endswith("attn.scores"):
+        return canonical.unsqueeze(0)
+    if canonical.dim() == 3:  # [tokens, heads, head_dim] -> [1, tokens, heads*head_dim]
+        return canonical.reshape(1, canonical.shape[0], -1)
+    return canonical.unsqueeze(0)
+
+
+def _next(forward: Iterator[tuple[str, Any]], name: str) -> Any:
+    try:
+        return next(forward)
+    except StopIteration:
+        raise BisectError(f"a forward ended before {name}: different capture points") from None
+
+
+def _finish(forward: Iterator[tuple[str, Any]]) -> None:
+    try:
+        extra, _ = next(forward)
+    except StopIteration:
+        return
+    raise BisectError(f"a forward went on past the logits, to {extra!r}")
+
+
+def weight_differences(a: Transformer, b: Transformer) -> list[str]:
+    """The tensors two nets do not hold equal, value for value. None at all (and no config
+    difference) is one model in two files, a copy or a lossless conversion: the sides then
+    share one float64 reference and have no weights to compare, which saves two forwards
+    for a llama.cpp side over an F32 GGUF."""
+    state_a, state_b = a.state_dict(), b.state_dict()
+    if state_a.keys() != state_b.keys():
+        return sorted(state_a.keys() ^ state_b.keys())
+    return [
+        k
+        for k in state_a
+        if state_a[k].shape != state_b[k].shape
+        or state_a[k].dtype != state_b[k].dtype
+        or not torch.equal(state_a[k], state_b[k])
+    ]
+
+
+def config_differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """Fields whose meaning to the forward differs (``apr diff``'s comparison)."""
+    from aprlib.compare.configs import CONFIG_FIELDS, config_meaning, same_meaning
+
+    out = []
+    for name in CONFIG_FIELDS:
+        va, vb = config_meaning(a, name), config_meaning(b, name)
+        if not same_meaning(va, vb):
+            out.append((name, va, vb))
+    return out
+
+
+def _describe(run: Run, sides: dict[str, Side]) -> str:
+    if run.kind == "side":
+        return sides[run.weights].label
+    owners = [k for k, s in sides.items() if s.weights_key() == run.weights]
+    text = f"reference Ops, {run.dtype}, on {' and '.join(owners)}'s weights"
+    if run.rounded:
+        text += f" rounded to {run.rounded}"
+    if run.blocks:
+        text += f", matmul inputs in {run.blocks} blocks"
+    return text
+
+
+def _as_side(x: Side | Transformer, label: str) -> Side:
+    return x if isinstance(x, Side) else Side(label, x)
+
+
 def bisect(
-    net_a: Transformer,
-    net_b: Transformer,
+    a: Side | Transformer,
+    b: Side | Transformer,
     tokens: list[int],
     tolerance: Tolerance | None = None,
     overrides: dict[str, Tolerance] | None = None,
     labels: tuple[str, str] = ("A", "B"),
 ) -> BisectReport:
-    """Compare A and B at every capture point, streaming; roles from ``capture_graph``."""
-    if net_a.config.num_hidden_layers != net_b.config.num_hidden_layers:
+    """Judge each side against the reference on its own weights, and B's weights against
+    A's, at every capture point, streaming (the rule: this module's docstring)."""
+    side_a, side_b = _as_side(a, labels[0]), _as_side(b, labels[1])
+    configs_differ: list[tuple[str, Any, Any]] = []
+    weights_differ: list[str] = []
+    same = False
+    if side_a.weights_key() != side_b.weights_key():
+        configs_differ = config_differences(side_a.net.config, side_b.net.config)
+        weights_differ = weight_differences(side_a.net, side_b.net)
+        same = not configs_differ and not weights_differ
+    if same:  # one model in two files (a copy, a lossless conversion): one reference, no
+        side_b = replace(side_b, weights=side_a.weights_key())  # weights to compare
+    layers_a = side_a.net.config.num_hidden_layers
+    if layers_a != side_b.net.config.num_hidden_layers:
         raise BisectError(
-            f"A has {net_a.config.num_hidden_layers} layers, B has "
-            f"{net_b.config.num_hidden_layers}: their capture points do not pair"
+            f"A has {layers_a} layers, B has {side_b.net.config.num_hidden_layers}: "
+            "their capture points do not pair"
         )
     tolerance, overrides = tolerance or Tolerance(), overrides or {}
-    graph = capture_graph(net_a.config.num_hidden_layers)
-    report = BisectReport(labels[0], labels[1], list(tokens), tolerance)
+    graph = capture_graph(layers_a)
+    sides = {"A": side_a, "B": side_b}
+    planned = plan(side_a, side_b)
+    report = BisectReport(side_a.label, side_b.label, list(tokens), tolerance)
+    report.trusted = [k for k, s in sides.items() if s.trusted]
+    report.same_weights = same
+    report.config_differences, report.weights_differ = configs_differ, weights_differ
+    report.ignored = {k: list(s.ignored) for k, s in sides.items() if s.ignored}
+    nets: dict[str, Transformer] = {}
+    for side in (side_a, side_b):  # A's net first: a shared key keeps A's (float32) weights
+        nets.setdefault(side.weights_key(), side.net)
     batch = torch.tensor([tokens])
-    # one thread steps the three forwards in turn: each pauses at its point until the point
-    # is compared (so nothing is copied, and no two forwards contend for the cores)
-    forwards = [net.points(batch) for net in (net_a, as_reference64(net_a), net_b)]
-    sources = [n.source for n in (net_a, net_b) if n.source is not None]
-    diverged: set[str] = set()
+    # every distinct run once, stepped in turn on one thread (nothing copied, no contention)
+    runs: dict[Run, Iterator[tuple[str, Any]]] = {}
+    for step in planned:
+        for run in (step.subject, step.reference, step.floor):
+            if run in runs:
+                continue
+            if run.kind == "side":
+                side = sides[run.weights]
+                runs[run] = (
+                    _held(side, batch) if side.points is not None else side.net.points(batch)
+                )
+                continue
+            trusted = next(
+                (s for s in sides.values() if s.trusted and _trusted_run(s) == run), None
+            )
+            net = trusted.net if trusted is not None else _build(run, nets)
+            runs[run] = net.points(batch)
+    alias = {_trusted_run(s): Run("side", k) for k, s in sides.items() if s.trusted}
+    checks = [
+        Check(c.kind, c.side, _describe(c.subject, sides), _describe(c.floor, sides))
+        for c in planned
+    ]
+    report.checks = checks
+    states: list[dict[str, str]] = [{} for _ in planned]
+    sources = [s.net.source for s in sides.values() if s.net.source is not None]
     with torch.no_grad():
         for name, inputs in graph.items():
-            (name_a, xa), (name_r, xr), (name_b, xb) = (_next(f, name) for f in forwards)
-            if not name == name_a == name_r == name_b:
-                raise BisectError(
-                    f"capture points out of step at {name}: A {name_a}, B {name_b}, ref {name_r}"
-                )
+            values = {}
+            for run, forward in runs.items():
+                got, x = _next(forward, name)
+                if got != name:
+                    raise BisectError(f"capture points out of step at {name}: {run.kind} at {got}")
+                values[run] = x
             tol = _tolerance_for(name, tolerance, overrides)
-            if xa.shape != xb.shape:
-                raise BisectError(f"{name}: A has shape {tuple(xa.shape)}, B {tuple(xb.shape)}")
-            e, shape = _errors(xa, xb, xr), tuple(xb.shape)
-            del xa, xb, xr  # ours go now; the forwards drop theirs as they move on
-            bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
-            is_bad = e.rmse_b > bound or e.nonfinite_b != e.nonfinite_a
-            role = "agrees"
-            if is_bad:
-                diverged.add(name)
-                role = "inherited" if any(i in diverged for i in inputs) else "introduced"
-            report.points.append(
-                PointResult(
-                    name,
-                    inputs,
-                    shape,
-                    e.rmse_a,
-                    e.rmse_b,
-                    e.rmse_ab,
-                    e.ref_rms,
-                    bound,
-                    e.nonfinite_a,
-                    e.nonfinite_b,
-                    is_bad,
-                    role,
-                    tol.m,
+            for planned_check, check, state in zip(planned, checks, states, strict=True):
+                check.points.append(
+                    _judge(name, inputs, planned_check, values, alias, sides, tol, state, graph)
                 )
-            )
+            del values
             if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
                 for source in sources:
                     source.drop_pages()
-        for f in forwards:
-            _finish(f)
+        for forward in runs.values():
+            _finish(forward)
     return report
+
+
+def _judge(
+    name: str,
+    inputs: tuple[str, ...],
+    planned: PlannedCheck,
+    values: dict[Run, Any],
+    alias: dict[Run, Run],
+    sides: dict[str, Side],
+    tol: Tolerance,
+    state: dict[str, str],
+    graph: dict[str, tuple[str, ...]],
+) -> PointResult:
+    """One point of one check: its numbers, whether it diverged, and its role."""
+
+    def value(run: Run) -> Any:
+        return values[run] if run in values else values[alias[run]]
+
+    xs, xr, xf = value(planned.subject), value(planned.reference), value(planned.floor)
+    side = sides[planned.side] if planned.kind == "engine" else None
+    if xs is None or xr is None or xf is None:  # a point an outside engine does not hold
+        state[name] = "absent"
+        nan = math.nan
+        return PointResult(name, inputs, (), nan, nan, nan, nan, nan, 0, 0, False, "absent")
+    scope = side.scopes.get(name, "all") if side is not None else "all"
+    if scope == "last":
+        xr, xf = last_token(name, xr), last_token(name, xf)
+    if xs.shape != xr.shape:
+        raise BisectError(
+            f"{name}: {_describe(planned.subject, sides)} has shape {tuple(xs.shape)}, "
+            f"the reference {tuple(xr.shape)}"
+        )
+    e = _errors(xf, xs, xr)
+    bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
+    is_bad = e.rmse_b > bound or e.nonfinite_b != e.nonfinite_a
+    role = "agrees"
+    if is_bad:
+        upstream = _held_inputs(inputs, state, graph)
+        role = "inherited" if any(state.get(i) == "bad" for i in upstream) else "introduced"
+    state[name] = "bad" if is_bad else "ok"
+    return PointResult(
+        name,
+        inputs,
+        tuple(xs.shape),
+        e.rmse_a,
+        e.rmse_b,
+        e.rmse_ab,
+        e.ref_rms,
+        bound,
+        e.nonfinite_a,
+        e.nonfinite_b,
+        is_bad,
+        role,
+        scope,
+        sides[planned.side].engine_names.get(name, ""),
+        tol.m,
+    )
+
+
+def _held_inputs(
+    inputs: tuple[str, ...], state: dict[str, str], graph: dict[str, tuple[str, ...]]
+) -> set[str]:
+    """A point's inputs, each absent one replaced by the nearest held points upstream."""
+    out: set[str] = set()
+    pending = list(inputs)
+    while pending:
+        name = pending.pop()
+        if state.get(name) == "absent":
+            pending.extend(graph.get(name, ()))
+        else:
+            out.add(name)
+    return out
 
 
 # --- building the two sides from files, backends and dtypes ------------------------------

@@ -15,6 +15,9 @@ from typing import Any
 #: a point's spread by a factor.
 MAX_STD_RATIO = 1.25
 MAX_ABSMAX_RATIO = 2.0
+#: what ``apr bisect --expect`` accepts: the dtypes whose rounding a side may be expected
+#: to show (``bisect.ARITHMETIC`` says what each means for the floor)
+EXPECT = ("f32", "bf16", "f16", "q8_0", "q4_k")
 
 
 class Gated:

@@ -18,29 +18,35 @@ from __future__ import annotations
 import atexit
 import collections
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aprlib.errors import OracleCrashed, OracleTimeout
-from aprlib.forward.llamacpp_child import BLOCK, GGML_TYPES
+from aprlib.forward.llamacpp_child import BLOCK, GGML_TYPES, LOGITS
 from aprlib.forward.llamacpp_wire import WireTimeout, receive, send
 
 __all__ = [
     "BLOCK",
     "GGML_TYPES",
     "TIMEOUT_ENV",
+    "Activations",
+    "activations",
     "child_pid",
     "close_all",
     "default_timeout",
     "ggml_dequantize",
     "ggml_quantize",
     "kill",
+    "llamacpp_activations",
     "logits",
     "model_quantize",
     "system_info",
@@ -277,6 +283,204 @@ def logits(
         tokens=[int(t) for t in tokens],
         n_ctx=max(64, len(tokens) + 1) if n_ctx is None else n_ctx,
     )
+
+
+@dataclass
+class Activations:
+    """llama.cpp's own graph tensors from one forward (``activations``).
+
+    ``tensors`` maps an engine name (``Kcur-1``) to its float32 arrays in evaluation order
+    (``nth`` 1, 2, ...), each in numpy order (``ne`` reversed); ``ne`` holds each one's
+    ggml ``ne[4]``. ``census`` counts every named node of the graph (captured or not): what
+    llama.cpp computed, for a map to be checked against. ``qkv_bias`` is read from it (None
+    for an arch without a built-in map), and ``point_map`` is the built-in map for this run
+    (None likewise), in the form ``PointMap.from_dict`` takes.
+    """
+
+    arch: str
+    n_layer: int
+    tokens: list[int]
+    tensors: dict[str, list[np.ndarray]]
+    ne: dict[str, list[tuple[int, ...]]]
+    census: dict[str, int]
+    logits: np.ndarray
+    decode_seconds: float
+    decode_cpu_seconds: float
+    qkv_bias: bool | None = None
+    point_map: dict[str, Any] | None = None
+    deinterleaved: list[str] = field(default_factory=list)
+
+
+def _rank(layout: str) -> int:
+    """How many dimensions a declared layout (``ne[head_dim, heads, tokens]``) has."""
+    return layout.count(",") + 1
+
+
+def _deinterleave(array: np.ndarray, head_dim: int) -> np.ndarray:
+    """Undo the GGUF q/k row permutation within each head: llama.cpp's element ``2i + h``
+    of a head is our ``h * head_dim/2 + i`` (before RoPE and, since its normal RoPE turns
+    the same pairs as NEOX RoPE does on ours, after it)."""
+    lead = array.shape[:-1]
+    flat = array.reshape(*lead, -1, head_dim // 2, 2)
+    return np.ascontiguousarray(flat.swapaxes(-1, -2)).reshape(array.shape)
+
+
+def _shape_for_map(result: Activations, raw: bool, strict: bool) -> None:
+    """Give the built-in map's names the rank their declared layout has, and, unless
+    ``raw``, undo llama's pair-interleaved q/k head layout (``llamacpp_points``). A graph
+    whose q/k/v the built-in map cannot place is an error when the map's names were asked
+    for (``strict``), else the captures stay as llama.cpp holds them, with no map."""
+    from aprlib.forward import llamacpp_points as lp
+
+    if result.arch not in lp.ARCHS:
+        return
+    try:
+        result.qkv_bias = lp.qkv_bias_from_census(result.census)
+    except ValueError:
+        if strict:
+            raise
+        return  # names of the caller's own choosing: returned as llama.cpp holds them
+    result.point_map = lp.point_map_data(result.arch, result.qkv_bias)
+    ranks: dict[tuple[str, int], int] = {}
+    for entry in result.point_map["points"]:
+        if "{layer}" not in entry["name"]:
+            ranks[(entry["name"], entry.get("nth", 1))] = _rank(entry["layout"])
+        for i in range(result.n_layer):
+            name = entry["name"].replace("{layer}", str(i))
+            ranks[(name, entry.get("nth", 1))] = _rank(entry["layout"])
+    interleaved = {
+        n.replace("{layer}", str(i))
+        for n in lp.interleaved_names(result.arch)
+        for i in range(result.n_layer)
+    }
+    for name, arrays in result.tensors.items():
+        nes = result.ne[name]
+        head_dim = next((ne[0] for ne in nes if ne[1] > 1 and ne[2] > 1), None)
+        for k, (array, ne) in enumerate(zip(arrays, nes, strict=True)):
+            rank = ranks.get((name, k + 1))
+            if rank is not None and all(n == 1 for n in ne[rank:]):
+                array = array.reshape(tuple(reversed(ne[:rank])))
+            if name in interleaved and not raw:
+                if head_dim is None:
+                    raise ValueError(
+                        f"{name}: no [head_dim, heads, tokens] tensor to read head_dim"
+                    )
+                array = _deinterleave(array, head_dim)
+            arrays[k] = array
+        if name in interleaved and not raw:
+            result.deinterleaved.append(name)
+
+
+def _spill_root() -> str | None:
+    """Where the child writes its captures: tmpfs (``/dev/shm``) when there is one, so the
+    bytes never touch a disk; else the default temporary folder."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def _unspill(path: str, index: dict[str, list[Any]]) -> dict[str, list[np.ndarray]]:
+    """The child's spilled arrays as copy-on-write views of one map of its file (writable,
+    no copy until written; the map stays valid after the file is removed)."""
+    whole = np.memmap(path, dtype=np.float32, mode="c").view(np.ndarray)  # the logits at least
+    out: dict[str, list[np.ndarray]] = {}
+    for key, items in index.items():
+        out[key] = [
+            whole[offset : offset + int(np.prod(shape))].reshape(shape) for offset, shape in items
+        ]
+    return out
+
+
+def activations(
+    path: Path | str,
+    tokens: list[int],
+    names: list[str] | None = None,
+    n_ctx: int | None = None,
+    timeout: float | None = None,
+    raw: bool = False,
+    plain: bool = False,
+    threads: int | None = None,
+) -> Activations:
+    """llama.cpp's graph tensors named ``names`` during one forward of ``tokens``.
+
+    ``names`` are engine names, ``{layer}`` standing for any layer index; None asks for
+    every name a built-in map reads (``llamacpp_points.engine_names``). The copy is made by
+    llama.cpp's eval callback in the child process, which stops the graph only at the
+    names asked for. For an arch with a built-in map the result carries that map
+    (``point_map``, ``qkv_bias`` from the run's census), the map's names are shaped to the
+    rank of their declared layout, and llama's pair-interleaved q/k heads are put back in
+    our order (``raw=True`` keeps llama.cpp's order; see ``llamacpp_points``). ``plain``
+    installs no callback at all (nothing captured, no census): the forward to time the
+    callback against. ``threads``: llama.cpp's batch threads (default: one per core).
+    """
+    from aprlib.forward.llamacpp_points import engine_names
+
+    path = Path(path)
+    ids = [int(t) for t in tokens]
+    if not ids:
+        raise ValueError("llama.cpp activations need at least one token")
+    wanted = None if plain else (engine_names() if names is None else list(names))
+    folder = tempfile.mkdtemp(prefix="apr-llamacpp-", dir=_spill_root())
+    try:
+        spill = os.path.join(folder, "activations.f32")
+        reply = _child(path).call(
+            "activations",
+            timeout,
+            path=str(path.resolve()),
+            name=str(path),
+            tokens=ids,
+            n_ctx=max(64, len(ids) + 1) if n_ctx is None else n_ctx,
+            names=wanted,
+            threads=threads,
+            spill=spill,
+        )
+        arrays = _unspill(spill, reply["spilled"])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the map outlives the file's name
+    logits = arrays.pop(LOGITS)[0]
+    result = Activations(
+        arch=reply["arch"],
+        n_layer=reply["n_layer"],
+        tokens=ids,
+        tensors=arrays,
+        ne=reply["ne"],
+        census=reply["census"],
+        logits=logits,
+        decode_seconds=reply["decode_seconds"],
+        decode_cpu_seconds=reply["decode_cpu_seconds"],
+    )
+    if not plain:
+        _shape_for_map(result, raw, strict=names is None)
+    return result
+
+
+def llamacpp_activations(
+    path: Path | str,
+    tokens: list[int],
+    names: list[str] | None = None,
+    timeout: float | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """llama.cpp's graph tensors of one forward, engine name → arrays in evaluation order,
+    in the form ``dump.apply_map`` takes with ``llamacpp_points.point_map_for(config)``
+    (``activations`` with its defaults: the built-in map's names shaped to their layouts,
+    llama's interleaved q/k heads put back in our order).
+
+    The map's ``nth`` rules depend on whether the graph adds q/k/v biases; the run's census
+    says whether it did, and a file whose config (as our reader reads it) says otherwise is
+    refused here rather than mapped one tensor off.
+    """
+    run = activations(path, tokens, names, timeout=timeout)
+    if run.qkv_bias is not None:
+        from aprlib.formats.io import open_model
+
+        with open_model(path) as model:
+            config = model.config
+        if config is not None and config.qkv_bias != run.qkv_bias:
+            raise ValueError(
+                f"{path}: llama.cpp's graph {'adds' if run.qkv_bias else 'has no'} q/k/v "
+                f"biases but the file's config says {config.qkv_bias}: the built-in map "
+                "cannot place its Qcur/Kcur/Vcur tensors"
+            )
+    return run.tensors
 
 
 def tokenize(

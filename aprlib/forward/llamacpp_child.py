@@ -16,7 +16,9 @@ import faulthandler
 import glob
 import os
 import pickle
+import re
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from functools import lru_cache
@@ -108,6 +110,20 @@ def _ggml_base() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    # what the eval callback reads a graph tensor with (ggml.h, ggml-backend.h)
+    lib.ggml_get_name.restype = ctypes.c_char_p
+    lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_nbytes.restype = ctypes.c_size_t
+    lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+    lib.ggml_is_contiguous.restype = ctypes.c_bool
+    lib.ggml_is_contiguous.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_tensor_get.restype = None
+    lib.ggml_backend_tensor_get.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+    ]
     return lib
 
 
@@ -138,6 +154,221 @@ def ggml_dequantize(raw: np.ndarray, kind: str, count: int) -> np.ndarray:
     return out
 
 
+class TensorHead(ctypes.Structure):
+    """The leading fields of ggml.h's ``struct ggml_tensor`` (type, buffer, ne[4], nb[4]).
+
+    ggml has getters for a tensor's name and byte size but none for its shape or strides,
+    so those are read from the struct itself; only this prefix is declared, never written.
+    """
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+    ]
+
+
+#: ggml_type ids of the float types an activation can have, as numpy reads their bytes
+#: (BF16 is the top half of a float32: read as uint16, widened by a shift)
+ACTIVATION_TYPES: dict[int, Any] = {0: np.float32, 1: np.float16, 30: np.uint16}
+
+
+def read_tensor(lib: ctypes.CDLL, ptr: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A graph tensor's values as a contiguous float32 array in numpy order (reversed
+    ``ne``, trailing size-1 dims dropped) and its ``ne``; views and permutes are read through
+    their strides, since llama.cpp names reshaped and permuted tensors too."""
+    head = TensorHead.from_address(ptr)
+    kind = ACTIVATION_TYPES.get(head.type)
+    if kind is None:
+        name = lib.ggml_get_name(ptr).decode("utf-8", "replace")
+        raise TypeError(f"graph tensor {name!r} has ggml type {head.type}, not F32/F16/BF16")
+    ne = tuple(int(n) for n in head.ne)
+    dims = max([i + 1 for i, n in enumerate(ne) if n != 1] or [1])
+    shape = tuple(reversed(ne[:dims]))
+    nbytes = int(lib.ggml_nbytes(ptr))
+    if lib.ggml_is_contiguous(ptr) and kind is np.float32:
+        out = np.empty(shape, dtype=np.float32)  # one copy: straight into the result
+        lib.ggml_backend_tensor_get(ptr, out.ctypes.data, 0, nbytes)
+        return out, ne
+    raw = np.empty(nbytes, dtype=np.uint8)  # the byte span the strides reach
+    lib.ggml_backend_tensor_get(ptr, raw.ctypes.data, 0, nbytes)
+    strides = tuple(reversed([int(b) for b in head.nb[:dims]]))
+    values = np.lib.stride_tricks.as_strided(raw.view(kind), shape=shape, strides=strides)
+    if kind is np.uint16:
+        return (values.astype(np.uint32) << 16).view(np.float32), ne
+    return np.ascontiguousarray(values, dtype=np.float32), ne
+
+
+class Recorder:
+    """The eval callback (``bool cb(struct ggml_tensor * t, bool ask, void * user_data)``).
+
+    Asked about each graph node (``ask``), it counts the node's name in ``census`` and says
+    yes only to names ``wanted`` matches: every yes ends a sub-graph there (llama.cpp
+    computes up to that node, synchronises, and calls back with ``ask`` false), so asking
+    for everything would split the graph at every node. An exception cannot cross the C
+    frame; the first is kept and raised by the caller after the decode, and the callback
+    still answers true so that llama.cpp finishes the graph rather than stopping halfway.
+    """
+
+    def __init__(self, wanted: re.Pattern[str] | None) -> None:
+        import llama_cpp
+
+        self.lib = _ggml_base()
+        self.wanted = wanted
+        self.census: dict[str, int] = {}
+        self.tensors: dict[str, list[np.ndarray]] = {}
+        self.ne: dict[str, list[tuple[int, ...]]] = {}
+        self.error: BaseException | None = None
+        self.recording = False
+        #: the C function pointer; it must outlive the context that calls it
+        self.c_callback = llama_cpp.ggml_backend_sched_eval_callback(self.callback)
+
+    def callback(self, ptr: int | None, ask: bool, _user: int | None) -> bool:
+        try:
+            if not self.recording or not ptr:
+                return not ask  # ask: no; after a copy: go on
+            name = self.lib.ggml_get_name(ptr).decode("utf-8", "replace")
+            if ask:
+                if name:
+                    self.census[name] = self.census.get(name, 0) + 1
+                return bool(name) and self.wanted is not None and bool(self.wanted.match(name))
+            values, ne = read_tensor(self.lib, ptr)
+            self.tensors.setdefault(name, []).append(values)
+            self.ne.setdefault(name, []).append(ne)
+        except BaseException as exc:  # re-raised after the decode
+            if self.error is None:
+                self.error = exc
+            return not ask
+        return True
+
+
+def name_pattern(names: list[str]) -> re.Pattern[str]:
+    """One regex for engine names, ``{layer}`` standing for a decimal layer index."""
+    parts = [re.escape(n).replace(r"\{layer\}", r"\d+") for n in names]
+    return re.compile(r"(?:" + "|".join(parts or [r"(?!)"]) + r")\Z")
+
+
+#: the key the logits travel under beside the captured tensors (no graph name has a space)
+LOGITS = "logits (llama_get_logits)"
+
+
+def spill_arrays(arrays: dict[str, list[np.ndarray]], path: str) -> dict[str, list[Any]]:
+    """Write float32 arrays back to back into ``path`` (a file in a folder the parent made,
+    on tmpfs where there is one); name → [(element offset, shape), ...].
+
+    A forward's captures run to hundreds of MB (0.5B shape, 128 tokens: 380 MB); pickled
+    through the pipe they cost more than the forward itself, while the parent maps this
+    file and takes each array as a view.
+    """
+    index: dict[str, list[Any]] = {}
+    offset = 0
+    with open(path, "wb") as fh:
+        for key, values in arrays.items():
+            for value in values:
+                flat = np.ascontiguousarray(value, dtype=np.float32)
+                flat.tofile(fh)
+                index.setdefault(key, []).append((offset, tuple(flat.shape)))
+                offset += flat.size
+    return index
+
+
+def activations(
+    path: str,
+    name: str,
+    tokens: list[int],
+    n_ctx: int,
+    names: list[str] | None,
+    threads: int | None = None,
+    spill: str | None = None,
+) -> dict[str, Any]:
+    """One llama.cpp forward of ``tokens`` with the eval callback copying the graph tensors
+    whose names match ``names`` (``{layer}`` for a layer index); ``names=None`` installs
+    no callback at all (the plain forward, to time the callback against).
+
+    Set up as the ``logits`` op is (F32 KV cache, no flash attention, CPU, same threads),
+    with one difference that matters: every token is an output, so the last layer's
+    ``inp_out_ids`` row selection keeps every row and its tensors cover all tokens, and
+    the batch is one ubatch, so each tensor fires once per forward. Returns a dict:
+    ``arch`` (``general.architecture``), ``n_layer``, ``tensors`` (name → float32 arrays in
+    evaluation order), ``ne`` (name → their ggml ``ne``), ``census`` (every named graph
+    node → how many times it fired), ``decode_seconds`` and ``decode_cpu_seconds`` (the
+    decode alone, wall and CPU time of all threads). The arrays, and the logits [T, vocab]
+    under ``LOGITS``, come as ``tensors`` in the reply, or, with ``spill`` (a file path),
+    are written there and ``spilled`` holds their index (``spill_arrays``).
+    """
+    import llama_cpp
+
+    from aprlib.forward.token_ids import check_token_ids
+
+    recorder = Recorder(None if names is None else name_pattern(names))
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0  # as llama_cpp.Llama's default: the CPU forward
+    model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
+    if not model:
+        raise ValueError(f"Failed to load model from file: {path}")
+    ctx = batch = None
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        check_token_ids(tokens, n_vocab, name)
+        buf = ctypes.create_string_buffer(256)
+        got = llama_cpp.llama_model_meta_val_str(model, b"general.architecture", buf, 256)
+        arch = buf.value.decode("utf-8", "replace") if got >= 0 else ""
+        n = len(tokens)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = max(n_ctx, n)
+        cparams.n_batch = cparams.n_ubatch = max(n, 1)  # one ubatch: one pass of the graph
+        cparams.n_threads = THREADS
+        cparams.n_threads_batch = threads or os.cpu_count() or THREADS
+        cparams.type_k = cparams.type_v = 0  # F32 KV cache, as the logits op
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if names is not None:
+            cparams.cb_eval = recorder.c_callback
+            cparams.cb_eval_user_data = None
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {name}")
+        batch = llama_cpp.llama_batch_init(n, 0, 1)
+        batch.n_tokens = n
+        for i, token in enumerate(tokens):
+            batch.token[i] = int(token)
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True  # every row out: no get_rows trims the last layer
+        recorder.recording = True
+        start, cpu = time.perf_counter(), time.process_time()
+        code = llama_cpp.llama_decode(ctx, batch)
+        llama_cpp.llama_synchronize(ctx)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        recorder.recording = False
+        if recorder.error is not None:
+            raise recorder.error
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code} for {name}")
+        # a copy: the reply is sent after the context (which owns these floats) is freed
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n * n_vocab,))
+        arrays = {**recorder.tensors, LOGITS: [np.array(logits).reshape(n, n_vocab)]}
+        return {
+            "arch": arch,
+            "n_layer": int(llama_cpp.llama_model_n_layer(model)),
+            "spilled": spill_arrays(arrays, spill) if spill else None,
+            "tensors": None if spill else arrays,
+            "ne": recorder.ne,
+            "census": recorder.census,
+            "decode_seconds": seconds,
+            "decode_cpu_seconds": cpu,  # all threads: what a busy machine inflates least
+        }
+    finally:
+        if batch is not None:
+            llama_cpp.llama_batch_free(batch)
+        if ctx:
+            llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+
+
 def system_info() -> str:
     """What llama.cpp says of its build and this CPU (``AVX2 = 1 | AMX_INT8 = 0 | ...``)."""
     import llama_cpp
@@ -149,6 +380,7 @@ def system_info() -> str:
 OPS: dict[str, Callable[..., Any]] = {
     "system_info": system_info,
     "logits": logits,
+    "activations": activations,
     "tokenize": tokenize,
     "model_quantize": model_quantize,
     "ggml_quantize": ggml_quantize,

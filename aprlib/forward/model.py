@@ -70,6 +70,12 @@ class Ops:
             row += w.shape[0]
         return out if bias is None else out + bias
 
+    def add_bias(self, y: Tensor, bias: Tensor) -> Tensor:
+        """The q/k/v bias, added apart from its matmul so both sides of it are capture
+        points (``pre_bias``, ``post_bias``): a backend that fuses it into its GEMM, or adds
+        it twice, overrides this and is bisected at ``post_bias``."""
+        return y + bias.to(y.dtype)
+
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         return x * cos + rotate_half(x) * sin
 
@@ -524,7 +530,7 @@ class Transformer(nn.Module):
             y = ops.linear(h, proj.weight)
             yield p + f"attn.{name}.pre_bias", y
             if proj.bias is not None:
-                y = y + proj.bias.to(y.dtype)
+                y = ops.add_bias(y, proj.bias)
             yield p + f"attn.{name}.post_bias", y
             heads[name] = y.view(b, t, n, attn.head_dim).transpose(1, 2)  # [B, H, T, D]
         q = ops.rope(heads["q"], cos, sin)
