@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aprlib import DType, model_from_arrays, open_model, write_model
+from aprlib import DType, Ops, model_from_arrays, open_model, write_model
 from aprlib.cli.main import main
 from aprlib.forward.backends import register_backend
 from aprlib.forward.bisect import Side, bisect, plan
@@ -182,3 +182,92 @@ def test_identical_files_compare_no_weights_and_run_three_forwards_at_most(model
         assert bisect(
             Side("A", a, weights=str(model)), Side("B", b, weights=str(copy)), [1, 2, 3]
         ).clean
+
+
+# --- review findings -------------------------------------------------------------------------
+
+
+def test_a_side_loaded_rounded_does_not_round_the_other_sides_reference(model, capsys):
+    """Two sides over one file, A loaded in bfloat16: B's reference and floor come from the
+    file's float32 weights (seen: B blamed at embed for A's rounding)."""
+    register_backend("test-same", f"{__name__}:SameArithmetic")
+    code, report, _ = run(
+        capsys,
+        *("bisect", model, model, "--tokens", TOKENS, "--dtype-a", "bfloat16"),
+        *("--dtype-b", "float32", "--backend-b", "test-same", "--json"),
+    )
+    assert code == 0 and report["verdict"] == "CLEAN", report["findings"]
+
+
+class SameArithmetic(Ops):
+    """The reference arithmetic under another name: judged, and clean."""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--atol", "nan"),
+        ("--rtol", "inf"),
+        ("--m", "-1"),
+        ("--override", "*=m:nan"),
+    ],
+)
+def test_a_non_finite_tolerance_is_a_usage_error_not_a_clean_verdict(model, capsys, argv):
+    code, _, err = run(
+        capsys, "bisect", model, "--backend-b", "test-gate-up", "--tokens", TOKENS, *argv
+    )
+    assert code == 2 and err.count("\n") == 1 and "finite" in err
+
+
+def test_an_override_keeps_the_command_lines_other_values(model, capsys):
+    from aprlib.forward.bisect import Tolerance, parse_override
+
+    _, tol = parse_override("embed=atol:1e-2", Tolerance(m=5.0, rtol=1e-3))
+    assert tol == Tolerance(m=5.0, atol=1e-2, rtol=1e-3)
+
+
+def test_a_missing_file_is_named(model, tmp_path, capsys):
+    code, _, err = run(capsys, "bisect", model, tmp_path / "nope.gguf", "--tokens", TOKENS)
+    assert code == 1 and "nope.gguf" in err and "no such file" in err and err.count("\n") == 1
+
+
+def test_a_quantised_file_given_as_a_is_judged_with_expect_a(model, tmp_path, capsys):
+    rounded = tmp_path / "q8.gguf"
+    assert main(["convert", str(model), str(rounded), "--dtype", "q8_0"]) == 0
+    capsys.readouterr()
+    code, report, _ = run(
+        capsys, "bisect", rounded, model, "--tokens", TOKENS, "--expect-a", "q8_0", "--json"
+    )
+    assert code == 0 and report["verdict"] == "CLEAN", report["findings"]
+    (check,) = report["checks"]
+    assert (check["kind"], check["side"]) == ("weights", "A")
+
+
+def test_a_config_difference_is_not_blamed_for_a_point_it_does_not_feed(model, tmp_path, capsys):
+    bf16 = tmp_path / "bf16.apr"
+    assert main(["convert", str(model), str(bf16), "--dtype", "bf16"]) == 0
+    capsys.readouterr()
+    other = write_variant(bf16, tmp_path / "bf16-theta.apr", rope_theta=1e6)
+    code, report, _ = run(capsys, "bisect", model, other, "--tokens", TOKENS, "--json")
+    assert code == 1 and report["introduced"][0] == "embed"
+    assert "follows from it" not in report["config_note"]
+    assert "none of them feeds embed" in report["config_note"]
+
+
+def test_nan_only_in_the_clean_run_is_not_the_engines():
+    from aprlib.forward.bisect import Check, PointResult
+
+    def point(name, floor_bad, side_bad):
+        return PointResult(name, (), (1,), 0.1, 0.1, 0.0, 1.0, 1.0, floor_bad, side_bad, False)
+
+    engine = Check("engine", "B", "engine", "clean f16", [point("embed", 0, 0), point("x", 3, 0)])
+    assert engine.clean and engine.floor_not_finite.name == "x"
+    engine.points.append(point("y", 0, 2))
+    assert engine.first_nonfinite.name == "y" and not engine.clean
+    weights = Check("weights", "B", "w", "f", [point("embed", 3, 0)])
+    assert weights.first_nonfinite.name == "embed"  # a NaN in A's weights is a difference
+
+
+def test_nothing_to_judge_says_so(model, capsys):
+    code, out, _ = run(capsys, "bisect", model, "--tokens", TOKENS, "--dtype-b", "bfloat16")
+    assert code == 0 and "nothing to judge" in out

@@ -294,9 +294,10 @@ def _print_trace(trace: Any, scope: str) -> None:
 def _bisect(args: argparse.Namespace) -> int:
     from aprlib.forward.bisect import Tolerance, bisect, parse_override, write_bundle
 
+    tolerance = Tolerance(args.m, args.atol, args.rtol)
+    overrides = dict(parse_override(o, tolerance) for o in args.override)
     side_a, side_b, tokens = _bisect_sides(args)
-    overrides = dict(parse_override(o) for o in args.override)
-    report = bisect(side_a, side_b, tokens, Tolerance(args.m, args.atol, args.rtol), overrides)
+    report = bisect(side_a, side_b, tokens, tolerance, overrides)
     data = report.to_dict()
     finding = report.first_nonfinite or (report.introduced[0] if report.introduced else None)
     if args.bundle and finding is not None and side_b.points is None and side_a.points is None:
@@ -312,24 +313,42 @@ def _bisect(args: argparse.Namespace) -> int:
 
 def _bisect_sides(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
     """The two sides the command line names, and the tokens they run on."""
+    from aprlib.errors import ModelFileError
     from aprlib.forward import sides
     from aprlib.forward.dump import PointMap, is_dump
     from aprlib.forward.token_ids import check_token_ids, parse_tokens
 
     expect_b = args.expect_b or args.expect
+    for path in (args.a, args.b):
+        if path is not None and not path.exists():
+            raise ModelFileError(path, "no such file or directory")
+    if is_dump(args.a):
+        raise ValueError(f"{args.a} is an activation dump: the model comes first (REF DUMP)")
     tokens = parse_tokens(args.tokens) if args.tokens else None
     dump = args.b is not None and is_dump(args.b)
     if args.map is not None and not dump:
         raise ValueError("--map applies to an activation dump given as B")
     if tokens is None and not dump:
-        if args.b is not None and not args.b.is_dir() and is_dump(args.a):
-            raise ValueError(f"{args.a} is an activation dump: give the model first (REF DUMP)")
         raise ValueError(
             "--tokens is required"
             + (f": {args.b} is not an activation dump (which carries its own)" if args.b else "")
         )
-    if dump and args.dtype_a != "float32":
-        raise ValueError("a dump is judged on REF's weights as stored: --dtype-a does not apply")
+    if dump:
+        given = [
+            flag
+            for flag, value in (
+                ("--dtype-a", args.dtype_a != "float32"),
+                ("--backend-b", args.backend_b != "reference"),
+                ("--dtype-b", args.dtype_b is not None),
+                ("--bundle", args.bundle is not None),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} cannot apply to an activation dump: it is judged on "
+                "REF's weights as stored, its arithmetic set by --expect-b"
+            )
     side_a = sides.file_side(args.a, args.backend_a, args.dtype_a, args.expect_a)
     if dump:
         point_map = PointMap.load(args.map) if args.map else None
@@ -343,9 +362,8 @@ def _bisect_sides(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
     dtype_b = args.dtype_b or args.dtype_a
     if args.backend_b == "llama.cpp":
         side_b = sides.llamacpp_side(args.b or args.a, tokens, expect_b)
-    elif args.backend_b == "transformers":
-        reference = sides.file_side(args.b) if args.b is not None else side_a
-        side_b = sides.transformers_side(reference, tokens, expect_b)
+    elif args.backend_b == "transformers":  # built from the file's weights in float32
+        side_b = sides.transformers_side(sides.file_side(args.b or args.a), tokens, expect_b)
     elif args.b is not None:
         side_b = sides.file_side(args.b, args.backend_b, dtype_b, expect_b)
     elif args.backend_b != args.backend_a or args.dtype_b:
@@ -394,8 +412,15 @@ def _print_bisect(report: Any) -> None:
         nonfinite = check.first_nonfinite
         if nonfinite is not None:
             console.print(
-                f"  [red]first NaN/Inf[/] at {nonfinite.name}: clean run has "
-                f"{nonfinite.nonfinite_a} values, {check.title} {nonfinite.nonfinite_b}"
+                f"  [red]first NaN/Inf[/] at {nonfinite.name}: {nonfinite.nonfinite_b} NaN/Inf "
+                f"values in {check.title}, {nonfinite.nonfinite_a} in the clean run"
+            )
+        overflow = check.floor_not_finite
+        if overflow is not None:
+            console.print(
+                f"  [yellow]the clean run is not finite at {overflow.name}[/] "
+                f"({overflow.nonfinite_a} NaN/Inf values): its floor there counts finite "
+                "positions only; a wider --expect (f32, bf16) gives a usable one"
             )
         if not check.introduced:
             if nonfinite is None:
@@ -425,7 +450,13 @@ def _print_bisect(report: Any) -> None:
         if others:
             console.print(f"  also introduced independently: {', '.join(others[:5])}")
     findings = report.findings()
-    if not findings:
+    held = [p for c in report.checks for p in c.points if p.role != "absent"]
+    total = sum(len(c.points) for c in report.checks)
+    if not report.checks:
+        print("BISECT: CLEAN — nothing to judge: both sides are the reference arithmetic")
+    elif not findings and len(held) < total:
+        print(f"BISECT: CLEAN — every held point within its noise floor ({len(held)} of {total})")
+    elif not findings:
         print("BISECT: CLEAN — every point within its noise floor")
     else:
         print("BISECT: DIVERGED — " + "; ".join(findings))

@@ -92,6 +92,12 @@ class Tolerance:
     atol: float = 0.0
     rtol: float = 1e-6
 
+    def __post_init__(self) -> None:
+        for name in ("m", "atol", "rtol"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):  # a NaN bound passes everything
+                raise ValueError(f"tolerance {name} = {value!r} is not a finite number >= 0")
+
 
 @dataclass
 class PointResult:
@@ -115,12 +121,15 @@ class PointResult:
         """The tolerance that would have let this point pass (m at this ε, or atol at this m)."""
         eps = self.bound - self._m * self.rmse_a
         if self.rmse_a > 0:
-            m = (self.rmse_b - eps) / self.rmse_a
+            m = max((self.rmse_b - eps) / self.rmse_a, 0.0)
         else:  # a floor of 0: any m passes at this ε, or none does (raise atol)
             m = 0.0 if self.rmse_b <= eps else math.inf
-        return {"m": m, "atol": max(self.rmse_b - self._m * self.rmse_a, 0.0)}
+        # atol at this m: the bound's other terms (m·floor and rtol·RMS(ref64)) kept
+        atol_now = eps - self._rtol * self.ref_rms
+        return {"m": m, "atol": max(self.rmse_b - (self.bound - atol_now), 0.0)}
 
     _m: float = 2.0
+    _rtol: float = 1e-6
 
 
 @dataclass
@@ -139,10 +148,21 @@ class Check:
 
     @property
     def first_nonfinite(self) -> PointResult | None:
-        """The first point where the judged side holds NaN/Inf the clean run does not (or
-        the other way round: a NaN in the weights is in ref64 too, and would otherwise
-        pass for agreement)."""
-        return next((p for p in self.points if p.nonfinite_b != p.nonfinite_a), None)
+        """The first point where the judged side holds NaN/Inf the clean run does not. For
+        the weights check, also the other way round: a NaN in A's weights is in ref64 too,
+        and would otherwise pass for agreement. For an engine, NaN/Inf only in the clean run
+        (a float16 floor overflowing) is no verdict on the engine: ``floor_not_finite``."""
+        if self.kind == "weights":
+            return next((p for p in self.points if p.nonfinite_b != p.nonfinite_a), None)
+        return next((p for p in self.points if p.nonfinite_b > p.nonfinite_a), None)
+
+    @property
+    def floor_not_finite(self) -> PointResult | None:
+        """The first point where the clean run, not the side, holds NaN/Inf: its floor
+        there is unusable (only the finite positions are compared)."""
+        if self.kind == "weights":
+            return None
+        return next((p for p in self.points if p.nonfinite_a > p.nonfinite_b), None)
 
     @property
     def clean(self) -> bool:
@@ -200,6 +220,7 @@ def _row(p: PointResult | None) -> dict[str, Any] | None:
         return None
     d = asdict(p)
     d.pop("_m")
+    d.pop("_rtol")
     d["needed"] = p.needed
     return d
 
@@ -251,7 +272,12 @@ class BisectReport:
         weights = next((c for c in self.checks if c.kind == "weights"), None)
         tail = ""
         if weights is not None and weights.introduced:
-            tail = f" — the divergence at {weights.introduced[0].name} follows from it"
+            first = weights.introduced[0].name
+            fed = [n for n, _, _ in self.config_differences if _feeds(n, first)]
+            if fed:
+                tail = f" — the divergence at {first} follows from it"
+            else:
+                tail = f" (none of them feeds {first}, where the divergence is introduced)"
         return f"configs differ: {fields}{tail}"
 
     def before(self, point: PointResult) -> PointResult | None:
@@ -279,6 +305,25 @@ class BisectReport:
             **body,
             "checks": [c.to_dict() for c in self.checks],
         }
+
+
+#: config fields and the capture points whose op reads them (a field not listed shapes the
+#: tensors: any point may follow from it)
+FIELD_FEEDS: dict[str, tuple[str, ...]] = {
+    "rope_theta": ("attn.q.rope", "attn.k.rope"),
+    "rope_scaling": ("attn.q.rope", "attn.k.rope"),
+    "rope_type": ("attn.q.rope", "attn.k.rope"),
+    "rms_norm_eps": ("attn_norm", "ffn_norm", "final_norm"),
+    "hidden_act": ("mlp.swiglu",),
+    "tie_word_embeddings": ("logits",),
+    "sliding_window": ("attn.scores", "attn.out"),
+}
+
+
+def _feeds(field_name: str, point: str) -> bool:
+    """Whether a config field can have introduced a divergence at ``point``."""
+    feeds = FIELD_FEEDS.get(field_name)
+    return feeds is None or point.endswith(feeds)
 
 
 def _show(value: Any) -> str:
@@ -481,7 +526,8 @@ class Side:
     def weights_key(self) -> str:
         if self.weights is not None:
             return self.weights
-        return f"memory:{self.net.model.embed_tokens.weight.untyped_storage().data_ptr()}"
+        tensors = self.net.state_dict().values()
+        return "memory:" + ",".join(f"{t.data_ptr()}:{t.dtype}" for t in tensors)
 
 
 @dataclass(frozen=True)
@@ -511,6 +557,11 @@ def _clean(side: Side, weights: str, rounded: str | None = None) -> Run:
     return Run("clean", weights, str(dtype).removeprefix("torch."), blocks, rounded)
 
 
+def _rounding(side: Side) -> str | None:
+    """The storage rounding a side's ``--expect`` declares for its weights (f32: none)."""
+    return side.expect if side.expect not in (None, "f32") else None
+
+
 def _trusted_run(side: Side) -> Run:
     """What a trusted side computes: the reference ``Ops`` in its own dtype on its weights."""
     return Run("clean", side.weights_key(), str(side.dtype).removeprefix("torch."))
@@ -528,12 +579,15 @@ def plan(side_a: Side, side_b: Side) -> list[PlannedCheck]:
             PlannedCheck("engine", label, Run("side", label), Run("ref64", w), _clean(side, w))
         )
     if keys["A"] != keys["B"]:
-        # B's weights on the reference Ops, against A's in float64; the floor: A's weights
-        # (rounded as B's --expect stores them) in B's compute dtype
-        subject = Run("clean", keys["B"], str(side_b.dtype).removeprefix("torch."))
-        rounded = side_b.expect if side_b.expect not in (None, "f32") else None
-        floor = Run("clean", keys["A"], subject.dtype, None, rounded)
-        checks.append(PlannedCheck("weights", "B", subject, Run("ref64", keys["A"]), floor))
+        # the rounded side's weights on the reference Ops, against the other's in float64;
+        # the floor: the other's weights rounded as the --expect says they are stored, in
+        # the judged side's compute dtype. B is judged unless only A says it is rounded.
+        judged = "A" if _rounding(side_a) and not _rounding(side_b) else "B"
+        base = "B" if judged == "A" else "A"
+        side = side_a if judged == "A" else side_b
+        subject = Run("clean", keys[judged], str(side.dtype).removeprefix("torch."))
+        floor = Run("clean", keys[base], subject.dtype, None, _rounding(side))
+        checks.append(PlannedCheck("weights", judged, subject, Run("ref64", keys[base]), floor))
     return checks
 
 
@@ -550,6 +604,12 @@ def _build(run: Run, nets: dict[str, Transformer]) -> Transformer:
     state = {k: v.to(dtype) for k, v in net.state_dict().items()}
     other.load_state_dict(state, strict=True, assign=True)
     return other.eval()
+
+
+def _precision(net: Transformer) -> float:
+    """How exactly a net's weights hold their file's values (the machine epsilon, smaller
+    is more exact, negated): which of two nets over one file to build the runs from."""
+    return -torch.finfo(_weights_dtype(net)).eps
 
 
 def _weights_dtype(net: Transformer) -> torch.dtype:
@@ -677,8 +737,10 @@ def bisect(
     report.config_differences, report.weights_differ = configs_differ, weights_differ
     report.ignored = {k: list(s.ignored) for k, s in sides.items() if s.ignored}
     nets: dict[str, Transformer] = {}
-    for side in (side_a, side_b):  # A's net first: a shared key keeps A's (float32) weights
-        nets.setdefault(side.weights_key(), side.net)
+    for side in (side_a, side_b):  # per key, the net holding the weights most exactly (a
+        key = side.weights_key()  # side loaded in bfloat16 holds them rounded)
+        if key not in nets or _precision(side.net) > _precision(nets[key]):
+            nets[key] = side.net
     batch = torch.tensor([tokens])
     # every distinct run once, stepped in turn on one thread (nothing copied, no contention)
     runs: dict[Run, Iterator[tuple[str, Any]]] = {}
@@ -759,7 +821,10 @@ def _judge(
         )
     e = _errors(xf, xs, xr)
     bound = tol.m * e.rmse_a + tol.atol + tol.rtol * e.ref_rms
-    is_bad = e.rmse_b > bound or e.nonfinite_b != e.nonfinite_a
+    if planned.kind == "weights":
+        is_bad = e.rmse_b > bound or e.nonfinite_b != e.nonfinite_a
+    else:  # NaN/Inf only the clean run holds is the floor's, not the engine's
+        is_bad = e.rmse_b > bound or e.nonfinite_b > e.nonfinite_a
     role = "agrees"
     if is_bad:
         upstream = _held_inputs(inputs, state, graph)
@@ -781,6 +846,7 @@ def _judge(
         scope,
         sides[planned.side].engine_names.get(name, ""),
         tol.m,
+        tol.rtol,
     )
 
 
@@ -822,8 +888,9 @@ def twin(net: Transformer, backend: str = "reference", dtype: str | None = None)
     return other.eval()
 
 
-def parse_override(text: str) -> tuple[str, Tolerance]:
-    """``"layers.*.attn.scores=m:4,atol:1e-5"`` → (pattern, Tolerance)."""
+def parse_override(text: str, base: Tolerance | None = None) -> tuple[str, Tolerance]:
+    """``"layers.*.attn.scores=m:4,atol:1e-5"`` → (pattern, Tolerance); what it does not
+    name stays as in ``base`` (the command line's tolerance)."""
     pattern, _, spec = text.partition("=")
     values: dict[str, float] = {}
     for part in filter(None, spec.split(",")):
@@ -836,7 +903,7 @@ def parse_override(text: str) -> tuple[str, Tolerance]:
             raise ValueError(f"--override {text!r}: {value!r} is not a number") from None
     if not pattern or not values:
         raise ValueError(f"--override {text!r}: expected PATTERN=m:X[,atol:Y][,rtol:Z]")
-    return pattern, Tolerance(**values)
+    return pattern, replace(base or Tolerance(), **values)
 
 
 def write_bundle(

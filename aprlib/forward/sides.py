@@ -121,6 +121,9 @@ def module_side(model: Any, tokens: list[int], expect: str | None = None) -> tup
     ``Ops`` on its own weights: the two sides of ``bisect_module``."""
     from aprlib.forward.hf_capture import capture_hf, reference_from_hf
 
+    dtype = next(model.parameters()).dtype
+    # a half-precision model computes in it: its floor is the reference in that dtype
+    expect = expect or {torch.bfloat16: "bf16", torch.float16: "f16"}.get(dtype)
     net = reference_from_hf(model)
     captured = capture_hf(model, tokens)
     reference = Side("reference", net)
