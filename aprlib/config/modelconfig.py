@@ -791,6 +791,32 @@ def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
     return [f"rope_scaling {kind} has no llama.cpp equivalent: llama.cpp rotates unscaled"]
 
 
+def llama_cpp_graph_gaps(cfg: ModelConfig) -> list[str]:
+    """Where llama.cpp's qwen2/llama graph computes other than this config says, beyond RoPE
+    (``llama_cpp_rope_gaps``), in words for the convert notes: the file keeps what the
+    source says; llama.cpp does not read it.
+
+    Its MLP is SiLU-gated whatever the activation (seen: a gelu_pytorch_tanh Llama at NMSE
+    0.028 against transformers), and its attention has no sliding-window mask (seen: a
+    Qwen2 with use_sliding_window at NMSE 0.30 past the window).
+    """
+    gaps = []
+    act = {"swish": "silu"}.get(cfg.hidden_act, cfg.hidden_act)
+    if act != "silu":
+        gaps.append(
+            f"hidden_act {cfg.hidden_act}: llama.cpp's {cfg.architecture} graph gates its MLP "
+            "with SiLU, so it will not compute this model's activation (kept in "
+            "aprlib.hidden_act)"
+        )
+    if cfg.sliding_window is not None:
+        gaps.append(
+            f"sliding_window {cfg.sliding_window}: llama.cpp's {cfg.architecture} graph has no "
+            "sliding-window mask; it agrees with the source only up to "
+            f"{cfg.sliding_window} tokens"
+        )
+    return gaps
+
+
 def extras_from_gguf_kv(kv: dict[str, Any], arch: str) -> dict[str, Any]:
     """Inverse of ``gguf_extras``; also reads llama.cpp's own rope-scaling keys alone."""
     out: dict[str, Any] = {}

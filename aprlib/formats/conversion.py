@@ -202,6 +202,12 @@ def _write(
     if checked:
         model = _relabelled(model, dtype, report.notes)
     tensors = output_tensors(model, report.notes) if checked else list(model.tensors.values())
+    inferred = model.metadata.get("aprlib.biases_from_tensors") if model.metadata else None
+    if checked and inferred:
+        report.notes.append(
+            f"config {' and '.join(f'{f}: true' for f in inferred)} from the GGUF's bias "
+            "tensors: it has no key saying so, and llama.cpp uses every bias the file holds"
+        )
     if checked and fmt != "gguf":
         tensors = restore_widened_vectors(model, tensors)
     if not tensors:

@@ -21,10 +21,12 @@ import numpy as np
 
 from aprlib.config.modelconfig import (
     LLAMA3_DIVISOR_ARCHS,
+    SUPPORTED_ARCHITECTURES,
     ConfigError,
     ModelConfig,
     from_gguf_kv,
     gguf_config_error,
+    llama_cpp_graph_gaps,
     llama_cpp_rope_gaps,
     to_gguf_kv,
 )
@@ -297,6 +299,37 @@ def _place(
     return list(placed.values())
 
 
+#: what a GGUF's bias tensors end with, per config field that says they are there
+BIAS_TENSORS: dict[str, tuple[str, ...]] = {
+    "attention_bias": ("attn_q.bias", "attn_k.bias", "attn_v.bias"),
+    "mlp_bias": ("ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"),
+}
+#: where a reader records config fields it set from the tensors (a conversion notes them)
+BIASES_FROM_TENSORS = "aprlib.biases_from_tensors"
+
+
+def _biases_from_tensors(config: Any, names: set[str], kv: dict[str, Any]) -> Any:
+    """A GGUF has no key saying its layers carry biases: llama.cpp uses every bias tensor
+    the file holds. A GGUF not written by aprlib (no ``aprlib.*_bias`` key) gets the bias
+    flags its tensors say, so a conversion back to HF writes a config transformers loads
+    the biases with (seen: a llama.cpp GGUF of a biased Llama converted to a config without
+    them; transformers dropped 14 bias tensors). Noted in ``kv[BIASES_FROM_TENSORS]``."""
+    changes: dict[str, bool] = {}
+    for field_name, suffixes in BIAS_TENSORS.items():
+        if f"aprlib.{field_name}" in kv:
+            continue
+        if field_name == "attention_bias" and config.architecture == "llama":
+            suffixes = (*suffixes, "attn_output.bias")  # Llama's flag covers o_proj too
+        present = [any(n.startswith("blk.") and n.endswith(s) for n in names) for s in suffixes]
+        stated = config.qkv_bias if field_name == "attention_bias" else config.mlp_bias
+        if all(present) and not stated:
+            changes[field_name] = True
+    if not changes:
+        return config
+    kv[BIASES_FROM_TENSORS] = sorted(changes)
+    return dataclasses.replace(config, **changes)
+
+
 def open_gguf(path: Path, mapped: bool = False) -> Model:
     src = FileSource(path, GgufFormatError, mapped)
     try:
@@ -319,6 +352,14 @@ def _open(path: Path, src: FileSource) -> Model:
             kv[key] = tokenizer[key]
     if infos and data_start > src.size:
         raise GgufFormatError(path, "no data section after the tensor infos", field="offset")
+    arch = kv.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:  # before any tensor name: the family is the news
+        raise GgufFormatError(
+            path,
+            f"general.architecture {arch!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}",
+            field="general.architecture",
+        )
     alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
     placed = _place(path, infos, alignment, max(src.size - data_start, 0))
     embed = next((p for p in placed if p.name == "token_embd.weight"), None)
@@ -330,6 +371,7 @@ def _open(path: Path, src: FileSource) -> Model:
     except ConfigError as exc:
         text, named = gguf_config_error(exc, kv)
         raise GgufFormatError(path, text, field=named or "general.architecture") from None
+    config = _biases_from_tensors(config, {p.name for p in placed}, kv)
     derived = {p.name: p for p in placed if p.name in DERIVED}
     placed = [p for p in placed if p.name not in DERIVED]
     config, kv["aprlib.rope_freqs"] = _rope_freqs(
@@ -540,6 +582,7 @@ def write_gguf(
     except RopeFreqsError as exc:
         raise ConversionError(f"{model.path}: {ROPE_FREQS}: {exc}") from None
     report.notes.extend(llama_cpp_rope_gaps(cfg))  # the file is right; llama.cpp's RoPE is not
+    report.notes.extend(llama_cpp_graph_gaps(cfg))  # nor its activation and attention mask
     with atomic_output(dst) as tmp:
         writer = writer_class()(tmp, cfg.architecture)
         kv = to_gguf_kv(cfg)

@@ -11,6 +11,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,32 @@ def read_hf_config(folder: Path) -> ModelConfig | None:
         raise ModelFileError(cfg, f"config.json: {exc}", field=exc.field or "config") from None
 
 
+SHARD_NAME = re.compile(r"(?P<stem>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.safetensors\Z")
+
+
+def check_shard_set(folder: Path, names: list[str]) -> None:
+    """Shard names that promise N shards (``model-00001-of-00004.safetensors``), with no
+    index to say otherwise, must all be there: a folder missing one once loaded as a
+    smaller model and converted to a GGUF llama.cpp could not load."""
+    sets: dict[tuple[str, int], set[int]] = {}
+    for name in names:
+        match = SHARD_NAME.match(name)
+        if match:
+            key = (match["stem"], int(match["total"]))
+            sets.setdefault(key, set()).add(int(match["index"]))
+    for (stem, total), present in sorted(sets.items()):
+        missing = sorted(set(range(1, total + 1)) - present)
+        if missing:
+            width = len(str(total)) if total >= 10000 else 5
+            name = f"{stem}-{missing[0]:0{width}d}-of-{total:0{width}d}.safetensors"
+            raise SafetensorsFormatError(
+                folder,
+                f"{len(missing)} of the {total} shards the names promise are missing "
+                f"(first: {name}) and there is no model.safetensors.index.json",
+                field="shards",
+            )
+
+
 def shard_paths(folder: Path) -> tuple[list[tuple[str, Path]], dict[str, str] | None]:
     """The shards of a model folder, as (name in the index, path), and the index's weight
     map (None without one).
@@ -169,6 +196,7 @@ def shard_paths(folder: Path) -> tuple[list[tuple[str, Path]], dict[str, str] | 
         names = sorted(p.name for p in folder.glob("*.safetensors"))
         if not names:
             raise ModelFileError(folder, "folder holds no *.safetensors file")
+        check_shard_set(folder, names)
     root = folder.resolve()
     files = []
     for name in names:
