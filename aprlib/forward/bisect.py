@@ -330,6 +330,7 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+DROP_PAGES_BYTES = 256 << 20  # weights compared between handing mapped pages back
 RMSE_CHUNK = 1 << 18  # elements compared at once: float64 temporaries of 2 MB stay in cache
 
 
@@ -664,13 +665,20 @@ def weight_differences(a: Transformer, b: Transformer) -> list[str]:
     state_a, state_b = a.state_dict(), b.state_dict()
     if state_a.keys() != state_b.keys():
         return sorted(state_a.keys() ^ state_b.keys())
-    return [
-        k
-        for k in state_a
-        if state_a[k].shape != state_b[k].shape
-        or state_a[k].dtype != state_b[k].dtype
-        or not torch.equal(state_a[k], state_b[k])
-    ]
+    sources = [n.source for n in (a, b) if n.source is not None]
+    differ, read = [], 0
+    for k in state_a:
+        x, y = state_a[k], state_b[k]
+        if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
+            differ.append(k)
+        read += x.numel() * x.element_size()
+        if read >= DROP_PAGES_BYTES:  # zero-copy weights: the pages compared may go, so
+            for source in sources:  # the compare never holds both files resident at once
+                source.drop_pages()
+            read = 0
+    for source in sources:
+        source.drop_pages()
+    return differ
 
 
 def config_differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
