@@ -617,7 +617,7 @@ def _weights_dtype(net: Transformer) -> torch.dtype:
     return net.compute_dtype or net.model.embed_tokens.weight.dtype
 
 
-def _held(side: Side, batch: torch.Tensor) -> Generator[tuple[str, torch.Tensor | None], None, Any]:
+def _held(side: Side) -> Generator[tuple[str, torch.Tensor | None], None, Any]:
     """An outside engine's points in firing order (None where it holds none)."""
     assert side.points is not None
     for name in capture_graph(side.net.config.num_hidden_layers):
@@ -758,9 +758,7 @@ def bisect(
                 continue
             if run.kind == "side":
                 side = sides[run.weights]
-                runs[run] = (
-                    _held(side, batch) if side.points is not None else side.net.points(batch)
-                )
+                runs[run] = _held(side) if side.points is not None else side.net.points(batch)
                 continue
             trusted = next(
                 (s for s in sides.values() if s.trusted and _trusted_run(s) == run), None

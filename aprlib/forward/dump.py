@@ -335,6 +335,7 @@ def read_dump(
     path: Path | str, config: ModelConfig, point_map: PointMap | None = None
 ) -> ActivationDump:
     """A dump file, its tensors placed at capture points (names direct or through the map)."""
+    import torch
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -379,7 +380,8 @@ def read_dump(
                 tensor = f.get_tensor(name)
                 if not tensor.is_floating_point():
                     raise DumpError(path, f"dtype {tensor.dtype} is not a float", tensor=name)
-                array = tensor.float().numpy() if tensor.dtype != _f64() else tensor.numpy()
+                wide = tensor.dtype == torch.float64
+                array = tensor.numpy() if wide else tensor.float().numpy()
                 found[point] = (array, layout, scope, name)
     except SafetensorError as exc:
         raise DumpError(path, f"not a readable safetensors file: {exc}") from None
@@ -398,12 +400,6 @@ def read_dump(
         absent,
         ignored,
     )
-
-
-def _f64() -> Any:
-    import torch
-
-    return torch.float64
 
 
 def _is_point(name: str, config: ModelConfig) -> bool:

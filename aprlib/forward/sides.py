@@ -40,9 +40,19 @@ def file_side(
     return Side(f"{path} ({backend}, {dtype})", net, weights=weights_name(path), expect=expect)
 
 
+def in_forward_layout(points: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An outside engine's canonical tensors (tokens first, no batch) in the forward's own
+    layout (batch 1); half precision widened to float32 (exactly) for the statistics."""
+    wide = (torch.float32, torch.float64)
+    return {
+        name: internal_layout(name, x if x.dtype in wide else x.float())
+        for name, x in points.items()
+    }
+
+
 def dump_points(dump: ActivationDump) -> dict[str, torch.Tensor]:
     """A dump's canonical tensors in the forward's own layout (batch 1)."""
-    return {name: internal_layout(name, x) for name, x in dump.points.items()}
+    return in_forward_layout(dump.points)
 
 
 def dump_side(
@@ -78,7 +88,7 @@ def llamacpp_side(path: Path | str, tokens: list[int], expect: str | None = None
     return Side(
         f"{path} (llama.cpp)",
         net,
-        points={k: internal_layout(k, v) for k, v in points.items()},
+        points=in_forward_layout(points),
         scopes=scopes,
         weights=weights_name(path),
         expect=expect,
@@ -109,7 +119,7 @@ def transformers_side(reference: Side, tokens: list[int], expect: str | None = N
     return Side(
         f"{reference.label.split(' (')[0]} (transformers)",
         reference.net,
-        points={k: internal_layout(k, v.double()) for k, v in captured.points.items()},
+        points=in_forward_layout(captured.points),
         weights=reference.weights,
         expect=expect,
         engine="transformers",
@@ -131,7 +141,7 @@ def module_side(model: Any, tokens: list[int], expect: str | None = None) -> tup
     side = Side(
         engine,
         net,
-        points={k: internal_layout(k, v.double()) for k, v in captured.points.items()},
+        points=in_forward_layout(captured.points),
         weights=reference.weights_key(),
         expect=expect,
         engine=engine,
