@@ -49,6 +49,10 @@ _API: dict[str, str] = {
         "aprlib.forward.dump",
     ),
     "bisect_module": "aprlib.forward.sides",
+    **dict.fromkeys(
+        ("MemoryPlan", "StreamChoice", "StreamedWeights", "choose_streaming", "memory_plan"),
+        "aprlib.forward.weights",
+    ),
     **dict.fromkeys(("FinetuneError", "InitLossError", "StepZero"), "aprlib.train.finetune"),
 }
 
@@ -64,6 +68,7 @@ __all__ = [
     "FinetuneError",
     "GgufFormatError",
     "InitLossError",
+    "MemoryPlan",
     "Model",
     "ModelConfig",
     "ModelFileError",
@@ -77,6 +82,8 @@ __all__ = [
     "ShapeMismatchError",
     "Side",
     "StepZero",
+    "StreamChoice",
+    "StreamedWeights",
     "Tensor",
     "Tolerance",
     "Transformer",
@@ -84,10 +91,12 @@ __all__ = [
     "bisect",
     "bisect_module",
     "check_weights_match",
+    "choose_streaming",
     "convert",
     "diff_models",
     "expected_shapes",
     "llama3_2_1b",
+    "memory_plan",
     "model_from_arrays",
     "open_model",
     "qwen2_0_5b",
@@ -130,6 +139,13 @@ if TYPE_CHECKING:
     from aprlib.forward.dump import ActivationDump, DumpError, PointMap, read_dump, write_dump
     from aprlib.forward.model import Ops, Transformer
     from aprlib.forward.sides import bisect_module
+    from aprlib.forward.weights import (
+        MemoryPlan,
+        StreamChoice,
+        StreamedWeights,
+        choose_streaming,
+        memory_plan,
+    )
     from aprlib.train.finetune import FinetuneError, InitLossError, StepZero
 
 

@@ -8,6 +8,7 @@ heads, head size, FFN width, layers, vocab, tie, biases, rope base and scaling, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -298,3 +299,37 @@ def check_float64(spec: Spec) -> None:
 @pytest.mark.parametrize("name", sorted(FIXED))
 def test_float64_forward_equals_transformers(name):
     check_float64(FIXED[name])
+
+
+def check_streamed(spec: Spec, folder: Path) -> None:
+    """The model saved by transformers, streamed a layer at a time from the file (head in
+    several row blocks): equal to transformers, and bit for bit the held forward."""
+    from aprlib.forward import weights
+
+    model = hf_model(spec)
+    model.save_pretrained(folder)
+    gen = torch.Generator().manual_seed(spec.seed)
+    tokens = torch.randint(0, spec.hf["vocab_size"], (spec.batch, spec.length), generator=gen)
+    rows = max(1, spec.hf["vocab_size"] // 3)  # the head in >= 3 blocks, held and streamed
+    block_bytes, weights.HEAD_BLOCK_BYTES = (
+        weights.HEAD_BLOCK_BYTES,
+        rows * spec.hf["hidden_size"] * 4,
+    )
+    try:
+        streamed = Transformer.from_file(folder, stream=True)
+        held = Transformer.from_file(folder)
+        with torch.no_grad():
+            theirs = model(tokens).logits
+            ours = streamed(tokens)
+            again = held(tokens)
+    finally:
+        weights.HEAD_BLOCK_BYTES = block_bytes
+    diff = float((ours - theirs).abs().max())
+    assert diff < TOLERANCE, f"streamed: max |ours - transformers| = {diff:.3g} for {spec}"
+    assert torch.equal(ours, again), "the streamed forward's logits are not the held forward's bits"
+
+
+@pytest.mark.falsifies("FALSIFY-FWD-004")
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_streamed_forward_equals_transformers(name, tmp_path):
+    check_streamed(FIXED[name], tmp_path)

@@ -229,3 +229,49 @@ def test_config_003_catches_a_writer_that_writes_a_qwen2_hf_cannot_describe(tmp_
     monkeypatch.setattr(st_format, "hf_cannot_say", lambda cfg: None)
     with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
         config_falsifier.check_round_trip(config_falsifier.VARIANTS["qwen2-nobias-yarn"], tmp_path)
+
+
+def test_fwd_004_catches_a_streamed_layer_that_skips_its_bias(monkeypatch, tmp_path):
+    from aprlib.forward.weights import StreamedWeights
+
+    real = StreamedWeights.layer
+
+    def without_bias(self, i):
+        layer = real(self, i)
+        if i == 1:
+            with torch.no_grad():
+                layer.self_attn.k_proj.bias.zero_()
+        return layer
+
+    monkeypatch.setattr(StreamedWeights, "layer", without_bias)
+    with pytest.raises(AssertionError, match="streamed: max"):
+        fwd.check_streamed(QWEN, tmp_path)
+
+
+def test_fwd_004_catches_head_blocks_in_the_wrong_columns(monkeypatch, tmp_path):
+    from aprlib.forward.weights import StreamedWeights
+
+    real = StreamedWeights.head_blocks
+
+    def reversed_blocks(self):
+        yield from reversed([block.clone() for block in real(self)])
+
+    monkeypatch.setattr(StreamedWeights, "head_blocks", reversed_blocks)
+    with pytest.raises(AssertionError, match="streamed: max"):
+        fwd.check_streamed(LLAMA3, tmp_path)
+
+
+def test_fwd_004_catches_a_streamed_forward_that_is_not_the_held_bits(monkeypatch, tmp_path):
+    """Within transformers' 1e-4 but not the held forward's bits: a streamed embedding
+    rounded through bfloat16 on its way in."""
+    from aprlib.forward.weights import StreamedWeights
+
+    real = StreamedWeights.embedding
+
+    def rounded(self, tokens):
+        rows, index = real(self, tokens)
+        return rows + (rows.to(torch.bfloat16).float() - rows) * 1e-3, index
+
+    monkeypatch.setattr(StreamedWeights, "embedding", rounded)
+    with pytest.raises(AssertionError, match="held forward's bits"):
+        fwd.check_streamed(QWEN, tmp_path)

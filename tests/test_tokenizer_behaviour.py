@@ -124,3 +124,38 @@ def test_a_malformed_post_processor_adds_nothing_and_raises_nothing(post):
     from aprlib.formats.tokenizer import post_processor_adds
 
     assert isinstance(post_processor_adds({"post_processor": post}, {}), dict)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
+        {"eos_token": "<|endoftext|>"},  # the template's BOS is not the config's (none)
+        {},
+    ],
+    ids=["bos-named", "bos-unnamed", "no-config"],
+)
+def test_a_template_bos_is_kept_where_the_config_is_silent(tiny_factory, tmp_path, config):
+    """Issue 25, seen 3: a ``TemplateProcessing`` that adds BOS, whatever
+    ``tokenizer_config.json`` says: llama.cpp on our GGUF adds the same token HF adds."""
+    from tokenizers import processors
+
+    from aprlib import convert
+    from aprlib.forward import llamacpp
+    from falsifiers.llamacpp_oracle import require_llama_cpp
+
+    folder, tok = hf_folder_with_tokenizer(
+        tiny_factory("llama", vocab_size=VOCAB), "llama-bpe", tmp_path
+    )
+    bos = "<|endoftext|>"
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    convert(folder, tmp_path / "m.gguf")
+    require_llama_cpp()
+    texts = ["hello world", "def f(x):\n    return x"]
+    theirs = llamacpp.tokenize(tmp_path / "m.gguf", texts, add_bos=True, special=False)
+    assert theirs == [tok.encode(t).ids for t in texts]
+    assert theirs[0][0] == tok.token_to_id(bos)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aprlib.cli.streaming import add_stream_flag, decide, layer_bar, with_peak
 from aprlib.formats import jsonout
 from aprlib.forward.gates import EXPECT, MAX_ABSMAX_RATIO, MAX_STD_RATIO
 
@@ -44,6 +45,7 @@ def register(sub: Any) -> dict[str, Any]:
     lg.add_argument("--min-top1", type=float, help="gate: top-1 agreement")
     lg.add_argument("--max-nmse", type=float, help="gate: NMSE")
     lg.add_argument("--json", action="store_true", help="one JSON document")
+    add_stream_flag(lg)
 
     tr = sub.add_parser(
         "trace",
@@ -58,6 +60,7 @@ def register(sub: Any) -> dict[str, Any]:
     tr.add_argument("--backend", default="reference")
     tr.add_argument("--dtype", default="float32", choices=DTYPES)
     tr.add_argument("--json", type=Path, dest="json_out", help="write the trace as JSON")
+    add_stream_flag(tr)
     tr.add_argument("--compare", type=Path, help="another trace .json to compare with")
     tr.add_argument("--scope", choices=("all", "last"), default="all", help="rows shown")
     tr.add_argument(
@@ -113,6 +116,7 @@ def register(sub: Any) -> dict[str, Any]:
     bi.add_argument("--override", action="append", default=[], help="PATTERN=m:X[,atol:Y][,rtol:Z]")
     bi.add_argument("--bundle", type=Path, help="write a repro bundle for the first finding")
     bi.add_argument("--json", action="store_true")
+    add_stream_flag(bi)
 
     qa = sub.add_parser(
         "qa",
@@ -126,6 +130,7 @@ def register(sub: Any) -> dict[str, Any]:
     qa.add_argument("--max-loss", type=float, help="loss gate bound in nats (default ln(vocab))")
     qa.add_argument("--no-parity", action="store_true", help="skip the llama.cpp gate")
     qa.add_argument("--json", action="store_true")
+    add_stream_flag(qa)
     return {"logits": _logits, "trace": _trace, "bisect": _bisect, "qa": _qa}
 
 
@@ -156,12 +161,19 @@ def _logits(args: argparse.Namespace) -> int:
     from aprlib.forward.token_ids import parse_tokens
 
     tokens = parse_tokens(args.tokens)
-    logits = compute_logits(args.model, tokens, args.backend)
+    choice = decide(args.stream_weights, [args.model]) if args.backend != "llama.cpp" else None
+    stream = choice is not None and choice.stream
+    if choice is not None:
+        with layer_bar(choice):
+            logits = compute_logits(args.model, tokens, args.backend, stream)
+    else:
+        logits = compute_logits(args.model, tokens, args.backend)
     if args.out:
         save_logits(args.out, logits, tokens, {"model": str(args.model), "backend": args.backend})
     if args.compare is None:
         if args.json:
-            print(json.dumps({"tokens": tokens, "shape": list(logits.shape), "out": str(args.out)}))
+            data = {"tokens": tokens, "shape": list(logits.shape), "out": str(args.out)}
+            print(json.dumps(with_peak({**data, "streamed": stream})))
         else:
             print(
                 f"logits {logits.shape[0]}x{logits.shape[1]} float32 ({args.backend})"
@@ -172,7 +184,11 @@ def _logits(args: argparse.Namespace) -> int:
         other, other_tokens = load_logits(args.compare)
     else:
         other_tokens = tokens
-        other = compute_logits(args.compare, tokens, args.compare_backend or args.backend)
+        other_backend = args.compare_backend or args.backend
+        other_stream = other_backend != "llama.cpp" and (
+            decide(args.stream_weights, [args.compare]).stream
+        )
+        other = compute_logits(args.compare, tokens, other_backend, other_stream)
     base = DTYPE_GATES[args.expect] if args.expect else Gates()
     gates = Gates(
         max_kl=args.max_kl if args.max_kl is not None else base.max_kl,
@@ -185,7 +201,7 @@ def _logits(args: argparse.Namespace) -> int:
         print(f"apr: refused: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(jsonout.dumps(c.to_dict()))
+        print(jsonout.dumps(with_peak(c.to_dict())))
     else:
         _print_comparison(c, args)
     return EXIT_OK if c.verdict == "PASS" else EXIT_FAIL
@@ -235,9 +251,13 @@ def _trace(args: argparse.Namespace) -> int:
     else:
         if not args.tokens:
             raise ValueError("--tokens is required to trace a model")
-        trace = trace_file(args.model, parse_tokens(args.tokens), args.backend, args.dtype)
+        choice = decide(args.stream_weights, [args.model], args.dtype)
+        with layer_bar(choice):
+            trace = trace_file(
+                args.model, parse_tokens(args.tokens), args.backend, args.dtype, choice.stream
+            )
         if args.json_out:
-            save_trace(trace, args.json_out)
+            save_trace(trace, args.json_out, with_peak({"streamed": choice.stream}))
     if args.compare is None:
         _print_trace(trace, args.scope)
         return EXIT_OK
@@ -296,9 +316,10 @@ def _bisect(args: argparse.Namespace) -> int:
 
     tolerance = Tolerance(args.m, args.atol, args.rtol)
     overrides = dict(parse_override(o, tolerance) for o in args.override)
-    side_a, side_b, tokens = _bisect_sides(args)
-    report = bisect(side_a, side_b, tokens, tolerance, overrides)
-    data = report.to_dict()
+    side_a, side_b, tokens, choice = _bisect_sides(args)
+    with layer_bar(choice):
+        report = bisect(side_a, side_b, tokens, tolerance, overrides)
+    data = with_peak({**report.to_dict(), "streamed": choice.stream})
     finding = report.first_nonfinite or (report.introduced[0] if report.introduced else None)
     if args.bundle and finding is not None and side_b.points is None and side_a.points is None:
         data["bundle"] = [
@@ -311,7 +332,7 @@ def _bisect(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_FAIL
 
 
-def _bisect_sides(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
+def _bisect_sides(args: argparse.Namespace) -> tuple[Any, Any, list[int], Any]:
     """The two sides the command line names, and the tokens they run on."""
     from aprlib.errors import ModelFileError
     from aprlib.forward import sides
@@ -349,23 +370,27 @@ def _bisect_sides(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
                 f"{', '.join(given)} cannot apply to an activation dump: it is judged on "
                 "REF's weights as stored, its arithmetic set by --expect-b"
             )
-    side_a = sides.file_side(args.a, args.backend_a, args.dtype_a, args.expect_a)
+    files = [args.a] + ([args.b] if args.b is not None and not dump else [])
+    choice = decide(args.stream_weights, files, args.dtype_a)
+    stream = choice.stream
+    side_a = sides.file_side(args.a, args.backend_a, args.dtype_a, args.expect_a, stream)
     if dump:
         point_map = PointMap.load(args.map) if args.map else None
         side_b, held = sides.dump_side(side_a, args.b, point_map, expect_b)
         if tokens is not None and tokens != held.tokens:
             raise ValueError(f"--tokens differ from the tokens {args.b} was computed on")
         side_b.ignored = list(held.ignored)
-        return side_a, side_b, held.tokens
+        return side_a, side_b, held.tokens, choice
     assert tokens is not None
     check_token_ids(tokens, side_a.net.config.vocab_size, args.a)
     dtype_b = args.dtype_b or args.dtype_a
     if args.backend_b == "llama.cpp":
-        side_b = sides.llamacpp_side(args.b or args.a, tokens, expect_b)
+        side_b = sides.llamacpp_side(args.b or args.a, tokens, expect_b, stream)
     elif args.backend_b == "transformers":  # built from the file's weights in float32
-        side_b = sides.transformers_side(sides.file_side(args.b or args.a), tokens, expect_b)
+        reference = sides.file_side(args.b or args.a, stream=stream)
+        side_b = sides.transformers_side(reference, tokens, expect_b)
     elif args.b is not None:
-        side_b = sides.file_side(args.b, args.backend_b, dtype_b, expect_b)
+        side_b = sides.file_side(args.b, args.backend_b, dtype_b, expect_b, stream)
     elif args.backend_b != args.backend_a or args.dtype_b:
         from aprlib.forward.bisect import twin
 
@@ -375,7 +400,7 @@ def _bisect_sides(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
     else:
         raise ValueError("give B, or --backend-b / --dtype-b to run A another way")
     check_token_ids(tokens, side_b.net.config.vocab_size, args.b or args.a)
-    return side_a, side_b, tokens
+    return side_a, side_b, tokens, choice
 
 
 def _print_bisect(report: Any) -> None:
@@ -473,8 +498,12 @@ def _qa(args: argparse.Namespace) -> int:
     if args.stream:
         text = args.stream.read_text(encoding="utf-8").replace("\n", ",").replace(" ", ",")
         stream = parse_tokens(text)
-    gates = run_qa(args.model, stream, parity=not args.no_parity, max_loss=args.max_loss)
-    data = gates_json(gates)
+    choice = decide(args.stream_weights, [args.model])
+    with layer_bar(choice):
+        gates = run_qa(
+            args.model, stream, not args.no_parity, args.max_loss, stream_weights=choice.stream
+        )
+    data = with_peak(gates_json(gates))
     if args.json:
         print(jsonout.dumps(data))
     else:

@@ -160,6 +160,13 @@ def from_hf(
         if token_id is not None:
             out[PREFIX + gguf_key] = token_id
     adds = post_processor_adds(data, config)
+    leading = template_bos(data)
+    if leading is not None and leading in ids:
+        # what HF runs: the template adds this token before every sequence, whatever
+        # tokenizer_config.json calls BOS (llama.cpp's converter then writes add_bos
+        # false, or the config.json id: llama.cpp would tokenize without it, or another)
+        out[PREFIX + "bos_token_id"] = ids[leading]
+        adds["bos"] = True
     for which in ("bos", "eos"):
         key = f"add_{which}_token"
         if which in adds:
@@ -181,6 +188,23 @@ def _template_special(piece: Any) -> Any:
     ``$A`` sequences and anything malformed add none."""
     special = piece.get("SpecialToken") if isinstance(piece, dict) else None
     return special.get("id") if isinstance(special, dict) else None
+
+
+def template_bos(data: dict[str, Any]) -> str | None:
+    """The special token a ``TemplateProcessing`` post-processor puts before a single
+    sequence (Llama 3's ``<|begin_of_text|>``), else None."""
+    post = data.get("post_processor")
+    if not isinstance(post, dict):
+        return None
+    processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    for proc in processors if isinstance(processors, list) else []:
+        if isinstance(proc, dict) and proc.get("type") == "TemplateProcessing":
+            single = proc.get("single")
+            if isinstance(single, list) and len(single) > 1:
+                first = _template_special(single[0])
+                return first if isinstance(first, str) else None
+            return None
+    return None
 
 
 def post_processor_adds(data: dict[str, Any], config: dict[str, Any]) -> dict[str, bool]:

@@ -470,21 +470,21 @@ def round_blocks(x: torch.Tensor, blocks: str) -> torch.Tensor:
 def round_weights(net: Transformer, expect: str) -> Transformer:
     """A's weights as a faithful conversion to ``expect`` stores them (2-D weights whose
     rows are whole blocks quantised; norms and biases kept), on the reference ``Ops``."""
+    return net.with_weights(lambda _, w: round_weight(w, expect), Ops())
+
+
+def round_weight(w: torch.Tensor, expect: str) -> torch.Tensor:
+    """One weight as ``expect`` stores it (a 2-D weight whose rows are whole blocks; any
+    other kept): a row block of one rounds as the whole does, so a streamed head may."""
     from aprlib.formats.dtypes import DType, from_float32, to_float32
 
     dtype = {"f32": DType.F32, "bf16": DType.BF16, "f16": DType.F16}.get(expect)
     dtype = dtype or {"q8_0": DType.Q8_0, "q4_k": DType.Q4_K}[expect]
-    block = dtype.info.block_elements
-    state = {}
-    for name, w in net.state_dict().items():
-        if w.dim() == 2 and w.shape[-1] % block == 0 and dtype is not DType.F32:
-            values = w.detach().float().numpy()
-            decoded = to_float32(from_float32(values, dtype), dtype, tuple(values.shape))
-            w = torch.from_numpy(decoded.copy()).to(w.dtype)
-        state[name] = w
-    other = Transformer(net.config, Ops())
-    other.load_state_dict(state, strict=True, assign=True)
-    return other.eval()
+    if w.dim() != 2 or w.shape[-1] % dtype.info.block_elements or dtype is DType.F32:
+        return w
+    values = w.detach().float().numpy()
+    decoded = to_float32(from_float32(values, dtype), dtype, tuple(values.shape))
+    return torch.from_numpy(decoded.copy()).to(w.dtype)
 
 
 @dataclass
@@ -522,11 +522,13 @@ class Side:
         """The compute dtype of this side's engine (its ``--expect`` for outside engines)."""
         if self.points is not None:
             return ARITHMETIC[self.expect or "f32"][0] or torch.float32
-        return self.net.compute_dtype or self.net.model.embed_tokens.weight.dtype
+        return self.net.compute_dtype or self.net.weights_dtype
 
     def weights_key(self) -> str:
         if self.weights is not None:
             return self.weights
+        if self.net.streamed is not None and self.net.source is not None:
+            return str(self.net.source.path.resolve())
         tensors = self.net.state_dict().values()
         return "memory:" + ",".join(f"{t.data_ptr()}:{t.dtype}" for t in tensors)
 
@@ -601,10 +603,8 @@ def _build(run: Run, nets: dict[str, Transformer]) -> Transformer:
     dtype = getattr(torch, run.dtype)
     if run.blocks is None and type(net.ops) is Ops and _weights_dtype(net) == dtype:
         return net
-    other = Transformer(net.config, RoundedOps(run.blocks) if run.blocks else Ops())
-    state = {k: v.to(dtype) for k, v in net.state_dict().items()}
-    other.load_state_dict(state, strict=True, assign=True)
-    return other.eval()
+    ops = RoundedOps(run.blocks) if run.blocks else Ops()
+    return net.with_weights(lambda _, w: w.to(dtype), ops)
 
 
 def _precision(net: Transformer) -> float:
@@ -614,7 +614,7 @@ def _precision(net: Transformer) -> float:
 
 
 def _weights_dtype(net: Transformer) -> torch.dtype:
-    return net.compute_dtype or net.model.embed_tokens.weight.dtype
+    return net.compute_dtype or net.weights_dtype
 
 
 def _held(side: Side) -> Generator[tuple[str, torch.Tensor | None], None, Any]:
@@ -662,6 +662,8 @@ def weight_differences(a: Transformer, b: Transformer) -> list[str]:
     difference) is one model in two files, a copy or a lossless conversion: the sides then
     share one float64 reference and have no weights to compare, which saves two forwards
     for a llama.cpp side over an F32 GGUF."""
+    if a.streamed is not None or b.streamed is not None:
+        return _streamed_differences(a, b)
     state_a, state_b = a.state_dict(), b.state_dict()
     if state_a.keys() != state_b.keys():
         return sorted(state_a.keys() ^ state_b.keys())
@@ -679,6 +681,80 @@ def weight_differences(a: Transformer, b: Transformer) -> list[str]:
     for source in sources:
         source.drop_pages()
     return differ
+
+
+def _streamed_differences(
+    a: Transformer, b: Transformer, skip: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """``weight_differences`` one tensor at a time from the files: stored bytes against
+    stored bytes where both store one dtype (equal bytes, equal values), else values."""
+    import numpy as np
+
+    from aprlib.formats.io import LM_HEAD
+
+    def tensors(net: Transformer) -> dict[str, Any]:
+        if net.source is None or net.streamed is None:
+            return dict(net.state_dict())
+        tied = net.config.tie_word_embeddings
+        return {k: v for k, v in net.source.tensors.items() if not (tied and k == LM_HEAD)}
+
+    def stored(x: Any) -> bool:
+        return not isinstance(x, torch.Tensor)
+
+    def values(x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            return x.detach().float().numpy()
+        return np.asarray(x.to_float32())
+
+    ta, tb = tensors(a), tensors(b)
+    if ta.keys() != tb.keys():
+        return sorted(ta.keys() ^ tb.keys())
+    differ = []
+    for k, x in ta.items():
+        if k in skip:
+            continue
+        y = tb[k]
+        if tuple(x.shape) != tuple(y.shape):
+            differ.append(k)
+        elif stored(x) and stored(y) and x.dtype == y.dtype:
+            if not _same_stored(x, y):
+                differ.append(k)
+        elif not np.array_equal(values(x), values(y)):
+            differ.append(k)
+    return differ
+
+
+def _same_stored(x: Any, y: Any) -> bool:
+    """Two file tensors' stored bytes equal, read side by side in chunks where both lie
+    in their files as stored (a 1 GB embedding is never held whole, twice), else whole."""
+    import numpy as np
+
+    from aprlib.formats.filesource import FileSource
+
+    if x.span is None or y.span is None or x.checksummed or y.checksummed:
+        return _same_bytes(x.raw(), y.raw())
+    if x.nbytes != y.nbytes:
+        return False
+    with (
+        FileSource(x.span[0], expect=x.span_file) as fa,
+        FileSource(y.span[0], expect=y.span_file) as fb,
+    ):
+        pieces_a = fa.chunks(x.span[1], x.nbytes, x.name)
+        chunks = zip(pieces_a, fb.chunks(y.span[1], y.nbytes, y.name), strict=True)
+        return all(
+            _same_bytes(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)) for a, b in chunks
+        )
+
+
+def _same_bytes(x: Any, y: Any) -> bool:
+    """Two byte arrays equal, compared eight bytes at a time (5x a byte-wise compare)."""
+    import numpy as np
+
+    if x.size != y.size:
+        return False
+    if x.size % 8 == 0:
+        x, y = x.view(np.uint64), y.view(np.uint64)
+    return bool(np.array_equal(x, y))
 
 
 def config_differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
@@ -723,10 +799,13 @@ def bisect(
     configs_differ: list[tuple[str, Any, Any]] = []
     weights_differ: list[str] = []
     same = False
+    digested = None
     if side_a.weights_key() != side_b.weights_key():
         configs_differ = config_differences(side_a.net.config, side_b.net.config)
-        weights_differ = weight_differences(side_a.net, side_b.net)
-        same = not configs_differ and not weights_differ
+        digested = _digested(side_a.net, side_b.net)
+        if digested is None:
+            weights_differ = weight_differences(side_a.net, side_b.net)
+            same = not configs_differ and not weights_differ
     if same:  # one model in two files (a copy, a lossless conversion): one reference, no
         side_b = replace(side_b, weights=side_a.weights_key())  # weights to compare
     layers_a = side_a.net.config.num_hidden_layers
@@ -792,7 +871,45 @@ def bisect(
                     source.drop_pages()
         for forward in runs.values():
             _finish(forward)
+    if digested is not None:
+        report.weights_differ = _digest_differences(side_a.net, side_b.net, *digested)
     return report
+
+
+def _digested(a: Transformer, b: Transformer) -> tuple[Any, Any] | None:
+    """Two streamed files storing every tensor in one dtype: their weights are compared by
+    the CRC32 of each tensor's bytes as the forwards stream them (no read of its own, which
+    was a quarter of a 7B bisect); the sides are then never taken for one model (a copy
+    costs its forwards). None where the comparison must come first."""
+    from aprlib.forward.weights import StreamedWeights
+
+    sources = a.streamed, b.streamed
+    if not all(isinstance(s, StreamedWeights) for s in sources):
+        return None
+    ta, tb = a.source.tensors if a.source else {}, b.source.tensors if b.source else {}
+    if ta.keys() != tb.keys() or any(
+        ta[k].dtype != tb[k].dtype or ta[k].shape != tb[k].shape for k in ta
+    ):
+        return None
+    for source in sources:
+        source.digests = {}  # type: ignore[union-attr]
+    return sources
+
+
+def _digest_differences(a: Transformer, b: Transformer, da: Any, db: Any) -> list[str]:
+    """Tensors whose stored bytes differ: by CRC32 where both forwards streamed them whole,
+    the rest (the embedding rows only the tokens were read of) compared now."""
+    digests_a, digests_b = da.digests or {}, db.digests or {}
+    da.digests = db.digests = None
+    known = digests_a.keys() & digests_b.keys()
+    differ = [k for k in known if digests_a[k] != digests_b[k]]
+    rest = _streamed_differences(a, b, skip=known)
+    return sorted(set(differ) | set(rest), key=_file_order(a))
+
+
+def _file_order(net: Transformer) -> Any:
+    order = {k: i for i, k in enumerate(net.source.tensors if net.source else ())}
+    return lambda k: order.get(k, len(order))
 
 
 def _judge(
@@ -874,24 +991,25 @@ def _held_inputs(
 # --- building the two sides from files, backends and dtypes ------------------------------
 
 
-def load_side(path: Path | str, backend: str = "reference", dtype: str = "float32") -> Transformer:
+def load_side(
+    path: Path | str, backend: str = "reference", dtype: str = "float32", stream: bool = False
+) -> Transformer:
+    """A file's net for a bisect: zero-copy float32 views of its pages when held (the
+    pages go as each layer is done), or streamed a layer at a time."""
     from aprlib.forward.backends import make_ops
 
-    return Transformer.from_file(
-        path, dtype=getattr(torch, dtype), ops=make_ops(backend), zero_copy=True
-    )
+    ops, kind = make_ops(backend), getattr(torch, dtype)
+    return Transformer.from_file(path, dtype=kind, ops=ops, zero_copy=not stream, stream=stream)
 
 
 def twin(net: Transformer, backend: str = "reference", dtype: str | None = None) -> Transformer:
     """A's weights under another backend or dtype (shared when the dtype is unchanged)."""
     from aprlib.forward.backends import make_ops
 
-    other = Transformer(net.config, make_ops(backend))
-    state = net.state_dict()
-    if dtype is not None:
-        state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
-    other.load_state_dict(state, strict=True, assign=True)
-    return other.eval()
+    if dtype is None:
+        return net.with_weights(lambda _, w: w, make_ops(backend))
+    target = getattr(torch, dtype)
+    return net.with_weights(lambda _, w: w.to(target), make_ops(backend))
 
 
 def parse_override(text: str, base: Tolerance | None = None) -> tuple[str, Tolerance]:

@@ -32,15 +32,22 @@ class TokenMismatchError(ValueError):
 
 
 def reference_logits(
-    path: Path | str, tokens: list[int], backend: str = "reference", dtype: str = "float32"
+    path: Path | str,
+    tokens: list[int],
+    backend: str = "reference",
+    dtype: str = "float32",
+    stream: bool = False,
 ) -> np.ndarray:
-    """Our ``Transformer`` on the named ``Ops`` backend: float32 logits ``[T, vocab]``."""
+    """Our ``Transformer`` on the named ``Ops`` backend: float32 logits ``[T, vocab]``
+    (``stream``: the weights read a layer at a time, for a model larger than memory)."""
     import torch
 
     from aprlib.forward.backends import make_ops
     from aprlib.forward.model import Transformer
 
-    net = Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
+    net = Transformer.from_file(
+        path, dtype=getattr(torch, dtype), ops=make_ops(backend), stream=stream
+    )
     check_token_ids(tokens, net.config.vocab_size, Path(path))
     with torch.no_grad():
         return net(torch.tensor([tokens])).float()[0].numpy()
@@ -90,12 +97,22 @@ def transformers_logits(path: Path | str, tokens: list[int]) -> np.ndarray:
         return net(torch.tensor([tokens])).logits.float()[0].numpy()
 
 
-def compute_logits(path: Path | str, tokens: list[int], backend: str = "reference") -> np.ndarray:
+def compute_logits(
+    path: Path | str, tokens: list[int], backend: str = "reference", stream: bool = False
+) -> np.ndarray:
+    """Logits on any backend; ``stream`` applies to our forward (transformers holds every
+    weight, and is refused for a model that must stream: ``transformers_logits``)."""
     if backend == "llama.cpp":
         return llamacpp_logits(path, tokens)
     if backend == "transformers":
+        if stream:
+            raise ModelFileError(
+                Path(path),
+                "transformers holds every weight in memory and this model must stream: "
+                "use --backend reference (streamed), or --no-stream-weights to try anyway",
+            )
         return transformers_logits(path, tokens)
-    return reference_logits(path, tokens, backend)
+    return reference_logits(path, tokens, backend, stream=stream)
 
 
 # --- saving and loading ------------------------------------------------------------------

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ from aprlib.compare.shapes import check_weights_match
 from aprlib.config.modelconfig import ConfigError, ModelConfig, yarn_attention_factor, yarn_factor
 from aprlib.errors import ModelFileError
 from aprlib.formats.io import LM_HEAD, Model, open_model
+from aprlib.forward.weights import ModuleWeights
+
+if TYPE_CHECKING:
+    from aprlib.forward.weights import DerivedWeights, StreamedWeights, Transform
 
 Hook = Callable[[str, Tensor], None]
 WIDEN_BYTES = 40 << 20  # a weight widened to the activations' dtype (float64) this much at a time
@@ -364,7 +368,8 @@ class Transformer(nn.Module):
         rope_inv_freq(config)  # an unsupported rope scaling fails here, not mid-forward
         self._hooks: list[Hook] = []
         self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
-        self.source: Model | None = None  # the open file behind zero-copy weights
+        self.source: Model | None = None  # the open file behind zero-copy or streamed weights
+        self.streamed: StreamedWeights | DerivedWeights | None = None  # None: held
 
     # -- loading --------------------------------------------------------------------------
 
@@ -376,13 +381,18 @@ class Transformer(nn.Module):
         device: torch.device | str = "cpu",
         ops: Ops | None = None,
         zero_copy: bool = False,
+        stream: bool = False,
     ) -> Transformer:
         """Any format through ``open_model``; refuses weights that disagree with the config.
 
         ``zero_copy``: float32 tensors of a file opened here stay views of its memory map
         (the file is kept open as ``source``), so ``source.drop_pages()`` can hand their
         pages back while a long run streams through the layers (what bisect does).
+        ``stream``: hold no weight; each layer is read from the file when the forward
+        reaches it (``aprlib.forward.weights``): a model larger than memory runs.
         """
+        if stream:
+            return cls._streamed(path_or_model, dtype, device, ops)
         if isinstance(path_or_model, Model):
             return cls._from_model(path_or_model, dtype, device, ops, copy=True)
         model = open_model(path_or_model, mapped=zero_copy)
@@ -396,6 +406,51 @@ class Transformer(nn.Module):
         else:
             model.close()
         return net
+
+    @classmethod
+    def _streamed(
+        cls,
+        path_or_model: Path | str | Model,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        ops: Ops | None,
+    ) -> Transformer:
+        from aprlib.forward.weights import StreamedWeights
+
+        model = path_or_model if isinstance(path_or_model, Model) else open_model(path_or_model)
+        try:
+            cfg = model.config
+            if cfg is None:
+                raise ModelFileError(model.path, "no architecture config", field="config")
+            check_weights_match(cfg, {n: t.shape for n, t in model.tensors.items()}, model.path)
+            net = cls(cfg, ops)
+            net.streamed = StreamedWeights(model, dtype, device)
+        except BaseException:
+            if model is not path_or_model:
+                model.close()
+            raise
+        net.source = model
+        return net.eval()
+
+    def with_weights(self, transform: Transform, ops: Ops | None = None) -> Transformer:
+        """This net's weights, each passed through ``transform(name, tensor)`` (another
+        dtype, rounding), on ``ops``: built now when held, as each layer streams when not."""
+        other = Transformer(self.config, ops)
+        if self.streamed is not None:
+            other.streamed = self.streamed.derive(transform)
+            return other.eval()
+        state = {k: transform(k, v) for k, v in self.state_dict().items()}
+        other.load_state_dict(state, strict=True, assign=True)
+        return other.eval()
+
+    @property
+    def weights(self) -> ModuleWeights | StreamedWeights | DerivedWeights:
+        """Where the forward gets its weights: the module tree, or the file a layer at a time."""
+        return self.streamed if self.streamed is not None else ModuleWeights(self)
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return self.weights.dtype
 
     @classmethod
     def _from_model(
@@ -490,20 +545,37 @@ class Transformer(nn.Module):
                 f"{total} positions exceed sliding_window {cfg.sliding_window}: the reference "
                 "forward has no sliding-window mask"
             )
-        x = ops.embedding(tokens, self.model.embed_tokens.weight)
+        weights = self.weights
+        table, index = weights.embedding(tokens)
+        x = ops.embedding(index, table)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
         yield "embed", x
         positions = torch.arange(start, total, device=tokens.device)
         cos, sin = rope_tables(cfg, positions, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            x = yield from self._layer(i, cast(DecoderLayer, layer), x, cos, sin, cache, scores)
-        x = ops.rms_norm(x, self.model.norm.weight, cfg.rms_norm_eps)
+        for i in range(cfg.num_hidden_layers):
+            x = yield from self._layer(i, weights.layer(i), x, cos, sin, cache, scores)
+        x = ops.rms_norm(x, weights.final_norm(), cfg.rms_norm_eps)
         yield "final_norm", x
-        head = self.model.embed_tokens.weight if cfg.tie_word_embeddings else self.lm_head.weight
-        logits = ops.linear(x, head)
+        logits = self._head(x, weights.head_blocks())
         yield "logits", logits
         return logits
+
+    def _head(self, x: Tensor, blocks: Iterator[Tensor]) -> Tensor:
+        """The output head a block of rows at a time (each block's logits into its columns):
+        the same blocks held or streamed, so the two give the same bits."""
+        blocks = iter(blocks)
+        first = self.ops.linear(x, next(blocks))
+        vocab = self.config.vocab_size
+        if first.shape[-1] == vocab:
+            return first
+        out = first.new_empty(*x.shape[:-1], vocab)
+        out[..., : first.shape[-1]] = first
+        row = first.shape[-1]
+        for block in blocks:  # a streamed block's buffer is reused: consumed before the next
+            out[..., row : row + block.shape[0]] = self.ops.linear(x, block)
+            row += block.shape[0]
+        return out
 
     def _layer(
         self,
@@ -562,6 +634,7 @@ class Transformer(nn.Module):
         down = ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
         yield p + "mlp.down", down
         x = x + down
+        self.weights.check_holding(i)  # a streamed layer still this one's, all through it
         yield p + "resid.mlp", x
         return x
 
@@ -594,6 +667,9 @@ class Transformer(nn.Module):
 def as_reference64(net: Transformer) -> Transformer:
     """The same weights (shared, not copied) run with float64 activations."""
     twin = Transformer(net.config, Ops())
-    twin.load_state_dict(net.state_dict(), strict=True, assign=True)
+    if net.streamed is not None:  # one layer read for both: the float64 widens per block
+        twin.streamed, twin.source = net.streamed, net.source
+    else:
+        twin.load_state_dict(net.state_dict(), strict=True, assign=True)
     twin.compute_dtype = torch.float64
     return twin.eval()

@@ -13,6 +13,7 @@ within the dtype's bound).
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from collections.abc import Callable
@@ -179,7 +180,9 @@ def loss_gate(net: Any, stream: list[int] | None, max_loss: float | None = None)
     )
 
 
-def round_trip_gate(model: Any, reference: np.ndarray, tokens: list[int], work: Path) -> Gate:
+def round_trip_gate(
+    model: Any, reference: np.ndarray, tokens: list[int], work: Path, stream: bool = False
+) -> Gate:
     from aprlib.formats.conversion import write_model
     from aprlib.forward.logits import reference_logits
 
@@ -187,7 +190,8 @@ def round_trip_gate(model: Any, reference: np.ndarray, tokens: list[int], work: 
     for suffix in (".apr", ".gguf"):
         path = work / f"copy{suffix}"
         write_model(model, path, checked=True)
-        diffs[suffix[1:]] = float(np.abs(reference_logits(path, tokens) - reference).max())
+        logits = reference_logits(path, tokens, stream=stream)
+        diffs[suffix[1:]] = float(np.abs(logits - reference).max())
     bound = 1e-5 * max(1.0, float(np.abs(reference).max()))
     ok = all(d <= bound for d in diffs.values())
     return Gate(
@@ -237,8 +241,10 @@ def run_qa(
     stream: list[int] | None = None,
     parity: bool = True,
     max_loss: float | None = None,
+    stream_weights: bool = False,
 ) -> list[Gate]:
-    """Every gate on the model at ``path``; the forward gates need it to load first."""
+    """Every gate on the model at ``path``; the forward gates need it to load first
+    (``stream_weights``: read a layer at a time, for a model larger than memory)."""
     import torch
 
     from aprlib.config.modelconfig import ConfigError
@@ -249,7 +255,7 @@ def run_qa(
     with open_model(path) as model:
         gates = tensor_gates(model)
         try:
-            net = Transformer.from_file(model)
+            net = Transformer.from_file(model, stream=stream_weights)
         except (ShapeMismatchError, ModelFileError, ConfigError) as exc:
             gates.append(Gate("load", "FAIL", str(exc), {}))
             return gates
@@ -260,7 +266,9 @@ def run_qa(
         gates.append(logits_gate(reference))
         gates.append(loss_gate(net, stream, max_loss))
         del net
-        steps: list[Callable[[Any, np.ndarray, list[int], Path], Gate]] = [round_trip_gate]
+        steps: list[Callable[[Any, np.ndarray, list[int], Path], Gate]] = [
+            functools.partial(round_trip_gate, stream=stream_weights)
+        ]
         if parity:
             steps.append(parity_gate)
         with tempfile.TemporaryDirectory(prefix="apr-qa-") as work:

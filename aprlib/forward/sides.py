@@ -31,12 +31,17 @@ def weights_name(path: Path | str) -> str:
 
 
 def file_side(
-    path: Path | str, backend: str = "reference", dtype: str = "float32", expect: str | None = None
+    path: Path | str,
+    backend: str = "reference",
+    dtype: str = "float32",
+    expect: str | None = None,
+    stream: bool = False,
 ) -> Side:
-    """A model file run by our forward on the ``backend`` ``Ops`` in ``dtype``."""
+    """A model file run by our forward on the ``backend`` ``Ops`` in ``dtype`` (``stream``:
+    its weights read a layer at a time)."""
     from aprlib.forward.bisect import load_side
 
-    net = load_side(path, backend, dtype)
+    net = load_side(path, backend, dtype, stream)
     return Side(f"{path} ({backend}, {dtype})", net, weights=weights_name(path), expect=expect)
 
 
@@ -73,7 +78,9 @@ def dump_side(
     return side, dump
 
 
-def llamacpp_side(path: Path | str, tokens: list[int], expect: str | None = None) -> Side:
+def llamacpp_side(
+    path: Path | str, tokens: list[int], expect: str | None = None, stream: bool = False
+) -> Side:
     """llama.cpp's own graph on a GGUF, its named tensors placed by the built-in map; the
     reference runs on the same GGUF's weights as our reader decodes them."""
     from aprlib.forward.bisect import load_side
@@ -81,7 +88,7 @@ def llamacpp_side(path: Path | str, tokens: list[int], expect: str | None = None
     from aprlib.forward.llamacpp import llamacpp_activations
     from aprlib.forward.llamacpp_points import point_map_for
 
-    net = load_side(path)  # zero-copy: float32 weights stay views of the file's pages
+    net = load_side(path, stream=stream)  # held: zero-copy views of the file's pages
     raw = llamacpp_activations(path, tokens)
     point_map = PointMap.from_dict(point_map_for(net.config))
     points, scopes, _, _ = apply_map(raw, point_map, net.config, len(tokens), str(path))
@@ -112,8 +119,15 @@ def engine_names(raw: Mapping[str, list[Any]], point_map: PointMap) -> dict[str,
 def transformers_side(reference: Side, tokens: list[int], expect: str | None = None) -> Side:
     """transformers' own modules on the reference file's weights (a model built from our
     config and state dict), its points captured by hooks (``hf_capture``)."""
+    from aprlib.errors import ModelMemoryError
     from aprlib.forward.hf_capture import capture_hf, hf_model_from
 
+    if reference.net.streamed is not None:
+        raise ModelMemoryError(
+            Path(reference.weights or "model"),
+            "transformers holds every weight in memory and this model must stream: "
+            "bisect it against llama.cpp or a dump, or --no-stream-weights to try anyway",
+        )
     model = hf_model_from(reference.net)
     captured = capture_hf(model, tokens)
     return Side(

@@ -108,14 +108,18 @@ def trace_forward(
     def hook(name: str, x: torch.Tensor) -> None:
         points.extend(stats_of(name, x, scope) for scope in SCOPES)
 
-    dtype = str(next(net.parameters()).dtype).removeprefix("torch.")
+    dtype = str(net.compute_dtype or net.weights_dtype).removeprefix("torch.")
     with torch.no_grad(), net.capture(hook):
         net(torch.tensor([tokens]))
     return Trace(model, backend, dtype, list(tokens), points)
 
 
 def trace_file(
-    path: Path | str, tokens: list[int], backend: str = "reference", dtype: str = "float32"
+    path: Path | str,
+    tokens: list[int],
+    backend: str = "reference",
+    dtype: str = "float32",
+    stream: bool = False,
 ) -> Trace:
     import torch
 
@@ -123,17 +127,21 @@ def trace_file(
     from aprlib.forward.model import Transformer
     from aprlib.forward.token_ids import check_token_ids
 
-    net = Transformer.from_file(path, dtype=getattr(torch, dtype), ops=make_ops(backend))
+    net = Transformer.from_file(
+        path, dtype=getattr(torch, dtype), ops=make_ops(backend), stream=stream
+    )
     check_token_ids(tokens, net.config.vocab_size, path)
     return trace_forward(net, tokens, str(path), backend)
 
 
-def save_trace(trace: Trace, path: Path) -> None:
+def save_trace(trace: Trace, path: Path, extra: dict[str, Any] | None = None) -> None:
+    """The trace as JSON (``extra``: fields beside it, such as the run's peak memory)."""
     from aprlib.formats import jsonout
     from aprlib.formats.atomic import atomic_output
 
+    data = {**trace.to_dict(), **(extra or {})}
     with atomic_output(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(jsonout.dumps(trace.to_dict(), indent=1))  # NaN statistics as null
+        fh.write(jsonout.dumps(data, indent=1))  # NaN statistics as null
 
 
 def load_trace(path: Path) -> Trace:
