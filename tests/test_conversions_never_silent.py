@@ -1,9 +1,12 @@
-"""Conversions that changed the model without a word (issue 25, "What was seen" 1, 5, 6).
+"""Conversions that changed the model without a word (issue 25, "What was seen" 1, 4, 5, 6).
 
 Each failed before: a llama.cpp GGUF of a biased Llama converted back to an HF config
-without its biases (transformers then dropped them); a sharded folder missing a shard, with
-no index, loaded as a smaller model and converted; a GGUF of an unsupported family was
-refused by the name of a tensor instead of its ``general.architecture``.
+without its biases (transformers then dropped them); a GPT-2 tokenizer whose space before
+every text llama.cpp does not add, written without a note (and lost on the way back to
+HF); a sharded folder missing a shard, with no index, loaded as a smaller model and
+converted; a GGUF of an unsupported family was refused by the name of a tensor instead of
+its ``general.architecture``, and ``apr inspect`` refused to list such files at all.
+Seen 3 (a template's BOS) is in ``test_tokenizer_behaviour.py``.
 """
 
 from __future__ import annotations
@@ -87,9 +90,38 @@ def test_an_unsupported_gguf_architecture_is_named_not_a_tensor(tmp_path, capsys
     assert caught.value.field == "general.architecture"
     assert "'gemma3' is not supported; supported: qwen2, llama" in str(caught.value)
     capsys.readouterr()
-    assert apr(["inspect", str(path)]) == 1
+    assert apr(["convert", str(path), str(tmp_path / "out.apr")]) == 1
     err = capsys.readouterr().err
     assert "general.architecture 'gemma3'" in err and "attn_k_norm" not in err
+    # inspect lists any file it can parse (seen 6), and says why nothing else runs it
+    assert apr(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "blk.0.attn_k_norm.weight" in out
+    assert "unsupported:" in out and "general.architecture 'gemma3'" in out
+
+
+def test_inspect_lists_an_unsupported_hf_folder(tmp_path, capsys):
+    """Seen 6: a Qwen3 folder was refused by `apr inspect` instead of listed."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "q3")
+    capsys.readouterr()
+    assert apr(["inspect", str(tmp_path / "q3"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    names = {t["name"] for t in info["tensors"]}
+    assert "model.layers.1.self_attn.k_norm.weight" in names and len(names) == 25
+    assert "model_type='qwen3'" in info["unsupported"] and info["config"] is None
+    assert apr(["convert", str(tmp_path / "q3"), str(tmp_path / "q3.gguf")]) == 1
+    assert "unsupported architecture (model_type='qwen3'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -111,3 +143,63 @@ def test_a_gguf_llamacpp_will_run_differently_says_so(
     assert apr(["convert", str(plain.folder), str(tmp_path / "plain.gguf"), "--json"]) == 0
     notes = json.loads(capsys.readouterr().out)["notes"]
     assert not any("hidden_act" in n or "sliding_window" in n for n in notes), notes
+
+
+def _bare_gpt2_folder(tiny, work: Path, prefix_space: bool):
+    """A byte-level BPE with GPT-2's own pre-tokenizer: ByteLevel with its built-in regex,
+    no Split (seen 4), with or without the space it puts before the text."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from falsifiers.test_tokenizer_fidelity_v1 import SPECIALS, TRAIN, VOCAB
+
+    folder = work / "hf"
+    shutil.copytree(tiny.folder, folder)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    code = ["x = 1\n        return y\n\n    def g(self):\n        pass\n"] * 5
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB - 24,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TRAIN + code, trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    return folder, tok
+
+
+@pytest.mark.parametrize("prefix_space", [False, True], ids=["gpt2-regex", "prefix-space"])
+def test_a_bare_gpt2_tokenizer_runs_in_llamacpp_as_in_hf_or_convert_says_not(
+    tiny_factory, tmp_path, prefix_space
+):
+    """Seen 4: llama.cpp splits our 'gpt-2' GGUF as HF splits the text, or the notes say
+    where it will not (a space HF puts before every text, which llama.cpp's BPE never
+    adds); HF -> GGUF -> HF keeps the tokenizer as it was."""
+    from tokenizers import Tokenizer
+
+    from aprlib import convert
+    from aprlib.forward import llamacpp
+    from falsifiers.llamacpp_oracle import require_llama_cpp
+    from falsifiers.test_tokenizer_fidelity_v1 import CORPUS, VOCAB
+
+    folder, tok = _bare_gpt2_folder(tiny_factory("qwen2", vocab_size=VOCAB), tmp_path, prefix_space)
+    report = convert(folder, tmp_path / "m.gguf")
+    noted = [n for n in report.notes if "add_prefix_space" in n]
+    assert bool(noted) is prefix_space, report.notes
+    texts = [*CORPUS, "def forward(self, x):\n    return x"]
+    back = tmp_path / "back"
+    back.mkdir()
+    convert(tmp_path / "m.gguf", back)
+    again = Tokenizer.from_file(str(back / "tokenizer.json"))
+    assert [again.encode(t).ids for t in texts] == [tok.encode(t).ids for t in texts]
+    require_llama_cpp()
+    theirs = llamacpp.tokenize(tmp_path / "m.gguf", texts, add_bos=False, special=True)
+    same = [
+        got == tok.encode(t, add_special_tokens=False).ids
+        for t, got in zip(texts, theirs, strict=True)
+    ]
+    assert all(same) is not prefix_space, same  # where they differ, the notes said so

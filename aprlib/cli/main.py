@@ -152,7 +152,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
     from aprlib.formats.filesource import paused_gc
     from aprlib.formats.io import open_model
 
-    with open_model(path) as model, paused_gc():
+    with open_model(path, any_architecture=True) as model, paused_gc():
         tensors: list[dict[str, Any]] = []
         totals: dict[str, int] = {}
         counts: dict[str, int] = {}
@@ -186,6 +186,8 @@ def inspect_model(path: Path) -> dict[str, Any]:
             "checksums": checksums,
             # what the loaders refuse: config fields the weights contradict (exit 1)
             "findings": findings(model),
+            # a family this library cannot run: listed as stored, nothing more
+            "unsupported": model.metadata.get("aprlib.unsupported"),
         }
 
 
@@ -206,6 +208,8 @@ def _inspect(args: argparse.Namespace) -> int:
     )
     if cfg:
         console.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
+    if info["unsupported"]:
+        print(f"unsupported: {info['unsupported']} (tensors listed as stored)")
     table = Table(show_lines=False)
     for col in ("tensor", "dtype", "shape", "bytes"):
         table.add_column(col, justify="right" if col == "bytes" else "left")

@@ -252,14 +252,47 @@ class _Placed:
     nbytes: int
 
 
+def _as_stored(
+    path: Path,
+    src: FileSource,
+    kv: dict[str, Any],
+    tokenizer: dict[str, Any],
+    infos: list[tuple[str, tuple[int, ...], int, int]],
+    alignment: int,
+    data_start: int,
+) -> Model:
+    """A GGUF of a family we cannot run, its tensors as stored (GGUF names, no config):
+    every check but the names still applies (types, blocks, alignment, bounds, overlap)."""
+    placed = _place(path, infos, alignment, max(src.size - data_start, 0), keep_names=True)
+    tensors = {
+        p.name: Tensor(
+            p.name,
+            p.dtype,
+            p.shape,
+            p.name,
+            functools.partial(src.read, data_start + p.offset, p.nbytes, tensor=p.name),
+            span=(path, data_start + p.offset),
+            span_file=src.identity,
+        )
+        for p in placed
+    }
+    maps = [src.map] if src.map is not None else []
+    return Model(path, "gguf", tensors, None, kv, tokenizer or None, [src.close], maps)
+
+
 def _place(
-    path: Path, infos: list[tuple[str, tuple[int, ...], int, int]], alignment: int, data_len: int
+    path: Path,
+    infos: list[tuple[str, tuple[int, ...], int, int]],
+    alignment: int,
+    data_len: int,
+    keep_names: bool = False,
 ) -> list[_Placed]:
     """Tensor infos → placed tensors: known names and types, whole blocks, aligned,
-    inside the data section, no two overlapping, no name twice."""
+    inside the data section, no two overlapping, no name twice (``keep_names``: a
+    name with no canonical one is kept as it is)."""
     placed: dict[str, _Placed] = {}
     for name, ne, ttype, offset in infos:
-        canonical = layout.gguf_to_hf(name) or (name if name in DERIVED else None)
+        canonical = layout.gguf_to_hf(name) or (name if name in DERIVED or keep_names else None)
         if canonical is None:
             raise GgufFormatError(path, "no canonical name for this tensor", tensor=name)
         dtype = DType.from_code(ttype)
@@ -330,16 +363,19 @@ def _biases_from_tensors(config: Any, names: set[str], kv: dict[str, Any]) -> An
     return dataclasses.replace(config, **changes)
 
 
-def open_gguf(path: Path, mapped: bool = False) -> Model:
+def open_gguf(path: Path, mapped: bool = False, any_architecture: bool = False) -> Model:
+    """``any_architecture``: a family this library cannot run is opened anyway, its
+    tensors under their GGUF names and no config (the reason in
+    ``metadata["aprlib.unsupported"]``), so ``apr inspect`` lists any file's tensors."""
     src = FileSource(path, GgufFormatError, mapped)
     try:
-        return _open(path, src)
+        return _open(path, src, any_architecture)
     except BaseException:
         src.close()
         raise
 
 
-def _open(path: Path, src: FileSource) -> Model:
+def _open(path: Path, src: FileSource, any_architecture: bool = False) -> Model:
     head = _Head(src)
     fields, infos, data_start = head.parse()
     head.buf = bytearray()  # the sections are parsed; drop their bytes
@@ -353,14 +389,18 @@ def _open(path: Path, src: FileSource) -> Model:
     if infos and data_start > src.size:
         raise GgufFormatError(path, "no data section after the tensor infos", field="offset")
     arch = kv.get("general.architecture")
+    alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
     if arch not in SUPPORTED_ARCHITECTURES:  # before any tensor name: the family is the news
-        raise GgufFormatError(
+        refusal = GgufFormatError(
             path,
             f"general.architecture {arch!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}",
             field="general.architecture",
         )
-    alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not any_architecture:
+            raise refusal
+        kv["aprlib.unsupported"] = str(refusal)
+        return _as_stored(path, src, kv, tokenizer, infos, alignment, data_start)
     placed = _place(path, infos, alignment, max(src.size - data_start, 0))
     embed = next((p for p in placed if p.name == "token_embd.weight"), None)
     kv, filled = with_llama_cpp_defaults(kv, tokenizer, embed.shape[0] if embed else None)
@@ -479,6 +519,9 @@ def rope_freqs_tensor(cfg: ModelConfig) -> np.ndarray | None:
 def tokenizer_kv(model: Model, cfg: ModelConfig, report: output.ConvertReport) -> dict[str, Any]:
     """The source's tokenizer, or a minimal valid GPT-2 style one llama.cpp accepts."""
     if model.tokenizer and "tokenizer.ggml.tokens" in model.tokenizer:
+        from aprlib.formats.tokenizer import llama_cpp_tokenizer_gaps
+
+        report.notes.extend(llama_cpp_tokenizer_gaps(model.tokenizer))
         return dict(model.tokenizer)
     if model.metadata.get("aprlib.tokenizer_error"):  # a tokenizer we must not replace
         raise ConversionError(model.metadata["aprlib.tokenizer_error"])

@@ -39,11 +39,13 @@ def sniff(path: Path) -> str:
     )
 
 
-def open_model(path: Path | str, mapped: bool = False) -> Model:
+def open_model(path: Path | str, mapped: bool = False, any_architecture: bool = False) -> Model:
     """Open any supported model file or folder. Tensors are read with ``pread`` into owned
     buffers (a file that changes gives ``FileChangedError``); ``mapped=True`` makes them
     zero-copy views of a memory map instead, for a caller that owns the file (see
-    ``aprlib.formats.filesource``)."""
+    ``aprlib.formats.filesource``). ``any_architecture``: a family this library cannot run
+    opens with no config and its tensors as stored (``metadata["aprlib.unsupported"]``
+    says why), for listing; every other check still applies."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(path, "no such file or directory")
@@ -52,5 +54,5 @@ def open_model(path: Path | str, mapped: bool = False) -> Model:
         if kind == "apr":
             return open_apr(path, mapped)
         if kind == "gguf":
-            return open_gguf(path, mapped)
-        return open_safetensors(path, mapped)
+            return open_gguf(path, mapped, any_architecture)
+        return open_safetensors(path, mapped, any_architecture)

@@ -214,7 +214,10 @@ def shard_paths(folder: Path) -> tuple[list[tuple[str, Path]], dict[str, str] | 
     return files, weight_map
 
 
-def open_safetensors(path: Path, mapped: bool = False) -> Model:
+def open_safetensors(path: Path, mapped: bool = False, any_architecture: bool = False) -> Model:
+    """One file or a sharded folder; ``any_architecture``: a config.json this library cannot
+    read leaves the model without a config (its reason in ``metadata["aprlib.unsupported"]``)
+    instead of refusing it, so ``apr inspect`` lists any file's tensors."""
     if path.is_dir():
         folder = path
         files, weight_map = shard_paths(path)
@@ -250,7 +253,12 @@ def open_safetensors(path: Path, mapped: bool = False) -> Model:
                     f"index names {len(missing)} tensors no shard holds, e.g. {missing[0]!r}",
                     tensor=missing[0],
                 )
-        config = read_hf_config(folder)
+        try:
+            config = read_hf_config(folder)
+        except ModelFileError as exc:
+            if not any_architecture or exc.field is None or not exc.field.startswith("config"):
+                raise
+            config, metadata["aprlib.unsupported"] = None, str(exc)
         tokenizer = _hf_tokenizer(folder, config, metadata)
     except BaseException:
         for shard in shards:

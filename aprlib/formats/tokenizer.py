@@ -159,6 +159,8 @@ def from_hf(
             token_id = fallback if isinstance(fallback, int) and 0 <= fallback < n else None
         if token_id is not None:
             out[PREFIX + gguf_key] = token_id
+    if adds_prefix_space(data):
+        out[PREFIX + "add_space_prefix"] = True  # llama.cpp reads it for SentencePiece only
     adds = post_processor_adds(data, config)
     leading = template_bos(data)
     if leading is not None and leading in ids:
@@ -188,6 +190,33 @@ def _template_special(piece: Any) -> Any:
     ``$A`` sequences and anything malformed add none."""
     special = piece.get("SpecialToken") if isinstance(piece, dict) else None
     return special.get("id") if isinstance(special, dict) else None
+
+
+def adds_prefix_space(data: dict[str, Any]) -> bool:
+    """Whether the pre-tokenizer puts a space before the text (a ByteLevel with
+    ``add_prefix_space``: GPT-2's own): " hello" is then tokenized where "hello" is given."""
+    pre = data.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(
+        isinstance(p, dict) and p.get("type") == "ByteLevel" and p.get("add_prefix_space") is True
+        for p in parts
+    )
+
+
+def llama_cpp_tokenizer_gaps(tok: dict[str, Any]) -> list[str]:
+    """Where llama.cpp will tokenize other than the tokenizer this GGUF carries, in words
+    for the convert notes (the keys say what the tokenizer does; llama.cpp does not read
+    them for this vocabulary)."""
+    gaps = []
+    if _field(tok, "model") == "gpt2" and _field(tok, "add_space_prefix") is True:
+        gaps.append(
+            "tokenizer: its pre-tokenizer puts a space before every text (ByteLevel "
+            "add_prefix_space, kept as tokenizer.ggml.add_space_prefix); llama.cpp's BPE "
+            "tokenizer reads that key for SentencePiece vocabularies only, so the first "
+            "token of every text will differ (HF tokenizes ' hello' where llama.cpp "
+            "tokenizes 'hello')"
+        )
+    return gaps
 
 
 def template_bos(data: dict[str, Any]) -> str | None:
@@ -381,13 +410,14 @@ def to_hf(tok: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     pre = _field(tok, "pre")
     patterns = {name: regex for regex, name in PRE_TOKENIZERS.items()}
     pre_tokenizer: pre_tokenizers.PreTokenizer
+    space = _field(tok, "add_space_prefix") is True
     if pre == GPT2:
-        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=space)
     elif pre in patterns:
         pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(patterns[pre]), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=space, use_regex=False),
             ]
         )
     else:
