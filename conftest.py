@@ -81,11 +81,25 @@ def build_tiny(
     **overrides: Any,
 ) -> TinyModel:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
-    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    classes = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),  # q/k RMSNorm per head
+    }
     config_cls, model_cls = classes[architecture]
-    config = config_cls(**{**TINY, **overrides}, tie_word_embeddings=tied)
+    values = {**TINY, **overrides}
+    if architecture == "qwen3":  # Qwen3Config's head_dim default (128) is no tiny model's
+        values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+    config = config_cls(**values, tie_word_embeddings=tied)
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """Falsifiers of forward-parity-hf-v1: our reference forward equals transformers'.
 
-The oracle is transformers' own Qwen2/Llama implementation, fed the same random weights
+The oracle is transformers' own Qwen2/Llama/Qwen3 implementation, fed the same random weights
 (every tensor random, norms and biases too). Hypothesis draws the structure: heads, kv
 heads, head size, FFN width, layers, vocab, tie, biases, rope base and scaling, tokens.
 """
@@ -37,7 +37,7 @@ class Spec:
 
 @st.composite
 def specs(draw: st.DrawFn) -> Spec:
-    arch = draw(st.sampled_from(["qwen2", "llama"]))
+    arch = draw(st.sampled_from(["qwen2", "llama", "qwen3"]))
     n_kv = draw(st.sampled_from([1, 2, 3]))
     n_heads = n_kv * draw(st.sampled_from([1, 2, 4]))
     head_dim = draw(st.sampled_from([4, 8, 16]))
@@ -82,6 +82,8 @@ def specs(draw: st.DrawFn) -> Spec:
     if arch == "llama":
         hf["attention_bias"] = draw(st.booleans())
         hf["mlp_bias"] = draw(st.booleans())
+    if arch == "qwen3":  # no MLP bias in Qwen3; its attention bias covers o_proj
+        hf["attention_bias"] = draw(st.booleans())
     return Spec(
         arch, hf, draw(st.integers(1, 2)), draw(st.integers(1, 24)), draw(st.integers(0, 2**16))
     )
@@ -89,9 +91,20 @@ def specs(draw: st.DrawFn) -> Spec:
 
 def hf_model(spec: Spec) -> torch.nn.Module:
     """transformers' model with every parameter random (norms around 1, with spread)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
-    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    classes = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    }
     config_cls, model_cls = classes[spec.architecture]
     torch.manual_seed(spec.seed)
     model = model_cls(config_cls(**spec.hf)).eval()
@@ -203,6 +216,25 @@ FIXED = {
         1,
         21,
         4,
+    ),
+    "qwen3-qk-norm-bias": Spec(
+        "qwen3",
+        dict(
+            vocab_size=88,
+            hidden_size=48,
+            intermediate_size=100,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            head_dim=12,  # explicit, not hidden / heads
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            attention_bias=True,
+            tie_word_embeddings=False,
+        ),
+        2,
+        17,
+        6,
     ),
     "dynamic-tied-bias": Spec(
         "llama",

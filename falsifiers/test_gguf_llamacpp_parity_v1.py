@@ -54,7 +54,7 @@ def check_parity(tiny, work: Path, dtype: DType) -> dict[str, float]:
 
 
 @pytest.mark.falsifies("FALSIFY-LLAMACPP-001")
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 def test_f32_gguf_in_llamacpp_equals_reference(tiny_factory, tmp_path, arch, evidence):
     evidence.record(**check_parity(tiny_factory(arch, **WIDE), tmp_path, DType.F32))
 
@@ -80,7 +80,7 @@ def test_f32_gguf_with_rope_scaling_in_llamacpp_equals_reference(tmp_path, arch,
 
 @pytest.mark.falsifies("FALSIFY-LLAMACPP-002")
 @pytest.mark.parametrize("dtype", [DType.BF16, DType.Q8_0, DType.Q4_K], ids=lambda d: d.name)
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 def test_quantised_gguf_in_llamacpp_within_dtype_bound(
     tiny_factory, tmp_path, arch, dtype, evidence
 ):
@@ -119,7 +119,7 @@ def check_half_precision_convert(tiny, work: Path) -> dict[str, float]:
 
 @pytest.mark.falsifies("FALSIFY-LLAMACPP-003")
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 def test_half_precision_model_converted_runs_in_llamacpp(
     tiny_factory, tmp_path, arch, dtype, evidence
 ):

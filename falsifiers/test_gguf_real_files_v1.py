@@ -74,7 +74,7 @@ def test_a_gguf_without_rope_freq_base_gets_llama_cpps_default(tiny_qwen2, tmp_p
         assert "qwen2.rope.freq_base" in m.metadata["aprlib.defaulted_keys"]
 
 
-PRE = {"qwen2": "qwen2", "llama": "llama-bpe"}
+PRE = {"qwen2": "qwen2", "llama": "llama-bpe", "qwen3": "qwen2"}  # Qwen3 keeps qwen2's split
 
 
 def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
@@ -103,7 +103,15 @@ def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
 
 @pytest.mark.falsifies("FALSIFY-GGUFREAL-001")
 @pytest.mark.parametrize(
-    ("arch", "outtype"), [("qwen2", "f32"), ("llama", "f32"), ("qwen2", "q8_0"), ("llama", "bf16")]
+    ("arch", "outtype"),
+    [
+        ("qwen2", "f32"),
+        ("llama", "f32"),
+        ("qwen3", "f32"),
+        ("qwen2", "q8_0"),
+        ("llama", "bf16"),
+        ("qwen3", "q8_0"),
+    ],
 )
 def test_llama_cpp_converter_output_opens_diffs_clean_and_converts_back(
     tiny_factory, tmp_path, arch, outtype, evidence

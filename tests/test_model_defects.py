@@ -275,3 +275,30 @@ def test_fwd_004_catches_a_streamed_forward_that_is_not_the_held_bits(monkeypatc
     monkeypatch.setattr(StreamedWeights, "embedding", rounded)
     with pytest.raises(AssertionError, match="held forward's bits"):
         fwd.check_streamed(QWEN, tmp_path)
+
+
+QWEN3 = fwd.FIXED["qwen3-qk-norm-bias"]
+
+
+class QkNormOverTheProjection(Ops):
+    """Qwen3's q/k norm taken over the whole projection (OLMo 2's scope), not each head."""
+
+    def rms_norm(self, x, weight, eps):
+        if x.dim() != 4:  # [B, T, H, D]: the q/k norm; everything else as it is
+            return super().rms_norm(x, weight, eps)
+        flat = x.flatten(-2)
+        normed = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * normed.view_as(x)
+
+
+class QkNormSkipped(Ops):
+    def rms_norm(self, x, weight, eps):
+        return x if x.dim() == 4 else super().rms_norm(x, weight, eps)
+
+
+@pytest.mark.parametrize(
+    "ops", [QkNormOverTheProjection(), QkNormSkipped()], ids=["wrong-scope", "skipped"]
+)
+def test_fwd_001_catches_a_qk_norm_defect(ops):
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(QWEN3, ops)

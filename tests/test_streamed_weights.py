@@ -370,3 +370,156 @@ def test_streamed_bisect_lists_every_tensor_that_differs(
         assert report.weights_differ == expected, name
         if name == "row" and not tied:
             assert report.clean  # the row no token reads changes no activation
+
+
+# --- what a review found (each failed before its fix) -----------------------------------
+
+
+def _until(points, name):
+    for got, _ in points:
+        if got == name:
+            return
+
+
+def test_a_layer_loaded_away_and_back_mid_layer_is_refused(tiny_qwen2, one_torch_thread):
+    """A-B-A: forward A mid-way through layer 0, B loads layer 1, C loads layer 0 again:
+    the index alone said "still layer 0" while A had computed k with layer 1's weights."""
+    net = Transformer.from_file(tiny_qwen2.folder, stream=True)
+    tokens = torch.tensor(TOKENS)
+    with torch.no_grad():
+        a = net.points(tokens, scores=False)
+        _until(a, "layers.0.attn.q.pre_bias")
+        _until(net.points(tokens, scores=False), "layers.1.attn_norm")
+        _until(a, "layers.0.attn.k.pre_bias")
+        _until(net.points(tokens, scores=False), "layers.0.attn_norm")
+        with pytest.raises(RuntimeError, match="lockstep"):
+            list(a)
+
+
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_a_derived_net_sharing_the_base_buffers_is_refused_out_of_lockstep(
+    tiny_qwen2, dtype, one_torch_thread
+):
+    from aprlib.forward.bisect import twin
+
+    base = Transformer.from_file(tiny_qwen2.folder, stream=True)
+    derived = twin(base, dtype=dtype)  # its weights are the base's own tensors
+    tokens = torch.tensor(TOKENS)
+    with torch.no_grad():
+        b = derived.points(tokens, scores=False)
+        _until(b, "layers.0.attn_norm")
+        _until(base.points(tokens, scores=False), "layers.1.resid.mlp")
+        with pytest.raises(RuntimeError, match="lockstep"):
+            list(b)
+
+
+@pytest.mark.parametrize("token", [96, -1])
+def test_a_token_out_of_range_is_refused_not_read_from_other_bytes(tiny_qwen2, token):
+    net = Transformer.from_file(tiny_qwen2.folder, stream=True)
+    with pytest.raises(IndexError, match=f"token id {token} is out of range for 96"):
+        net(torch.tensor([[1, token]]))
+
+
+def test_streamed_bisect_of_two_copies_is_one_model_as_held(tiny_llama, tmp_path, one_torch_thread):
+    """Equal weights in two files (F32 GGUF of the folder; a BF16 GGUF run in bfloat16):
+    streamed, as held, one model with no weights check."""
+    from aprlib import Side, bisect
+
+    copy = model_file(tiny_llama, tmp_path, "gguf")
+    bf16 = tmp_path / "bf16.gguf"
+    with open_model(tiny_llama.folder) as model:
+        write_model(model, bf16, dtype=DType.BF16, checked=True)
+    for other, dtype in ((copy, torch.float32), (bf16, torch.bfloat16)):
+        reports = []
+        for stream in (True, False):
+            sides = [
+                Side(label, Transformer.from_file(p, dtype=dtype, stream=stream), weights=str(p))
+                for label, p in (("A", tiny_llama.folder), ("B", other))
+            ]
+            report = bisect(*sides, [1, 2, 3])
+            reports.append((report.same_weights, report.weights_differ, len(report.checks)))
+        assert reports[0] == reports[1] == (True, [], 0), (other.name, reports)
+
+
+def test_library_bisect_of_a_streamed_twin(tiny_qwen2, one_torch_thread):
+    from aprlib import bisect
+    from aprlib.forward.bisect import twin
+
+    net = Transformer.from_file(tiny_qwen2.folder, stream=True)
+    held = Transformer.from_file(tiny_qwen2.folder)
+    for dtype in (None, "bfloat16"):
+        streamed = bisect(net, twin(net, dtype=dtype), [1, 2, 3])
+        expected = bisect(held, twin(held, dtype=dtype), [1, 2, 3])
+        assert streamed.clean and expected.clean
+        assert streamed.weights_differ == expected.weights_differ
+
+
+def test_files_and_threads_go_with_the_net(tiny_qwen2, one_torch_thread):
+    import gc
+    import threading
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    fds, threads = open_fds(), threading.active_count()
+    for _ in range(3):
+        net = Transformer.from_file(tiny_qwen2.folder, stream=True)
+        with torch.no_grad():
+            net(torch.tensor(TOKENS))
+        del net
+    gc.collect()
+    assert (open_fds(), threading.active_count()) == (fds, threads)
+
+
+def test_an_apr_head_is_read_in_blocks_with_its_crc(
+    tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
+):
+    """APR's CRC32 covers a whole tensor: its head was decoded whole once per row block."""
+    from aprlib.formats import modelfile
+
+    monkeypatch.setattr(weights, "HEAD_BLOCK_BYTES", 8 * 64 * 4)
+    path = model_file(tiny_qwen2, tmp_path, "apr")
+    decoded: list[str] = []
+    real = modelfile.Tensor.to_float32
+    monkeypatch.setattr(modelfile.Tensor, "to_float32", lambda t: decoded.append(t.name) or real(t))
+    net = Transformer.from_file(path, stream=True)
+    with torch.no_grad():
+        streamed = net(torch.tensor(TOKENS))
+    assert [n for n in decoded if n.startswith(("lm_head", "model.embed"))] == []
+    monkeypatch.setattr(modelfile.Tensor, "to_float32", real)
+    assert torch.equal(streamed, logits(path, torch.float32, False))
+
+
+def test_an_apr_head_with_corrupt_bytes_returns_no_logits(tiny_qwen2, tmp_path, monkeypatch):
+    """A flipped byte in the head (read in blocks) is the format's CRC error before the
+    last block's logits exist, not logits from corrupt weights."""
+    from aprlib import AprFormatError
+
+    monkeypatch.setattr(weights, "HEAD_BLOCK_BYTES", 8 * 64 * 4)
+    path = model_file(tiny_qwen2, tmp_path, "apr")
+    with open_model(path) as model:
+        where = model.tensors["lm_head.weight"].span[1]  # type: ignore[index]
+    with open(path, "r+b") as fh:  # one byte of the head's last block, in place
+        fh.seek(where + 95 * 64 * 4 + 5)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x40]))
+    net = Transformer.from_file(path, stream=True)
+    with pytest.raises(AprFormatError, match="lm_head"), torch.no_grad():
+        net(torch.tensor(TOKENS))
+
+
+def test_a_file_rewritten_before_the_first_forward_is_file_changed(tiny_qwen2, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((tiny_qwen2.folder / name).read_bytes())
+    net = Transformer.from_file(folder, stream=True)
+    file = folder / "model.safetensors"
+    with open(file, "r+b") as fh:
+        fh.seek(-64, os.SEEK_END)
+        fh.write(bytes(64))
+    os.utime(file, ns=(0, file.stat().st_mtime_ns + 10**9))
+    with pytest.raises(FileChangedError), torch.no_grad():
+        net(torch.tensor(TOKENS))

@@ -185,10 +185,16 @@ def _logits(args: argparse.Namespace) -> int:
     else:
         other_tokens = tokens
         other_backend = args.compare_backend or args.backend
-        other_stream = other_backend != "llama.cpp" and (
-            decide(args.stream_weights, [args.compare]).stream
+        other_choice = (
+            None if other_backend == "llama.cpp" else decide(args.stream_weights, [args.compare])
         )
-        other = compute_logits(args.compare, tokens, other_backend, other_stream)
+        other_stream = other_choice is not None and other_choice.stream
+        if other_choice is not None:
+            with layer_bar(other_choice):
+                other = compute_logits(args.compare, tokens, other_backend, other_stream)
+        else:
+            other = compute_logits(args.compare, tokens, other_backend)
+        stream = stream or other_stream
     base = DTYPE_GATES[args.expect] if args.expect else Gates()
     gates = Gates(
         max_kl=args.max_kl if args.max_kl is not None else base.max_kl,
@@ -201,7 +207,7 @@ def _logits(args: argparse.Namespace) -> int:
         print(f"apr: refused: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(jsonout.dumps(with_peak(c.to_dict())))
+        print(jsonout.dumps(with_peak({**c.to_dict(), "streamed": stream})))
     else:
         _print_comparison(c, args)
     return EXIT_OK if c.verdict == "PASS" else EXIT_FAIL
@@ -503,7 +509,7 @@ def _qa(args: argparse.Namespace) -> int:
         gates = run_qa(
             args.model, stream, not args.no_parity, args.max_loss, stream_weights=choice.stream
         )
-    data = with_peak(gates_json(gates))
+    data = with_peak({**gates_json(gates), "streamed": choice.stream})
     if args.json:
         print(jsonout.dumps(data))
     else:

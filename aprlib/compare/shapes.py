@@ -35,6 +35,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             out[p + f"self_attn.{proj}_proj.weight"] = (rows, h)
             if cfg.qkv_bias:
                 out[p + f"self_attn.{proj}_proj.bias"] = (rows,)
+        if cfg.qk_norm == "head":  # Qwen3: one RMSNorm weight per head dimension
+            out[p + "self_attn.q_norm.weight"] = (d,)
+            out[p + "self_attn.k_norm.weight"] = (d,)
         out[p + "self_attn.o_proj.weight"] = (h, q)
         if cfg.o_proj_bias:
             out[p + "self_attn.o_proj.bias"] = (h,)

@@ -16,16 +16,15 @@ from typing import Any
 
 import numpy as np
 
-SUPPORTED_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
-#: Llama-shaped families read as ``llama`` (same tensors, same forward)
-LLAMA_SHAPED = {"mistral": "MistralForCausalLM"}
-#: q/k/v bias when a config does not say: Qwen2 has one, Llama does not
-FAMILY_ATTENTION_BIAS = {"qwen2": True, "llama": False}
+from aprlib.config.families import FAMILIES, Family
+
+#: family name -> the class transformers writes (every family in ``families``)
+SUPPORTED_ARCHITECTURES = {f.name: f.hf_class for f in FAMILIES.values()}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    architecture: str  # "qwen2" | "llama" (GGUF's general.architecture spelling)
+    architecture: str  # a ``families`` name (GGUF's general.architecture spelling)
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -42,7 +41,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     hidden_act: str = "silu"
-    attention_bias: bool | None = None  # None: the family's default (qwen2 True, llama False)
+    attention_bias: bool | None = None  # None: the family's default (``Family.attention_bias``)
     mlp_bias: bool = False
     sliding_window: int | None = None  # None: no sliding window in use
     #: normalised: rope_type ("llama3", "yarn", "linear", ...), factor, and where present
@@ -64,16 +63,25 @@ class ModelConfig:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
     @property
+    def family(self) -> Family:
+        return FAMILIES[self.architecture]
+
+    @property
     def qkv_bias(self) -> bool:
         """Whether q/k/v projections carry a bias (the family default when unstated)."""
         if self.attention_bias is not None:
             return self.attention_bias
-        return FAMILY_ATTENTION_BIAS.get(self.architecture, False)
+        return self.family.attention_bias
 
     @property
     def o_proj_bias(self) -> bool:
-        """Llama's ``attention_bias`` covers o_proj too; Qwen2's o_proj never has one."""
-        return self.architecture == "llama" and self.qkv_bias
+        """Llama's and Qwen3's ``attention_bias`` cover o_proj too; Qwen2's never."""
+        return self.family.o_proj_bias and self.qkv_bias
+
+    @property
+    def qk_norm(self) -> str | None:
+        """RMSNorm on q and k before RoPE: "head" (over each head), or None."""
+        return self.family.qk_norm
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -463,9 +471,18 @@ def _first_eos(value: Any) -> int | None:
     return value
 
 
-#: transformers' ``max_position_embeddings`` when a config leaves it out (Qwen2Config's
-#: and LlamaConfig's defaults): YaRN and dynamic NTK scale from it
-DEFAULT_MAX_POSITIONS = {"qwen2": 32768, "llama": 2048}
+def family_of_hf(model_type: Any, archs: list[Any]) -> str | None:
+    """The family an HF config names: its model_type, its architectures, or an alias."""
+    if model_type in FAMILIES:
+        return str(model_type)
+    for f in FAMILIES.values():
+        if f.hf_class in archs:
+            return f.name
+    for f in FAMILIES.values():
+        for alias, cls in f.aliases:
+            if model_type == alias or cls in archs:
+                return f.name
+    return None
 
 
 def from_hf(config: dict[str, Any]) -> ModelConfig:
@@ -473,13 +490,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
     check_config_values(config, "hf")
     archs = config.get("architectures") or []
     model_type = config.get("model_type")
-    arch = model_type if model_type in SUPPORTED_ARCHITECTURES else None
-    if arch is None:
-        for name, cls in SUPPORTED_ARCHITECTURES.items():
-            if cls in archs:
-                arch = name
-    if arch is None and (model_type in LLAMA_SHAPED or set(archs) & set(LLAMA_SHAPED.values())):
-        arch = "llama"
+    arch = family_of_hf(model_type, archs if isinstance(archs, list) else [])
     if arch is None:
         raise ConfigError(
             f"unsupported architecture (model_type={model_type!r}, architectures={archs}); "
@@ -513,7 +524,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope_theta),
         max_position_embeddings=int(
-            config.get("max_position_embeddings", DEFAULT_MAX_POSITIONS[arch])
+            config.get("max_position_embeddings", FAMILIES[arch].max_positions)
         ),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         head_dim=int(
@@ -536,12 +547,12 @@ def hf_cannot_say(cfg: ModelConfig) -> str | None:
 
     transformers' Qwen2 always builds q/k/v biases and never MLP biases, whatever the
     config says: a Qwen2 without the first or with the second, written as an HF folder,
-    would load with random biases (or drop trained ones), silently."""
-    if cfg.architecture != "qwen2":
-        return None
-    if cfg.attention_bias is False:
+    would load with random biases (or drop trained ones), silently; Qwen3 never builds MLP
+    biases."""
+    family = cfg.family
+    if family.fixed_qkv_bias and cfg.attention_bias is False:
         return "attention_bias=false"
-    if cfg.mlp_bias:
+    if not family.mlp_bias and cfg.mlp_bias:
         return "mlp_bias=true"
     return None
 
@@ -665,10 +676,11 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
         and scaling["rope_type"] in _ORIGINAL_CONTEXT_TYPES
     ):
         scaling["original_max_position_embeddings"] = original
+    family = FAMILIES[arch]
     return {
         "hidden_act": str(config.get("hidden_act", "silu")),
-        "attention_bias": None if bias is None or arch == "qwen2" else bool(bias),
-        "mlp_bias": False if arch == "qwen2" else bool(config.get("mlp_bias", False)),
+        "attention_bias": None if bias is None or family.fixed_qkv_bias else bool(bias),
+        "mlp_bias": family.mlp_bias and bool(config.get("mlp_bias", False)),
         "sliding_window": _integral(window) if window is not None and in_use else None,
         "rope_scaling": scaling,
     }
@@ -807,6 +819,11 @@ def llama_cpp_graph_gaps(cfg: ModelConfig) -> list[str]:
             f"hidden_act {cfg.hidden_act}: llama.cpp's {cfg.architecture} graph gates its MLP "
             "with SiLU, so it will not compute this model's activation (kept in "
             "aprlib.hidden_act)"
+        )
+    if cfg.o_proj_bias and not cfg.family.llama_cpp_o_proj_bias:
+        gaps.append(
+            f"attention_bias: llama.cpp's {cfg.architecture} graph loads no o_proj bias; "
+            "it will refuse this file (attn_output.bias is a tensor it does not expect)"
         )
     if cfg.sliding_window is not None:
         gaps.append(

@@ -351,7 +351,7 @@ def _biases_from_tensors(config: Any, names: set[str], kv: dict[str, Any]) -> An
     for field_name, suffixes in BIAS_TENSORS.items():
         if f"aprlib.{field_name}" in kv:
             continue
-        if field_name == "attention_bias" and config.architecture == "llama":
+        if field_name == "attention_bias" and config.family.o_proj_bias:
             suffixes = (*suffixes, "attn_output.bias")  # Llama's flag covers o_proj too
         present = [any(n.startswith("blk.") and n.endswith(s) for n in names) for s in suffixes]
         stated = config.qkv_bias if field_name == "attention_bias" else config.mlp_bias

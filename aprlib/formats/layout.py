@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from aprlib.config.families import FAMILIES
 from aprlib.formats.dtypes import DType, nbytes
 
 _GLOBAL = {
@@ -39,6 +40,8 @@ _BLOCK = {
     "ffn_gate.bias": "mlp.gate_proj.bias",  # mlp_bias: true (llama family)
     "ffn_up.bias": "mlp.up_proj.bias",
     "ffn_down.bias": "mlp.down_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",  # qk_norm families (Qwen3)
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
 }
 _HF_BLOCK = {v: k for k, v in _BLOCK.items()}
 _HF_GLOBAL = {v: k for k, v in _GLOBAL.items()}
@@ -46,7 +49,7 @@ _GGUF_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 _HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 #: architectures whose GGUF q/k rows are permuted for llama.cpp's pairwise rotation
-PERMUTED_QK_ARCHS = frozenset({"llama"})
+PERMUTED_QK_ARCHS = frozenset(f.name for f in FAMILIES.values() if f.permuted_qk)
 
 
 def gguf_to_hf(name: str) -> str | None:

@@ -73,7 +73,7 @@ from typing import Any
 import torch
 
 from aprlib.forward.gates import EXPECT
-from aprlib.forward.model import Ops, Transformer, as_reference64, capture_graph
+from aprlib.forward.model import Ops, Transformer, as_reference64, points_of
 
 #: per --expect: (compute dtype of the clean run or None for the side's own, matmul-input blocks)
 ARITHMETIC: dict[str, tuple[torch.dtype | None, str | None]] = {
@@ -527,8 +527,13 @@ class Side:
     def weights_key(self) -> str:
         if self.weights is not None:
             return self.weights
-        if self.net.streamed is not None and self.net.source is not None:
-            return str(self.net.source.path.resolve())
+        if self.net.streamed is not None:  # a file's weights in the net's dtype
+            from aprlib.forward.weights import DerivedWeights
+
+            base = self.net.streamed
+            if isinstance(base, DerivedWeights):
+                base = base.base
+            return f"{base.model.path.resolve()}:{self.net.weights_dtype}"
         tensors = self.net.state_dict().values()
         return "memory:" + ",".join(f"{t.data_ptr()}:{t.dtype}" for t in tensors)
 
@@ -620,7 +625,7 @@ def _weights_dtype(net: Transformer) -> torch.dtype:
 def _held(side: Side) -> Generator[tuple[str, torch.Tensor | None], None, Any]:
     """An outside engine's points in firing order (None where it holds none)."""
     assert side.points is not None
-    for name in capture_graph(side.net.config.num_hidden_layers):
+    for name in points_of(side.net.config):
         yield name, side.points.get(name)
 
 
@@ -686,42 +691,65 @@ def weight_differences(a: Transformer, b: Transformer) -> list[str]:
 def _streamed_differences(
     a: Transformer, b: Transformer, skip: set[str] | frozenset[str] = frozenset()
 ) -> list[str]:
-    """``weight_differences`` one tensor at a time from the files: stored bytes against
-    stored bytes where both store one dtype (equal bytes, equal values), else values."""
-    import numpy as np
-
-    from aprlib.formats.io import LM_HEAD
-
-    def tensors(net: Transformer) -> dict[str, Any]:
-        if net.source is None or net.streamed is None:
-            return dict(net.state_dict())
-        tied = net.config.tie_word_embeddings
-        return {k: v for k, v in net.source.tensors.items() if not (tied and k == LM_HEAD)}
-
-    def stored(x: Any) -> bool:
-        return not isinstance(x, torch.Tensor)
-
-    def values(x: Any) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            return x.detach().float().numpy()
-        return np.asarray(x.to_float32())
-
-    ta, tb = tensors(a), tensors(b)
-    if ta.keys() != tb.keys():
-        return sorted(ta.keys() ^ tb.keys())
+    """``weight_differences`` where a side streams: one tensor at a time, each as its net
+    holds it (its dtype, its transform), as a held comparison sees them; stored bytes
+    against stored bytes where both files store one dtype their nets hold exactly (equal
+    bytes are equal values then, and the compare never holds a tensor whole)."""
+    names_a, names_b = _weight_names(a), _weight_names(b)
+    if set(names_a) != set(names_b):
+        return sorted(set(names_a) ^ set(names_b))
     differ = []
-    for k, x in ta.items():
+    for k in names_a:
         if k in skip:
             continue
-        y = tb[k]
-        if tuple(x.shape) != tuple(y.shape):
-            differ.append(k)
-        elif stored(x) and stored(y) and x.dtype == y.dtype:
-            if not _same_stored(x, y):
-                differ.append(k)
-        elif not np.array_equal(values(x), values(y)):
+        x, y = _stored_exactly(a, k), _stored_exactly(b, k)
+        if x is not None and y is not None and x.dtype == y.dtype:
+            same = x.shape == y.shape and _same_stored(x, y)
+        else:
+            tx, ty = _weight(a, k), _weight(b, k)
+            same = tx.shape == ty.shape and tx.dtype == ty.dtype and torch.equal(tx, ty)
+        if not same:
             differ.append(k)
     return differ
+
+
+def _weight_names(net: Transformer) -> list[str]:
+    """A net's weight names in module order (a held net's ``state_dict`` order)."""
+    order = list(Transformer(net.config).state_dict())
+    if net.streamed is None:
+        return order
+    names = set(net.streamed.names())
+    return [k for k in order if k in names] + sorted(names - set(order))
+
+
+def _weight(net: Transformer, name: str) -> torch.Tensor:
+    if net.streamed is None:
+        return net.state_dict()[name]
+    return net.streamed.tensor(name)
+
+
+#: stored dtypes each compute dtype holds exactly (equal stored bytes: equal held values)
+_EXACT = {
+    torch.float64: None,  # every stored dtype
+    torch.float32: None,
+    torch.bfloat16: ("BF16",),
+    torch.float16: ("F16",),
+}
+
+
+def _stored_exactly(net: Transformer, name: str) -> Any:
+    """The file tensor behind ``name`` where the net holds its values exactly as stored (a
+    plain streamed source, a dtype that represents every stored value), else None."""
+    from aprlib.forward.weights import StreamedWeights
+
+    source = net.streamed
+    if not isinstance(source, StreamedWeights):
+        return None
+    t = source.model.tensors.get(name)
+    exact = _EXACT.get(source.dtype, ())
+    if t is None or (exact is not None and t.dtype.name not in exact):
+        return None
+    return t
 
 
 def _same_stored(x: Any, y: Any) -> bool:
@@ -815,7 +843,12 @@ def bisect(
             "their capture points do not pair"
         )
     tolerance, overrides = tolerance or Tolerance(), overrides or {}
-    graph = capture_graph(layers_a)
+    graph = points_of(side_a.net.config)
+    if graph.keys() != points_of(side_b.net.config).keys():
+        raise BisectError(
+            f"A is {side_a.net.config.architecture}, B {side_b.net.config.architecture}: "
+            "their capture points do not pair"
+        )
     sides = {"A": side_a, "B": side_b}
     planned = plan(side_a, side_b)
     report = BisectReport(side_a.label, side_b.label, list(tokens), tolerance)
@@ -852,45 +885,62 @@ def bisect(
     report.checks = checks
     states: list[dict[str, str]] = [{} for _ in planned]
     sources = [s.net.source for s in sides.values() if s.net.source is not None]
-    with torch.no_grad():
-        for name, inputs in graph.items():
-            values = {}
-            for run, forward in runs.items():
-                got, x = _next(forward, name)
-                if got != name:
-                    raise BisectError(f"capture points out of step at {name}: {run.kind} at {got}")
-                values[run] = x
-            tol = _tolerance_for(name, tolerance, overrides)
-            for planned_check, check, state in zip(planned, checks, states, strict=True):
-                check.points.append(
-                    _judge(name, inputs, planned_check, values, alias, sides, tol, state, graph)
-                )
-            del values
-            if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
-                for source in sources:
-                    source.drop_pages()
-        for forward in runs.values():
-            _finish(forward)
+    try:
+        with torch.no_grad():
+            for name, inputs in graph.items():
+                values = {}
+                for run, forward in runs.items():
+                    got, x = _next(forward, name)
+                    if got != name:
+                        raise BisectError(
+                            f"capture points out of step at {name}: {run.kind} at {got}"
+                        )
+                    values[run] = x
+                tol = _tolerance_for(name, tolerance, overrides)
+                for planned_check, check, state in zip(planned, checks, states, strict=True):
+                    check.points.append(
+                        _judge(name, inputs, planned_check, values, alias, sides, tol, state, graph)
+                    )
+                del values
+                if name.endswith("resid.mlp"):  # a layer done on every side: its pages may go
+                    for source in sources:
+                        source.drop_pages()
+            for forward in runs.values():
+                _finish(forward)
+    except BaseException:  # a forward that raised leaves no source keeping digests
+        for source in digested or ():
+            source.digests = None
+        raise
     if digested is not None:
-        report.weights_differ = _digest_differences(side_a.net, side_b.net, *digested)
+        try:
+            report.weights_differ = _digest_differences(side_a.net, side_b.net, *digested)
+        finally:
+            for source in digested:
+                source.digests = None
+        if not report.weights_differ and not configs_differ:  # one model in two files:
+            report.same_weights = True  # its weights check compared a run with itself
+            report.checks = [c for c in report.checks if c.kind != "weights"]
     return report
 
 
 def _digested(a: Transformer, b: Transformer) -> tuple[Any, Any] | None:
-    """Two streamed files storing every tensor in one dtype: their weights are compared by
-    the CRC32 of each tensor's bytes as the forwards stream them (no read of its own, which
-    was a quarter of a 7B bisect); the sides are then never taken for one model (a copy
-    costs its forwards). None where the comparison must come first."""
+    """Two streamed files storing every tensor in one dtype their nets hold exactly: their
+    weights are compared by the CRC32 of each tensor's bytes as the forwards stream them (no
+    read of its own, which was a quarter of a 7B bisect). Two copies of one model are then
+    known as such only after the run (their forwards are paid for). None where the
+    comparison must come first."""
     from aprlib.forward.weights import StreamedWeights
 
     sources = a.streamed, b.streamed
     if not all(isinstance(s, StreamedWeights) for s in sources):
         return None
-    ta, tb = a.source.tensors if a.source else {}, b.source.tensors if b.source else {}
-    if ta.keys() != tb.keys() or any(
-        ta[k].dtype != tb[k].dtype or ta[k].shape != tb[k].shape for k in ta
-    ):
+    names = _weight_names(a)
+    if set(names) != set(_weight_names(b)):
         return None
+    for k in names:
+        x, y = _stored_exactly(a, k), _stored_exactly(b, k)
+        if x is None or y is None or x.dtype != y.dtype or x.shape != y.shape:
+            return None
     for source in sources:
         source.digests = {}  # type: ignore[union-attr]
     return sources
@@ -900,16 +950,10 @@ def _digest_differences(a: Transformer, b: Transformer, da: Any, db: Any) -> lis
     """Tensors whose stored bytes differ: by CRC32 where both forwards streamed them whole,
     the rest (the embedding rows only the tokens were read of) compared now."""
     digests_a, digests_b = da.digests or {}, db.digests or {}
-    da.digests = db.digests = None
     known = digests_a.keys() & digests_b.keys()
-    differ = [k for k in known if digests_a[k] != digests_b[k]]
-    rest = _streamed_differences(a, b, skip=known)
-    return sorted(set(differ) | set(rest), key=_file_order(a))
-
-
-def _file_order(net: Transformer) -> Any:
-    order = {k: i for i, k in enumerate(net.source.tensors if net.source else ())}
-    return lambda k: order.get(k, len(order))
+    differ = {k for k in known if digests_a[k] != digests_b[k]}
+    differ |= set(_streamed_differences(a, b, skip=known))
+    return [k for k in _weight_names(a) if k in differ]
 
 
 def _judge(
@@ -1036,7 +1080,7 @@ def write_bundle(
     """The tokens, both configs, and both sides' tensors at ``point`` and its inputs."""
     import numpy as np
 
-    wanted = {point, *capture_graph(net_a.config.num_hidden_layers)[point]}
+    wanted = {point, *points_of(net_a.config)[point]}
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for label, net in (("a", net_a), ("b", net_b)):

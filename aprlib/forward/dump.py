@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 DUMP_VERSION = "1"
 SCOPES = ("all", "last")
 DIM_NAMES = ("batch", "tokens", "hidden", "heads", "head_dim", "intermediate", "vocab")
-HEADED = ("pre_bias", "post_bias", "rope")  # attn.{q,k,v}.<these> are [tokens, heads, head_dim]
+#: attn.{q,k,v}.<these> are [tokens, heads, head_dim]
+HEADED = ("pre_bias", "post_bias", "norm", "rope")
 
 
 class DumpError(ModelFileError):
@@ -254,9 +255,9 @@ def place(
     """Canonical tensors per point from ``point -> (array, layout, scope, where)``."""
     import torch
 
-    from aprlib.forward.model import capture_graph
+    from aprlib.forward.model import points_of
 
-    graph = capture_graph(config.num_hidden_layers)
+    graph = points_of(config)
     points: dict[str, torch.Tensor] = {}
     scopes: dict[str, str] = {}
     for point, (array, layout, scope, where) in found.items():
@@ -403,9 +404,9 @@ def read_dump(
 
 
 def _is_point(name: str, config: ModelConfig) -> bool:
-    from aprlib.forward.model import capture_graph
+    from aprlib.forward.model import points_of
 
-    return name in capture_graph(config.num_hidden_layers)
+    return name in points_of(config)
 
 
 def is_dump(path: Path | str) -> bool:

@@ -107,7 +107,7 @@ def canonical(name: str, x: Tensor, heads: int, kv_heads: int) -> Tensor:
     x = x[0]
     if name.endswith(("attn.q.rope", "attn.k.rope")):
         return x.transpose(0, 1).contiguous()  # [H, T, D] -> [T, H, D]
-    if name.endswith(("attn.out", "_bias")):
+    if name.endswith(("attn.out", "_bias", "attn.q.norm", "attn.k.norm")):
         n = heads if name.endswith("attn.out") or ".attn.q." in name else kv_heads
         return x.reshape(x.shape[0], n, -1)
     return x
@@ -149,6 +149,7 @@ class Layout:
     lm_head: nn.Module
     heads: int
     kv_heads: int
+    qk_norm: bool = False  # every attention has q_norm and k_norm modules (Qwen3)
 
 
 def find_layout(model: nn.Module) -> Layout:
@@ -197,7 +198,12 @@ def find_layout(model: nn.Module) -> Layout:
             f"{f' and {len(missing) - 8} more' if len(missing) > 8 else ''}"
         )
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return Layout(embed, list(layers or ()), norm, lm_head, int(heads), int(kv_heads))
+    qk_norm = bool(layers) and all(
+        isinstance(getattr(layer.self_attn, n, None), nn.Module)
+        for layer in layers or ()
+        for n in ("q_norm", "k_norm")
+    )
+    return Layout(embed, list(layers or ()), norm, lm_head, int(heads), int(kv_heads), qk_norm)
 
 
 def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
@@ -305,7 +311,7 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
     or raises. ``HFLayoutError`` names the module paths a model lacks.
     """
     layout = find_layout(model)
-    graph = list(capture_graph(len(layout.layers)))
+    graph = list(capture_graph(len(layout.layers), layout.qk_norm))
     raw: dict[str, Tensor] = {}
     derived: dict[str, str] = {}
     why: dict[str, str] = {}
@@ -366,6 +372,9 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
                     "the Linear, so the product before it is recomputed from the module's own "
                     "input and weight"
                 )
+            if layout.qk_norm:
+                on_output(attn.q_norm, p + "attn.q.norm")
+                on_output(attn.k_norm, p + "attn.k.norm")
             on_input(attn.o_proj, p + "attn.out")
             on_output(attn.o_proj, p + "attn.o_proj")
             on_input(layer.post_attention_layernorm, p + "resid.attn")

@@ -74,9 +74,13 @@ if TYPE_CHECKING:
     from aprlib.config.modelconfig import ModelConfig
 
 ENGINE = "llama.cpp"
-ARCHS = ("qwen2", "llama")
+ARCHS = ("qwen2", "llama", "qwen3")
 #: each arch's usual q/k/v bias, when a run's census is not at hand
-DEFAULT_QKV_BIAS = {"qwen2": True, "llama": False}
+DEFAULT_QKV_BIAS = {"qwen2": True, "llama": False, "qwen3": False}
+#: archs whose graph names q and k after their per-head RMSNorm (``src/models/qwen3.cpp``:
+#: ``Qcur_normed``/``Kcur_normed``, between the reshape and RoPE; ``nth`` of ``Qcur`` as
+#: in qwen2 and llama)
+QK_NORMED = ("qwen3",)
 #: archs whose GGUF q/k rows are permuted for llama.cpp's normal (pair-interleaved) RoPE
 INTERLEAVED_ROPE = ("llama",)
 
@@ -116,6 +120,8 @@ def point_map_data(arch: str, qkv_bias: bool | None = None) -> dict[str, Any]:
         points.append(
             _entry(name + "-{layer}", attn + "post_bias", FLAT_HEADS if bias else HEADS, 2)
         )
+        if proj != "v" and arch in QK_NORMED:
+            points.append(_entry(name + "_normed-{layer}", attn + "norm", HEADS))
         if proj != "v":
             points.append(_entry(name + "-{layer}", attn + "rope", HEADS, 4 if bias else 3))
     points.append(_entry("kqv_out-{layer}", layer + "attn.out", FLAT_HEADS))

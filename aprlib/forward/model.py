@@ -1,4 +1,4 @@
-"""The reference transformer: Qwen2 and Llama in one readable forward (the spec in code).
+"""The reference transformer: Qwen2, Llama and Qwen3 in one readable forward (the spec in code).
 
 Read it top to bottom: ``Ops`` holds the arithmetic (a backend such as Triton swaps it);
 ``Transformer`` holds the weights in the module tree Hugging Face uses, so ``state_dict()``
@@ -7,6 +7,7 @@ keys are the HF tensor names, and its ``forward`` says in order what every layer
     x = embed(tokens)
     for each layer:
         h = rms_norm(x);   q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)
+        q, k = rms_norm(q), rms_norm(k) over each head   (qk_norm families: Qwen3)
         q, k = rope(q), rope(k);   a = causal_gqa_attention(q, k, v)
         x = x + a·Woᵀ
         h = rms_norm(x);   x = x + (silu(h·Wgᵀ) * h·Wuᵀ)·Wdᵀ
@@ -23,6 +24,7 @@ import contextlib
 import math
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,12 +238,13 @@ def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tupl
 # --- capture points ------------------------------------------------------------------------
 
 
-def capture_graph(num_layers: int) -> dict[str, tuple[str, ...]]:
+def capture_graph(num_layers: int, qk_norm: bool = False) -> dict[str, tuple[str, ...]]:
     """Every capture point in the order it fires, mapped to the points it is computed from.
 
     Bisect uses the inputs to tell a point that *introduces* a divergence (inputs agree,
     output does not) from one that only inherits it. ``attn.scores`` is qkᵀ/√d before the
     causal mask and softmax (every query-key pair), a view for statistics beside the path.
+    ``qk_norm``: the family normalises q and k before RoPE (``attn.{q,k}.norm``, Qwen3).
     """
     graph: dict[str, tuple[str, ...]] = {"embed": ()}
     resid = "embed"
@@ -251,8 +254,13 @@ def capture_graph(num_layers: int) -> dict[str, tuple[str, ...]]:
         for name in "qkv":
             graph[p + f"attn.{name}.pre_bias"] = (p + "attn_norm",)
             graph[p + f"attn.{name}.post_bias"] = (p + f"attn.{name}.pre_bias",)
-        graph[p + "attn.q.rope"] = (p + "attn.q.post_bias",)
-        graph[p + "attn.k.rope"] = (p + "attn.k.post_bias",)
+        before_rope = "post_bias"
+        if qk_norm:
+            graph[p + "attn.q.norm"] = (p + "attn.q.post_bias",)
+            graph[p + "attn.k.norm"] = (p + "attn.k.post_bias",)
+            before_rope = "norm"
+        graph[p + "attn.q.rope"] = (p + f"attn.q.{before_rope}",)
+        graph[p + "attn.k.rope"] = (p + f"attn.k.{before_rope}",)
         graph[p + "attn.scores"] = (p + "attn.q.rope", p + "attn.k.rope")
         graph[p + "attn.out"] = (p + "attn.q.rope", p + "attn.k.rope", p + "attn.v.post_bias")
         graph[p + "attn.o_proj"] = (p + "attn.out",)
@@ -267,6 +275,11 @@ def capture_graph(num_layers: int) -> dict[str, tuple[str, ...]]:
     graph["final_norm"] = (resid,)
     graph["logits"] = ("final_norm",)
     return graph
+
+
+def points_of(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """``capture_graph`` of a model of ``cfg`` (its layers, its family's extra points)."""
+    return capture_graph(cfg.num_hidden_layers, cfg.qk_norm is not None)
 
 
 class CaptureError(RuntimeError):
@@ -295,6 +308,9 @@ class Attention(nn.Module):
         self.k_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
         self.v_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
         self.o_proj = _linear(self.n_heads * d, h, cfg.o_proj_bias)
+        if cfg.qk_norm == "head":  # Qwen3: RMSNorm over each head of q and of k
+            self.q_norm = RMSNorm(d)
+            self.k_norm = RMSNorm(d)
 
 
 class MLP(nn.Module):
@@ -425,6 +441,8 @@ class Transformer(nn.Module):
             check_weights_match(cfg, {n: t.shape for n, t in model.tensors.items()}, model.path)
             net = cls(cfg, ops)
             net.streamed = StreamedWeights(model, dtype, device)
+            if model is not path_or_model:  # ours to close, with the last net sharing it
+                weakref.finalize(net.streamed, model.close)
         except BaseException:
             if model is not path_or_model:
                 model.close()
@@ -500,7 +518,7 @@ class Transformer(nn.Module):
             yield
         finally:
             self._hooks.remove(record)
-        order = list(capture_graph(self.config.num_hidden_layers))
+        order = list(points_of(self.config))
         runs = len(fired) // len(order)
         if fired != order * runs or len(fired) % len(order):
             missing = sorted(set(order) - set(fired))
@@ -554,7 +572,8 @@ class Transformer(nn.Module):
         positions = torch.arange(start, total, device=tokens.device)
         cos, sin = rope_tables(cfg, positions, x.dtype)
         for i in range(cfg.num_hidden_layers):
-            x = yield from self._layer(i, weights.layer(i), x, cos, sin, cache, scores)
+            layer = weights.layer(i)
+            x = yield from self._layer(i, layer, weights.stamp(), x, cos, sin, cache, scores)
         x = ops.rms_norm(x, weights.final_norm(), cfg.rms_norm_eps)
         yield "final_norm", x
         logits = self._head(x, weights.head_blocks())
@@ -581,6 +600,7 @@ class Transformer(nn.Module):
         self,
         i: int,
         layer: DecoderLayer,
+        stamp: object,
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
@@ -604,7 +624,12 @@ class Transformer(nn.Module):
             if proj.bias is not None:
                 y = ops.add_bias(y, proj.bias)
             yield p + f"attn.{name}.post_bias", y
-            heads[name] = y.view(b, t, n, attn.head_dim).transpose(1, 2)  # [B, H, T, D]
+            heads[name] = y.view(b, t, n, attn.head_dim)  # [B, T, H, D]
+        if cfg.qk_norm == "head":  # over each head's values, as transformers' Qwen3
+            for name, norm in (("q", attn.q_norm), ("k", attn.k_norm)):
+                heads[name] = ops.rms_norm(heads[name], norm.weight, cfg.rms_norm_eps)
+                yield p + f"attn.{name}.norm", heads[name].reshape(b, t, -1)
+        heads = {name: x.transpose(1, 2) for name, x in heads.items()}  # [B, H, T, D]
         q = ops.rope(heads["q"], cos, sin)
         k = ops.rope(heads["k"], cos, sin)
         yield p + "attn.q.rope", q
@@ -634,7 +659,7 @@ class Transformer(nn.Module):
         down = ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
         yield p + "mlp.down", down
         x = x + down
-        self.weights.check_holding(i)  # a streamed layer still this one's, all through it
+        self.weights.check_holding(i, stamp)  # a streamed layer still this one's, throughout
         yield p + "resid.mlp", x
         return x
 

@@ -18,6 +18,7 @@ GIL), so reading the file and computing overlap.
 from __future__ import annotations
 
 import os
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -91,11 +92,11 @@ class ModuleWeights:
         head = head if head is not None else self.net.lm_head.weight
         yield from head.split(head_block_rows(cfg.hidden_size))
 
-    def check_holding(self, i: int) -> None:
-        """Held weights never change under a layer."""
+    def stamp(self) -> object:
+        return 0
 
-    def derive(self, transform: Transform) -> ModuleWeights:
-        raise NotImplementedError("held weights are derived eagerly (Transformer.with_weights)")
+    def check_holding(self, i: int, stamp: object) -> None:
+        """Held weights never change under a layer."""
 
 
 @dataclass(frozen=True)
@@ -141,21 +142,27 @@ def layer_of(name: str) -> int | None:
 
 
 def available_bytes() -> int:
-    """Memory this process could take without swapping (``MemAvailable``), capped by
-    ``ulimit -v`` where one is set."""
+    """Memory this process could take without swapping (``MemAvailable``), capped by what
+    ``ulimit -v`` leaves beyond the address space already mapped (torch alone maps GBs)."""
     import resource
 
     avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    mapped = 0
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
                     avail = int(line.split()[1]) * 1024
                     break
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    mapped = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    return avail if soft == resource.RLIM_INFINITY else min(avail, soft)
+    return avail if soft == resource.RLIM_INFINITY else min(avail, max(soft - mapped, 0))
 
 
 def peak_rss_bytes() -> int:
@@ -238,7 +245,9 @@ class StreamedWeights:
 
     One layer is held at a time: asking for layer ``j`` overwrites layer ``i``'s buffers.
     Several forwards may share one source only in lockstep (bisect), each done with layer
-    ``i`` before any asks for ``i + 1``; ``check_holding`` catches any other use.
+    ``i`` before any asks for ``i + 1``. Every load is counted (``stamp``): a forward
+    checks at the end of a layer that no load happened since it took the layer, so no
+    other use, not even j then i again, can compute on overwritten weights.
     """
 
     streamed = True
@@ -265,19 +274,27 @@ class StreamedWeights:
         state = {
             k: torch.empty(t.shape, dtype=dtype, device=self.device)
             for k, t in self._layers[0].items()
-        }
+        }  # every layer has these shapes: check_weights_match held the file to its config
         self._module.load_state_dict(state, strict=True, assign=True)
         self._held: int | None = None
+        self.loads = 0  # layers read into the buffers so far (the stamp forwards check)
+        # every file the weights lie in, open now: a rewrite from here on is seen
         self._files: dict[Path, FileSource] = {}
         self._stat: dict[Path, tuple[int, int]] = {}
+        for t in model.tensors.values():
+            if t.span is not None:
+                self._source(t)
         raw_size = max((sum(t.nbytes for t in ts.values()) for ts in self._layers), default=0)
         self._raw = [np.empty(raw_size, np.uint8), np.empty(raw_size, np.uint8)]
         self._pending: tuple[int, Future[None]] | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="apr-stream")
         self._head_buffer: tuple[np.ndarray, Tensor] | None = None
+        self._verified: set[str] = set()  # checksummed tensors whose CRC32 held once
         #: CRC32 of each tensor's stored bytes as they stream past, when a caller asks
         #: (bisect compares two files this way without a pass of its own); None: not kept
         self.digests: dict[str, int] | None = None
+        # files and the reader thread go with the last net that shares this source
+        weakref.finalize(self, _release, self._reader, list(self._files.values()))
 
     # -- the pieces the forward asks for ----------------------------------------------------
 
@@ -285,13 +302,18 @@ class StreamedWeights:
         """Only the rows of the tokens given, and the tokens re-indexed into them."""
         rows, index = torch.unique(tokens, return_inverse=True)
         t = self.model.tensors[EMBED]
-        values = self._rows(t, [int(r) for r in rows])
-        return values.to(device=self.device, dtype=self.dtype), index
+        wanted = [int(r) for r in rows]
+        if wanted and (wanted[0] < 0 or wanted[-1] >= t.shape[0]):
+            bad = wanted[0] if wanted[0] < 0 else wanted[-1]
+            raise IndexError(f"token id {bad} is out of range for {t.shape[0]} embedding rows")
+        values = self._rows(t, wanted)
+        return values.to(device=self.device, dtype=self.dtype), index.to(self.device)
 
     def layer(self, i: int) -> DecoderLayer:
         if self._held == i:
             return self._module
         self._held = None  # until every buffer holds layer i
+        self.loads += 1
         raw = self._take(i)
         if i + 1 < len(self._layers):
             self._start(i + 1)
@@ -300,13 +322,6 @@ class StreamedWeights:
             offset = 0
             for key, t in self._layers[i].items():
                 target = params[key]
-                if t.shape != tuple(target.shape):
-                    raise ModelMemoryError(
-                        self.model.path,
-                        f"layer {i} has shape {list(t.shape)} where layer 0 has "
-                        f"{list(target.shape)}: layers of one shape only are streamed",
-                        tensor=f"model.layers.{i}.{key}",
-                    )
                 if raw is None or not self._prefetchable(t):
                     if self.digests is not None:
                         self.digests[t.name] = zlib.crc32(t.raw().data)
@@ -326,22 +341,33 @@ class StreamedWeights:
         return torch.from_numpy(t.to_float32().copy()).to(device=self.device, dtype=self.dtype)
 
     def head_blocks(self) -> Iterator[Tensor]:
-        """The head in row blocks, each read into one buffer reused (consume before next)."""
+        """The head in row blocks, each read into one buffer reused (consume before next);
+        a CRC32 the format stores for the head is checked over the blocks, before the last
+        block's logits are returned."""
         cfg = self.config
         t = self.model.tensors[EMBED if cfg.tie_word_embeddings else LM_HEAD]
         step = min(head_block_rows(cfg.hidden_size), t.shape[0])
-        digest: int | None = 0 if self.digests is not None else None
+        if t.span is None:  # an in-memory model: decoded whole, then cut
+            whole = torch.from_numpy(np.ascontiguousarray(t.to_float32()))
+            yield from whole.to(device=self.device, dtype=self.dtype).split(step)
+            return
+        crc = 0
         for start in range(0, t.shape[0], step):
-            stop = min(start + step, t.shape[0])
-            block, raw = self._block(t, start, stop, step)
-            if digest is not None:
-                digest = None if raw is None else zlib.crc32(raw.data, digest)
+            block, raw = self._block(t, start, min(start + step, t.shape[0]), step)
+            if t.checksummed or self.digests is not None:
+                crc = zlib.crc32(raw.data, crc)
+            if t.checksummed and start + step >= t.shape[0]:
+                t.check_crc(crc)  # before the last block is used: corrupt bytes never return
             yield block
-        if digest is not None and self.digests is not None:
-            self.digests[t.name] = digest
+        if self.digests is not None:
+            self.digests[t.name] = crc
 
-    def check_holding(self, i: int) -> None:
-        if self._held != i:
+    def stamp(self) -> object:
+        """What ``check_holding`` compares: the loads so far."""
+        return self.loads
+
+    def check_holding(self, i: int, stamp: object) -> None:
+        if self._held != i or self.loads != stamp:
             raise RuntimeError(
                 f"layer {i}'s streamed weights were replaced while it ran: forwards that "
                 "share a StreamedWeights must step in lockstep"
@@ -350,11 +376,19 @@ class StreamedWeights:
     def derive(self, transform: Transform) -> DerivedWeights:
         return DerivedWeights(self, transform)
 
+    def names(self) -> list[str]:
+        """Every weight's name, as a held net's ``state_dict`` has them (a tied head is not
+        one of them)."""
+        tied = self.config.tie_word_embeddings
+        return [k for k in self.model.tensors if not (tied and k == LM_HEAD)]
+
+    def tensor(self, name: str) -> Tensor:
+        """One whole weight, decoded into this source's dtype (for comparisons)."""
+        values = torch.from_numpy(np.ascontiguousarray(self.model.tensors[name].to_float32()))
+        return values.to(dtype=self.dtype)
+
     def close(self) -> None:
-        self._reader.shutdown(wait=True)
-        for src in self._files.values():
-            src.close()
-        self._files.clear()
+        _release(self._reader, list(self._files.values()))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -374,7 +408,7 @@ class StreamedWeights:
     def _check_unchanged(self) -> None:
         """A file rewritten in place (same inode) while it streams: its bytes are not the
         model any more. Shrinking is caught by the short read itself."""
-        for path, src in self._files.items():
+        for path, src in list(self._files.items()):
             st = os.fstat(src.fd)
             if (st.st_size, st.st_mtime_ns) != self._stat[path]:
                 raise FileChangedError(path, "file changed while its layers were streamed")
@@ -388,7 +422,7 @@ class StreamedWeights:
                 continue
             assert t.span is not None
             view = out[offset : offset + t.nbytes]
-            self._source(t).read_into(view.data, t.span[1], tensor=t.name)
+            self._files[t.span[0]].read_into(view.data, t.span[1], tensor=t.name)
             crc = zlib.crc32(view.data) if t.checksummed or self.digests is not None else 0
             if t.checksummed:
                 t.check_crc(crc)
@@ -405,10 +439,11 @@ class StreamedWeights:
         pending, self._pending = self._pending, None
         if pending is not None:
             j, future = pending
-            future.result()  # a failed read raises here; a stale one is waited out
             if j == i:
+                future.result()  # a failed read raises here
                 self._check_unchanged()
                 return self._raw[i % 2]
+            future.exception()  # another layer's read: waited out, its failure not ours
         if not self._raw[0].size:
             return None
         self._read_layer(i, self._raw[i % 2])
@@ -416,13 +451,20 @@ class StreamedWeights:
         return self._raw[i % 2]
 
     def _rows(self, t: FileTensor, rows: list[int]) -> Tensor:
-        """Rows of a 2-D tensor as float32, each read by itself (whole blocks for quants)."""
+        """Rows of a 2-D tensor as float32, each read by itself (whole blocks for quants);
+        a tensor with a stored CRC32 has it checked once, streamed in chunks."""
         cols = t.shape[1]
-        if t.span is None or t.checksummed:
+        if t.span is None:
             values = t.to_float32()[rows]
             return torch.from_numpy(np.ascontiguousarray(values))
+        src = self._files[t.span[0]]
+        if t.checksummed and t.name not in self._verified:
+            crc = 0
+            for chunk in src.chunks(t.span[1], t.nbytes, t.name):
+                crc = zlib.crc32(chunk, crc)
+            t.check_crc(crc)
+            self._verified.add(t.name)
         row_bytes = nbytes(t.dtype, (1, cols))
-        src = self._source(t)
         out = np.empty((len(rows), cols), np.float32)
         for k, r in enumerate(rows):
             raw = src.read(t.span[1] + r * row_bytes, row_bytes, tensor=t.name)
@@ -430,15 +472,10 @@ class StreamedWeights:
         self._check_unchanged()
         return torch.from_numpy(out)
 
-    def _block(
-        self, t: FileTensor, start: int, stop: int, step: int
-    ) -> tuple[Tensor, np.ndarray | None]:
-        """Rows ``[start, stop)`` decoded into the reused block buffer, and their stored
-        bytes (None where the tensor is read whole: no span, or a CRC over all of it)."""
+    def _block(self, t: FileTensor, start: int, stop: int, step: int) -> tuple[Tensor, np.ndarray]:
+        """Rows ``[start, stop)`` decoded into the reused block buffer, and their bytes."""
+        assert t.span is not None
         cols = t.shape[1]
-        if t.span is None or t.checksummed:
-            values = t.to_float32()[start:stop]
-            return torch.from_numpy(np.ascontiguousarray(values)).to(self.dtype), None
         row_bytes = nbytes(t.dtype, (1, cols))
         if self._head_buffer is None:
             raw = np.empty(step * row_bytes, np.uint8)
@@ -447,26 +484,38 @@ class StreamedWeights:
         raw, dest = self._head_buffer
         n = stop - start
         view = raw[: n * row_bytes]
-        self._source(t).read_into(view.data, t.span[1] + start * row_bytes, tensor=t.name)
+        self._files[t.span[0]].read_into(view.data, t.span[1] + start * row_bytes, tensor=t.name)
         self._check_unchanged()
         block = dest[:n]
         _decode(view, t.dtype, (n, cols), block)
         return block, view
 
 
+def _release(reader: ThreadPoolExecutor, files: list[FileSource]) -> None:
+    reader.shutdown(wait=True)
+    for src in files:
+        src.close()
+
+
 def _decode(raw: np.ndarray, dtype: DType, shape: tuple[int, ...], target: Tensor) -> None:
     """Stored bytes into ``target`` (its dtype): torch casts float32/16 and bfloat16 straight
     from the bytes, exactly as ``to_float32`` then a cast would; quants go through it."""
     kind = _TORCH_DTYPES.get(dtype)
-    if kind is not None:
-        target.copy_(torch.from_numpy(raw).view(kind).view(shape))
-    else:
-        target.copy_(torch.from_numpy(to_float32(raw, dtype, shape)))
+    stored = (
+        torch.from_numpy(raw).view(kind).view(shape)
+        if kind is not None
+        else torch.from_numpy(to_float32(raw, dtype, shape))
+    )
+    target.copy_(stored)
 
 
 class DerivedWeights:
     """A streamed source seen through a transform (another dtype, rounding as a conversion
-    stores the weights): each piece is the base's piece, transformed as it is asked for."""
+    stores the weights): each piece is the base's piece, transformed as it is asked for.
+
+    A transform may return the base's own tensor (a cast to the same dtype, a norm kept as
+    it is), so the derived layer can share the base's buffers: its stamp is its own loads
+    and the base's, and a load of either ends the layer for a forward mid-way."""
 
     streamed = True
 
@@ -477,6 +526,8 @@ class DerivedWeights:
         self.config = base.config
         self._module = DecoderLayer(base.config)
         self._held: int | None = None
+        self._base_loads = -1
+        self.loads = 0
         self.dtype = transform(EMBED, torch.zeros(1, 1, dtype=base.dtype)).dtype
 
     def embedding(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -484,12 +535,13 @@ class DerivedWeights:
         return self.transform(EMBED, rows), index
 
     def layer(self, i: int) -> DecoderLayer:
-        if self._held != i:
-            source = self.base.layer(i)
+        source = self.base.layer(i)  # the base may have moved on: ask it every time
+        if self._held != i or self._base_loads != self.base.loads:
             prefix = f"model.layers.{i}."
             state = {k: self.transform(prefix + k, v) for k, v in source.state_dict().items()}
             self._module.load_state_dict(state, strict=True, assign=True)
-            self._held = i
+            self._held, self._base_loads = i, self.base.loads
+            self.loads += 1
         return self._module
 
     def final_norm(self) -> Tensor:
@@ -500,9 +552,21 @@ class DerivedWeights:
         for block in self.base.head_blocks():
             yield self.transform(name, block)
 
-    def check_holding(self, i: int) -> None:
-        if self._held != i:
-            raise RuntimeError(f"layer {i}'s derived weights were replaced while it ran")
+    def stamp(self) -> object:
+        return (self.loads, self.base.loads)
+
+    def check_holding(self, i: int, stamp: object) -> None:
+        if self._held != i or self.stamp() != stamp:
+            raise RuntimeError(
+                f"layer {i}'s derived weights were replaced while it ran: forwards that "
+                "share a streamed source must step in lockstep"
+            )
 
     def derive(self, transform: Transform) -> DerivedWeights:
         return DerivedWeights(self.base, lambda k, v: transform(k, self.transform(k, v)))
+
+    def names(self) -> list[str]:
+        return self.base.names()
+
+    def tensor(self, name: str) -> Tensor:
+        return self.transform(name, self.base.tensor(name))
