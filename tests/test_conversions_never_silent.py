@@ -101,27 +101,28 @@ def test_an_unsupported_gguf_architecture_is_named_not_a_tensor(tmp_path, capsys
 
 
 def test_inspect_lists_an_unsupported_hf_folder(tmp_path, capsys):
-    """Seen 6: a Qwen3 folder was refused by `apr inspect` instead of listed."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    """Seen 6: a folder of a family we cannot run (OLMo 2 here; Qwen3 when the issue was
+    filed) was refused by `apr inspect` instead of listed."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
 
-    config = Qwen3Config(
+    config = Olmo2Config(
         vocab_size=64,
         hidden_size=32,
         intermediate_size=48,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
     )
-    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "q3")
+    model = Olmo2ForCausalLM(config)
+    model.save_pretrained(tmp_path / "olmo2")
     capsys.readouterr()
-    assert apr(["inspect", str(tmp_path / "q3"), "--json"]) == 0
+    assert apr(["inspect", str(tmp_path / "olmo2"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     names = {t["name"] for t in info["tensors"]}
-    assert "model.layers.1.self_attn.k_norm.weight" in names and len(names) == 25
-    assert "model_type='qwen3'" in info["unsupported"] and info["config"] is None
-    assert apr(["convert", str(tmp_path / "q3"), str(tmp_path / "q3.gguf")]) == 1
-    assert "unsupported architecture (model_type='qwen3'" in capsys.readouterr().err
+    assert names == set(model.state_dict())
+    assert "model_type='olmo2'" in info["unsupported"] and info["config"] is None
+    assert apr(["convert", str(tmp_path / "olmo2"), str(tmp_path / "olmo2.gguf")]) == 1
+    assert "unsupported architecture (model_type='olmo2'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
