@@ -53,6 +53,11 @@ class FileChangedError(ModelFileError):
     """A file that changed (shrank, was replaced) after it was opened and checked."""
 
 
+class UnsupportedFamily(ModelFileError):
+    """A well-formed config naming a family this library cannot run (``apr inspect`` still
+    lists the file's tensors; every other command refuses it, naming the family)."""
+
+
 class ModelMemoryError(ModelFileError):
     """A tensor or structure that does not fit in the memory this process may use."""
 

@@ -52,8 +52,8 @@ import importlib, os
 import aprlib.formats.io as io_mod
 real = io_mod.open_model
 opened = []
-def opened_then_truncated(path):
-    model = real(path)
+def opened_then_truncated(path, *args, **kwargs):
+    model = real(path, *args, **kwargs)
     opened.append(path)
     if len(opened) == int(os.environ.get("TRUNCATE_AT_OPEN", "1")):
         os.truncate(path, os.path.getsize(path) // 2)

@@ -125,6 +125,10 @@ class ConfigError(ValueError):
         return (self.__class__, (str(self), self.field))
 
 
+class UnsupportedArchitecture(ConfigError):
+    """A well-formed config of a family this library cannot run (listing still works)."""
+
+
 class ConfigValueError(ConfigError):
     """A value outside its rule: ``{field} is {value!r}: {rule}``, one line."""
 
@@ -492,7 +496,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
     model_type = config.get("model_type")
     arch = family_of_hf(model_type, archs if isinstance(archs, list) else [])
     if arch is None:
-        raise ConfigError(
+        raise UnsupportedArchitecture(
             f"unsupported architecture (model_type={model_type!r}, architectures={archs}); "
             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )

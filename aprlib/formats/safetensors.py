@@ -18,8 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from aprlib.config.modelconfig import ConfigError, ModelConfig, from_hf, hf_cannot_say, to_hf
-from aprlib.errors import ConversionError, ModelFileError, SafetensorsFormatError
+from aprlib.config.modelconfig import (
+    ConfigError,
+    ModelConfig,
+    UnsupportedArchitecture,
+    from_hf,
+    hf_cannot_say,
+    to_hf,
+)
+from aprlib.errors import (
+    ConversionError,
+    ModelFileError,
+    SafetensorsFormatError,
+    UnsupportedFamily,
+)
 from aprlib.formats import output
 from aprlib.formats.atomic import atomic_output
 from aprlib.formats.dtypes import SAFETENSORS_DTYPES, DType, nbytes
@@ -142,6 +154,8 @@ def read_hf_config(folder: Path) -> ModelConfig | None:
     raw = read_json_file(cfg, "config", ModelFileError, MAX_JSON_FILE)
     try:
         return from_hf(raw)
+    except UnsupportedArchitecture as exc:
+        raise UnsupportedFamily(cfg, f"config.json: {exc}", field="model_type") from None
     except ConfigError as exc:
         raise ModelFileError(cfg, f"config.json: {exc}", field=exc.field or "config") from None
 
@@ -255,8 +269,8 @@ def open_safetensors(path: Path, mapped: bool = False, any_architecture: bool = 
                 )
         try:
             config = read_hf_config(folder)
-        except ModelFileError as exc:
-            if not any_architecture or exc.field is None or not exc.field.startswith("config"):
+        except UnsupportedFamily as exc:
+            if not any_architecture:
                 raise
             config, metadata["aprlib.unsupported"] = None, str(exc)
         tokenizer = _hf_tokenizer(folder, config, metadata)

@@ -440,7 +440,7 @@ class Transformer(nn.Module):
                 raise ModelFileError(model.path, "no architecture config", field="config")
             check_weights_match(cfg, {n: t.shape for n, t in model.tensors.items()}, model.path)
             net = cls(cfg, ops)
-            net.streamed = StreamedWeights(model, dtype, device)
+            net.streamed = StreamedWeights(model, DecoderLayer, dtype, device)
             if model is not path_or_model:  # ours to close, with the last net sharing it
                 weakref.finalize(net.streamed, model.close)
         except BaseException:
@@ -572,7 +572,7 @@ class Transformer(nn.Module):
         positions = torch.arange(start, total, device=tokens.device)
         cos, sin = rope_tables(cfg, positions, x.dtype)
         for i in range(cfg.num_hidden_layers):
-            layer = weights.layer(i)
+            layer = cast(DecoderLayer, weights.layer(i))
             x = yield from self._layer(i, layer, weights.stamp(), x, cos, sin, cache, scores)
         x = ops.rms_norm(x, weights.final_norm(), cfg.rms_norm_eps)
         yield "final_norm", x

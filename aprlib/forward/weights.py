@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from aprlib.errors import FileChangedError, ModelMemoryError
 from aprlib.formats.dtypes import DType, nbytes, to_float32
@@ -36,9 +36,13 @@ from aprlib.formats.filesource import FileSource
 from aprlib.formats.modelfile import EMBED, LM_HEAD
 
 if TYPE_CHECKING:
+    from aprlib.config.modelconfig import ModelConfig
     from aprlib.formats.modelfile import Model
     from aprlib.formats.modelfile import Tensor as FileTensor
-    from aprlib.forward.model import DecoderLayer, Transformer
+
+#: the forward's layer module (``model.DecoderLayer``: norms, attention, MLP under HF's
+#: names); this module never imports the forward (the forward imports it)
+DecoderLayer = nn.Module
 
 #: the output head is multiplied this many float32 bytes of rows at a time, held or streamed
 #: (the same blocks on both paths keep their logits bit-identical)
@@ -65,7 +69,8 @@ class ModuleWeights:
 
     streamed = False
 
-    def __init__(self, net: Transformer) -> None:
+    def __init__(self, net: Any) -> None:
+        """``net``: a ``Transformer`` (its module tree holds the weights)."""
         self.net = net
 
     @property
@@ -77,11 +82,7 @@ class ModuleWeights:
         return self.net.model.embed_tokens.weight, tokens
 
     def layer(self, i: int) -> DecoderLayer:
-        from aprlib.forward.model import DecoderLayer
-
-        layer = self.net.model.layers[i]
-        assert isinstance(layer, DecoderLayer)
-        return layer
+        return cast(nn.Module, self.net.model.layers[i])
 
     def final_norm(self) -> Tensor:
         return self.net.model.norm.weight
@@ -255,12 +256,13 @@ class StreamedWeights:
     def __init__(
         self,
         model: Model,
+        make_layer: Callable[[ModelConfig], DecoderLayer],
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         on_layer: Callable[[int], None] | None = None,
     ) -> None:
-        from aprlib.forward.model import DecoderLayer
-
+        """``make_layer``: the forward's layer module for a config (``model.DecoderLayer``),
+        built once on the meta device and filled from the file layer after layer."""
         cfg = model.config
         assert cfg is not None
         self.model, self.config, self.dtype, self.device = model, cfg, dtype, torch.device(device)
@@ -270,7 +272,8 @@ class StreamedWeights:
             i = layer_of(name)
             if i is not None:
                 self._layers[i][name.split(".", 3)[3]] = t
-        self._module = DecoderLayer(cfg)
+        self.make_layer = make_layer
+        self._module = make_layer(cfg)
         state = {
             k: torch.empty(t.shape, dtype=dtype, device=self.device)
             for k, t in self._layers[0].items()
@@ -520,11 +523,9 @@ class DerivedWeights:
     streamed = True
 
     def __init__(self, base: StreamedWeights, transform: Transform) -> None:
-        from aprlib.forward.model import DecoderLayer
-
         self.base, self.transform = base, transform
         self.config = base.config
-        self._module = DecoderLayer(base.config)
+        self._module = base.make_layer(base.config)
         self._held: int | None = None
         self._base_loads = -1
         self.loads = 0
