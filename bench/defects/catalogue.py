@@ -389,6 +389,79 @@ for _id, _title, _method, _make in (
             requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
         )
     )
+
+
+def _qk_norm_over_projection(real: Any) -> Any:
+    """Qwen3's per-head q/k RMSNorm taken over the whole projection (OLMo 2's scope)."""
+
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float) -> Any:
+        if x.dim() != 4:  # [B, T, H, D] is the q/k norm; every other norm as it is
+            return real(self, x, weight, eps)
+        flat = x.flatten(-2)
+        return real(self, flat, weight.repeat(x.shape[-2]), eps).view_as(x)
+
+    return rms_norm
+
+
+def _qk_norm_skipped(real: Any) -> Any:
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float) -> Any:
+        return x if x.dim() == 4 else real(self, x, weight, eps)
+
+    return rms_norm
+
+
+for _id, _title, _make in (
+    (
+        "qk-norm-over-projection",
+        "Qwen3 q/k norm over the projection, not each head",
+        _qk_norm_over_projection,
+    ),
+    ("qk-norm-skipped", "Qwen3 q/k norm skipped", _qk_norm_skipped),
+):
+    register(
+        Defect(
+            _id,
+            _title,
+            "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
+            FORWARD,
+            fmt=None,
+            patch=_ops_patch("rms_norm", _make),
+            right_falsifiers=FORWARD,
+            requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
+        )
+    )
+
+
+def _streamed_bias_skipped(mp: Any) -> None:
+    """A streamed forward whose layer 1 comes without its k bias (issue 26's defect)."""
+    import torch
+
+    from aprlib.forward.weights import StreamedWeights
+
+    real = StreamedWeights.layer
+
+    def layer(self: Any, i: int) -> Any:
+        held = real(self, i)
+        if i == 1 and held.self_attn.k_proj.bias is not None:
+            with torch.no_grad():
+                held.self_attn.k_proj.bias.zero_()
+        return held
+
+    mp.setattr(StreamedWeights, "layer", layer)
+
+
+register(
+    Defect(
+        "streamed-layer-bias-skipped",
+        "the streamed forward reads layer 1 without its k bias",
+        "q/k/v bias dropped, doubled or mis-scaled",
+        ("FALSIFY-FWD-004",),
+        fmt=None,
+        patch=_streamed_bias_skipped,
+        right_falsifiers=("FALSIFY-FWD-004",),
+        requires=("aprlib.forward.weights:StreamedWeights",),
+    )
+)
 register(
     Defect(
         "logits-off-by-one-row",

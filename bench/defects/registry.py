@@ -30,6 +30,8 @@ DESIGN_ROWS = (
     "NaN/Inf in a weight or activation",
     "tokenizer differs across formats",
     "partial run erases a refutation",
+    # beyond DESIGN §7: what the families of issue 25 add (one row, one entry per op)
+    "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
 )
 
 #: arrays of a model file: name -> (dtype, shape, raw bytes as uint8)
