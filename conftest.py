@@ -72,15 +72,8 @@ class TinyModel:
         return {k: v.detach().float().numpy() for k, v in self.model.state_dict().items()}
 
 
-def build_tiny(
-    folder: Path,
-    architecture: str = "qwen2",
-    tied: bool = False,
-    dtype: str = "float32",
-    seed: int = 0,
-    **overrides: Any,
-) -> TinyModel:
-    import torch
+def hf_classes() -> dict[str, tuple[Any, Any]]:
+    """transformers' (config class, model class) of each family the tests build."""
     from transformers import (
         LlamaConfig,
         LlamaForCausalLM,
@@ -90,12 +83,24 @@ def build_tiny(
         Qwen3ForCausalLM,
     )
 
-    classes = {
+    return {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen3": (Qwen3Config, Qwen3ForCausalLM),  # q/k RMSNorm per head
     }
-    config_cls, model_cls = classes[architecture]
+
+
+def build_tiny(
+    folder: Path,
+    architecture: str = "qwen2",
+    tied: bool = False,
+    dtype: str = "float32",
+    seed: int = 0,
+    **overrides: Any,
+) -> TinyModel:
+    import torch
+
+    config_cls, model_cls = hf_classes()[architecture]
     values = {**TINY, **overrides}
     if architecture == "qwen3":  # Qwen3Config's head_dim default (128) is no tiny model's
         values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])

@@ -32,7 +32,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import machine  # bench/ is this script's folder
+
+try:
+    from machine import machine  # run as a script: bench/ is this script's folder
+except ImportError:  # imported as bench.bench_convert (bench_streaming reuses its layout)
+    from bench.machine import machine
 
 QWEN = dict(
     vocab_size=151936,
@@ -67,11 +71,10 @@ def shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     return [*out, ("model.norm.weight", (h,))]
 
 
-def generate(folder: Path, cfg: dict) -> tuple[Path, int]:
-    """Random BF16 safetensors written tensor by tensor; returns (path, largest tensor)."""
-    rng = np.random.default_rng(0)
+def bf16_header(layout: list[tuple[str, tuple[int, ...]]]) -> bytes:
+    """A safetensors header (length prefix included) for BF16 tensors laid out in order."""
     plan, offset = {}, 0
-    for name, shape in shapes(cfg):
+    for name, shape in layout:
         size = int(np.prod(shape)) * 2
         plan[name] = {
             "dtype": "BF16",
@@ -81,9 +84,15 @@ def generate(folder: Path, cfg: dict) -> tuple[Path, int]:
         offset += size
     head = json.dumps(plan).encode()
     head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head
+
+
+def generate(folder: Path, cfg: dict) -> tuple[Path, int]:
+    """Random BF16 safetensors written tensor by tensor; returns (path, largest tensor)."""
+    rng = np.random.default_rng(0)
     path = folder / "model.safetensors"
     with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(head)) + head)
+        fh.write(bf16_header(shapes(cfg)))
         for _name, shape in shapes(cfg):
             values = rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * 0.02
             fh.write(((values.view(np.uint32) + 0x8000) >> 16).astype(np.uint16).tobytes())

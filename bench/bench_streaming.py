@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 from aprlib import Transformer  # noqa: E402
+from bench.bench_convert import QWEN, bf16_header  # noqa: E402
+from bench.bench_convert import shapes as tied_shapes  # noqa: E402
 from bench.machine import machine  # noqa: E402
 
 QWEN_7B = dict(
@@ -49,41 +50,16 @@ QWEN_7B = dict(
     num_attention_heads=28,
     num_key_value_heads=4,
 )
-QWEN_05B = dict(
-    vocab_size=151936,
-    hidden_size=896,
-    intermediate_size=4864,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-)
+QWEN_05B = QWEN  # bench_convert's Qwen2.5-0.5B shape
 PLANTED = "model.layers.3.self_attn.k_proj.bias"
 TOKENS = [151643, 9707, 11, 1879, 0, 1234, 88, 42, 7, 99, 100000, 5, 6, 2048, 13, 17]
 POOL = 64 << 20  # random values reused across tensors (generation is not what is timed)
 
 
 def shapes(cfg: dict, tied: bool) -> list[tuple[str, tuple[int, ...]]]:
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    out = [("model.embed_tokens.weight", (v, h))]
-    for n in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{n}."
-        out += [
-            (p + "input_layernorm.weight", (h,)),
-            (p + "self_attn.q_proj.weight", (h, h)),
-            (p + "self_attn.q_proj.bias", (h,)),
-            (p + "self_attn.k_proj.weight", (kv, h)),
-            (p + "self_attn.k_proj.bias", (kv,)),
-            (p + "self_attn.v_proj.weight", (kv, h)),
-            (p + "self_attn.v_proj.bias", (kv,)),
-            (p + "self_attn.o_proj.weight", (h, h)),
-            (p + "post_attention_layernorm.weight", (h,)),
-            (p + "mlp.gate_proj.weight", (i, h)),
-            (p + "mlp.up_proj.weight", (i, h)),
-            (p + "mlp.down_proj.weight", (h, i)),
-        ]
-    out.append(("model.norm.weight", (h,)))
-    return out if tied else [*out, ("lm_head.weight", (v, h))]
+    """bench_convert's Qwen2 tensor list (tied), with an output head when untied."""
+    out = tied_shapes(cfg)
+    return out if tied else [*out, ("lm_head.weight", (cfg["vocab_size"], cfg["hidden_size"]))]
 
 
 def bf16(values: np.ndarray) -> np.ndarray:
@@ -96,18 +72,8 @@ def generate(folders: list[Path], cfg: dict, tied: bool, planted: str | None) ->
     rng = np.random.default_rng(0)
     pool = bf16(rng.standard_normal(POOL // 2, dtype=np.float32) * 0.02)
     norms = bf16(1 + rng.standard_normal(1 << 16, dtype=np.float32) * 0.1)
-    plan, offset = {}, 0
     layout = shapes(cfg, tied)
-    for name, shape in layout:
-        size = int(np.prod(shape)) * 2
-        plan[name] = {
-            "dtype": "BF16",
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    head = json.dumps(plan).encode()
-    head += b" " * (-len(head) % 8)
+    head = bf16_header(layout)
     config = {
         "architectures": ["Qwen2ForCausalLM"],
         "model_type": "qwen2",
@@ -123,7 +89,7 @@ def generate(folders: list[Path], cfg: dict, tied: bool, planted: str | None) ->
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(config))
         fh = open(folder / "model.safetensors.part", "wb")  # noqa: SIM115
-        fh.write(struct.pack("<Q", len(head)) + head)
+        fh.write(head)
         handles.append(fh)
     for name, shape in layout:
         n = int(np.prod(shape))

@@ -91,21 +91,9 @@ def specs(draw: st.DrawFn) -> Spec:
 
 def hf_model(spec: Spec) -> torch.nn.Module:
     """transformers' model with every parameter random (norms around 1, with spread)."""
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        Qwen3Config,
-        Qwen3ForCausalLM,
-    )
+    from conftest import hf_classes
 
-    classes = {
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
-    }
-    config_cls, model_cls = classes[spec.architecture]
+    config_cls, model_cls = hf_classes()[spec.architecture]
     torch.manual_seed(spec.seed)
     model = model_cls(config_cls(**spec.hf)).eval()
     with torch.no_grad():

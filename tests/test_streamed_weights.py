@@ -57,6 +57,15 @@ def model_file(tiny, tmp_path: Path, fmt: str) -> Path:
     return out
 
 
+def copied(tiny, tmp_path: Path) -> Path:
+    """The tiny model's folder copied, for a test that rewrites its file."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((tiny.folder / name).read_bytes())
+    return folder
+
+
 def logits(path: Path, dtype: torch.dtype, stream: bool) -> torch.Tensor:
     net = Transformer.from_file(path, dtype=dtype, stream=stream)
     with torch.no_grad():
@@ -208,12 +217,8 @@ def test_a_layer_that_cannot_fit_is_refused_by_name(tiny_qwen2):
 
 def test_a_file_truncated_mid_stream_is_file_changed(tiny_factory, tmp_path, one_torch_thread):
     tiny = tiny_factory("qwen2", tied=False, dtype="float32", num_hidden_layers=3)
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        (folder / name).write_bytes((tiny.folder / name).read_bytes())
-    net = Transformer.from_file(folder, stream=True)
-    file = folder / "model.safetensors"
+    file = copied(tiny, tmp_path) / "model.safetensors"
+    net = Transformer.from_file(file.parent, stream=True)
 
     def truncate(i: int) -> None:
         if i == 0:
@@ -227,12 +232,8 @@ def test_a_file_truncated_mid_stream_is_file_changed(tiny_factory, tmp_path, one
 def test_a_file_rewritten_in_place_mid_stream_is_file_changed(
     tiny_qwen2, tmp_path, one_torch_thread
 ):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        (folder / name).write_bytes((tiny_qwen2.folder / name).read_bytes())
-    net = Transformer.from_file(folder, stream=True)
-    file = folder / "model.safetensors"
+    file = copied(tiny_qwen2, tmp_path) / "model.safetensors"
+    net = Transformer.from_file(file.parent, stream=True)
 
     def rewrite(i: int) -> None:
         if i == 0:
@@ -511,12 +512,8 @@ def test_an_apr_head_with_corrupt_bytes_returns_no_logits(tiny_qwen2, tmp_path, 
 
 
 def test_a_file_rewritten_before_the_first_forward_is_file_changed(tiny_qwen2, tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        (folder / name).write_bytes((tiny_qwen2.folder / name).read_bytes())
-    net = Transformer.from_file(folder, stream=True)
-    file = folder / "model.safetensors"
+    file = copied(tiny_qwen2, tmp_path) / "model.safetensors"
+    net = Transformer.from_file(file.parent, stream=True)
     with open(file, "r+b") as fh:
         fh.seek(-64, os.SEEK_END)
         fh.write(bytes(64))
