@@ -17,7 +17,9 @@ def readme_commands() -> list[str]:
 def test_readme_has_exactly_two_commands():
     main_job, tests = readme_commands()
     assert main_job.endswith("pv check")
-    assert tests.endswith("pytest")
+    # two workers (pytest-xdist; the plugin's results travel on its reports): the suite
+    # took 10.9 min serially on a 2-core machine, 6.8 min this way
+    assert tests.endswith("pytest -n 2")
     assert "-r requirements.lock" in main_job and "-r requirements.lock" in tests
     assert "torch==2.13.0" in (ROOT / "requirements.lock").read_text().splitlines()
 

@@ -79,6 +79,7 @@ def logits(path: Path, dtype: torch.dtype, stream: bool) -> torch.Tensor:
         ("qwen2", True, "bfloat16"),
         ("llama", False, "float16"),
         ("llama", True, "float32"),
+        ("qwen3", True, "bfloat16"),
     ],
 )
 @pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16, torch.float64])

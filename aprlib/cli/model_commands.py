@@ -163,6 +163,17 @@ def _logits(args: argparse.Namespace) -> int:
     tokens = parse_tokens(args.tokens)
     choice = decide(args.stream_weights, [args.model]) if args.backend != "llama.cpp" else None
     stream = choice is not None and choice.stream
+    if stream and args.backend == "transformers":
+        from aprlib.errors import ModelMemoryError
+        from aprlib.forward.weights import gb
+
+        assert choice is not None
+        raise ModelMemoryError(
+            args.model,
+            f"transformers holds every weight ({gb(choice.held)} in float32; "
+            f"{gb(choice.available)} available) and has no way here to load them a layer at "
+            "a time: use --backend reference (it streams), or --no-stream-weights to try",
+        )
     if choice is not None:
         with layer_bar(choice):
             logits = compute_logits(args.model, tokens, args.backend, stream)
