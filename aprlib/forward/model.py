@@ -366,8 +366,9 @@ class KVCache:
 
 
 class Transformer(nn.Module):
-    """Qwen2 / Llama (and Mistral-shaped) decoder; parameters are built on the meta device
-    and filled by ``from_file`` or ``load_state_dict(..., assign=True)``.
+    """A decoder of any family in ``aprlib.config.families`` (Qwen2, Llama and Mistral-shaped,
+    Qwen3); parameters are built on the meta device and filled by ``from_file`` or
+    ``load_state_dict(..., assign=True)`` (or, streamed, never held: ``from_file(stream=True)``).
 
     A tied model has no ``lm_head`` parameter: the head is the embedding, by construction.
     """
