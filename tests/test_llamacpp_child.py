@@ -274,3 +274,24 @@ def test_the_childs_block_table_agrees_with_aprlibs_dtypes():
             ggml_id,
             BLOCK[kind],
         )
+
+
+def test_the_child_never_forks_gdb_on_a_llamacpp_abort(monkeypatch, tmp_path):
+    """A GGML_ASSERT makes ggml fork gdb to print a backtrace where gdb is installed; in CI
+    that ran past the 300 s timeout, turning an abort (a counterexample) into not checked."""
+    from aprlib.forward import llamacpp
+
+    seen: dict[str, str] = {}
+
+    class Recorded(Exception):
+        pass
+
+    def popen(*args, **kwargs):
+        seen.update(kwargs["env"])
+        raise Recorded
+
+    monkeypatch.delenv("GGML_NO_BACKTRACE", raising=False)
+    monkeypatch.setattr(llamacpp.subprocess, "Popen", popen)
+    with pytest.raises(Recorded):
+        llamacpp.Child(tmp_path / "m.gguf")._start()
+    assert seen.get("GGML_NO_BACKTRACE") == "1"

@@ -108,6 +108,10 @@ class Child:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (env.get("PYTHONPATH", ""), _PACKAGE_ROOT) if p
         )
+        # on a GGML_ASSERT, ggml forks gdb to attach and print a backtrace where gdb is
+        # installed: seen taking past the 300 s timeout on a busy 2-core host, so an abort
+        # (a counterexample) became an OracleTimeout (not checked). Its message suffices.
+        env.setdefault("GGML_NO_BACKTRACE", "1")
         flags = ["-P"] if sys.version_info >= (3, 11) else []  # not the cwd on sys.path
         proc = subprocess.Popen(
             [sys.executable, *flags, "-m", "aprlib.forward.llamacpp_child"],
