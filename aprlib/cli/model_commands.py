@@ -153,7 +153,6 @@ def _logits(args: argparse.Namespace) -> int:
         Gates,
         TokenMismatchError,
         compare_logits,
-        compute_logits,
         is_npy,
         load_logits,
         save_logits,
@@ -161,24 +160,7 @@ def _logits(args: argparse.Namespace) -> int:
     from aprlib.forward.token_ids import parse_tokens
 
     tokens = parse_tokens(args.tokens)
-    choice = decide(args.stream_weights, [args.model]) if args.backend != "llama.cpp" else None
-    stream = choice is not None and choice.stream
-    if stream and args.backend == "transformers":
-        from aprlib.errors import ModelMemoryError
-        from aprlib.forward.weights import gb
-
-        assert choice is not None
-        raise ModelMemoryError(
-            args.model,
-            f"transformers holds every weight ({gb(choice.held)} in float32; "
-            f"{gb(choice.available)} available) and has no way here to load them a layer at "
-            "a time: use --backend reference (it streams), or --no-stream-weights to try",
-        )
-    if choice is not None:
-        with layer_bar(choice):
-            logits = compute_logits(args.model, tokens, args.backend, stream)
-    else:
-        logits = compute_logits(args.model, tokens, args.backend)
+    logits, stream = _model_logits(args.model, tokens, args.backend, args.stream_weights)
     if args.out:
         save_logits(args.out, logits, tokens, {"model": str(args.model), "backend": args.backend})
     if args.compare is None:
@@ -195,16 +177,8 @@ def _logits(args: argparse.Namespace) -> int:
         other, other_tokens = load_logits(args.compare)
     else:
         other_tokens = tokens
-        other_backend = args.compare_backend or args.backend
-        other_choice = (
-            None if other_backend == "llama.cpp" else decide(args.stream_weights, [args.compare])
-        )
-        other_stream = other_choice is not None and other_choice.stream
-        if other_choice is not None:
-            with layer_bar(other_choice):
-                other = compute_logits(args.compare, tokens, other_backend, other_stream)
-        else:
-            other = compute_logits(args.compare, tokens, other_backend)
+        backend = args.compare_backend or args.backend
+        other, other_stream = _model_logits(args.compare, tokens, backend, args.stream_weights)
         stream = stream or other_stream
     base = DTYPE_GATES[args.expect] if args.expect else Gates()
     gates = Gates(
@@ -222,6 +196,31 @@ def _logits(args: argparse.Namespace) -> int:
     else:
         _print_comparison(c, args)
     return EXIT_OK if c.verdict == "PASS" else EXIT_FAIL
+
+
+def _model_logits(
+    path: Path, tokens: list[int], backend: str, force: bool | None
+) -> tuple[Any, bool]:
+    """A model's logits on ``backend`` and whether its weights streamed (llama.cpp runs
+    the file itself: nothing of ours to stream); transformers, which holds every weight,
+    is refused for a model that must stream, with the memory it would need."""
+    from aprlib.forward.logits import compute_logits
+
+    if backend == "llama.cpp":
+        return compute_logits(path, tokens, backend), False
+    choice = decide(force, [path])
+    if choice.stream and backend == "transformers":
+        from aprlib.errors import ModelMemoryError
+        from aprlib.forward.weights import gb
+
+        raise ModelMemoryError(
+            path,
+            f"transformers holds every weight ({gb(choice.held)} in float32; "
+            f"{gb(choice.available)} available) and has no way here to load them a layer at "
+            "a time: use --backend reference (it streams), or --no-stream-weights to try",
+        )
+    with layer_bar(choice):
+        return compute_logits(path, tokens, backend, choice.stream), choice.stream
 
 
 def _print_comparison(c: Any, args: argparse.Namespace) -> None:

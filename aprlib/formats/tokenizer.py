@@ -72,6 +72,15 @@ def read_hf_folder(folder: Path, vocab_size: int | None) -> dict[str, Any] | Non
     return from_hf(data, config, vocab_size, path, model_config)
 
 
+def _parts(section: Any, key: str) -> list[Any]:
+    """A pre-tokenizer's or post-processor's steps: a ``Sequence``'s list, else itself
+    alone (not a list where the file is malformed: no steps)."""
+    if not isinstance(section, dict):
+        return []
+    parts = section.get(key, [section]) if section.get("type") == "Sequence" else [section]
+    return parts if isinstance(parts, list) else []
+
+
 def _pre_name(data: dict[str, Any], path: Path | str) -> str:
     pre = data.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
@@ -195,11 +204,9 @@ def _template_special(piece: Any) -> Any:
 def adds_prefix_space(data: dict[str, Any]) -> bool:
     """Whether the pre-tokenizer puts a space before the text (a ByteLevel with
     ``add_prefix_space``: GPT-2's own): " hello" is then tokenized where "hello" is given."""
-    pre = data.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     return any(
         isinstance(p, dict) and p.get("type") == "ByteLevel" and p.get("add_prefix_space") is True
-        for p in parts
+        for p in _parts(data.get("pre_tokenizer"), "pretokenizers")
     )
 
 
@@ -222,11 +229,7 @@ def llama_cpp_tokenizer_gaps(tok: dict[str, Any]) -> list[str]:
 def template_bos(data: dict[str, Any]) -> str | None:
     """The special token a ``TemplateProcessing`` post-processor puts before a single
     sequence (Llama 3's ``<|begin_of_text|>``), else None."""
-    post = data.get("post_processor")
-    if not isinstance(post, dict):
-        return None
-    processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
-    for proc in processors if isinstance(processors, list) else []:
+    for proc in _parts(data.get("post_processor"), "processors"):
         if isinstance(proc, dict) and proc.get("type") == "TemplateProcessing":
             single = proc.get("single")
             if isinstance(single, list) and len(single) > 1:
@@ -242,15 +245,9 @@ def post_processor_adds(data: dict[str, Any], config: dict[str, Any]) -> dict[st
     processor adds nothing, a Roberta one both, a template its leading BOS and trailing EOS.
     A side it does not decide is left out (then ``tokenizer_config.json`` decides); the
     post-processor wins over ``tokenizer_config.json`` where both speak, as in llama.cpp."""
-    post = data.get("post_processor")
-    if not isinstance(post, dict):
-        return {}
     out: dict[str, bool] = {}
     bos, eos = _special_text(config, "bos_token"), _special_text(config, "eos_token")
-    processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
-    if not isinstance(processors, list):
-        return {}  # not a post-processor tokenizers would load: it says nothing about BOS
-    for proc in processors:
+    for proc in _parts(data.get("post_processor"), "processors"):
         if not isinstance(proc, dict):
             continue
         kind = proc.get("type")

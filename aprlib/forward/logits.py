@@ -63,15 +63,23 @@ def llamacpp_logits(
     it. ``timeout`` in seconds (default ``APRLIB_LLAMACPP_TIMEOUT``, else 300)."""
     import importlib.util
 
-    from aprlib.formats.io import sniff
     from aprlib.forward import llamacpp
+
+    path = require_gguf(path)
+    if importlib.util.find_spec("llama_cpp") is None:  # found, not imported: it runs elsewhere
+        raise ModelFileError(path, "llama-cpp-python is not installed (the test extra)")
+    return llamacpp.logits(path, tokens, timeout=timeout)
+
+
+def require_gguf(path: Path | str) -> Path:
+    """``path``, when it is a GGUF; llama.cpp runs nothing else (a folder, a safetensors or
+    an APR file would fail inside its loader with a message naming none of this)."""
+    from aprlib.formats.io import sniff
 
     path = Path(path)
     if sniff(path) != "gguf":
         raise ModelFileError(path, "llama.cpp runs GGUF files; `apr convert` it first")
-    if importlib.util.find_spec("llama_cpp") is None:  # found, not imported: it runs elsewhere
-        raise ModelFileError(path, "llama-cpp-python is not installed (the test extra)")
-    return llamacpp.logits(path, tokens, timeout=timeout)
+    return path
 
 
 def transformers_logits(path: Path | str, tokens: list[int]) -> np.ndarray:

@@ -436,11 +436,7 @@ class Transformer(nn.Module):
 
         model = path_or_model if isinstance(path_or_model, Model) else open_model(path_or_model)
         try:
-            cfg = model.config
-            if cfg is None:
-                raise ModelFileError(model.path, "no architecture config", field="config")
-            check_weights_match(cfg, {n: t.shape for n, t in model.tensors.items()}, model.path)
-            net = cls(cfg, ops)
+            net = cls(checked_config(model), ops)
             net.streamed = StreamedWeights(model, DecoderLayer, dtype, device)
             if model is not path_or_model:  # ours to close, with the last net sharing it
                 weakref.finalize(net.streamed, model.close)
@@ -480,11 +476,7 @@ class Transformer(nn.Module):
         ops: Ops | None,
         copy: bool,
     ) -> Transformer:
-        cfg = model.config
-        if cfg is None:
-            raise ModelFileError(model.path, "no architecture config", field="config")
-        shapes = {name: t.shape for name, t in model.tensors.items()}
-        check_weights_match(cfg, shapes, model.path)
+        cfg = checked_config(model)
         net = cls(cfg, ops)
         state = {}
         for name, t in model.tensors.items():
@@ -688,6 +680,14 @@ class Transformer(nn.Module):
                 break
             logits = self(nxt, cache)
         return out
+
+
+def checked_config(model: Model) -> ModelConfig:
+    """A file's config, refused when absent or when its weights disagree with it."""
+    if model.config is None:
+        raise ModelFileError(model.path, "no architecture config", field="config")
+    check_weights_match(model.config, {n: t.shape for n, t in model.tensors.items()}, model.path)
+    return model.config
 
 
 def as_reference64(net: Transformer) -> Transformer:

@@ -83,17 +83,13 @@ def llamacpp_side(
 ) -> Side:
     """llama.cpp's own graph on a GGUF, its named tensors placed by the built-in map; the
     reference runs on the same GGUF's weights as our reader decodes them."""
-    from aprlib.errors import ModelFileError
-    from aprlib.formats.io import sniff
     from aprlib.forward.bisect import load_side
     from aprlib.forward.dump import apply_map
     from aprlib.forward.llamacpp import llamacpp_activations
     from aprlib.forward.llamacpp_points import point_map_for
+    from aprlib.forward.logits import require_gguf
 
-    if sniff(Path(path)) != "gguf":
-        raise ModelFileError(
-            Path(path), "llama.cpp runs GGUF files: give B as one (`apr convert` it first)"
-        )
+    require_gguf(path)
     net = load_side(path, stream=stream)  # held: zero-copy views of the file's pages
     raw = llamacpp_activations(path, tokens)
     point_map = PointMap.from_dict(point_map_for(net.config))

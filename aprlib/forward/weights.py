@@ -325,7 +325,7 @@ class StreamedWeights:
             offset = 0
             for key, t in self._layers[i].items():
                 target = params[key]
-                if raw is None or not self._prefetchable(t):
+                if raw is None or t.span is None:
                     if self.digests is not None:
                         self.digests[t.name] = zlib.crc32(t.raw().data)
                     target.copy_(torch.from_numpy(t.to_float32()))
@@ -395,9 +395,6 @@ class StreamedWeights:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _prefetchable(self, t: FileTensor) -> bool:
-        return t.span is not None
-
     def _source(self, t: FileTensor) -> FileSource:
         assert t.span is not None
         path = t.span[0]
@@ -421,9 +418,8 @@ class StreamedWeights:
         thread for the next layer); a CRC the format stores is checked here."""
         offset = 0
         for t in self._layers[i].values():
-            if not self._prefetchable(t):
+            if t.span is None:  # decoded in ``layer`` from ``to_float32``
                 continue
-            assert t.span is not None
             view = out[offset : offset + t.nbytes]
             self._files[t.span[0]].read_into(view.data, t.span[1], tensor=t.name)
             crc = zlib.crc32(view.data) if t.checksummed or self.digests is not None else 0
