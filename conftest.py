@@ -75,8 +75,16 @@ class TinyModel:
 def hf_classes() -> dict[str, tuple[Any, Any]]:
     """transformers' (config class, model class) of each family the tests build."""
     from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         LlamaConfig,
         LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Olmo2Config,
+        Olmo2ForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
         Qwen3Config,
@@ -86,7 +94,11 @@ def hf_classes() -> dict[str, tuple[Any, Any]]:
     return {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),  # a sliding window on every layer
         "qwen3": (Qwen3Config, Qwen3ForCausalLM),  # q/k RMSNorm per head
+        "olmo2": (Olmo2Config, Olmo2ForCausalLM),  # norms after; q/k norm over the projection
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM),  # (1 + w) norms, soft-caps, windows
+        "gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM),  # (1 + w) norms, GELU, windows
     }
 
 
@@ -102,7 +114,7 @@ def build_tiny(
 
     config_cls, model_cls = hf_classes()[architecture]
     values = {**TINY, **overrides}
-    if architecture == "qwen3":  # Qwen3Config's head_dim default (128) is no tiny model's
+    if architecture in ("qwen3", "mistral", "gemma2", "gemma3_text"):  # defaults of 128, 256
         values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
     config = config_cls(**values, tie_word_embeddings=tied)
     torch.manual_seed(seed)
@@ -131,7 +143,7 @@ def tiny_factory(tmp_path_factory: pytest.TempPathFactory):
     def make(
         architecture: str = "qwen2", tied: bool = False, dtype: str = "float32", **overrides: Any
     ) -> TinyModel:
-        key = (architecture, tied, dtype, tuple(sorted(overrides.items())))
+        key = (architecture, tied, dtype, repr(sorted(overrides.items())))  # lists too
         if key not in cache:
             folder = tmp_path_factory.mktemp(
                 f"{architecture}-{'tied' if tied else 'untied'}-{dtype}"

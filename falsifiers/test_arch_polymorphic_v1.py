@@ -32,6 +32,8 @@ def edited(tiny, work: Path, changes: dict) -> Path:
     shutil.copytree(tiny.folder, folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(changes)
+    if "num_hidden_layers" in changes:  # a type per layer: the family's pattern gives them
+        config.pop("layer_types", None)
     (folder / "config.json").write_text(json.dumps(config))
     return folder / "model.safetensors"
 
@@ -45,46 +47,61 @@ def check_mismatch_named(tiny, work: Path, changes: dict, expected: list[str]) -
 
 
 @pytest.mark.falsifies("FALSIFY-ARCH-001")
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize(
+    "arch", ["qwen2", "llama", "mistral", "qwen3", "olmo2", "gemma2", "gemma3_text"]
+)
 @pytest.mark.parametrize("edit", sorted(EDITS))
 def test_mismatched_config_names_every_field(tiny_factory, tmp_path, arch, edit):
     changes, expected = EDITS[edit]
     check_mismatch_named(tiny_factory(arch, tied=False), tmp_path, changes, expected)
 
 
-def files_of(tiny, work: Path, mistral: bool = False) -> list[Path]:
+def files_of(tiny, work: Path) -> list[Path]:
     """The tiny model as safetensors (its own folder), APR and GGUF."""
     src = tiny.safetensors
-    if mistral:  # the same weights under a Mistral config.json (Llama-shaped)
-        config = json.loads((tiny.folder / "config.json").read_text())
-        config.update(model_type="mistral", architectures=["MistralForCausalLM"])
-        config.update(sliding_window=None)
-        src = edited(tiny, work, config)
     out = [src, work / "m.apr", work / "m.gguf"]
     convert(src, out[1])
     convert(src, out[2])
     return out
 
 
-def check_every_format(tiny, work: Path, mistral: bool = False) -> None:
+def check_every_format(tiny, work: Path) -> None:
     tokens = torch.randint(0, 96, (1, 11), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         theirs = tiny.model(tokens).logits
-        for path in files_of(tiny, work, mistral):
+        for path in files_of(tiny, work):
             net = Transformer.from_file(path)
             diff = float((net(tokens) - theirs).abs().max())
             assert diff < 1e-4, f"{path.name}: max |ours - transformers| = {diff:.3g}"
 
 
+#: windows that bite on the 11 tokens: Mistral's on every layer, Qwen's on some layers
+QWEN_WINDOW = {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}
+QWEN_LAYER_TYPES = {
+    "use_sliding_window": True,
+    "sliding_window": 3,
+    "layer_types": ["sliding_attention", "full_attention"],
+}
+
+
 @pytest.mark.falsifies("FALSIFY-ARCH-002")
 @pytest.mark.parametrize(
-    ("arch", "tied", "mistral"),
+    ("arch", "tied", "overrides"),
     [
-        ("qwen2", False, False),
-        ("qwen2", True, False),
-        ("llama", False, False),
-        ("llama", True, True),
+        ("qwen2", False, {}),
+        ("qwen2", True, QWEN_WINDOW),
+        ("llama", False, {}),
+        ("llama", True, {}),
+        ("mistral", False, {"sliding_window": 4}),
+        ("mistral", True, {"sliding_window": None}),
+        ("qwen3", False, {}),
+        ("qwen3", True, QWEN_LAYER_TYPES),
+        ("olmo2", False, {}),
+        ("olmo2", True, {}),
+        ("gemma2", True, {"sliding_window": 4, "final_logit_softcapping": 5.0}),
+        ("gemma3_text", False, {"sliding_window": 3, "sliding_window_pattern": 2}),
     ],
+    ids=lambda v: "window" if v in (QWEN_WINDOW, QWEN_LAYER_TYPES) else None,
 )
-def test_one_loader_serves_every_family_and_format(tiny_factory, tmp_path, arch, tied, mistral):
-    check_every_format(tiny_factory(arch, tied=tied), tmp_path, mistral)
+def test_one_loader_serves_every_family_and_format(tiny_factory, tmp_path, arch, tied, overrides):
+    check_every_format(tiny_factory(arch, tied=tied, **overrides), tmp_path)

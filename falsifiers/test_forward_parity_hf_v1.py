@@ -1,8 +1,11 @@
 """Falsifiers of forward-parity-hf-v1: our reference forward equals transformers'.
 
-The oracle is transformers' own Qwen2/Llama/Qwen3 implementation, fed the same random weights
-(every tensor random, norms and biases too). Hypothesis draws the structure: heads, kv
-heads, head size, FFN width, layers, vocab, tie, biases, rope base and scaling, tokens.
+The oracle is transformers' own implementation of each family (Qwen2, Llama, Mistral, Qwen3,
+OLMo 2, Gemma 2, Gemma 3), fed the same random weights (every tensor random, norms and
+biases too). Hypothesis draws the structure: heads, kv heads, head size, FFN width, layers,
+vocab, tie, biases, rope base and scaling, sliding windows (Mistral's on every layer, Qwen's
+from ``max_window_layers`` or per ``layer_types``, Gemma's by pattern or per layer, often
+shorter than the tokens), Gemma's query scale and soft-caps, tokens.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Spec:
 
 @st.composite
 def specs(draw: st.DrawFn) -> Spec:
-    arch = draw(st.sampled_from(["qwen2", "llama", "qwen3"]))
+    arch = draw(st.sampled_from(["qwen2", "llama", "mistral", "qwen3", "olmo2", *GEMMAS]))
     n_kv = draw(st.sampled_from([1, 2, 3]))
     n_heads = n_kv * draw(st.sampled_from([1, 2, 4]))
     head_dim = draw(st.sampled_from([4, 8, 16]))
@@ -82,11 +85,52 @@ def specs(draw: st.DrawFn) -> Spec:
     if arch == "llama":
         hf["attention_bias"] = draw(st.booleans())
         hf["mlp_bias"] = draw(st.booleans())
-    if arch == "qwen3":  # no MLP bias in Qwen3; its attention bias covers o_proj
+    if arch in ("qwen3", "olmo2"):  # no MLP bias; their attention bias covers o_proj
         hf["attention_bias"] = draw(st.booleans())
+    window = draw(st.one_of(st.none(), st.integers(1, 12)))
+    if arch in GEMMAS:
+        draw_gemma(draw, arch, hf)
+    elif arch == "mistral":
+        hf["sliding_window"] = window
+    elif arch in ("qwen2", "qwen3") and window is not None:
+        layers = hf["num_hidden_layers"]
+        hf.update(use_sliding_window=True, sliding_window=window)
+        if draw(st.booleans()):
+            hf["max_window_layers"] = draw(st.integers(0, layers))
+        else:
+            kinds = st.sampled_from(["sliding_attention", "full_attention"])
+            hf["layer_types"] = draw(st.lists(kinds, min_size=layers, max_size=layers))
     return Spec(
         arch, hf, draw(st.integers(1, 2)), draw(st.integers(1, 24)), draw(st.integers(0, 2**16))
     )
+
+
+GEMMAS = ("gemma2", "gemma3_text")
+
+
+def draw_gemma(draw: st.DrawFn, arch: str, hf: dict[str, Any]) -> None:
+    """What Gemma adds: (1 + w) norms and sqrt(hidden) embeddings need no draw; the query
+    scale, the window and which layers have it, soft-caps (Gemma 2), the sliding layers'
+    RoPE base (Gemma 3)."""
+    layers = hf["num_hidden_layers"]
+    if hf["rope_parameters"]["rope_type"] not in ("default", "linear"):  # Gemma's kinds
+        hf["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4}
+        hf["max_position_embeddings"] = 64
+    hf["query_pre_attn_scalar"] = draw(st.sampled_from([hf["head_dim"], 12, 64]))
+    hf["sliding_window"] = draw(st.integers(1, 12))
+    if draw(st.booleans()):
+        kinds = st.sampled_from(["sliding_attention", "full_attention"])
+        hf["layer_types"] = draw(st.lists(kinds, min_size=layers, max_size=layers))
+    else:
+        hf["sliding_window_pattern"] = draw(st.integers(1, 3))
+    caps = st.one_of(st.none(), st.sampled_from([2.0, 5.0, 30.0]))
+    hf["final_logit_softcapping"] = draw(caps)
+    if arch == "gemma2":
+        hf["attn_logit_softcapping"] = draw(caps)
+        return
+    global_rope = hf.pop("rope_parameters")
+    local = {"rope_type": "default", "rope_theta": draw(st.sampled_from([1e4, 5e4]))}
+    hf["rope_parameters"] = {"full_attention": global_rope, "sliding_attention": local}
 
 
 def hf_model(spec: Spec) -> torch.nn.Module:
@@ -132,7 +176,7 @@ def check_parity(spec: Spec, ops: Ops | None = None) -> None:
 
 
 @pytest.mark.falsifies("FALSIFY-FWD-001")
-@reproducible(max_examples=30)
+@reproducible(max_examples=40)
 @given(spec=specs())
 def test_logits_equal_transformers(spec, evidence):
     check_parity(spec)
@@ -224,6 +268,111 @@ FIXED = {
         17,
         6,
     ),
+    "mistral-window-untied": Spec(
+        "mistral",
+        dict(
+            vocab_size=72,
+            hidden_size=48,
+            intermediate_size=56,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            head_dim=8,  # explicit, not hidden / heads
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            sliding_window=5,  # 21 tokens: most queries lose keys to the window
+            tie_word_embeddings=False,
+        ),
+        2,
+        21,
+        7,
+    ),
+    "qwen2-window-from-layer-1-tied": Spec(
+        "qwen2",
+        dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,  # layer 0 full, layers 1 and 2 windowed
+            tie_word_embeddings=True,
+        ),
+        1,
+        18,
+        8,
+    ),
+    "olmo2-post-norms-bias": Spec(
+        "olmo2",
+        dict(
+            vocab_size=76,
+            hidden_size=48,
+            intermediate_size=88,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=3,
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e5},
+            attention_bias=True,
+            tie_word_embeddings=False,
+        ),
+        2,
+        15,
+        9,
+    ),
+    "gemma3-sandwich-local-rope": Spec(
+        "gemma3_text",
+        dict(
+            vocab_size=70,
+            hidden_size=48,
+            intermediate_size=80,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=64,
+            query_pre_attn_scalar=24,  # not head_dim: the scale is the config's
+            sliding_window=5,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+            final_logit_softcapping=8.0,
+            tie_word_embeddings=True,
+        ),
+        2,
+        17,
+        10,
+    ),
+    "gemma2-softcaps-untied-bias": Spec(
+        "gemma2",
+        dict(
+            vocab_size=66,
+            hidden_size=32,
+            intermediate_size=72,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=64,
+            query_pre_attn_scalar=12,
+            sliding_window=4,  # layers 0 and 2 windowed (Gemma 2's pattern of 2)
+            attn_logit_softcapping=2.0,  # small caps: most scores and logits saturate
+            final_logit_softcapping=3.0,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            attention_bias=True,
+            tie_word_embeddings=False,
+        ),
+        1,
+        19,
+        11,
+    ),
     "dynamic-tied-bias": Spec(
         "llama",
         dict(
@@ -259,7 +408,8 @@ def check_generation_and_loss(spec: Spec) -> None:
         full = net(ours[:, :-1]).argmax(-1)[:, tokens.shape[1] - 1 :]
         hf_logits = model(ours[:, :-1]).logits  # the forward loss runs (dynamic rope: same length)
     assert torch.equal(ours, theirs), (ours.tolist(), theirs.tolist())
-    if spec.hf["rope_parameters"]["rope_type"] != "dynamic":
+    rope = spec.hf["rope_parameters"]
+    if rope.get("rope_type", rope.get("full_attention", {}).get("rope_type")) != "dynamic":
         # dynamic NTK rescales the base as the sequence grows: keys cached at a shorter
         # length keep their old rotation, so a cached decode and a full forward differ
         # in transformers too; what holds is the greedy equality with transformers above
@@ -282,11 +432,16 @@ def float64_oracle(model: torch.nn.Module) -> torch.nn.Module:
     norms (x·rsqrt(mean(x²)+eps)·w, nothing else) are made to stay in float64."""
     model = model.double()
     for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm"):
-            eps = module.variance_epsilon
+        kind = type(module).__name__
+        if isinstance(getattr(module, "embed_scale", None), torch.Tensor):  # Gemma's sqrt(h)
+            module.embed_scale = torch.tensor(module.scalar_embed_scale, dtype=torch.float64)
+        if kind.endswith("RMSNorm"):
+            eps = getattr(module, "variance_epsilon", None) or module.eps
+            offset = 1.0 if kind.startswith("Gemma") else 0.0  # Gemma scales by (1 + w)
 
-            def norm(x, m=module, eps=eps):
-                return m.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+            def norm(x, m=module, eps=eps, offset=offset):
+                normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+                return (offset + m.weight) * normed
 
             module.forward = norm
     return model

@@ -4,6 +4,7 @@ filled as llama.cpp fills them (also checked on files written by hand with those
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,13 +75,38 @@ def test_a_gguf_without_rope_freq_base_gets_llama_cpps_default(tiny_qwen2, tmp_p
         assert "qwen2.rope.freq_base" in m.metadata["aprlib.defaulted_keys"]
 
 
-PRE = {"qwen2": "qwen2", "llama": "llama-bpe", "qwen3": "qwen2"}  # Qwen3 keeps qwen2's split
+#: the tokenizer split each family's tests train (Qwen3 keeps qwen2's; Mistral is Llama's)
+PRE = {
+    "qwen2": "qwen2",
+    "llama": "llama-bpe",
+    "mistral": "llama-bpe",
+    "qwen3": "qwen2",
+    "olmo2": "llama-bpe",
+    "gemma3_text": "llama-bpe",  # its converter takes a BPE tokenizer.json without tokenizer.model
+}
+
+
+def converter_vocab(pre: str) -> int:
+    """A vocabulary of exactly the trained tokenizer's entries. llama.cpp's Gemma 3
+    converter cuts the embedding to the tokenizer.json's vocabulary plus its added tokens
+    (``Gemma3Model.modify_tensors``, counting the added tokens twice where the vocabulary
+    holds them too); a model with no rows beyond its tokens keeps them all."""
+    from falsifiers.test_tokenizer_fidelity_v1 import train_tokenizer
+
+    return len(json.loads(train_tokenizer(pre).to_str())["model"]["vocab"])
 
 
 def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
     """llama.cpp's GGUF of an HF folder: opens, diffs clean (quantisation noise within its
     bound where it quantised), and goes back to APR and safetensors losslessly."""
     folder, _ = hf_folder_with_tokenizer(tiny, PRE[arch], work)
+    if arch == "gemma3_text":  # the fixture's BPE, read as itself: transformers' Gemma
+        config = folder / "tokenizer_config.json"  # tokenizer class would add <unk>, <mask>
+        config.write_text(
+            json.dumps(
+                {**json.loads(config.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}
+            )
+        )
     gguf = convert_hf_to_gguf(folder, work / f"llama-cpp-{outtype}.gguf", PRE[arch], outtype)
     with open_model(folder) as hf, open_model(gguf) as theirs:
         report = diff_models(hf, theirs)
@@ -108,6 +134,9 @@ def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
         ("qwen2", "f32"),
         ("llama", "f32"),
         ("qwen3", "f32"),
+        ("mistral", "f32"),
+        ("olmo2", "f32"),
+        ("gemma3_text", "f32"),
         ("qwen2", "q8_0"),
         ("llama", "bf16"),
         ("qwen3", "q8_0"),
@@ -116,7 +145,17 @@ def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
 def test_llama_cpp_converter_output_opens_diffs_clean_and_converts_back(
     tiny_factory, tmp_path, arch, outtype, evidence
 ):
-    tiny = tiny_factory(arch, vocab_size=VOCAB)
+    # a Mistral without a window: llama.cpp's converter drops one (tests/test_sliding_window)
+    window = {"sliding_window": None} if arch == "mistral" else {}
+    vocab, dtype = VOCAB, "float32"
+    if arch == "gemma3_text":
+        # Gemma ships in bf16: its converter's norm + 1 is then exact in float32 and our
+        # reader's - 1 gives transformers' w back bit for bit; and the converter cuts the
+        # embedding to the tokenizer's entries, so the model has exactly that many rows
+        dtype, vocab = "bfloat16", converter_vocab(PRE[arch])
+    if arch == "gemma3_text":  # its published scale: llama.cpp derives 1/sqrt(head_dim)
+        window["query_pre_attn_scalar"] = 16
+    tiny = tiny_factory(arch, vocab_size=vocab, dtype=dtype, **window)
     evidence.record(diagnosis=check_llama_cpp_gguf(tiny, arch, outtype, tmp_path)[:300])
 
 

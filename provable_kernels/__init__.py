@@ -37,7 +37,7 @@ from provable_kernels.linear import add_bias, linear, linear_reference
 from provable_kernels.ops import TritonOps
 from provable_kernels.rms_norm import rms_norm, rms_norm_reference
 from provable_kernels.rope import rope, rope_cos_sin, rope_reference
-from provable_kernels.swiglu import swiglu, swiglu_reference
+from provable_kernels.swiglu import geglu, swiglu, swiglu_reference
 
 __all__ = [
     "ParityError",
@@ -55,6 +55,7 @@ __all__ = [
     "dequantize_matvec",
     "dequantize_matvec_reference",
     "dequantize_reference",
+    "geglu",
     "interpreting",
     "linear",
     "linear_reference",

@@ -20,7 +20,7 @@ from provable_kernels.cross_entropy import cross_entropy
 from provable_kernels.linear import add_bias, linear
 from provable_kernels.rms_norm import rms_norm
 from provable_kernels.rope import rope
-from provable_kernels.swiglu import swiglu
+from provable_kernels.swiglu import geglu, swiglu
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
@@ -43,8 +43,11 @@ class TritonOps(Ops):
 
     name = "triton"
 
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        return rms_norm(x, weight.to(x.dtype), eps)
+    def rms_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0
+    ) -> torch.Tensor:
+        scale = weight.to(x.dtype)
+        return rms_norm(x, scale + offset if offset else scale, eps)
 
     def linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -57,11 +60,40 @@ class TritonOps(Ops):
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return rope(x, cos.to(x.dtype), sin.to(x.dtype))
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        window: int | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+    ) -> torch.Tensor:
+        # refused, not run without them: a wrong answer would look fine
+        if window is not None:
+            raise NotImplementedError(
+                f"the Triton attention kernel has no sliding-window mask (window {window} "
+                f"over {k.shape[-2]} positions); run this model with the reference ops"
+            )
+        if scale is not None or softcap is not None:
+            raise NotImplementedError(
+                "the Triton attention kernel scales by 1/sqrt(head_dim) and caps nothing "
+                f"(asked: scale {scale}, softcap {softcap}); run this model with the reference ops"
+            )
         return attention(q, k, v)
 
     def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return swiglu(gate, up)
+
+    def geglu(
+        self, gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh"
+    ) -> torch.Tensor:
+        if approximate != "tanh":  # refused, not approximated: a wrong answer would look fine
+            raise NotImplementedError(
+                f"the Triton GeGLU kernel computes the tanh approximation, not {approximate!r}; "
+                "run this model with the reference ops"
+            )
+        return geglu(gate, up)
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         vocab = logits.shape[-1]

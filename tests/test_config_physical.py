@@ -95,6 +95,10 @@ def tiny(tiny_factory, tmp_path_factory) -> dict[str, Path]:
     return {"hf": folder, "gguf": out / "tiny.gguf", "apr": out / "tiny.apr"}
 
 
+#: the tiny Llama read as a Mistral (the same tensors), whose window transformers reads
+MISTRAL = {"model_type": "mistral", "architectures": ["MistralForCausalLM"]}
+
+
 def hf_with(tiny: dict[str, Path], dst: Path, **changes: Any) -> Path:
     """The tiny HF folder with config.json keys replaced (None: removed)."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -321,7 +325,7 @@ CONSISTENCY: dict[str, tuple[dict[str, Any], str, str]] = {
     "rms_norm_eps 1.5": ({"rms_norm_eps": 1.5}, "rms_norm_eps", "rms_norm_eps is 1.5: must be"),
     "odd head_dim": ({"head_dim": 15}, "head_dim", "head_dim is 15: must be even"),
     "sliding_window 4096.5": (
-        {"sliding_window": 4096.5},
+        {"sliding_window": 4096.5, **MISTRAL},
         "sliding_window",
         "sliding_window is 4096.5: must be an integer",
     ),
@@ -438,6 +442,8 @@ def test_no_value_outside_physical_sense_loads_from_config_json(tiny, tmp_path, 
     changes: dict[str, Any] = {}
     if scaling is None:
         changes[field] = value
+        if field == "sliding_window":  # transformers' Llama has no window: it ignores the key
+            changes.update(MISTRAL)
     else:
         changes["rope_scaling"] = {**scaling, field.split(".", 1)[1]: value}
     want = field

@@ -77,10 +77,10 @@ def test_a_shard_missing_without_an_index_is_refused_by_name(sharded, tmp_path, 
 def test_an_unsupported_gguf_architecture_is_named_not_a_tensor(tmp_path, capsys):
     from gguf import GGUFWriter
 
-    path = tmp_path / "gemma3.gguf"
-    writer = GGUFWriter(str(path), "gemma3")
+    path = tmp_path / "phi3.gguf"
+    writer = GGUFWriter(str(path), "phi3")
     writer.add_block_count(1)
-    writer.add_tensor("blk.0.attn_k_norm.weight", np.ones(8, dtype=np.float32))
+    writer.add_tensor("blk.0.attn_qkv.weight", np.ones((24, 8), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -88,24 +88,25 @@ def test_an_unsupported_gguf_architecture_is_named_not_a_tensor(tmp_path, capsys
     with pytest.raises(GgufFormatError) as caught:
         open_model(path)
     assert caught.value.field == "general.architecture"
-    assert "'gemma3' is not supported; supported: qwen2, llama" in str(caught.value)
+    assert "'phi3' is not supported; supported: qwen2, llama" in str(caught.value)
     capsys.readouterr()
     assert apr(["convert", str(path), str(tmp_path / "out.apr")]) == 1
     err = capsys.readouterr().err
-    assert "general.architecture 'gemma3'" in err and "attn_k_norm" not in err
+    assert "general.architecture 'phi3'" in err and "attn_qkv" not in err
     # inspect lists any file it can parse (seen 6), and says why nothing else runs it
     assert apr(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "blk.0.attn_k_norm.weight" in out
-    assert "unsupported:" in out and "general.architecture 'gemma3'" in out
+    assert "blk.0.attn_qkv.weight" in out
+    assert "unsupported:" in out and "general.architecture 'phi3'" in out
 
 
 def test_inspect_lists_an_unsupported_hf_folder(tmp_path, capsys):
-    """Seen 6: a folder of a family we cannot run (OLMo 2 here; Qwen3 when the issue was
-    filed) was refused by `apr inspect` instead of listed."""
-    from transformers import Olmo2Config, Olmo2ForCausalLM
+    """Seen 6: a folder of a family we cannot run (Phi-3 here; Qwen3, then OLMo 2 when
+    this test was written) was refused by `apr inspect` instead of listed."""
+    from transformers import Phi3Config, Phi3ForCausalLM
 
-    config = Olmo2Config(
+    config = Phi3Config(
+        pad_token_id=0,
         vocab_size=64,
         hidden_size=32,
         intermediate_size=48,
@@ -113,23 +114,28 @@ def test_inspect_lists_an_unsupported_hf_folder(tmp_path, capsys):
         num_attention_heads=4,
         num_key_value_heads=2,
     )
-    model = Olmo2ForCausalLM(config)
-    model.save_pretrained(tmp_path / "olmo2")
+    model = Phi3ForCausalLM(config)
+    model.save_pretrained(tmp_path / "phi3")
     capsys.readouterr()
-    assert apr(["inspect", str(tmp_path / "olmo2"), "--json"]) == 0
+    assert apr(["inspect", str(tmp_path / "phi3"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     names = {t["name"] for t in info["tensors"]}
     assert names == set(model.state_dict())
-    assert "model_type='olmo2'" in info["unsupported"] and info["config"] is None
-    assert apr(["convert", str(tmp_path / "olmo2"), str(tmp_path / "olmo2.gguf")]) == 1
-    assert "unsupported architecture (model_type='olmo2'" in capsys.readouterr().err
+    assert "model_type='phi3'" in info["unsupported"] and info["config"] is None
+    assert apr(["convert", str(tmp_path / "phi3"), str(tmp_path / "phi3.gguf")]) == 1
+    assert "unsupported architecture (model_type='phi3'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("architecture", "overrides", "said"),
     [
         ("llama", {"hidden_act": "gelu_pytorch_tanh"}, "hidden_act gelu_pytorch_tanh"),
-        ("qwen2", {"use_sliding_window": True, "sliding_window": 4}, "sliding_window 4"),
+        (
+            "qwen2",
+            {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+            "sliding_window 4",
+        ),
+        ("mistral", {"sliding_window": 5}, "sliding_window 5"),
     ],
 )
 def test_a_gguf_llamacpp_will_run_differently_says_so(
@@ -140,7 +146,7 @@ def test_a_gguf_llamacpp_will_run_differently_says_so(
     assert apr(["convert", str(tiny.folder), str(tmp_path / "m.gguf"), "--json"]) == 0
     notes = json.loads(capsys.readouterr().out)["notes"]
     assert any(n.startswith(said) and "llama.cpp" in n for n in notes), notes
-    plain = tiny_factory(architecture)
+    plain = tiny_factory(architecture, sliding_window=None)  # Mistral's default is 4096
     assert apr(["convert", str(plain.folder), str(tmp_path / "plain.gguf"), "--json"]) == 0
     notes = json.loads(capsys.readouterr().out)["notes"]
     assert not any("hidden_act" in n or "sliding_window" in n for n in notes), notes

@@ -32,11 +32,22 @@ MISTRAL_7B = {  # mistralai/Mistral-7B-v0.1
 }
 
 
-def test_mistral_config_is_read_as_llama_shaped():
+def test_mistral_is_its_own_family_run_by_llama_cpp_as_llama():
     cfg = from_hf(MISTRAL_7B)
-    assert cfg.architecture == "llama"
-    assert cfg.sliding_window == 4096 and not cfg.qkv_bias
+    assert cfg.architecture == "mistral" and cfg.gguf_architecture == "llama"
+    assert cfg.sliding_window == 4096 and cfg.layer_types is None and not cfg.qkv_bias
+    assert [cfg.layer_window(i) for i in (0, 31)] == [4096, 4096]
     assert from_hf(to_hf(cfg)) == cfg
+    assert to_hf(cfg)["model_type"] == "mistral"  # as llama, transformers drops the window
+    kv = to_gguf_kv(cfg)
+    assert kv["general.architecture"] == "llama" and kv["llama.attention.sliding_window"] == 4096
+    assert from_gguf_kv(kv, has_output_tensor=True) == cfg
+
+
+def test_llama_has_no_window_whatever_its_config_holds():
+    """transformers' LlamaConfig ignores ``sliding_window``: so do we."""
+    cfg = from_hf({**MISTRAL_7B, "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    assert cfg.architecture == "llama" and cfg.sliding_window is None
 
 
 def test_transformers5_rope_parameters_normalise_to_the_published_form():
@@ -47,9 +58,31 @@ def test_transformers5_rope_parameters_normalise_to_the_published_form():
     assert from_hf(plain).rope_scaling is None
 
 
-def test_qwen2_sliding_window_counts_only_when_in_use():
+def test_qwen2_sliding_window_counts_only_when_in_use_and_from_max_window_layers_on():
+    """transformers' Qwen2: windowed layers are those from ``max_window_layers`` on, and only
+    with ``use_sliding_window`` (the published 0.5B's 24 of 24 layers: none)."""
     assert from_hf(presets.QWEN2_5_0_5B).sliding_window is None
-    assert from_hf({**presets.QWEN2_5_0_5B, "use_sliding_window": True}).sliding_window == 32768
+    assert from_hf({**presets.QWEN2_5_0_5B, "use_sliding_window": True}).sliding_window is None
+    cfg = from_hf({**presets.QWEN2_5_0_5B, "use_sliding_window": True, "max_window_layers": 20})
+    assert cfg.sliding_window == 32768
+    assert [cfg.layer_window(i) for i in (19, 20, 23)] == [None, 32768, 32768]
+    assert from_hf(to_hf(cfg)) == cfg
+    assert from_gguf_kv(to_gguf_kv(cfg), has_output_tensor=False) == cfg
+    every = from_hf({**presets.QWEN2_5_0_5B, "use_sliding_window": True, "max_window_layers": 0})
+    assert every.sliding_window == 32768 and every.layer_types is None
+
+
+def test_layer_types_name_each_layer_and_need_a_window():
+    from aprlib.config.modelconfig import ConfigValueError
+
+    types = ["sliding_attention", "full_attention"] * 12
+    cfg = from_hf({**presets.QWEN2_5_0_5B, "use_sliding_window": True, "layer_types": types})
+    assert cfg.layer_types == tuple(types) and cfg.layer_window(1) is None
+    for bad in (types[:-1], ["sliding_attention", "chunked_attention"] * 12):
+        with pytest.raises(ConfigValueError, match="layer_types"):
+            from_hf({**presets.QWEN2_5_0_5B, "use_sliding_window": True, "layer_types": bad})
+    with pytest.raises(ConfigValueError, match="sliding layers need a sliding_window"):
+        dataclasses.replace(cfg, sliding_window=None)
 
 
 def test_llama_cpp_rope_scaling_keys_are_read_without_ours():

@@ -302,3 +302,179 @@ class QkNormSkipped(Ops):
 def test_fwd_001_catches_a_qk_norm_defect(ops):
     with pytest.raises(AssertionError, match="max"):
         fwd.check_parity(QWEN3, ops)
+
+
+MISTRAL = fwd.FIXED["mistral-window-untied"]
+QWEN2_WINDOWED = fwd.FIXED["qwen2-window-from-layer-1-tied"]
+
+
+class WindowOffByOne(Ops):
+    """One key too many in the window: j >= i - window."""
+
+    def attention(self, q, k, v, window=None):
+        return super().attention(q, k, v, None if window is None else window + 1)
+
+
+class WindowIgnored(Ops):
+    """Full causal attention on a windowed layer (what llama.cpp's llama graph computes)."""
+
+    def attention(self, q, k, v, window=None):
+        return super().attention(q, k, v)
+
+
+@pytest.mark.parametrize("spec", [MISTRAL, QWEN2_WINDOWED], ids=["mistral", "qwen2-layers"])
+@pytest.mark.parametrize("ops", [WindowOffByOne(), WindowIgnored()], ids=["off-by-one", "off"])
+def test_fwd_001_catches_a_window_defect(spec, ops):
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(spec, ops)
+
+
+def test_fwd_001_catches_windows_on_the_wrong_layers(monkeypatch):
+    """Qwen2's window read as covering layers below ``max_window_layers`` (the old rule)."""
+    import dataclasses
+
+    real = fwd.ours_from
+
+    def loader(model, ops=None):
+        net = real(model, ops)
+        net.config = dataclasses.replace(net.config, layer_types=None)  # every layer windowed
+        return net
+
+    monkeypatch.setattr(fwd, "ours_from", loader)
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(QWEN2_WINDOWED)
+
+
+@pytest.mark.parametrize("ops", [WindowOffByOne(), WindowIgnored()], ids=["off-by-one", "off"])
+def test_fwd_002_catches_a_window_defect_in_the_cached_decode(monkeypatch, ops):
+    real = fwd.ours_from
+    monkeypatch.setattr(fwd, "ours_from", lambda model, _=None: real(model, ops))
+    with pytest.raises(AssertionError):
+        fwd.check_generation_and_loss(MISTRAL)
+
+
+OLMO2 = fwd.FIXED["olmo2-post-norms-bias"]
+
+
+class QkNormPerHead(Ops):
+    """OLMo 2's q/k norm taken per head (Qwen3's scope) with the projection's weights."""
+
+    def qk_norm(self, x, weight, eps):
+        return self.rms_norm(x, weight.view(x.shape[-2:]), eps)
+
+
+def test_fwd_001_catches_olmo2s_qk_norm_per_head():
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(OLMO2, QkNormPerHead())
+
+
+@pytest.mark.parametrize("norm", ["post_attention_layernorm", "post_feedforward_layernorm"])
+def test_fwd_001_catches_an_olmo2_post_norm_skipped(monkeypatch, norm):
+    """A backend that computes OLMo 2's layer as a pre-norm family would: one of the norms
+    on the outputs of attention and the MLP left out."""
+    real = fwd.ours_from
+    skipped: set[int] = set()
+
+    class SkipsIt(Ops):
+        def rms_norm(self, x, weight, eps):
+            return x if weight.data_ptr() in skipped else super().rms_norm(x, weight, eps)
+
+    def loader(model, ops=None):
+        net = real(model, SkipsIt())
+        skipped.update(getattr(layer, norm).weight.data_ptr() for layer in net.model.layers)
+        return net
+
+    monkeypatch.setattr(fwd, "ours_from", loader)
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(OLMO2)
+
+
+GEMMA3 = fwd.FIXED["gemma3-sandwich-local-rope"]
+GEMMA2 = fwd.FIXED["gemma2-softcaps-untied-bias"]
+
+
+class NormOffsetDropped(Ops):
+    """Gemma's RMSNorm computed as everyone else's: w, not 1 + w."""
+
+    def rms_norm(self, x, weight, eps, offset=0.0):
+        return super().rms_norm(x, weight, eps)
+
+
+class NormOffsetTwice(Ops):
+    """1 added to a weight that already holds it (llama.cpp's stored w + 1, plus 1)."""
+
+    def rms_norm(self, x, weight, eps, offset=0.0):
+        return super().rms_norm(x, weight, eps, offset=2 * offset)
+
+
+class GeluErf(Ops):
+    """Exact GELU where Gemma's config says the tanh approximation."""
+
+    def geglu(self, gate, up, approximate="tanh"):
+        return super().geglu(gate, up, approximate="none")
+
+
+class AttnSoftcapDropped(Ops):
+    def attention(self, q, k, v, window=None, scale=None, softcap=None):
+        return super().attention(q, k, v, window=window, scale=scale)
+
+
+class ScaleIgnored(Ops):
+    """Queries scaled by 1/sqrt(head_dim) whatever query_pre_attn_scalar says."""
+
+    def attention(self, q, k, v, window=None, scale=None, softcap=None):
+        return super().attention(q, k, v, window=window, softcap=softcap)
+
+
+@pytest.mark.parametrize(
+    ("spec", "ops"),
+    [
+        (GEMMA3, NormOffsetDropped()),
+        (GEMMA2, NormOffsetDropped()),
+        (GEMMA3, NormOffsetTwice()),
+        (GEMMA3, GeluErf()),
+        (GEMMA2, AttnSoftcapDropped()),
+        (GEMMA3, ScaleIgnored()),
+    ],
+    ids=["no-offset", "no-offset-gemma2", "offset-twice", "gelu-erf", "no-attn-cap", "scale"],
+)
+def test_fwd_001_catches_a_gemma_op_defect(spec, ops):
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(spec, ops)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"final_logit_softcapping": None},  # the logits left uncapped
+        {"rope_local_theta": None},  # sliding layers turned with the global base
+    ],
+    ids=["no-final-cap", "no-local-rope"],
+)
+def test_fwd_001_catches_a_gemma_config_read_wrong(monkeypatch, change):
+    import dataclasses
+
+    real = fwd.ours_from
+
+    def loader(model, ops=None):
+        net = real(model, ops)
+        net.config = dataclasses.replace(net.config, **change)
+        return net
+
+    monkeypatch.setattr(fwd, "ours_from", loader)
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(GEMMA3)
+
+
+@pytest.mark.parametrize("spec", [GEMMA3, GEMMA2], ids=["gemma3", "gemma2"])
+def test_fwd_001_catches_the_embedding_scale_dropped(monkeypatch, spec):
+    """The family described without its sqrt(hidden) embedding scale."""
+    import dataclasses
+
+    from aprlib.config import families
+
+    name = spec.architecture
+    plain = dataclasses.replace(families.FAMILIES[name], embed_scale=False)
+    monkeypatch.setitem(families.FAMILIES, name, plain)
+    with pytest.raises(AssertionError, match="max"):
+        fwd.check_parity(spec)

@@ -80,6 +80,10 @@ def logits(path: Path, dtype: torch.dtype, stream: bool) -> torch.Tensor:
         ("llama", False, "float16"),
         ("llama", True, "float32"),
         ("qwen3", True, "bfloat16"),
+        ("mistral", False, "bfloat16"),  # a window of 4096: it masks nothing here
+        ("olmo2", False, "float16"),
+        ("gemma3_text", True, "bfloat16"),
+        ("gemma2", False, "float32"),
     ],
 )
 @pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16, torch.float64])

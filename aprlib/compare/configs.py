@@ -30,15 +30,24 @@ CONFIG_FIELDS = (
     "attention_bias",
     "mlp_bias",
     "sliding_window",
+    "layer_types",
     "rope_scaling",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "rope_local_theta",
 )
 
 
 def config_meaning(cfg: Any, name: str) -> Any:
     """A field as the forward pass sees it: defaults filled in, spellings normalised, so
     two configs that say the same thing in different words compare equal."""
+    if name == "architecture":  # Mistral runs Llama's forward: its window is its own field
+        return cfg.gguf_architecture
     if name == "head_dim":
         return cfg.attention_head_dim
+    if name == "query_pre_attn_scalar":  # what it means: the scale (head_dim's when None)
+        return cfg.attention_scale
     if name == "attention_bias":
         return cfg.qkv_bias
     value = getattr(cfg, name, None)

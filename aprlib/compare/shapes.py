@@ -20,6 +20,19 @@ FINAL_NORM = "model.norm.weight"
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
+#: a layer's norm weights (HF names) by where its family puts them (``Family.norms``)
+LAYER_NORMS = {
+    "pre": ("input_layernorm", "post_attention_layernorm"),
+    "post": ("post_attention_layernorm", "post_feedforward_layernorm"),  # OLMo 2
+    "sandwich": (  # Gemma: before and after attention and the MLP
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+}
+
+
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor (HF name → row-major shape) that a model of ``cfg`` holds."""
     h, d = cfg.hidden_size, cfg.attention_head_dim
@@ -27,10 +40,11 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {EMBED: (cfg.vocab_size, h), FINAL_NORM: (h,)}
     if not cfg.tie_word_embeddings:
         out[LM_HEAD] = (cfg.vocab_size, h)
+    norms = LAYER_NORMS[cfg.family.norms]
     for n in range(cfg.num_hidden_layers):
         p = f"model.layers.{n}."
-        out[p + "input_layernorm.weight"] = (h,)
-        out[p + "post_attention_layernorm.weight"] = (h,)
+        for norm in norms:
+            out[p + f"{norm}.weight"] = (h,)
         for proj, rows in (("q", q), ("k", kv), ("v", kv)):
             out[p + f"self_attn.{proj}_proj.weight"] = (rows, h)
             if cfg.qkv_bias:
@@ -38,6 +52,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         if cfg.qk_norm == "head":  # Qwen3: one RMSNorm weight per head dimension
             out[p + "self_attn.q_norm.weight"] = (d,)
             out[p + "self_attn.k_norm.weight"] = (d,)
+        elif cfg.qk_norm == "proj":  # OLMo 2: over the whole projection
+            out[p + "self_attn.q_norm.weight"] = (q,)
+            out[p + "self_attn.k_norm.weight"] = (kv,)
         out[p + "self_attn.o_proj.weight"] = (h, q)
         if cfg.o_proj_bias:
             out[p + "self_attn.o_proj.bias"] = (h,)

@@ -25,13 +25,53 @@ class Family:
     o_proj_bias: bool
     #: transformers' ``max_position_embeddings`` when a config leaves it out
     max_positions: int
-    #: transformers builds the q/k/v biases whatever ``attention_bias`` says (Qwen2)
+    #: transformers builds the q/k/v biases as ``attention_bias`` above whatever the config's
+    #: ``attention_bias`` says (Qwen2 always, Mistral never)
     fixed_qkv_bias: bool = False
     #: the MLP may carry biases (``mlp_bias``: Llama); others never build them
     mlp_bias: bool = False
     #: RMSNorm on q and k after the projection, before RoPE: "head" over each head's
-    #: ``head_dim`` values (Qwen3, weights [head_dim]); None: no q/k norm
+    #: ``head_dim`` values (Qwen3, weights [head_dim]), "proj" over the whole projection
+    #: (OLMo 2, weights [heads * head_dim]); None: no q/k norm
     qk_norm: str | None = None
+    #: where a layer's norms sit: "pre", before attention (``input_layernorm``) and
+    #: before the MLP (``post_attention_layernorm``); "post", after each, on its output
+    #: before the residual add (OLMo 2: ``post_attention_layernorm`` and
+    #: ``post_feedforward_layernorm``, and nothing before); "sandwich", both (Gemma:
+    #: ``input_layernorm``, ``post_attention_layernorm``, ``pre_feedforward_layernorm``,
+    #: ``post_feedforward_layernorm``)
+    norms: str = "pre"
+    #: RMSNorm scales by (offset + w): Gemma stores w and multiplies by 1 + w; llama.cpp's
+    #: converter stores w + 1 in the GGUF (the classic double-add when both happen)
+    norm_offset: float = 0.0
+    #: the embedding rows are multiplied by sqrt(hidden_size) (Gemma)
+    embed_scale: bool = False
+    #: queries are scaled by the config's ``query_pre_attn_scalar`` ** -0.5, and logits
+    #: may be soft-capped by ``final_logit_softcapping`` (Gemma)
+    query_scale: bool = False
+    #: the config key of the MLP's activation (Gemma: ``hidden_activation``)
+    act_key: str = "hidden_act"
+    #: ``tie_word_embeddings`` when a config leaves it out
+    tied_default: bool = False
+    #: sliding layers turn RoPE with their own base (``rope_local_base_freq``, or
+    #: ``rope_parameters["sliding_attention"]``) and no scaling; full layers with
+    #: ``rope_theta`` and the scaling (Gemma 3)
+    local_rope: bool = False
+    #: the default ``sliding_window_pattern`` ("pattern" families): of every N layers the
+    #: last is full, the rest windowed
+    window_pattern: int = 6
+    #: transformers caps attention scores by ``attn_logit_softcapping`` (Gemma 2; Gemma 3's
+    #: class keeps the key and ignores it)
+    attn_softcap: bool = False
+    #: (config key, value) where the family's transformers config class has a default that
+    #: a config.json may leave out (Gemma 2's soft-caps)
+    config_defaults: tuple[tuple[str, object], ...] = ()
+    #: llama.cpp scales queries by 1/sqrt(hidden / heads), not 1/sqrt(head_dim), for a model
+    #: of this many layers (its "27B" rule); 0: never
+    llama_cpp_wide_scale_layers: int = 0
+    #: (config field, value) llama.cpp takes when a GGUF lacks the key (``llama-hparams.h``):
+    #: what a GGUF from its converter means
+    llama_cpp_defaults: tuple[tuple[str, object], ...] = ()
     #: llama.cpp's converter permutes q/k rows for its pairwise rotation (Llama)
     permuted_qk: bool = False
     #: other model types read as this family (same tensors, same forward)
@@ -39,6 +79,36 @@ class Family:
     #: llama.cpp's graph for this family loads an o_proj bias (``attn_output.bias``) when
     #: the file has one; where it does not, it refuses such a file
     llama_cpp_o_proj_bias: bool = True
+    #: llama.cpp's graph falls back to the embedding without ``output.weight`` (a tied
+    #: head); where it does not, it refuses a tied model's GGUF (OLMo 2)
+    llama_cpp_tied: bool = True
+    #: llama.cpp's graph loads ``output.weight``; where it does not (gemma2 always uses the
+    #: embedding), it refuses an untied model's GGUF
+    llama_cpp_untied: bool = True
+    #: llama.cpp's graph applies the sliding window (gemma3); where it does not, a windowed
+    #: model's GGUF agrees with the source only up to the window
+    llama_cpp_window: bool = False
+    #: the activation llama.cpp's graph gates the MLP with, whatever the file says
+    llama_cpp_act: str = "silu"
+    #: GGUF's ``general.architecture`` where llama.cpp runs this family with another's
+    #: graph (its converter writes Mistral as "llama"); None: ``name``
+    gguf_name: str | None = None
+    #: how a config's ``sliding_window`` applies: "every" layer when set (Mistral),
+    #: "per_layer" as ``use_sliding_window``, ``max_window_layers`` and ``layer_types`` say
+    #: (Qwen2, Qwen3), "pattern" on the layers ``layer_types`` or ``sliding_window_pattern``
+    #: name (Gemma 3); None: transformers' class has no window and ignores the key (Llama)
+    window: str | None = None
+    #: ``max_window_layers`` when a config leaves it out ("per_layer" families)
+    max_window_layers: int = 28
+    #: (GGUF block name, HF name in a layer) where this family's llama.cpp name differs from
+    #: the shared map (``formats.layout``): OLMo 2's ``post_attention_layernorm`` is
+    #: llama.cpp's ``post_attention_norm``, not ``ffn_norm``
+    gguf_names: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def gguf_architecture(self) -> str:
+        """The ``general.architecture`` a GGUF of this family is written with."""
+        return self.gguf_name or self.name
 
 
 QWEN2 = Family(
@@ -48,6 +118,7 @@ QWEN2 = Family(
     o_proj_bias=False,
     max_positions=32768,
     fixed_qkv_bias=True,
+    window="per_layer",
 )
 LLAMA = Family(
     "llama",
@@ -57,7 +128,19 @@ LLAMA = Family(
     max_positions=2048,
     mlp_bias=True,
     permuted_qk=True,
-    aliases=(("mistral", "MistralForCausalLM"),),
+)
+#: Llama's tensors and forward with a sliding window on every layer; no biases whatever
+#: the config says; llama.cpp's converter writes it as a "llama" GGUF (and drops the window)
+MISTRAL = Family(
+    "mistral",
+    "MistralForCausalLM",
+    attention_bias=False,
+    o_proj_bias=False,
+    max_positions=131072,
+    fixed_qkv_bias=True,
+    permuted_qk=True,
+    gguf_name="llama",
+    window="every",
 )
 QWEN3 = Family(
     "qwen3",
@@ -67,9 +150,106 @@ QWEN3 = Family(
     max_positions=32768,
     qk_norm="head",
     llama_cpp_o_proj_bias=False,
+    window="per_layer",
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2, LLAMA, QWEN3)}
+#: norms after attention and after the MLP (none before); q/k RMSNorm over the whole
+#: projection; llama.cpp's olmo2 graph loads no bias of any kind
+OLMO2 = Family(
+    "olmo2",
+    "Olmo2ForCausalLM",
+    attention_bias=False,
+    o_proj_bias=True,
+    max_positions=2048,
+    qk_norm="proj",
+    norms="post",
+    llama_cpp_o_proj_bias=False,
+    llama_cpp_tied=False,
+    gguf_names=(
+        ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+        ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+    ),
+)
+
+#: Gemma 3's text model: RMSNorm (1 + w) everywhere (q/k per head too), embeddings x
+#: sqrt(hidden), GELU-tanh gated MLP, four norms a layer, five windowed layers to one full
+#: with their own RoPE base, queries scaled by query_pre_attn_scalar^-1/2, tied
+GEMMA3 = Family(
+    "gemma3_text",
+    "Gemma3ForCausalLM",
+    attention_bias=False,
+    o_proj_bias=True,
+    max_positions=131072,
+    qk_norm="head",
+    llama_cpp_o_proj_bias=False,
+    gguf_name="gemma3",
+    window="pattern",
+    norms="sandwich",
+    norm_offset=1.0,
+    embed_scale=True,
+    query_scale=True,
+    act_key="hidden_activation",
+    llama_cpp_window=True,
+    llama_cpp_act="gelu_pytorch_tanh",
+    tied_default=True,
+    local_rope=True,
+    gguf_names=(
+        ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+        ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+    ),
+    config_defaults=(("query_pre_attn_scalar", 256), ("rope_local_base_freq", 10000.0)),
+    llama_cpp_wide_scale_layers=62,
+    llama_cpp_defaults=(("rope_local_theta", 10000.0),),
+)
+#: Gemma 2: Gemma 3 without q/k norms or a second RoPE base, every other layer windowed,
+#: attention scores and logits soft-capped (50 and 30 unless the config says)
+GEMMA2 = Family(
+    "gemma2",
+    "Gemma2ForCausalLM",
+    attention_bias=False,
+    o_proj_bias=True,
+    max_positions=8192,
+    llama_cpp_o_proj_bias=False,
+    window="pattern",
+    window_pattern=2,
+    norms="sandwich",
+    norm_offset=1.0,
+    embed_scale=True,
+    query_scale=True,
+    act_key="hidden_activation",
+    tied_default=True,
+    attn_softcap=True,
+    llama_cpp_untied=False,
+    llama_cpp_window=True,
+    llama_cpp_act="gelu_pytorch_tanh",
+    gguf_names=GEMMA3.gguf_names,
+    config_defaults=(
+        ("query_pre_attn_scalar", 256),
+        ("final_logit_softcapping", 30.0),
+        ("attn_logit_softcapping", 50.0),
+    ),
+    llama_cpp_wide_scale_layers=46,
+    llama_cpp_defaults=(("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0)),
+)
+
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (QWEN2, LLAMA, MISTRAL, QWEN3, OLMO2, GEMMA2, GEMMA3)
+}
+#: GGUF ``general.architecture`` names this library reads, in the families' order
+GGUF_ARCHITECTURES = tuple(dict.fromkeys(f.gguf_architecture for f in FAMILIES.values()))
+
+
+def family_of_gguf(arch: str, windowed: bool) -> str:
+    """The family of a GGUF's ``general.architecture`` (one of ``GGUF_ARCHITECTURES``).
+
+    Where families share an architecture, the window tells them apart: a "llama" GGUF with
+    ``llama.attention.sliding_window`` is a Mistral (transformers' Llama has no window)."""
+    sharing = [f for f in FAMILIES.values() if f.gguf_architecture == arch]
+    for f in sharing:
+        if f.name != arch and windowed and f.window is not None:
+            return f.name
+    return arch
 
 
 def family(name: str) -> Family:

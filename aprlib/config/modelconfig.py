@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from aprlib.config.families import FAMILIES, Family
+from aprlib.config.families import FAMILIES, GGUF_ARCHITECTURES, Family, family_of_gguf
 
 #: family name -> the class transformers writes (every family in ``families``)
 SUPPORTED_ARCHITECTURES = {f.name: f.hf_class for f in FAMILIES.values()}
@@ -44,6 +44,18 @@ class ModelConfig:
     attention_bias: bool | None = None  # None: the family's default (``Family.attention_bias``)
     mlp_bias: bool = False
     sliding_window: int | None = None  # None: no sliding window in use
+    #: per layer, "sliding_attention" (the window) or "full_attention" (transformers'
+    #: ``layer_types``); None: every layer alike (windowed when ``sliding_window`` is set)
+    layer_types: tuple[str, ...] | None = None
+    #: queries scaled by query_pre_attn_scalar ** -0.5 (Gemma); None: head_dim ** -0.5
+    query_pre_attn_scalar: float | None = None
+    #: attention scores (before the mask) and the logits through cap * tanh(x / cap)
+    #: (Gemma 2); None: not capped
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    #: RoPE base of the sliding layers, which turn without scaling (Gemma 3); None: every
+    #: layer turns with ``rope_theta`` and ``rope_scaling``
+    rope_local_theta: float | None = None
     #: normalised: rope_type ("llama3", "yarn", "linear", ...), factor, and where present
     #: low_freq_factor, high_freq_factor, original_max_position_embeddings
     rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
@@ -65,6 +77,22 @@ class ModelConfig:
     @property
     def family(self) -> Family:
         return FAMILIES[self.architecture]
+
+    @property
+    def gguf_architecture(self) -> str:
+        """``general.architecture`` of this model's GGUF (and the prefix of its keys)."""
+        return self.family.gguf_architecture
+
+    @property
+    def attention_scale(self) -> float:
+        """What q·kᵀ is multiplied by before the softmax."""
+        return float(self.query_pre_attn_scalar or self.attention_head_dim) ** -0.5
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of ``layer`` (None: it attends to every earlier position)."""
+        if self.layer_types is not None and self.layer_types[layer] != SLIDING:
+            return None
+        return self.sliding_window
 
     @property
     def qkv_bias(self) -> bool:
@@ -89,7 +117,31 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("layer_types"), list):  # JSON has no tuples
+            values["layer_types"] = tuple(values["layer_types"])
+        return cls(**values)
+
+
+SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types names
+
+
+def canonical_window(
+    window: Any, layer_types: Any, num_layers: Any
+) -> tuple[Any, tuple[Any, ...] | None]:
+    """(sliding_window, layer_types) in the one form each model has: no layer windowed →
+    (None, None); every layer windowed → (window, None); else the window and a type per
+    layer. Anything malformed passes through for ``check_physical`` to name."""
+    if window is None:
+        return None, None
+    if not isinstance(layer_types, list | tuple):
+        return window, layer_types
+    types = tuple(layer_types)
+    if len(types) != num_layers or not set(types) <= {SLIDING, FULL}:
+        return window, types
+    if SLIDING not in types:
+        return None, None
+    return window, None if FULL not in types else types
 
 
 #: (our field, HF key, GGUF key with {arch} placeholder or None, converter from GGUF)
@@ -380,6 +432,35 @@ def check_physical(
             )
     if cfg.rope_scaling is not None:
         _check_rope_scaling(cfg, cfg.rope_scaling, head)
+    _check_layer_types(cfg)
+    for name in (
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+        "rope_local_theta",
+    ):
+        value = getattr(cfg, name)
+        if value is not None:
+            _real(name, value, 0, FLOAT32_MAX, low_open=True)
+
+
+def _check_layer_types(cfg: ModelConfig) -> None:
+    """A type per layer, each sliding or full, and a window for the sliding ones."""
+    types = cfg.layer_types
+    if types is None:
+        return
+    if (
+        not isinstance(types, tuple)
+        or len(types) != cfg.num_hidden_layers
+        or not set(types) <= {SLIDING, FULL}
+    ):
+        raise ConfigValueError(
+            "layer_types",
+            types,
+            f"must name {SLIDING!r} or {FULL!r} for each of the {cfg.num_hidden_layers} layers",
+        )
+    if cfg.sliding_window is None and SLIDING in types:
+        raise ConfigValueError("layer_types", types, "sliding layers need a sliding_window")
 
 
 def _check_rope_scaling(cfg: ModelConfig, scaling: Any, head: int) -> None:
@@ -500,6 +581,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
             f"unsupported architecture (model_type={model_type!r}, architectures={archs}); "
             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
+    config = _global_rope(config, FAMILIES[arch])
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_theta = config.get("rope_theta", rope.get("rope_theta"))
     missing = [
@@ -530,7 +612,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         max_position_embeddings=int(
             config.get("max_position_embeddings", FAMILIES[arch].max_positions)
         ),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", FAMILIES[arch].tied_default)),
         head_dim=int(
             config.get("head_dim")
             or int(config["hidden_size"]) // int(config["num_attention_heads"])
@@ -546,6 +628,21 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
     )
 
 
+def _global_rope(config: dict[str, Any], family: Family) -> dict[str, Any]:
+    """A config whose RoPE is per layer type (transformers 5's Gemma 3:
+    ``rope_parameters: {"full_attention": {...}, "sliding_attention": {...}}``) with the
+    full layers' parameters in the place every other config has them, and the sliding
+    layers' base as ``rope_local_base_freq`` (the published configs' key)."""
+    rope = config.get("rope_parameters")
+    if not family.local_rope or not isinstance(rope, dict) or "full_attention" not in rope:
+        return config
+    out = {**config, "rope_parameters": rope["full_attention"]}
+    local = rope.get("sliding_attention")
+    if isinstance(local, dict) and "rope_theta" in local:
+        out.setdefault("rope_local_base_freq", local["rope_theta"])
+    return out
+
+
 def hf_cannot_say(cfg: ModelConfig) -> str | None:
     """Why an HF ``config.json`` cannot describe ``cfg`` (None when it can).
 
@@ -554,8 +651,8 @@ def hf_cannot_say(cfg: ModelConfig) -> str | None:
     would load with random biases (or drop trained ones), silently; Qwen3 never builds MLP
     biases."""
     family = cfg.family
-    if family.fixed_qkv_bias and cfg.attention_bias is False:
-        return "attention_bias=false"
+    if family.fixed_qkv_bias and cfg.qkv_bias != family.attention_bias:
+        return f"attention_bias={str(cfg.qkv_bias).lower()}"
     if not family.mlp_bias and cfg.mlp_bias:
         return "mlp_bias=true"
     return None
@@ -571,28 +668,57 @@ def to_hf(cfg: ModelConfig) -> dict[str, Any]:
         value = getattr(cfg, ours)
         if value is not None:
             out[hf] = value
-    out["hidden_act"] = cfg.hidden_act
+    out[cfg.family.act_key] = cfg.hidden_act
     out["mlp_bias"] = cfg.mlp_bias
     if cfg.attention_bias is not None:
         out["attention_bias"] = cfg.attention_bias
-    out["use_sliding_window"] = cfg.sliding_window is not None
-    if cfg.sliding_window is not None:
-        out["sliding_window"] = cfg.sliding_window
+    out.update(hf_window_keys(cfg))
     if cfg.rope_scaling is not None:
         out["rope_scaling"] = dict(cfg.rope_scaling)
+    if cfg.family.query_scale:  # Gemma's keys
+        out.update(
+            query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+            attn_logit_softcapping=cfg.attn_logit_softcapping,
+            final_logit_softcapping=cfg.final_logit_softcapping,
+        )
+    if cfg.family.local_rope:
+        out["rope_local_base_freq"] = cfg.rope_local_theta
+    return out
+
+
+def hf_window_keys(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json keys that give transformers this config's windows (Mistral's
+    ``sliding_window``; Qwen's ``use_sliding_window`` with ``layer_types``)."""
+    window = cfg.family.window
+    if window is None:
+        return {}
+    if window == "every":
+        return {"sliding_window": cfg.sliding_window}
+    if window == "pattern":  # every layer's type, stated (no pattern to infer it from)
+        types = [SLIDING if cfg.layer_window(i) else FULL for i in range(cfg.num_hidden_layers)]
+        return {"sliding_window": cfg.sliding_window, "layer_types": types}
+    out: dict[str, Any] = {"use_sliding_window": cfg.sliding_window is not None}
+    if cfg.sliding_window is None:
+        return out
+    types = [SLIDING if cfg.layer_window(i) else FULL for i in range(cfg.num_hidden_layers)]
+    out.update(sliding_window=cfg.sliding_window, layer_types=types)
+    first = types.index(SLIDING)
+    if FULL not in types[first:]:  # also right for readers that know no layer_types
+        out["max_window_layers"] = first
     return out
 
 
 def to_gguf_kv(cfg: ModelConfig) -> dict[str, Any]:
     """GGUF key/values following llama.cpp's conventions (``qwen2.block_count``, ...)."""
-    kv: dict[str, Any] = {"general.architecture": cfg.architecture}
+    arch = cfg.gguf_architecture
+    kv: dict[str, Any] = {"general.architecture": arch}
     for ours, _, key in FIELDS:
         value = getattr(cfg, ours)
         if key is not None and value is not None:
-            kv[key.format(arch=cfg.architecture)] = value
-    kv[f"{cfg.architecture}.attention.value_length"] = cfg.attention_head_dim
-    kv[f"{cfg.architecture}.attention.key_length"] = cfg.attention_head_dim
-    kv[f"{cfg.architecture}.rope.dimension_count"] = cfg.attention_head_dim
+            kv[key.format(arch=arch)] = value
+    kv[f"{arch}.attention.value_length"] = cfg.attention_head_dim
+    kv[f"{arch}.attention.key_length"] = cfg.attention_head_dim
+    kv[f"{arch}.rope.dimension_count"] = cfg.attention_head_dim
     kv.update(gguf_extras(cfg))
     return kv
 
@@ -601,9 +727,13 @@ def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
     """Inverse of ``to_gguf_kv``; GGUF has no tie flag: a missing ``output.weight`` ties."""
     check_config_values(kv, "gguf")
     arch = kv.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in GGUF_ARCHITECTURES:
         raise ConfigError(f"unsupported general.architecture {arch!r}")
-    values: dict[str, Any] = {"architecture": arch, "tie_word_embeddings": not has_output_tensor}
+    family = family_of_gguf(arch, f"{arch}.attention.sliding_window" in kv)
+    values: dict[str, Any] = {
+        "architecture": family,
+        "tie_word_embeddings": not has_output_tensor,
+    }
     for ours, _, key in FIELDS:
         if key is not None and key.format(arch=arch) in kv:
             value = kv[key.format(arch=arch)]
@@ -615,6 +745,7 @@ def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
     values.setdefault("max_position_embeddings", 2048)
     values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
     values.update(extras_from_gguf_kv(kv, arch))
+    values.update(_llama_cpp_meaning(FAMILIES[family], values))
     values["rope_dimension_count"] = kv.get(f"{arch}.rope.dimension_count")
     try:
         return ModelConfig(**values)
@@ -669,8 +800,6 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
     Read as transformers reads them: Qwen2's modules always carry q/k/v biases and never
     MLP biases, whatever ``attention_bias``/``mlp_bias`` keys its config.json may hold.
     """
-    window = config.get("sliding_window")
-    in_use = config.get("use_sliding_window", True)  # qwen2 says; mistral's is always on
     bias = config.get("attention_bias")
     scaling = normalise_rope_scaling(config.get("rope_scaling") or config.get("rope_parameters"))
     original = config.get("original_max_position_embeddings")
@@ -681,23 +810,103 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
     ):
         scaling["original_max_position_embeddings"] = original
     family = FAMILIES[arch]
+    if config.get("use_bidirectional_attention"):
+        raise UnsupportedArchitecture(
+            "use_bidirectional_attention: true (an encoder's mask) is not a causal decoder"
+        )
     return {
-        "hidden_act": str(config.get("hidden_act", "silu")),
+        "hidden_act": str(config.get(family.act_key, config.get("hidden_act", "silu"))),
         "attention_bias": None if bias is None or family.fixed_qkv_bias else bool(bias),
         "mlp_bias": family.mlp_bias and bool(config.get("mlp_bias", False)),
-        "sliding_window": _integral(window) if window is not None and in_use else None,
         "rope_scaling": scaling,
+        **hf_window(config, family),
+        **hf_gemma_fields(config, family),
     }
+
+
+def hf_gemma_fields(config: dict[str, Any], family: Family) -> dict[str, Any]:
+    """Query scale, soft-caps and the sliding layers' RoPE base, for the families that read
+    them (Gemma); other families' transformers classes read none of these keys, and Gemma
+    3's keeps ``attn_logit_softcapping`` without applying it."""
+    if not family.query_scale:
+        return {}
+    defaults = dict(family.config_defaults)
+
+    def get(key: str) -> Any:
+        return config.get(key, defaults.get(key))
+
+    out: dict[str, Any] = {
+        "query_pre_attn_scalar": get("query_pre_attn_scalar"),
+        "final_logit_softcapping": get("final_logit_softcapping"),
+    }
+    if family.attn_softcap:
+        out["attn_logit_softcapping"] = get("attn_logit_softcapping")
+    if family.local_rope:
+        out["rope_local_theta"] = get("rope_local_base_freq")
+    # floats but the query scalar, which transformers' strict config wants an integer
+    return {
+        k: float(v) if k != "query_pre_attn_scalar" and _is_int(v) else v for k, v in out.items()
+    }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def hf_window(config: dict[str, Any], family: Family) -> dict[str, Any]:
+    """``sliding_window`` and ``layer_types`` as transformers reads them for ``family``:
+    Mistral windows every layer; Qwen2 and Qwen3 only with ``use_sliding_window``, and then
+    the layers ``layer_types`` names or, without it, those from ``max_window_layers`` on;
+    Llama has no window whatever the config holds."""
+    window = config.get("sliding_window")
+    if family.local_rope and window is None:  # its layer types would still pick the RoPE
+        raise UnsupportedArchitecture(
+            f"{family.name} without a sliding_window: its sliding layers' RoPE base would "
+            "apply with no window, which this library does not model"
+        )
+    if family.window is None or window is None:
+        return {"sliding_window": None, "layer_types": None}
+    window = _integral(window)
+    types: Any = None
+    if family.window == "pattern":
+        types = config.get("layer_types")
+        if types is None:
+            every = config.get("sliding_window_pattern", family.window_pattern)
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                raise ConfigValueError("sliding_window_pattern", every, "must be an integer >= 1")
+            layers = config["num_hidden_layers"]
+            types = [SLIDING if (i + 1) % every else FULL for i in range(layers)]
+    elif family.window == "per_layer":
+        if not config.get("use_sliding_window", False):
+            return {"sliding_window": None, "layer_types": None}
+        types = config.get("layer_types")
+        if types is None:
+            first = config.get("max_window_layers", family.max_window_layers)
+            layers = config["num_hidden_layers"]
+            if isinstance(first, bool) or not isinstance(first, int):
+                raise ConfigValueError("max_window_layers", first, "must be an integer")
+            types = [SLIDING if i >= first else FULL for i in range(layers)]
+    window, types = canonical_window(window, types, config["num_hidden_layers"])
+    return {"sliding_window": window, "layer_types": types}
 
 
 def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
     """llama.cpp's keys where it has one; ``aprlib.*`` for what llama.cpp has no key for."""
-    arch = cfg.architecture
+    arch = cfg.gguf_architecture
     kv: dict[str, Any] = {"aprlib.hidden_act": cfg.hidden_act, "aprlib.mlp_bias": cfg.mlp_bias}
     if cfg.attention_bias is not None:
         kv["aprlib.attention_bias"] = cfg.attention_bias
     if cfg.sliding_window is not None:
         kv[f"{arch}.attention.sliding_window"] = cfg.sliding_window
+    if cfg.layer_types is not None:  # llama.cpp's key: true for each windowed layer
+        kv[f"{arch}.attention.sliding_window_pattern"] = [t == SLIDING for t in cfg.layer_types]
+    if cfg.rope_local_theta is not None:
+        kv[f"{arch}.rope.freq_base_swa"] = cfg.rope_local_theta
+    for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(cfg, name) is not None:
+            kv[f"{arch}.{name}"] = getattr(cfg, name)
+    if cfg.query_pre_attn_scalar is not None:  # llama.cpp derives its own (see the gaps)
+        kv["aprlib.query_pre_attn_scalar"] = cfg.query_pre_attn_scalar
     scaling = cfg.rope_scaling
     if scaling is not None:
         if scaling["rope_type"] in GGUF_ROPE_SCALING_TYPES:
@@ -797,9 +1006,9 @@ def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
                 "and uses its defaults, so its RoPE differs from the source's"
             ]
         return []
-    if kind == "llama3" and cfg.architecture not in LLAMA3_DIVISOR_ARCHS:
+    if kind == "llama3" and cfg.gguf_architecture not in LLAMA3_DIVISOR_ARCHS:
         return [
-            f"llama.cpp's {cfg.architecture} graph has no llama3 rope scaling: it will run "
+            f"llama.cpp's {cfg.gguf_architecture} graph has no llama3 rope scaling: it will run "
             "this file with unscaled RoPE (the scaling is kept in aprlib.rope_scaling)"
         ]
     if kind in ("linear", "llama3"):
@@ -817,25 +1026,72 @@ def llama_cpp_graph_gaps(cfg: ModelConfig) -> list[str]:
     Qwen2 with use_sliding_window at NMSE 0.30 past the window).
     """
     gaps = []
-    act = {"swish": "silu"}.get(cfg.hidden_act, cfg.hidden_act)
-    if act != "silu":
+    family, arch = cfg.family, cfg.gguf_architecture
+    act = {"swish": "silu", "gelu_tanh": "gelu_pytorch_tanh"}.get(cfg.hidden_act, cfg.hidden_act)
+    if act != family.llama_cpp_act:
         gaps.append(
-            f"hidden_act {cfg.hidden_act}: llama.cpp's {cfg.architecture} graph gates its MLP "
-            "with SiLU, so it will not compute this model's activation (kept in "
-            "aprlib.hidden_act)"
+            f"hidden_act {cfg.hidden_act}: llama.cpp's {arch} graph gates its MLP "
+            f"with {family.llama_cpp_act}, so it will not compute this model's activation "
+            "(kept in aprlib.hidden_act)"
+        )
+    if cfg.query_pre_attn_scalar is not None:
+        theirs = (
+            cfg.hidden_size / cfg.num_attention_heads
+            if cfg.num_hidden_layers == family.llama_cpp_wide_scale_layers  # its "27B" rule
+            else cfg.attention_head_dim
+        )
+        if float(cfg.query_pre_attn_scalar) != float(theirs):
+            gaps.append(
+                f"query_pre_attn_scalar {cfg.query_pre_attn_scalar:g}: llama.cpp's {arch} graph "
+                f"scales queries by 1/sqrt({theirs:g}) from the model's size, not by the config"
+            )
+    if cfg.attn_logit_softcapping is not None and not family.attn_softcap:
+        gaps.append(
+            f"attn_logit_softcapping {cfg.attn_logit_softcapping:g}: llama.cpp's {arch} graph "
+            "does not cap attention scores"
         )
     if cfg.o_proj_bias and not cfg.family.llama_cpp_o_proj_bias:
         gaps.append(
-            f"attention_bias: llama.cpp's {cfg.architecture} graph loads no o_proj bias; "
+            f"attention_bias: llama.cpp's {cfg.gguf_architecture} graph loads no o_proj bias; "
             "it will refuse this file (attn_output.bias is a tensor it does not expect)"
         )
-    if cfg.sliding_window is not None:
+    if not cfg.tie_word_embeddings and not family.llama_cpp_untied:
         gaps.append(
-            f"sliding_window {cfg.sliding_window}: llama.cpp's {cfg.architecture} graph has no "
-            "sliding-window mask; it agrees with the source only up to "
+            f"tie_word_embeddings false: llama.cpp's {arch} graph uses the embedding as its "
+            "head and loads no output.weight; it will refuse this file"
+        )
+    if cfg.tie_word_embeddings and not cfg.family.llama_cpp_tied:
+        gaps.append(
+            f"tie_word_embeddings: llama.cpp's {cfg.gguf_architecture} graph requires "
+            "output.weight; it will refuse this file (a tied head has none)"
+        )
+    if cfg.sliding_window is not None and not family.llama_cpp_window:
+        gaps.append(
+            f"sliding_window {cfg.sliding_window}: llama.cpp's {cfg.gguf_architecture} graph "
+            "has no sliding-window mask; it agrees with the source only up to "
             f"{cfg.sliding_window} tokens"
         )
     return gaps
+
+
+def _llama_cpp_meaning(family: Family, values: dict[str, Any]) -> dict[str, Any]:
+    """What llama.cpp computes for the fields a GGUF leaves out (one from its converter):
+    its activation, its defaults, and for Gemma its own query scale (1/sqrt(head_dim), or
+    1/sqrt(hidden / heads) at the layer count of its "27B" rule)."""
+    out: dict[str, Any] = {}
+    if "hidden_act" not in values:
+        out["hidden_act"] = family.llama_cpp_act
+    for name, value in family.llama_cpp_defaults:
+        if name not in values:
+            out[name] = value
+    if family.query_scale and "query_pre_attn_scalar" not in values:
+        heads, hidden = values.get("num_attention_heads"), values.get("hidden_size")
+        wide = values.get("num_hidden_layers") == family.llama_cpp_wide_scale_layers
+        if isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
+            out["query_pre_attn_scalar"] = (
+                hidden // heads if wide else values.get("head_dim") or hidden // heads
+            )
+    return out
 
 
 def extras_from_gguf_kv(kv: dict[str, Any], arch: str) -> dict[str, Any]:
@@ -849,6 +1105,25 @@ def extras_from_gguf_kv(kv: dict[str, Any], arch: str) -> dict[str, Any]:
         out["attention_bias"] = bool(kv["aprlib.attention_bias"])
     if f"{arch}.attention.sliding_window" in kv:
         out["sliding_window"] = _integral(kv[f"{arch}.attention.sliding_window"])
+        pattern = kv.get(f"{arch}.attention.sliding_window_pattern")
+        layers = kv.get(f"{arch}.block_count")
+        if isinstance(pattern, int) and not isinstance(pattern, bool) and isinstance(layers, int):
+            # llama.cpp's period form: of every ``pattern`` layers, the last is full
+            pattern = [pattern == 0 or i % pattern < pattern - 1 for i in range(layers)]
+        if isinstance(pattern, list):
+            types = [SLIDING if on else FULL for on in pattern]
+            out["sliding_window"], out["layer_types"] = canonical_window(
+                out["sliding_window"], types, layers
+            )
+    for key, name in (
+        (f"{arch}.rope.freq_base_swa", "rope_local_theta"),
+        (f"{arch}.attn_logit_softcapping", "attn_logit_softcapping"),
+        (f"{arch}.final_logit_softcapping", "final_logit_softcapping"),
+        ("aprlib.query_pre_attn_scalar", "query_pre_attn_scalar"),
+    ):
+        if key in kv:
+            value = kv[key]
+            out[name] = float(str(np.float32(value))) if isinstance(value, float) else value
     if "aprlib.rope_scaling" in kv:
         try:
             out["rope_scaling"] = normalise_rope_scaling(json.loads(kv["aprlib.rope_scaling"]))
@@ -880,6 +1155,7 @@ def gguf_key(field: str | None, kv: dict[str, Any]) -> str | None:
         return None
     keys = {ours: key.format(arch=arch) for ours, _, key in FIELDS if key is not None}
     keys["sliding_window"] = f"{arch}.attention.sliding_window"
+    keys["layer_types"] = f"{arch}.attention.sliding_window_pattern"
     keys["rope_dimension_count"] = f"{arch}.rope.dimension_count"
     if field.startswith("rope_scaling") and "aprlib.rope_scaling" in kv:
         return "aprlib.rope_scaling"

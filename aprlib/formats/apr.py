@@ -28,7 +28,7 @@ from aprlib.errors import AprFormatError, FileChangedError
 from aprlib.formats import output
 from aprlib.formats.atomic import atomic_output
 from aprlib.formats.dtypes import DType, nbytes
-from aprlib.formats.filesource import FileSource
+from aprlib.formats.filesource import FileSource, crc32
 from aprlib.formats.jsonlimits import load_json
 from aprlib.formats.modelfile import (
     MAX_TENSOR_DIM,
@@ -186,7 +186,7 @@ class AprWriter:
             )
         self._fh.seek(self.data_offset + entry.offset)
         self._fh.write(view)
-        self._written(entry, zlib.crc32(view))
+        self._written(entry, crc32(view))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
@@ -432,7 +432,7 @@ class AprFile:
         e = self.entries[name]
         data = self._src.read(self._data_offset + e.offset, e.nbytes, tensor=name, field="data")
         if verify:
-            self.check_crc(name, zlib.crc32(data.data))
+            self.check_crc(name, crc32(data.data))
         return data
 
     def check_crc(self, name: str, crc: int) -> None:
@@ -458,7 +458,7 @@ class AprFile:
                 crc = crc32_zeros(crc, length)
             else:
                 for piece in self._src.chunks(start, length, tensor=name):
-                    crc = zlib.crc32(piece, crc)
+                    crc = crc32(piece, crc)
         if self._src.size != os.fstat(self._src.fd).st_size:
             raise FileChangedError(self.path, "file changed while open", tensor=name)
         self.check_crc(name, crc)

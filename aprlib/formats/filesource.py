@@ -19,6 +19,7 @@ import gc
 import mmap
 import os
 import stat
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,47 @@ import numpy as np
 from aprlib.errors import FileChangedError, ModelFileError, ModelMemoryError
 
 CHUNK = 16 << 20
+#: below this many bytes zlib's CRC32 is used even where libdeflate's is: a ctypes call
+#: and a numpy view of the buffer cost about as much as zlib spends on 64 KiB
+FAST_CRC_MIN = 64 << 10
+
+
+def _load_crc32() -> Any:
+    """libdeflate's CRC32 through ctypes, or None where the system has no libdeflate.
+
+    The same CRC32 as zlib's (the polynomial, initial value and chaining of
+    ``zlib.crc32(data, value)``), computed with carry-less multiplication: 9 GB/s against
+    zlib 1.2.13's 3 GB/s on this project's AMD EPYC host, where the CRC of an APR tensor
+    was the largest cost of ``apr diff`` and ``apr convert`` after the copy itself. ctypes
+    drops the GIL for the call, as zlib does for a large buffer. Loaded by its soname:
+    ``ctypes.util.find_library`` would run ldconfig in a child process."""
+    import ctypes
+
+    try:
+        crc = ctypes.CDLL("libdeflate.so.0").libdeflate_crc32
+    except (OSError, AttributeError):
+        return None
+    crc.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+    crc.restype = ctypes.c_uint32
+    return crc
+
+
+_FAST_CRC: list[Any] = []  # [libdeflate_crc32 or None], loaded on the first large buffer
+
+
+def crc32(data: Any, value: int = 0) -> int:
+    """``zlib.crc32(data, value)`` (the same number), by libdeflate where the system has
+    it and the buffer is large (``FAST_CRC_MIN``). ``data``: any contiguous buffer."""
+    view = memoryview(data)
+    if view.nbytes < FAST_CRC_MIN or not view.c_contiguous:
+        return zlib.crc32(view, value)
+    if not _FAST_CRC:
+        _FAST_CRC.append(_load_crc32())
+    fast = _FAST_CRC[0]
+    if fast is None:
+        return zlib.crc32(view, value)
+    flat = np.frombuffer(view.cast("B") if view.format != "B" else view, dtype=np.uint8)
+    return int(fast(value, flat.ctypes.data, flat.size))
 
 
 class FileSource:

@@ -52,22 +52,36 @@ _HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 PERMUTED_QK_ARCHS = frozenset(f.name for f in FAMILIES.values() if f.permuted_qk)
 
 
-def gguf_to_hf(name: str) -> str | None:
-    """``blk.3.ffn_up.weight`` → ``model.layers.3.mlp.up_proj.weight``; None if unknown."""
+def _block_map(arch: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(GGUF → HF, HF → GGUF) block names for GGUF architecture ``arch``: the shared map
+    with its families' own names in place of the shared ones they displace."""
+    own = [pair for f in FAMILIES.values() if f.gguf_architecture == arch for pair in f.gguf_names]
+    if not own:
+        return _BLOCK, _HF_BLOCK
+    hf_names = {hf for _, hf in own}
+    block = {g: hf for g, hf in _BLOCK.items() if hf not in hf_names} | dict(own)
+    return block, {hf: g for g, hf in block.items()}
+
+
+def gguf_to_hf(name: str, arch: str | None = None) -> str | None:
+    """``blk.3.ffn_up.weight`` → ``model.layers.3.mlp.up_proj.weight``; None if unknown.
+    ``arch``: the GGUF's ``general.architecture``, for the names its family owns."""
     if name in _GLOBAL:
         return _GLOBAL[name]
     m = _GGUF_BLOCK_RE.match(name)
-    if m and m.group(2) in _BLOCK:
-        return f"model.layers.{m.group(1)}.{_BLOCK[m.group(2)]}"
+    block = _block_map(arch)[0]
+    if m and m.group(2) in block:
+        return f"model.layers.{m.group(1)}.{block[m.group(2)]}"
     return None
 
 
-def hf_to_gguf(name: str) -> str | None:
+def hf_to_gguf(name: str, arch: str | None = None) -> str | None:
     if name in _HF_GLOBAL:
         return _HF_GLOBAL[name]
     m = _HF_BLOCK_RE.match(name)
-    if m and m.group(2) in _HF_BLOCK:
-        return f"blk.{m.group(1)}.{_HF_BLOCK[m.group(2)]}"
+    hf_block = _block_map(arch)[1]
+    if m and m.group(2) in hf_block:
+        return f"blk.{m.group(1)}.{hf_block[m.group(2)]}"
     return None
 
 

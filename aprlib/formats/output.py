@@ -7,7 +7,6 @@ block size are re-encoded; norms and biases keep their dtype, as llama.cpp does)
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from aprlib.errors import FileChangedError
 from aprlib.formats.dtypes import DType, from_float32, nbytes, to_float32
-from aprlib.formats.filesource import FileSource
+from aprlib.formats.filesource import FileSource, crc32
 from aprlib.formats.modelfile import Model, Tensor
 from aprlib.version import __version__
 
@@ -137,6 +136,14 @@ def provenance(model: Model) -> dict[str, Any]:
 CRC_PIECE = 1 << 20
 #: bytes written between requests to start their write-back
 WRITEBACK_EVERY = 16 << 20
+#: copy a span that needs no CRC with ``copy_file_range`` (else through the buffer, as a
+#: span with one). Off: on this project's ext4 host the kernel's copy (a splice, a pipe's
+#: worth of pages at a time) made ``apr convert`` to GGUF of the Qwen2.5-0.5B-sized BF16
+#: model 2.60-2.84 s against 2.25-2.35 s through the 1 MiB buffer, fsync included (issue
+#: 27, interleaved runs of bench/bench_convert.py). On a filesystem that clones extents
+#: (XFS, btrfs) the kernel's copy is a reflink and would win: measure there before turning
+#: this on.
+KERNEL_COPY = False
 #: ``sync_file_range(2)`` flag: start write-back of the range, wait for nothing
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -177,8 +184,9 @@ class SpanCopier:
     A span whose CRC32 is needed is read once, in cache-sized pieces into one reused
     buffer, checksummed there and written from there (``pread``, ``crc32``, ``pwrite``:
     one read and one write of each byte, nothing decoded, no tensor whole in memory). A
-    span without one is copied by the kernel (``copy_file_range``; read and write where it
-    cannot). Either way the write-back of what was written starts every 16 MiB
+    span without one goes the same way without the CRC, or by the kernel
+    (``copy_file_range``) where ``KERNEL_COPY`` says so. Either way the write-back of what
+    was written starts every 16 MiB
     (``sync_file_range``), so that the disk works while the rest is copied and the final
     fsync, the one a durable ``cp`` pays too, finds little left. Each source is opened once,
     until ``close``.
@@ -219,6 +227,9 @@ class SpanCopier:
         fd = self._source(source, identity)
         if crc:
             return self._through_buffer(source, fd, offset, count, dest, tensor, crc=True)
+        if not KERNEL_COPY:
+            self._through_buffer(source, fd, offset, count, dest, tensor)
+            return None
         done = 0
         while done < count:
             n = min(WRITEBACK_EVERY, count - done)
@@ -264,7 +275,7 @@ class SpanCopier:
             if n <= 0:
                 raise FileChangedError(source, "file changed: it ends early", tensor=tensor)
             if crc:
-                value = zlib.crc32(buf[:n], value)
+                value = crc32(buf[:n], value)
             written = 0
             while written < n:
                 written += os.pwrite(self.out, buf[written:n], dest + done + written)

@@ -316,7 +316,8 @@ FIELD_FEEDS: dict[str, tuple[str, ...]] = {
     "rms_norm_eps": ("attn_norm", "ffn_norm", "final_norm"),
     "hidden_act": ("mlp.swiglu",),
     "tie_word_embeddings": ("logits",),
-    "sliding_window": ("attn.scores", "attn.out"),
+    "sliding_window": ("attn.out",),  # the mask: attn.scores is taken before it
+    "layer_types": ("attn.out",),
 }
 
 

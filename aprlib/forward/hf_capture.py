@@ -49,19 +49,32 @@ from aprlib.forward.model import Transformer, capture_graph
 _CAPTURE_LOCK = threading.Lock()
 
 #: per layer: module path under ``model.model.layers.N`` -> what the spec needs from it
+#: (and its two norms: ``PRE_NORMS`` or, OLMo 2, ``POST_NORMS``)
 LAYER_MODULES = (
-    "input_layernorm",
     "self_attn",
     "self_attn.q_proj",
     "self_attn.k_proj",
     "self_attn.v_proj",
     "self_attn.o_proj",
-    "post_attention_layernorm",
     "mlp",
     "mlp.gate_proj",
     "mlp.up_proj",
     "mlp.down_proj",
 )
+#: a layer's norm modules by where its family puts them (``Family.norms``)
+NORMS = {
+    "pre": ("input_layernorm", "post_attention_layernorm"),
+    "post": ("post_attention_layernorm", "post_feedforward_layernorm"),  # OLMo 2
+    "sandwich": (  # Gemma
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+}
+#: model types whose q/k norm runs on ``[B, H, T, D]`` (after the heads are moved first:
+#: transformers' Gemma 3), not on ``[B, T, H, D]`` (Qwen3): capture moves them back
+QK_NORM_HEADS_FIRST = frozenset({"gemma3_text"})
 #: points read from the attention function (absent when the model never calls one)
 ATTENTION_FUNCTION_POINTS = ("attn.q.rope", "attn.k.rope", "attn.scores")
 
@@ -150,6 +163,8 @@ class Layout:
     heads: int
     kv_heads: int
     qk_norm: bool = False  # every attention has q_norm and k_norm modules (Qwen3)
+    norms: str = "pre"  # where the norms sit: "pre", "post" (OLMo 2), "sandwich" (Gemma)
+    qk_heads_first: bool = False  # the q/k norms' output is [B, H, T, D] (Gemma 3)
 
 
 def find_layout(model: nn.Module) -> Layout:
@@ -184,8 +199,9 @@ def find_layout(model: nn.Module) -> Layout:
     if layers is not None and not isinstance(layers, (nn.ModuleList, list, tuple)):
         missing.append("model.layers (a ModuleList)")
         layers = None
+    norms = _norms_of(layers or [])
     for i, layer in enumerate(layers or ()):
-        for path in LAYER_MODULES:
+        for path in (*LAYER_MODULES, *NORMS[norms]):
             get(layer, path, f"model.layers.{i}.{path}")
     config = getattr(model, "config", None)
     heads: Any = getattr(config, "num_attention_heads", None)
@@ -203,7 +219,35 @@ def find_layout(model: nn.Module) -> Layout:
         for layer in layers or ()
         for n in ("q_norm", "k_norm")
     )
-    return Layout(embed, list(layers or ()), norm, lm_head, int(heads), int(kv_heads), qk_norm)
+    heads_first = getattr(config, "model_type", None) in QK_NORM_HEADS_FIRST
+    return Layout(
+        embed,
+        list(layers or ()),
+        norm,
+        lm_head,
+        int(heads),
+        int(kv_heads),
+        qk_norm,
+        norms,
+        heads_first,
+    )
+
+
+def _norms_of(layers: Any) -> str:
+    """Where the layers' norms sit, from the modules the first layer has (each layer is then
+    checked to have that family's norms)."""
+    if not layers:
+        return "pre"
+    first = layers[0]
+
+    def has(name: str) -> bool:
+        return isinstance(getattr(first, name, None), nn.Module)
+
+    if has("pre_feedforward_layernorm") and has("post_feedforward_layernorm"):
+        return "sandwich"
+    if has("post_feedforward_layernorm") and not has("input_layernorm"):
+        return "post"
+    return "pre"
 
 
 def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
@@ -311,7 +355,7 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
     or raises. ``HFLayoutError`` names the module paths a model lacks.
     """
     layout = find_layout(model)
-    graph = list(capture_graph(len(layout.layers), layout.qk_norm))
+    graph = list(capture_graph(len(layout.layers), layout.qk_norm, layout.norms))
     raw: dict[str, Tensor] = {}
     derived: dict[str, str] = {}
     why: dict[str, str] = {}
@@ -326,11 +370,18 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
 
     handles: list[Any] = []
 
-    def on_output(module: nn.Module, name: str) -> None:
+    def on_output(module: nn.Module, name: str, heads_first: bool = False) -> None:
         def hook(_m: nn.Module, _args: Any, output: Any) -> None:
-            keep(name, main_output(output))
+            x = main_output(output)
+            keep(name, x.transpose(1, 2) if heads_first else x)  # [B, H, T, D] → [B, T, H, D]
 
         handles.append(module.register_forward_hook(hook))
+
+    def capped(cap: float) -> Any:
+        def hook(_m: nn.Module, _args: Any, output: Any) -> None:
+            keep("logits", torch.tanh(main_output(output) / cap) * cap)
+
+        return hook
 
     def on_input(module: nn.Module, name: str) -> None:
         def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -364,7 +415,8 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
             p = f"layers.{i}."
             attn, mlp = layer.self_attn, layer.mlp
             layer_of[id(attn)] = i
-            on_output(layer.input_layernorm, p + "attn_norm")
+            if layout.norms != "post":
+                on_output(layer.input_layernorm, p + "attn_norm")
             for which in "qkv":
                 on_projection(getattr(attn, f"{which}_proj"), p, which)
                 derived[f"{p}attn.{which}.pre_bias"] = (
@@ -373,16 +425,26 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
                     "input and weight"
                 )
             if layout.qk_norm:
-                on_output(attn.q_norm, p + "attn.q.norm")
-                on_output(attn.k_norm, p + "attn.k.norm")
+                on_output(attn.q_norm, p + "attn.q.norm", layout.qk_heads_first)
+                on_output(attn.k_norm, p + "attn.k.norm", layout.qk_heads_first)
             on_input(attn.o_proj, p + "attn.out")
             on_output(attn.o_proj, p + "attn.o_proj")
-            on_input(layer.post_attention_layernorm, p + "resid.attn")
-            on_output(layer.post_attention_layernorm, p + "ffn_norm")
+            if layout.norms == "pre":
+                on_input(layer.post_attention_layernorm, p + "resid.attn")
+                on_output(layer.post_attention_layernorm, p + "ffn_norm")
+            else:  # OLMo 2, Gemma: o_proj's output normed, then added
+                on_output(layer.post_attention_layernorm, p + "attn.post_norm")
+            if layout.norms == "post":
+                on_input(mlp, p + "resid.attn")
+            if layout.norms == "sandwich":
+                on_input(layer.pre_feedforward_layernorm, p + "resid.attn")
+                on_output(layer.pre_feedforward_layernorm, p + "ffn_norm")
             on_output(mlp.gate_proj, p + "mlp.gate")
             on_output(mlp.up_proj, p + "mlp.up")
             on_input(mlp.down_proj, p + "mlp.swiglu")
             on_output(mlp.down_proj, p + "mlp.down")
+            if layout.norms != "pre":
+                on_output(layer.post_feedforward_layernorm, p + "mlp.post_norm")
             on_output(layer, p + "resid.mlp")
             if scores:
                 derived[p + "attn.scores"] = (
@@ -391,7 +453,13 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
                 )
         on_output(layout.embed, "embed")
         on_output(layout.norm, "final_norm")
-        on_output(layout.lm_head, "logits")
+        cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+        if cap:  # Gemma 2: ForCausalLM caps the head's output after the module returns
+            handles.append(layout.lm_head.register_forward_hook(capped(float(cap))))
+            derived["logits"] = f"lm_head's output through {cap:g}·tanh(x / {cap:g}), as "
+            derived["logits"] += "the model's forward applies it after the module"
+        else:
+            on_output(layout.lm_head, "logits")
 
     def record_attention(module: nn.Module, query: Tensor, key: Tensor, scaling: Any) -> None:
         i = layer_of.get(id(module))

@@ -339,7 +339,7 @@ def _shape_for_map(result: Activations, raw: bool, strict: bool) -> None:
     if result.arch not in lp.ARCHS:
         return
     try:
-        result.qkv_bias = lp.qkv_bias_from_census(result.census)
+        result.qkv_bias = lp.qkv_bias_from_census(result.census, result.arch)
     except ValueError:
         if strict:
             raise

@@ -2,7 +2,8 @@
 
 Read from the llama.cpp that llama-cpp-python 0.3.36 vendors (``src/llama-graph.cpp``
 ``build_inp_embd``, ``build_norm``, ``build_qkv``, ``build_attn``, ``build_ffn``;
-``src/models/qwen2.cpp``, ``src/models/llama.cpp``). A graph tensor is named
+``src/models/qwen2.cpp``, ``src/models/llama.cpp``, ``qwen3.cpp``; ``olmo2.cpp``'s map is
+``_olmo2_map``; Mistral runs llama's graph). A graph tensor is named
 ``<name>-<layer>`` (or ``<name>`` outside the layers) when the model code calls
 ``cb(tensor, name, layer)``; naming the same tensor twice keeps the last name, and several
 tensors of one layer share a name (``Qcur`` up to four times), told apart by ``nth``, their
@@ -74,9 +75,9 @@ if TYPE_CHECKING:
     from aprlib.config.modelconfig import ModelConfig
 
 ENGINE = "llama.cpp"
-ARCHS = ("qwen2", "llama", "qwen3")
+ARCHS = ("qwen2", "llama", "qwen3", "olmo2")
 #: each arch's usual q/k/v bias, when a run's census is not at hand
-DEFAULT_QKV_BIAS = {"qwen2": True, "llama": False, "qwen3": False}
+DEFAULT_QKV_BIAS = {"qwen2": True, "llama": False, "qwen3": False, "olmo2": False}
 #: archs whose graph names q and k after their per-head RMSNorm (``src/models/qwen3.cpp``:
 #: ``Qcur_normed``/``Kcur_normed``, between the reshape and RoPE; ``nth`` of ``Qcur`` as
 #: in qwen2 and llama)
@@ -109,6 +110,8 @@ def point_map_data(arch: str, qkv_bias: bool | None = None) -> dict[str, Any]:
             "pass a map of its graph names"
         )
     bias = DEFAULT_QKV_BIAS[arch] if qkv_bias is None else qkv_bias
+    if arch == "olmo2":
+        return _olmo2_map()
     layer = "layers.{layer}."
     points = [
         _entry("embd", "embed", HIDDEN),
@@ -141,13 +144,54 @@ def point_map_data(arch: str, qkv_bias: bool | None = None) -> dict[str, Any]:
     return {"engine": ENGINE, "points": points}
 
 
+def _olmo2_map() -> dict[str, Any]:
+    """``src/models/olmo2.cpp``: no norm before attention or the MLP; ``build_qkv`` names
+    each matmul (2-D) and no reshape, the q/k norms over the whole projection are
+    ``Qcur_normed``/``Kcur_normed`` (2-D), the model names the RoPE result ``Qcur``/``Kcur``
+    again and ``Vcur``'s reshape; the norm of attention's output is ``attn_post_norm``.
+    No bias is loaded, so q's and k's pre_bias and post_bias are one tensor, placed at
+    post_bias (a tensor takes one point; pre_bias shows as absent); ``Vcur`` #2 is the
+    reshape. The MLP's post norm is named ``ffn_post_norm`` with no layer
+    (``cb(..., -1)``): it maps to no point; ``l_out`` after it does. Census of a run:
+    ``Qcur-0``/``Kcur-0``/``Vcur-0`` 2/2/2."""
+    layer = "layers.{layer}."
+    points = [_entry("embd", "embed", HIDDEN)]
+    for proj, name in (("q", "Qcur"), ("k", "Kcur")):
+        attn = f"{layer}attn.{proj}."
+        points.append(_entry(name + "-{layer}", attn + "post_bias", FLAT_HEADS))
+        points.append(_entry(name + "_normed-{layer}", attn + "norm", FLAT_HEADS))
+        points.append(_entry(name + "-{layer}", attn + "rope", HEADS, 2))
+    points.append(_entry("Vcur-{layer}", layer + "attn.v.pre_bias", FLAT_HEADS))
+    points.append(_entry("Vcur-{layer}", layer + "attn.v.post_bias", HEADS, 2))
+    points += [
+        _entry("kqv_out-{layer}", layer + "attn.out", FLAT_HEADS),
+        _entry("attn_post_norm-{layer}", layer + "attn.post_norm", HIDDEN),
+        _entry("ffn_inp-{layer}", layer + "resid.attn", HIDDEN),
+        _entry("ffn_gate-{layer}", layer + "mlp.gate", INTER),
+        _entry("ffn_up-{layer}", layer + "mlp.up", INTER),
+        _entry("ffn_swiglu-{layer}", layer + "mlp.swiglu", INTER),
+        _entry("ffn_out-{layer}", layer + "mlp.down", HIDDEN),
+        _entry("l_out-{layer}", layer + "resid.mlp", HIDDEN),
+        _entry("result_norm", "final_norm", HIDDEN),
+        _entry("result_output", "logits", "ne[vocab, tokens]"),
+    ]
+    return {"engine": ENGINE, "points": points}
+
+
+#: (Qcur-0, Kcur-0, Vcur-0) census of a run → whether its graph added q/k/v biases
+CENSUS_BIAS = {
+    "olmo2": {(2, 2, 2): False},
+}
+CENSUS_BIAS_DEFAULT = {(4, 4, 3): True, (3, 3, 2): False}
+
+
 def point_map_for(config: ModelConfig, qkv_bias: bool | None = None) -> dict[str, Any]:
     """The built-in map for a model of ``config`` (its ``architecture``; q/k/v biases as
     ``config.qkv_bias`` says unless ``qkv_bias`` is given). ``llamacpp_activations``
     refuses a run whose graph disagrees with the file's config about the biases, so this
     map's ``nth`` rules fit the captures it returns."""
     bias = config.qkv_bias if qkv_bias is None else qkv_bias
-    return point_map_data(config.architecture, bias)
+    return point_map_data(config.gguf_architecture, bias)
 
 
 def engine_names(arch: str | None = None) -> list[str]:
@@ -166,16 +210,18 @@ def interleaved_names(arch: str) -> tuple[str, ...]:
     return ("Qcur-{layer}", "Kcur-{layer}") if arch in INTERLEAVED_ROPE else ()
 
 
-def qkv_bias_from_census(census: Mapping[str, int]) -> bool:
+def qkv_bias_from_census(census: Mapping[str, int], arch: str | None = None) -> bool:
     """Whether a run's graph added q/k/v biases, from how often ``Qcur-0``/``Kcur-0``/
-    ``Vcur-0`` fired (4/4/3 with biases, 3/3/2 without); a mix is refused, since one
-    ``nth`` rule per map cannot place it."""
+    ``Vcur-0`` fired (qwen2, llama, qwen3: 4/4/3 with biases, 3/3/2 without; olmo2: 2/2/2,
+    never a bias); a mix is refused, since one ``nth`` rule per map cannot place it."""
     counts = (census.get("Qcur-0"), census.get("Kcur-0"), census.get("Vcur-0"))
-    if counts == (4, 4, 3):
-        return True
-    if counts == (3, 3, 2):
-        return False
+    known = CENSUS_BIAS.get(arch or "", CENSUS_BIAS_DEFAULT)
+    if counts in known:
+        return known[counts]
+    shapes = " or ".join(
+        f"{'/'.join(map(str, c))} ({'biased' if b else 'none'})" for c, b in known.items()
+    )
     raise ValueError(
         f"llama.cpp's graph named Qcur-0/Kcur-0/Vcur-0 {counts} times: not the q/k/v shape the "
-        "built-in map knows (all biased 4/4/3 or none 3/3/2); pass a map"
+        f"built-in map knows ({shapes}); pass a map"
     )

@@ -1,4 +1,5 @@
-"""The reference transformer: Qwen2, Llama and Qwen3 in one readable forward (the spec in code).
+"""The reference transformer: Qwen2, Llama, Mistral and Qwen3 in one readable forward (the spec
+in code).
 
 Read it top to bottom: ``Ops`` holds the arithmetic (a backend such as Triton swaps it);
 ``Transformer`` holds the weights in the module tree Hugging Face uses, so ``state_dict()``
@@ -7,10 +8,13 @@ keys are the HF tensor names, and its ``forward`` says in order what every layer
     x = embed(tokens)
     for each layer:
         h = rms_norm(x);   q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)
-        q, k = rms_norm(q), rms_norm(k) over each head   (qk_norm families: Qwen3)
+        q, k = rms_norm(q), rms_norm(k) over each head   (qk_norm families: Qwen3; OLMo 2
+                                                          over the whole projection)
         q, k = rope(q), rope(k);   a = causal_gqa_attention(q, k, v)
+                                        (keys within the layer's sliding window, if it has one)
         x = x + a·Woᵀ
         h = rms_norm(x);   x = x + (silu(h·Wgᵀ) * h·Wuᵀ)·Wdᵀ
+    (OLMo 2 norms after, not before: h = x, x = x + rms_norm(a·Woᵀ), x = x + rms_norm(mlp))
     logits = rms_norm(x)·Wheadᵀ   (Whead = the embedding when tied)
 
 Every intermediate is announced at a named capture point (``CAPTURE`` below) to whatever
@@ -21,6 +25,7 @@ hooks are attached (trace); nothing is cloned or computed for them when none are
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 import warnings
@@ -44,6 +49,14 @@ if TYPE_CHECKING:
     from aprlib.forward.weights import DerivedWeights, StreamedWeights, Transform
 
 Hook = Callable[[str, Tensor], None]
+#: the MLP's gate activation by config name → (Ops method, GELU's approximation)
+ACTIVATIONS = {
+    "silu": ("swiglu", ""),
+    "swish": ("swiglu", ""),
+    "gelu_pytorch_tanh": ("geglu", "tanh"),
+    "gelu_tanh": ("geglu", "tanh"),
+    "gelu": ("geglu", "none"),
+}
 WIDEN_BYTES = 40 << 20  # a weight widened to the activations' dtype (float64) this much at a time
 _widening = threading.local()  # one reused buffer per thread: see ``widened_rows``
 
@@ -58,11 +71,24 @@ class Ops:
     def embedding(self, tokens: Tensor, weight: Tensor) -> Tensor:
         return F.embedding(tokens, weight)
 
-    def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float, offset: float = 0.0) -> Tensor:
+        """``offset``: the family scales by (offset + w) (Gemma's 1 + w); passed only where
+        it is not 0."""
         # half precision is normalised in float32, as HF does; float32/64 in their own dtype
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        return weight.to(x.dtype) * normed.to(x.dtype)
+        scale = weight.to(x.dtype)
+        if offset:
+            scale = scale + offset
+        return scale * normed.to(x.dtype)
+
+    def qk_norm(self, x: Tensor, weight: Tensor, eps: float, offset: float = 0.0) -> Tensor:
+        """RMSNorm of q or k ``[B, T, H, D]`` over the scope its weight states: each head
+        (weight ``[D]``, Qwen3) or the whole projection (weight ``[H*D]``, OLMo 2)."""
+        more = {"offset": offset} if offset else {}
+        if weight.numel() == x.shape[-1]:
+            return self.rms_norm(x, weight, eps, **more)
+        return self.rms_norm(x.flatten(-2), weight, eps, **more).view_as(x)
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if bias is not None:
@@ -85,18 +111,44 @@ class Ops:
     def rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         return x * cos + rotate_half(x) * sin
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal GQA: q head h reads kv head h // (Hq // Hkv); query i sits at Tk-Tq+i."""
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        window: int | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+    ) -> Tensor:
+        """Causal GQA: q head h reads kv head h // (Hq // Hkv); query i sits at Tk-Tq+i.
+
+        The forward passes each keyword only where it changes the result: ``window``, query
+        i reads only the last ``window`` keys up to its own (a sliding-window layer);
+        ``scale``, what q·kᵀ is multiplied by (default 1/√head_dim; Gemma's
+        query_pre_attn_scalar^-½); ``softcap``, scores pass through cap·tanh(s / cap)
+        before the mask (Gemma 2)."""
         tq, tk = q.shape[-2], k.shape[-2]
         mask = None
-        if tq != tk:  # decoding with a cache: the queries are the last tq positions
-            mask = causal_mask(tq, tk, q.device)
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
-        )
+        if tq != tk or window is not None:  # a cache: the queries are the last tq positions
+            mask = causal_mask(tq, tk, q.device, window)
+        if softcap is None:
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True, scale=scale
+            )
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)
+        scores = torch.tanh(scores / softcap) * softcap
+        allowed = mask if mask is not None else causal_mask(tq, tk, q.device)
+        weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        return weights @ v
 
     def swiglu(self, gate: Tensor, up: Tensor) -> Tensor:
         return F.silu(gate) * up
+
+    def geglu(self, gate: Tensor, up: Tensor, approximate: str = "tanh") -> Tensor:
+        """GELU-gated MLP (Gemma: the tanh approximation, ``gelu_pytorch_tanh``)."""
+        return F.gelu(gate, approximate=approximate) * up
 
     def cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
@@ -126,10 +178,16 @@ def widened_rows(weight: Tensor, dtype: torch.dtype) -> Iterator[Tensor]:
         yield widened
 
 
-def causal_mask(tq: int, tk: int, device: torch.device | str = "cpu") -> Tensor:
-    """True where query i (at absolute position tk-tq+i) may attend to key j."""
+def causal_mask(
+    tq: int, tk: int, device: torch.device | str = "cpu", window: int | None = None
+) -> Tensor:
+    """True where query i (at absolute position tk-tq+i) may attend to key j: j <= i, and
+    with a sliding ``window`` also j > i - window (transformers' ``sliding_window_overlay``:
+    the query's own key and the window - 1 before it)."""
     rows = torch.arange(tk - tq, tk, device=device)[:, None]
-    return torch.arange(tk, device=device)[None, :] <= rows
+    keys = torch.arange(tk, device=device)[None, :]
+    allowed = keys <= rows
+    return allowed if window is None else allowed & (keys > rows - window)
 
 
 # --- rotary position embedding -------------------------------------------------------------
@@ -238,21 +296,30 @@ def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tupl
 # --- capture points ------------------------------------------------------------------------
 
 
-def capture_graph(num_layers: int, qk_norm: bool = False) -> dict[str, tuple[str, ...]]:
+def capture_graph(
+    num_layers: int, qk_norm: bool = False, norms: str = "pre"
+) -> dict[str, tuple[str, ...]]:
     """Every capture point in the order it fires, mapped to the points it is computed from.
 
     Bisect uses the inputs to tell a point that *introduces* a divergence (inputs agree,
     output does not) from one that only inherits it. ``attn.scores`` is qkᵀ/√d before the
     causal mask and softmax (every query-key pair), a view for statistics beside the path.
     ``qk_norm``: the family normalises q and k before RoPE (``attn.{q,k}.norm``, Qwen3).
+    ``norms``: where the family's norms sit (``Family.norms``): "pre" before attention and
+    the MLP (``attn_norm``, ``ffn_norm``); "post" after them (``attn.post_norm``,
+    ``mlp.post_norm``, OLMo 2); "sandwich" both (Gemma).
     """
+    before, after = norms in ("pre", "sandwich"), norms in ("post", "sandwich")
     graph: dict[str, tuple[str, ...]] = {"embed": ()}
     resid = "embed"
     for i in range(num_layers):
         p = f"layers.{i}."
-        graph[p + "attn_norm"] = (resid,)
+        attn_in = resid
+        if before:
+            graph[p + "attn_norm"] = (resid,)
+            attn_in = p + "attn_norm"
         for name in "qkv":
-            graph[p + f"attn.{name}.pre_bias"] = (p + "attn_norm",)
+            graph[p + f"attn.{name}.pre_bias"] = (attn_in,)
             graph[p + f"attn.{name}.post_bias"] = (p + f"attn.{name}.pre_bias",)
         before_rope = "post_bias"
         if qk_norm:
@@ -264,13 +331,24 @@ def capture_graph(num_layers: int, qk_norm: bool = False) -> dict[str, tuple[str
         graph[p + "attn.scores"] = (p + "attn.q.rope", p + "attn.k.rope")
         graph[p + "attn.out"] = (p + "attn.q.rope", p + "attn.k.rope", p + "attn.v.post_bias")
         graph[p + "attn.o_proj"] = (p + "attn.out",)
-        graph[p + "resid.attn"] = (resid, p + "attn.o_proj")
-        graph[p + "ffn_norm"] = (p + "resid.attn",)
-        graph[p + "mlp.gate"] = (p + "ffn_norm",)
-        graph[p + "mlp.up"] = (p + "ffn_norm",)
+        attn_out = p + "attn.o_proj"
+        if after:
+            graph[p + "attn.post_norm"] = (attn_out,)
+            attn_out = p + "attn.post_norm"
+        graph[p + "resid.attn"] = (resid, attn_out)
+        mlp_in = p + "resid.attn"
+        if before:
+            graph[p + "ffn_norm"] = (p + "resid.attn",)
+            mlp_in = p + "ffn_norm"
+        graph[p + "mlp.gate"] = (mlp_in,)
+        graph[p + "mlp.up"] = (mlp_in,)
         graph[p + "mlp.swiglu"] = (p + "mlp.gate", p + "mlp.up")
         graph[p + "mlp.down"] = (p + "mlp.swiglu",)
-        graph[p + "resid.mlp"] = (p + "resid.attn", p + "mlp.down")
+        mlp_out = p + "mlp.down"
+        if after:
+            graph[p + "mlp.post_norm"] = (mlp_out,)
+            mlp_out = p + "mlp.post_norm"
+        graph[p + "resid.mlp"] = (p + "resid.attn", mlp_out)
         resid = p + "resid.mlp"
     graph["final_norm"] = (resid,)
     graph["logits"] = ("final_norm",)
@@ -279,7 +357,7 @@ def capture_graph(num_layers: int, qk_norm: bool = False) -> dict[str, tuple[str
 
 def points_of(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
     """``capture_graph`` of a model of ``cfg`` (its layers, its family's extra points)."""
-    return capture_graph(cfg.num_hidden_layers, cfg.qk_norm is not None)
+    return capture_graph(cfg.num_hidden_layers, cfg.qk_norm is not None, cfg.family.norms)
 
 
 class CaptureError(RuntimeError):
@@ -311,6 +389,9 @@ class Attention(nn.Module):
         if cfg.qk_norm == "head":  # Qwen3: RMSNorm over each head of q and of k
             self.q_norm = RMSNorm(d)
             self.k_norm = RMSNorm(d)
+        elif cfg.qk_norm == "proj":  # OLMo 2: over the whole q and k projections
+            self.q_norm = RMSNorm(self.n_heads * d)
+            self.k_norm = RMSNorm(self.n_kv * d)
 
 
 class MLP(nn.Module):
@@ -323,12 +404,22 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """HF's layer. ``post_attention_layernorm`` is the norm before the MLP in a "pre" family
+    and the norm of attention's output in a "post" or "sandwich" one (OLMo 2, Gemma, whose
+    norm before the MLP is ``pre_feedforward_layernorm``): HF's names, every way."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size)
+        norms = cfg.family.norms
+        if norms in ("pre", "sandwich"):
+            self.input_layernorm = RMSNorm(cfg.hidden_size)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size)
+        if norms == "sandwich":
+            self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size)
         self.mlp = MLP(cfg)
+        if norms in ("post", "sandwich"):
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size)
 
 
 class Body(nn.Module):
@@ -366,9 +457,10 @@ class KVCache:
 
 
 class Transformer(nn.Module):
-    """A decoder of any family in ``aprlib.config.families`` (Qwen2, Llama and Mistral-shaped,
-    Qwen3); parameters are built on the meta device and filled by ``from_file`` or
-    ``load_state_dict(..., assign=True)`` (or, streamed, never held: ``from_file(stream=True)``).
+    """A decoder of any family in ``aprlib.config.families`` (Qwen2, Llama, Mistral, Qwen3;
+    sliding windows per layer); parameters are built on the meta device and filled by
+    ``from_file`` or ``load_state_dict(..., assign=True)`` (or, streamed, never held:
+    ``from_file(stream=True)``).
 
     A tied model has no ``lm_head`` parameter: the head is the embedding, by construction.
     """
@@ -380,8 +472,11 @@ class Transformer(nn.Module):
         self.model = Body(config)
         if not config.tie_word_embeddings:
             self.lm_head = _linear(config.hidden_size, config.vocab_size, False)
-        if config.hidden_act != "silu":
-            raise ConfigError(f"hidden_act {config.hidden_act!r} (only silu)")
+        if config.hidden_act not in ACTIVATIONS:
+            raise ConfigError(
+                f"hidden_act {config.hidden_act!r} is not implemented by the reference forward "
+                f"({', '.join(ACTIVATIONS)} are)"
+            )
         rope_inv_freq(config)  # an unsupported rope scaling fails here, not mid-forward
         self._hooks: list[Hook] = []
         self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
@@ -551,27 +646,38 @@ class Transformer(nn.Module):
         cfg, ops = self.config, self.ops
         start = cache.length if cache is not None else 0
         total = start + tokens.shape[1]
-        if cfg.sliding_window is not None and total > cfg.sliding_window:
-            raise ConfigError(
-                f"{total} positions exceed sliding_window {cfg.sliding_window}: the reference "
-                "forward has no sliding-window mask"
-            )
         weights = self.weights
         table, index = weights.embedding(tokens)
         x = ops.embedding(index, table)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
+        if cfg.family.embed_scale:  # Gemma: the rows times sqrt(hidden), in their dtype
+            x = x * math.sqrt(cfg.hidden_size)
         yield "embed", x
         positions = torch.arange(start, total, device=tokens.device)
-        cos, sin = rope_tables(cfg, positions, x.dtype)
+        tables = {False: rope_tables(cfg, positions, x.dtype)}
+        if cfg.rope_local_theta is not None:  # Gemma 3's sliding layers: their own base
+            local = dataclasses.replace(cfg, rope_theta=cfg.rope_local_theta, rope_scaling=None)
+            tables[True] = rope_tables(local, positions, x.dtype)
         for i in range(cfg.num_hidden_layers):
             layer = cast(DecoderLayer, weights.layer(i))
+            cos, sin = tables[len(tables) > 1 and cfg.layer_window(i) is not None]
             x = yield from self._layer(i, layer, weights.stamp(), x, cos, sin, cache, scores)
-        x = ops.rms_norm(x, weights.final_norm(), cfg.rms_norm_eps)
+        x = self._norm(x, weights.final_norm())
         yield "final_norm", x
         logits = self._head(x, weights.head_blocks())
+        if cfg.final_logit_softcapping is not None:  # Gemma 2: cap * tanh(logits / cap)
+            cap = cfg.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
         yield "logits", logits
         return logits
+
+    def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
+        """RMSNorm with the family's offset (Gemma's 1 + w), passed only where it is one."""
+        offset = self.config.family.norm_offset
+        if offset:
+            return self.ops.rms_norm(x, weight, self.config.rms_norm_eps, offset=offset)
+        return self.ops.rms_norm(x, weight, self.config.rms_norm_eps)
 
     def _head(self, x: Tensor, blocks: Iterator[Tensor]) -> Tensor:
         """The output head a block of rows at a time (each block's logits into its columns):
@@ -603,9 +709,13 @@ class Transformer(nn.Module):
         cfg, ops, p = self.config, self.ops, f"layers.{i}."
         attn, mlp = layer.self_attn, layer.mlp
         b, t, _ = x.shape
+        norms = cfg.family.norms  # "pre", "post" (OLMo 2), "sandwich" (Gemma)
+        before, after = norms in ("pre", "sandwich"), norms in ("post", "sandwich")
 
-        h = ops.rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps)
-        yield p + "attn_norm", h
+        h = x
+        if before:
+            h = self._norm(x, layer.input_layernorm.weight)
+            yield p + "attn_norm", h
         heads = {}
         for name, proj, n in (
             ("q", attn.q_proj, attn.n_heads),
@@ -618,9 +728,10 @@ class Transformer(nn.Module):
                 y = ops.add_bias(y, proj.bias)
             yield p + f"attn.{name}.post_bias", y
             heads[name] = y.view(b, t, n, attn.head_dim)  # [B, T, H, D]
-        if cfg.qk_norm == "head":  # over each head's values, as transformers' Qwen3
+        if cfg.qk_norm is not None:  # per head (Qwen3) or over the projection (OLMo 2)
+            offset = {"offset": cfg.family.norm_offset} if cfg.family.norm_offset else {}
             for name, norm in (("q", attn.q_norm), ("k", attn.k_norm)):
-                heads[name] = ops.rms_norm(heads[name], norm.weight, cfg.rms_norm_eps)
+                heads[name] = ops.qk_norm(heads[name], norm.weight, cfg.rms_norm_eps, **offset)
                 yield p + f"attn.{name}.norm", heads[name].reshape(b, t, -1)
         heads = {name: x.transpose(1, 2) for name, x in heads.items()}  # [B, H, T, D]
         q = ops.rope(heads["q"], cos, sin)
@@ -633,28 +744,56 @@ class Transformer(nn.Module):
         if scores:
             rep = attn.n_heads // attn.n_kv
             qk = q @ k.repeat_interleave(rep, dim=1).transpose(-1, -2)
-            yield p + "attn.scores", qk / math.sqrt(attn.head_dim)
-        a = ops.attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+            if cfg.query_pre_attn_scalar is None:
+                yield p + "attn.scores", qk / math.sqrt(attn.head_dim)
+            else:
+                yield p + "attn.scores", qk * cfg.attention_scale
+        a = ops.attention(q, k, v, **self._attention_options(i, k.shape[-2]))
+        a = a.transpose(1, 2).reshape(b, t, -1)
         yield p + "attn.out", a
         o = ops.linear(a, attn.o_proj.weight, attn.o_proj.bias)
         yield p + "attn.o_proj", o
+        if after:
+            o = self._norm(o, layer.post_attention_layernorm.weight)
+            yield p + "attn.post_norm", o
         x = x + o
         yield p + "resid.attn", x
 
-        h = ops.rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
-        yield p + "ffn_norm", h
+        h = x
+        if before:
+            pre_mlp = layer.pre_feedforward_layernorm if after else layer.post_attention_layernorm
+            h = self._norm(x, pre_mlp.weight)
+            yield p + "ffn_norm", h
         gate = ops.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
         yield p + "mlp.gate", gate
         up = ops.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
         yield p + "mlp.up", up
-        s = ops.swiglu(gate, up)
+        method, approximate = ACTIVATIONS[cfg.hidden_act]
+        s = ops.swiglu(gate, up) if method == "swiglu" else ops.geglu(gate, up, approximate)
         yield p + "mlp.swiglu", s
         down = ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
         yield p + "mlp.down", down
+        if after:
+            down = self._norm(down, layer.post_feedforward_layernorm.weight)
+            yield p + "mlp.post_norm", down
         x = x + down
         self.weights.check_holding(i, stamp)  # a streamed layer still this one's, throughout
         yield p + "resid.mlp", x
         return x
+
+    def _attention_options(self, layer: int, keys: int) -> dict[str, Any]:
+        """The keywords ``Ops.attention`` gets for ``layer``: only those that change its
+        result, so a backend without them still runs every model that needs none."""
+        cfg = self.config
+        options: dict[str, Any] = {}
+        window = cfg.layer_window(layer)
+        if window is not None and keys > window:  # only where the window masks a key
+            options["window"] = window
+        if cfg.query_pre_attn_scalar is not None:
+            options["scale"] = cfg.attention_scale
+        if cfg.attn_logit_softcapping is not None:
+            options["softcap"] = cfg.attn_logit_softcapping
+        return options
 
     # -- using it ---------------------------------------------------------------------------
 

@@ -314,17 +314,17 @@ def _ops_patch(method: str, make: Any) -> Any:
 
 
 def _eps_outside_sqrt(real: Any) -> Any:
-    def rms_norm(self: Any, x: Any, weight: Any, eps: float) -> Any:
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float, offset: float = 0.0) -> Any:
         import torch
 
-        return x / (torch.sqrt((x * x).mean(-1, keepdim=True)) + eps) * weight
+        return x / (torch.sqrt((x * x).mean(-1, keepdim=True)) + eps) * (weight + offset)
 
     return rms_norm
 
 
 def _one_plus_w(real: Any) -> Any:
-    def rms_norm(self: Any, x: Any, weight: Any, eps: float) -> Any:
-        return real(self, x, 1 + weight, eps)
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float, **options: Any) -> Any:
+        return real(self, x, 1 + weight, eps, **options)
 
     return rms_norm
 
@@ -341,11 +341,11 @@ def _interleaved_rope(real: Any) -> Any:
 
 
 def _gqa_modulo(real: Any) -> Any:
-    def attention(self: Any, q: Any, k: Any, v: Any) -> Any:
+    def attention(self: Any, q: Any, k: Any, v: Any, **options: Any) -> Any:
         hq, hkv = q.shape[1], k.shape[1]
         index = [h % hkv for h in range(hq)]  # should be h // (hq // hkv)
         wide_k, wide_v = k[:, index], v[:, index]
-        return real(self, q, wide_k, wide_v)
+        return real(self, q, wide_k, wide_v, **options)
 
     return attention
 
@@ -394,18 +394,18 @@ for _id, _title, _method, _make in (
 def _qk_norm_over_projection(real: Any) -> Any:
     """Qwen3's per-head q/k RMSNorm taken over the whole projection (OLMo 2's scope)."""
 
-    def rms_norm(self: Any, x: Any, weight: Any, eps: float) -> Any:
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float, **options: Any) -> Any:
         if x.dim() != 4:  # [B, T, H, D] is the q/k norm; every other norm as it is
-            return real(self, x, weight, eps)
+            return real(self, x, weight, eps, **options)
         flat = x.flatten(-2)
-        return real(self, flat, weight.repeat(x.shape[-2]), eps).view_as(x)
+        return real(self, flat, weight.repeat(x.shape[-2]), eps, **options).view_as(x)
 
     return rms_norm
 
 
 def _qk_norm_skipped(real: Any) -> Any:
-    def rms_norm(self: Any, x: Any, weight: Any, eps: float) -> Any:
-        return x if x.dim() == 4 else real(self, x, weight, eps)
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float, **options: Any) -> Any:
+        return x if x.dim() == 4 else real(self, x, weight, eps, **options)
 
     return rms_norm
 
@@ -426,6 +426,152 @@ for _id, _title, _make in (
             FORWARD,
             fmt=None,
             patch=_ops_patch("rms_norm", _make),
+            right_falsifiers=FORWARD,
+            requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
+        )
+    )
+
+
+def _offset_dropped(real: Any) -> Any:
+    """Gemma's RMSNorm computed as every other family's: w, not 1 + w."""
+
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float, offset: float = 0.0) -> Any:
+        return real(self, x, weight, eps)
+
+    return rms_norm
+
+
+def _offset_twice(real: Any) -> Any:
+    """1 added to a weight that already holds it (llama.cpp's stored w + 1, plus 1)."""
+
+    def rms_norm(self: Any, x: Any, weight: Any, eps: float, offset: float = 0.0) -> Any:
+        return (
+            real(self, x, weight, eps, offset=2 * offset) if offset else real(self, x, weight, eps)
+        )
+
+    return rms_norm
+
+
+def _gelu_erf(real: Any) -> Any:
+    """Exact GELU where Gemma's config says the tanh approximation."""
+
+    def geglu(self: Any, gate: Any, up: Any, approximate: str = "tanh") -> Any:
+        return real(self, gate, up, approximate="none")
+
+    return geglu
+
+
+def _attn_softcap_dropped(real: Any) -> Any:
+    """Gemma 2's attention scores left uncapped."""
+
+    def attention(self: Any, q: Any, k: Any, v: Any, **options: Any) -> Any:
+        options.pop("softcap", None)
+        return real(self, q, k, v, **options)
+
+    return attention
+
+
+def _embed_scale_dropped(mp: Any) -> None:
+    """Gemma's embedding rows not multiplied by sqrt(hidden_size)."""
+    import dataclasses
+
+    from aprlib.config import families
+
+    for name, family in list(families.FAMILIES.items()):
+        if family.embed_scale:
+            mp.setitem(families.FAMILIES, name, dataclasses.replace(family, embed_scale=False))
+
+
+for _id, _title, _method, _make in (
+    ("norm-offset-dropped", "Gemma RMSNorm by w, not 1 + w", "rms_norm", _offset_dropped),
+    ("norm-offset-twice", "Gemma RMSNorm by 2 + w (the +1 twice)", "rms_norm", _offset_twice),
+    ("gelu-erf-for-tanh", "exact GELU where the config says tanh", "geglu", _gelu_erf),
+    (
+        "attn-softcap-dropped",
+        "Gemma 2 attention scores uncapped",
+        "attention",
+        _attn_softcap_dropped,
+    ),
+):
+    register(
+        Defect(
+            _id,
+            _title,
+            "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
+            FORWARD,
+            fmt=None,
+            patch=_ops_patch(_method, _make),
+            right_falsifiers=FORWARD,
+            requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
+        )
+    )
+register(
+    Defect(
+        "embed-scale-dropped",
+        "Gemma embeddings not scaled by sqrt(hidden)",
+        "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
+        FORWARD,
+        fmt=None,
+        patch=_embed_scale_dropped,
+        right_falsifiers=FORWARD,
+        requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
+    )
+)
+
+
+def _window_off_by_one(real: Any) -> Any:
+    """A sliding window that keeps one key too many (``j >= i - window``)."""
+
+    def attention(self: Any, q: Any, k: Any, v: Any, window: Any = None, **options: Any) -> Any:
+        return real(self, q, k, v, window=None if window is None else window + 1, **options)
+
+    return attention
+
+
+def _window_ignored(real: Any) -> Any:
+    """Every layer attends to every earlier position (llama.cpp's qwen2/llama graphs)."""
+
+    def attention(self: Any, q: Any, k: Any, v: Any, window: Any = None, **options: Any) -> Any:
+        return real(self, q, k, v, **options)
+
+    return attention
+
+
+def _qk_norm_per_head(real: Any) -> Any:
+    """OLMo 2's q/k norm over each head (Qwen3's scope) with the projection's weights."""
+
+    def qk_norm(self: Any, x: Any, weight: Any, eps: float) -> Any:
+        return self.rms_norm(x, weight.view(x.shape[-2:]), eps)
+
+    return qk_norm
+
+
+register(
+    Defect(
+        "qk-norm-per-head",
+        "OLMo 2 q/k norm per head, not over the projection",
+        "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
+        FORWARD,
+        fmt=None,
+        patch=_ops_patch("qk_norm", _qk_norm_per_head),
+        right_falsifiers=FORWARD,
+        requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
+    )
+)
+
+
+for _id, _title, _make in (
+    ("window-off-by-one", "sliding window one key too wide", _window_off_by_one),
+    ("window-ignored", "sliding window ignored (full causal attention)", _window_ignored),
+):
+    register(
+        Defect(
+            _id,
+            _title,
+            "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
+            FORWARD,
+            fmt=None,
+            patch=_ops_patch("attention", _make),
             right_falsifiers=FORWARD,
             requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
         )
