@@ -49,8 +49,10 @@ class Family:
     #: queries are scaled by the config's ``query_pre_attn_scalar`` ** -0.5, and logits
     #: may be soft-capped by ``final_logit_softcapping`` (Gemma)
     query_scale: bool = False
-    #: the config key of the MLP's activation (Gemma: ``hidden_activation``)
+    #: the config key of the MLP's activation (Gemma: ``hidden_activation``) and what it is
+    #: when a config leaves it out
     act_key: str = "hidden_act"
+    default_act: str = "silu"
     #: ``tie_word_embeddings`` when a config leaves it out
     tied_default: bool = False
     #: sliding layers turn RoPE with their own base (``rope_local_base_freq``, or
@@ -58,8 +60,10 @@ class Family:
     #: ``rope_theta`` and the scaling (Gemma 3)
     local_rope: bool = False
     #: the default ``sliding_window_pattern`` ("pattern" families): of every N layers the
-    #: last is full, the rest windowed
+    #: last is full, the rest windowed; ``pattern_key``: a config's
+    #: ``sliding_window_pattern`` overrides it (Gemma 3; Gemma 2's class ignores the key)
     window_pattern: int = 6
+    pattern_key: bool = True
     #: transformers caps attention scores by ``attn_logit_softcapping`` (Gemma 2; Gemma 3's
     #: class keeps the key and ignores it)
     attn_softcap: bool = False
@@ -119,6 +123,7 @@ QWEN2 = Family(
     max_positions=32768,
     fixed_qkv_bias=True,
     window="per_layer",
+    config_defaults=(("sliding_window", 4096),),
 )
 LLAMA = Family(
     "llama",
@@ -141,6 +146,7 @@ MISTRAL = Family(
     permuted_qk=True,
     gguf_name="llama",
     window="every",
+    config_defaults=(("sliding_window", 4096),),
 )
 QWEN3 = Family(
     "qwen3",
@@ -151,6 +157,7 @@ QWEN3 = Family(
     qk_norm="head",
     llama_cpp_o_proj_bias=False,
     window="per_layer",
+    config_defaults=(("sliding_window", 4096),),
 )
 
 #: norms after attention and after the MLP (none before); q/k RMSNorm over the whole
@@ -169,6 +176,7 @@ OLMO2 = Family(
         ("post_attention_norm.weight", "post_attention_layernorm.weight"),
         ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
     ),
+    config_defaults=(("rms_norm_eps", 1e-5),),
 )
 
 #: Gemma 3's text model: RMSNorm (1 + w) everywhere (q/k per head too), embeddings x
@@ -189,6 +197,7 @@ GEMMA3 = Family(
     embed_scale=True,
     query_scale=True,
     act_key="hidden_activation",
+    default_act="gelu_pytorch_tanh",
     llama_cpp_window=True,
     llama_cpp_act="gelu_pytorch_tanh",
     tied_default=True,
@@ -198,7 +207,11 @@ GEMMA3 = Family(
         ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
         ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
     ),
-    config_defaults=(("query_pre_attn_scalar", 256), ("rope_local_base_freq", 10000.0)),
+    config_defaults=(
+        ("query_pre_attn_scalar", 256),
+        ("rope_local_base_freq", 10000.0),
+        ("sliding_window", 4096),
+    ),
     llama_cpp_wide_scale_layers=62,
     llama_cpp_defaults=(("rope_local_theta", 10000.0),),
 )
@@ -213,11 +226,13 @@ GEMMA2 = Family(
     llama_cpp_o_proj_bias=False,
     window="pattern",
     window_pattern=2,
+    pattern_key=False,
     norms="sandwich",
     norm_offset=1.0,
     embed_scale=True,
     query_scale=True,
     act_key="hidden_activation",
+    default_act="gelu_pytorch_tanh",
     tied_default=True,
     attn_softcap=True,
     llama_cpp_untied=False,
@@ -228,9 +243,14 @@ GEMMA2 = Family(
         ("query_pre_attn_scalar", 256),
         ("final_logit_softcapping", 30.0),
         ("attn_logit_softcapping", 50.0),
+        ("sliding_window", 4096),
     ),
     llama_cpp_wide_scale_layers=46,
-    llama_cpp_defaults=(("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0)),
+    llama_cpp_defaults=(
+        ("attn_logit_softcapping", 50.0),
+        ("final_logit_softcapping", 30.0),
+        ("sliding_window", 4096),
+    ),
 )
 
 FAMILIES: dict[str, Family] = {
@@ -246,6 +266,8 @@ def family_of_gguf(arch: str, windowed: bool) -> str:
     Where families share an architecture, the window tells them apart: a "llama" GGUF with
     ``llama.attention.sliding_window`` is a Mistral (transformers' Llama has no window)."""
     sharing = [f for f in FAMILIES.values() if f.gguf_architecture == arch]
+    if len(sharing) == 1:
+        return sharing[0].name
     for f in sharing:
         if f.name != arch and windowed and f.window is not None:
             return f.name

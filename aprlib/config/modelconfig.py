@@ -607,7 +607,11 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         num_hidden_layers=int(config["num_hidden_layers"]),
         num_attention_heads=int(config["num_attention_heads"]),
         num_key_value_heads=int(config.get("num_key_value_heads", config["num_attention_heads"])),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=float(
+            config.get(
+                "rms_norm_eps", dict(FAMILIES[arch].config_defaults).get("rms_norm_eps", 1e-6)
+            )
+        ),
         rope_theta=float(rope_theta),
         max_position_embeddings=int(
             config.get("max_position_embeddings", FAMILIES[arch].max_positions)
@@ -638,8 +642,16 @@ def _global_rope(config: dict[str, Any], family: Family) -> dict[str, Any]:
         return config
     out = {**config, "rope_parameters": rope["full_attention"]}
     local = rope.get("sliding_attention")
-    if isinstance(local, dict) and "rope_theta" in local:
-        out.setdefault("rope_local_base_freq", local["rope_theta"])
+    if isinstance(local, dict):
+        kind = local.get("rope_type", "default")
+        if kind != "default":  # the forward turns sliding layers unscaled
+            raise ConfigError(
+                f"rope_parameters.sliding_attention.rope_type {kind!r}: the reference forward "
+                "turns sliding layers with their base alone (default)",
+                "rope_parameters",
+            )
+        if "rope_theta" in local:
+            out.setdefault("rope_local_base_freq", local["rope_theta"])
     return out
 
 
@@ -696,7 +708,9 @@ def hf_window_keys(cfg: ModelConfig) -> dict[str, Any]:
         return {"sliding_window": cfg.sliding_window}
     if window == "pattern":  # every layer's type, stated (no pattern to infer it from)
         types = [SLIDING if cfg.layer_window(i) else FULL for i in range(cfg.num_hidden_layers)]
-        return {"sliding_window": cfg.sliding_window, "layer_types": types}
+        # no sliding layer: the class still wants a window (no layer reads it)
+        unread = dict(cfg.family.config_defaults).get("sliding_window")
+        return {"sliding_window": cfg.sliding_window or unread, "layer_types": types}
     out: dict[str, Any] = {"use_sliding_window": cfg.sliding_window is not None}
     if cfg.sliding_window is None:
         return out
@@ -744,7 +758,7 @@ def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
         values["head_dim"] = values.get("hidden_size", 0) // values["num_attention_heads"]
     values.setdefault("max_position_embeddings", 2048)
     values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
-    values.update(extras_from_gguf_kv(kv, arch))
+    values.update(extras_from_gguf_kv(kv, arch, FAMILIES[family]))
     values.update(_llama_cpp_meaning(FAMILIES[family], values))
     values["rope_dimension_count"] = kv.get(f"{arch}.rope.dimension_count")
     try:
@@ -815,7 +829,7 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
             "use_bidirectional_attention: true (an encoder's mask) is not a causal decoder"
         )
     return {
-        "hidden_act": str(config.get(family.act_key, config.get("hidden_act", "silu"))),
+        "hidden_act": str(config.get(family.act_key, family.default_act)),
         "attention_bias": None if bias is None or family.fixed_qkv_bias else bool(bias),
         "mlp_bias": family.mlp_bias and bool(config.get("mlp_bias", False)),
         "rope_scaling": scaling,
@@ -857,37 +871,51 @@ def hf_window(config: dict[str, Any], family: Family) -> dict[str, Any]:
     """``sliding_window`` and ``layer_types`` as transformers reads them for ``family``:
     Mistral windows every layer; Qwen2 and Qwen3 only with ``use_sliding_window``, and then
     the layers ``layer_types`` names or, without it, those from ``max_window_layers`` on;
-    Llama has no window whatever the config holds."""
-    window = config.get("sliding_window")
-    if family.local_rope and window is None:  # its layer types would still pick the RoPE
-        raise UnsupportedArchitecture(
-            f"{family.name} without a sliding_window: its sliding layers' RoPE base would "
-            "apply with no window, which this library does not model"
-        )
-    if family.window is None or window is None:
+    Gemma the layers ``layer_types`` names or its pattern gives (Gemma 3's 5 of 6, or its
+    ``sliding_window_pattern``; Gemma 2 every other); Llama has no window whatever the
+    config holds. A window left out is the class's default (4096)."""
+    if family.window is None:
         return {"sliding_window": None, "layer_types": None}
-    window = _integral(window)
+    window = config.get("sliding_window", dict(family.config_defaults).get("sliding_window"))
+    layers = config["num_hidden_layers"]
     types: Any = None
     if family.window == "pattern":
         types = config.get("layer_types")
         if types is None:
-            every = config.get("sliding_window_pattern", family.window_pattern)
+            every = family.window_pattern
+            if family.pattern_key:
+                every = config.get("sliding_window_pattern", every)
             if isinstance(every, bool) or not isinstance(every, int) or every < 1:
                 raise ConfigValueError("sliding_window_pattern", every, "must be an integer >= 1")
-            layers = config["num_hidden_layers"]
             types = [SLIDING if (i + 1) % every else FULL for i in range(layers)]
     elif family.window == "per_layer":
-        if not config.get("use_sliding_window", False):
-            return {"sliding_window": None, "layer_types": None}
         types = config.get("layer_types")
+        if not config.get("use_sliding_window", False):
+            if isinstance(types, list) and SLIDING in types:  # transformers cannot run it
+                raise ConfigError(
+                    "layer_types names sliding layers but use_sliding_window is false "
+                    "(transformers builds them with no window and fails)",
+                    "layer_types",
+                )
+            return {"sliding_window": None, "layer_types": None}
         if types is None:
             first = config.get("max_window_layers", family.max_window_layers)
-            layers = config["num_hidden_layers"]
             if isinstance(first, bool) or not isinstance(first, int):
                 raise ConfigValueError("max_window_layers", first, "must be an integer")
             types = [SLIDING if i >= first else FULL for i in range(layers)]
-    window, types = canonical_window(window, types, config["num_hidden_layers"])
+    if window is None:
+        if isinstance(types, list | tuple) and SLIDING in types:  # transformers fails too
+            raise UnsupportedArchitecture(
+                f"{family.name} with sliding layers and no sliding_window "
+                "(transformers cannot build their mask)"
+            )
+        return {"sliding_window": None, "layer_types": None}
+    window, types = canonical_window(_integral(window), types, layers)
     return {"sliding_window": window, "layer_types": types}
+
+
+#: GGUF key: the soft-caps the model does not apply, where llama.cpp has a default for them
+SOFTCAPS_OFF = "aprlib.softcaps_off"
 
 
 def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
@@ -898,13 +926,24 @@ def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
         kv["aprlib.attention_bias"] = cfg.attention_bias
     if cfg.sliding_window is not None:
         kv[f"{arch}.attention.sliding_window"] = cfg.sliding_window
-    if cfg.layer_types is not None:  # llama.cpp's key: true for each windowed layer
-        kv[f"{arch}.attention.sliding_window_pattern"] = [t == SLIDING for t in cfg.layer_types]
+    elif cfg.family.window == "pattern":  # no layer windowed: said, or llama.cpp defaults one
+        unread = dict(cfg.family.config_defaults).get("sliding_window", 4096)
+        kv[f"{arch}.attention.sliding_window"] = unread
+    if cfg.layer_types is not None or cfg.family.window == "pattern":
+        # llama.cpp's key, true for each windowed layer; stated for a pattern family even
+        # when every layer is windowed, since its graph would otherwise apply its default
+        kv[f"{arch}.attention.sliding_window_pattern"] = [
+            cfg.layer_window(i) is not None for i in range(cfg.num_hidden_layers)
+        ]
     if cfg.rope_local_theta is not None:
         kv[f"{arch}.rope.freq_base_swa"] = cfg.rope_local_theta
     for name in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(cfg, name) is not None:
             kv[f"{arch}.{name}"] = getattr(cfg, name)
+    off = [name for name, _ in cfg.family.llama_cpp_defaults if name.endswith("softcapping")]
+    off = [name for name in off if getattr(cfg, name) is None]
+    if off:  # llama.cpp caps these by default: our reader must not (see the gaps)
+        kv[SOFTCAPS_OFF] = off
     if cfg.query_pre_attn_scalar is not None:  # llama.cpp derives its own (see the gaps)
         kv["aprlib.query_pre_attn_scalar"] = cfg.query_pre_attn_scalar
     scaling = cfg.rope_scaling
@@ -1045,6 +1084,12 @@ def llama_cpp_graph_gaps(cfg: ModelConfig) -> list[str]:
                 f"query_pre_attn_scalar {cfg.query_pre_attn_scalar:g}: llama.cpp's {arch} graph "
                 f"scales queries by 1/sqrt({theirs:g}) from the model's size, not by the config"
             )
+    for name, value in family.llama_cpp_defaults:
+        if name.endswith("softcapping") and getattr(cfg, name) is None:
+            gaps.append(
+                f"{name} none: llama.cpp's {arch} graph caps at {value:g} whatever the file "
+                "says (our tools read the file as uncapped)"
+            )
     if cfg.attn_logit_softcapping is not None and not family.attn_softcap:
         gaps.append(
             f"attn_logit_softcapping {cfg.attn_logit_softcapping:g}: llama.cpp's {arch} graph "
@@ -1082,7 +1127,7 @@ def _llama_cpp_meaning(family: Family, values: dict[str, Any]) -> dict[str, Any]
     if "hidden_act" not in values:
         out["hidden_act"] = family.llama_cpp_act
     for name, value in family.llama_cpp_defaults:
-        if name not in values:
+        if name not in values and name != "sliding_window":  # the window: _gguf_window
             out[name] = value
     if family.query_scale and "query_pre_attn_scalar" not in values:
         heads, hidden = values.get("num_attention_heads"), values.get("hidden_size")
@@ -1094,36 +1139,74 @@ def _llama_cpp_meaning(family: Family, values: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def extras_from_gguf_kv(kv: dict[str, Any], arch: str) -> dict[str, Any]:
-    """Inverse of ``gguf_extras``; also reads llama.cpp's own rope-scaling keys alone."""
-    out: dict[str, Any] = {}
+def _gguf_window(kv: dict[str, Any], arch: str, family: Family) -> dict[str, Any]:
+    """The window and its layers as llama.cpp reads them for ``family``: the pattern key (a
+    bool per layer, or its period form) or, for a pattern family, its default pattern; a
+    window left out is its default where it has one (Gemma 2: 4096)."""
+    window = kv.get(f"{arch}.attention.sliding_window")
+    if window is None:
+        window = dict(family.llama_cpp_defaults).get("sliding_window")
+    if window is None:
+        return {}
+    if family.window is None:
+        raise UnsupportedArchitecture(
+            f"a {arch} GGUF with {arch}.attention.sliding_window (a later family that llama.cpp "
+            f"runs as {arch}, such as OLMo 3) is not supported"
+        )
+    layers = kv.get(f"{arch}.block_count")
+    key = f"{arch}.attention.sliding_window_pattern"
+    pattern = kv.get(key)
+    if pattern is None and family.window == "pattern":
+        pattern = family.window_pattern  # llama.cpp's load_swa_pattern default
+    if pattern is None:
+        return {"sliding_window": _integral(window)}
+    if not isinstance(layers, int) or isinstance(layers, bool):
+        return {"sliding_window": _integral(window)}  # block_count is named elsewhere
+    if isinstance(pattern, int) and not isinstance(pattern, bool) and 0 <= pattern < 1 << 32:
+        # the period form: of every ``pattern`` layers the last is full (0: all windowed)
+        pattern = [pattern == 0 or i % pattern < pattern - 1 for i in range(layers)]
+    if (
+        not isinstance(pattern, list)
+        or len(pattern) != layers
+        or not all(isinstance(on, bool) for on in pattern)
+    ):
+        raise ConfigError(f"{key} must be a bool per layer ({layers}) or a period", "layer_types")
+    if family.window == "every" and not all(pattern):
+        raise ConfigError(
+            f"{key} leaves layers unwindowed: {family.name} windows every layer", "layer_types"
+        )
+    window, types = canonical_window(
+        _integral(window), [SLIDING if on else FULL for on in pattern], layers
+    )
+    return {"sliding_window": window, "layer_types": types}
+
+
+def extras_from_gguf_kv(kv: dict[str, Any], arch: str, family: Family) -> dict[str, Any]:
+    """Inverse of ``gguf_extras``; also reads llama.cpp's own rope-scaling keys alone. Keys
+    a family's llama.cpp graph does not read are not read for it either."""
+    out: dict[str, Any] = _gguf_window(kv, arch, family)
     if "aprlib.hidden_act" in kv:
         out["hidden_act"] = str(kv["aprlib.hidden_act"])
     if "aprlib.mlp_bias" in kv:
         out["mlp_bias"] = bool(kv["aprlib.mlp_bias"])
     if "aprlib.attention_bias" in kv:
         out["attention_bias"] = bool(kv["aprlib.attention_bias"])
-    if f"{arch}.attention.sliding_window" in kv:
-        out["sliding_window"] = _integral(kv[f"{arch}.attention.sliding_window"])
-        pattern = kv.get(f"{arch}.attention.sliding_window_pattern")
-        layers = kv.get(f"{arch}.block_count")
-        if isinstance(pattern, int) and not isinstance(pattern, bool) and isinstance(layers, int):
-            # llama.cpp's period form: of every ``pattern`` layers, the last is full
-            pattern = [pattern == 0 or i % pattern < pattern - 1 for i in range(layers)]
-        if isinstance(pattern, list):
-            types = [SLIDING if on else FULL for on in pattern]
-            out["sliding_window"], out["layer_types"] = canonical_window(
-                out["sliding_window"], types, layers
-            )
-    for key, name in (
-        (f"{arch}.rope.freq_base_swa", "rope_local_theta"),
-        (f"{arch}.attn_logit_softcapping", "attn_logit_softcapping"),
-        (f"{arch}.final_logit_softcapping", "final_logit_softcapping"),
-        ("aprlib.query_pre_attn_scalar", "query_pre_attn_scalar"),
-    ):
+    read = []
+    if family.local_rope:
+        read.append((f"{arch}.rope.freq_base_swa", "rope_local_theta"))
+    if family.attn_softcap:
+        read.append((f"{arch}.attn_logit_softcapping", "attn_logit_softcapping"))
+    if family.query_scale:
+        read.append((f"{arch}.final_logit_softcapping", "final_logit_softcapping"))
+        read.append(("aprlib.query_pre_attn_scalar", "query_pre_attn_scalar"))
+    for key, name in read:
         if key in kv:
             value = kv[key]
             out[name] = float(str(np.float32(value))) if isinstance(value, float) else value
+    off = kv.get(SOFTCAPS_OFF)
+    for name in off if isinstance(off, list) else []:
+        if name in ("attn_logit_softcapping", "final_logit_softcapping"):
+            out[name] = None  # the model caps nothing: llama.cpp's default is not its
     if "aprlib.rope_scaling" in kv:
         try:
             out["rope_scaling"] = normalise_rope_scaling(json.loads(kv["aprlib.rope_scaling"]))

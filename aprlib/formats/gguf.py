@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import os
 import struct
 from collections.abc import Iterable
@@ -511,6 +512,14 @@ def _open(path: Path, src: FileSource, any_architecture: bool = False) -> Model:
     tensors: dict[str, Tensor] = {}
     for p in placed:
         if offset and norm_offset.is_offset_norm(p.canonical):  # Gemma: stored w + 1
+            if p.dtype not in (DType.F32, DType.F16, DType.BF16):
+                raise GgufFormatError(
+                    path,
+                    f"a {p.dtype.name} norm of a (1 + w) family: its + {offset:g} cannot be "
+                    "taken off without quantising again",
+                    tensor=p.name,
+                    field="type",
+                )
             residual = _norm_residual(path, kv, p)
             unshift = functools.partial(_unshifted, src, data_start + p.offset, p, offset, residual)
             tensors[p.canonical] = Tensor(p.canonical, p.dtype, p.shape, p.name, unshift)
@@ -561,14 +570,15 @@ def _norm_residual(path: Path, kv: dict[str, Any], p: _Placed) -> np.ndarray | N
     if value is None:
         return None
     count = int(np.prod(p.shape)) if p.shape else 1
-    if not isinstance(value, list) or len(value) != count:
+    if (
+        not isinstance(value, list)
+        or len(value) != count
+        or not all(isinstance(v, float) and math.isfinite(v) for v in value)
+    ):
         raise GgufFormatError(
-            path, f"{count} float32 values expected for {p.name}", tensor=p.name, field=key
+            path, f"{count} finite float32 values expected for {p.name}", tensor=p.name, field=key
         )
-    try:
-        return np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise GgufFormatError(path, "not a list of numbers", tensor=p.name, field=key) from None
+    return np.asarray(value, dtype=np.float32)
 
 
 def _unshifted(
@@ -576,7 +586,19 @@ def _unshifted(
 ) -> np.ndarray:
     """A norm stored as w + offset (llama.cpp's Gemma convention), as w in its own dtype."""
     raw = src.read(where, p.nbytes, tensor=p.name, field="data")
-    w = norm_offset.unshifted(to_float32(raw, p.dtype, p.shape), offset, residual)
+    stored = to_float32(raw, p.dtype, p.shape)
+    w = norm_offset.unshifted(stored, offset, residual)
+    if residual is not None:  # a residual may restore w's rounding, never move what runs
+        again = to_float32(
+            from_float32(norm_offset.shifted(w, offset)[0], p.dtype), p.dtype, p.shape
+        )
+        if not np.array_equal(again, stored):
+            raise GgufFormatError(
+                src.path,
+                "the residual moves the weight llama.cpp runs, not just its rounding",
+                tensor=p.name,
+                field=norm_offset.RESIDUAL_KEY.format(name=p.name),
+            )
     return np.ascontiguousarray(from_float32(w, p.dtype)).reshape(-1).view(np.uint8)
 
 

@@ -43,5 +43,7 @@ def unshifted(stored: np.ndarray, offset: float, residual: np.ndarray | None = N
     """w from the stored w + offset (and its residual, where the file keeps one)."""
     values = np.asarray(stored, dtype=np.float32).astype(np.float64) - offset
     if residual is not None:
-        values = values + np.asarray(residual, dtype=np.float32).astype(np.float64)
+        r = np.asarray(residual, dtype=np.float32).astype(np.float64)
+        values = values + r
+        values = np.where(values == 0, np.copysign(0.0, r), values)  # w = -0.0 stays -0.0
     return values.astype(np.float32)

@@ -77,10 +77,9 @@ class Ops:
         # half precision is normalised in float32, as HF does; float32/64 in their own dtype
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        scale = weight.to(x.dtype)
-        if offset:
-            scale = scale + offset
-        return scale * normed.to(x.dtype)
+        if offset:  # Gemma: (offset + w) times the normed values in float32, then cast
+            return ((weight.to(xf.dtype) + offset) * normed).to(x.dtype)
+        return weight.to(x.dtype) * normed.to(x.dtype)
 
     def qk_norm(self, x: Tensor, weight: Tensor, eps: float, offset: float = 0.0) -> Tensor:
         """RMSNorm of q or k ``[B, T, H, D]`` over the scope its weight states: each head
@@ -652,7 +651,7 @@ class Transformer(nn.Module):
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
         if cfg.family.embed_scale:  # Gemma: the rows times sqrt(hidden), in their dtype
-            x = x * math.sqrt(cfg.hidden_size)
+            x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
         yield "embed", x
         positions = torch.arange(start, total, device=tokens.device)
         tables = {False: rope_tables(cfg, positions, x.dtype)}
@@ -789,7 +788,8 @@ class Transformer(nn.Module):
         window = cfg.layer_window(layer)
         if window is not None and keys > window:  # only where the window masks a key
             options["window"] = window
-        if cfg.query_pre_attn_scalar is not None:
+        scalar = cfg.query_pre_attn_scalar
+        if scalar is not None and float(scalar) != float(cfg.attention_head_dim):
             options["scale"] = cfg.attention_scale
         if cfg.attn_logit_softcapping is not None:
             options["softcap"] = cfg.attn_logit_softcapping
