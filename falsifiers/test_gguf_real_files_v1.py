@@ -5,7 +5,9 @@ filled as llama.cpp fills them (also checked on files written by hand with those
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gguf import GGUFReader, GGUFWriter
@@ -16,17 +18,32 @@ from falsifiers.llamacpp_converter import convert_hf_to_gguf
 from falsifiers.test_tokenizer_fidelity_v1 import VOCAB, hf_folder_with_tokenizer
 
 
-def rewrite_gguf(src: Path, dst: Path, drop: set[str]) -> Path:
-    """``src`` with the keys in ``drop`` left out; every other key, type and byte kept."""
+def rewrite_gguf(
+    src: Path,
+    dst: Path,
+    drop: set[str] | frozenset[str] = frozenset(),
+    add: dict[str, tuple[Any, Any, Any]] | None = None,
+    tensor: Callable[[str, Any, Any], tuple[Any, Any]] | None = None,
+) -> Path:
+    """``src`` with the keys in ``drop`` left out, the keys in ``add`` (name → value, type,
+    sub-type) put in, and each tensor as ``tensor(name, data, type)`` returns it (data,
+    type); every other key, type and byte kept."""
     r = GGUFReader(src)
     w = GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
     for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name in drop or name == "general.architecture":
+        if name.startswith("GGUF.") or name in drop or name in (add or {}):
+            continue
+        if name == "general.architecture":
             continue
         sub = f.types[-1] if len(f.types) > 1 else None
         w.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
+    for name, (value, kind, sub) in (add or {}).items():
+        w.add_key_value(name, value, kind, sub_type=sub)
     for t in r.tensors:
-        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+        data, kind = (
+            (t.data, t.tensor_type) if tensor is None else tensor(t.name, t.data, t.tensor_type)
+        )
+        w.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

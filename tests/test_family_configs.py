@@ -188,30 +188,13 @@ def test_gemma_only_keys_are_not_read_for_a_family_llama_cpp_does_not_read_them_
 
 
 def _with_residual(src: Path, dst: Path, values) -> Path:
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFValueType
 
-    r = GGUFReader(src)
-    w = GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
     key = "aprlib.norm_residual.blk.0.attn_norm.weight"
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name in ("general.architecture", key):
-            continue
-        w.add_key_value(
-            name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None
-        )
-    if isinstance(values[0], str):
-        w.add_array(key, values)
-    elif isinstance(values[0], bool):
-        w.add_key_value(key, values, GGUFValueType.ARRAY, sub_type=GGUFValueType.BOOL)
-    else:
-        w.add_key_value(key, values, GGUFValueType.ARRAY, sub_type=GGUFValueType.FLOAT32)
-    for t in r.tensors:
-        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
+    sub = {str: GGUFValueType.STRING, bool: GGUFValueType.BOOL}.get(
+        type(values[0]), GGUFValueType.FLOAT32
+    )
+    return rewrite_gguf(src, dst, add={key: (values, GGUFValueType.ARRAY, sub)})
 
 
 @pytest.mark.parametrize("kind", ["strings", "bools", "nan", "moves-the-weight"])
@@ -232,31 +215,19 @@ def test_a_residual_that_is_not_a_rounding_is_refused(tiny_factory, tmp_path, ki
 
 
 def test_a_quantised_gemma_norm_is_refused_not_quantised_again(tiny_factory, tmp_path):
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+    from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
     tiny = tiny_factory("gemma3_text", hidden_size=64, query_pre_attn_scalar=16)
     convert(tiny.folder, tmp_path / "m.gguf")
-    r = GGUFReader(tmp_path / "m.gguf")
-    w = GGUFWriter(str(tmp_path / "q.gguf"), "gemma3")
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        w.add_key_value(
-            name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None
-        )
-    for t in r.tensors:
-        if t.name == "blk.0.attn_norm.weight":
-            q = quantize(
-                np.asarray(t.data, dtype=np.float32).reshape(1, -1), GGMLQuantizationType.Q8_0
-            )
-            w.add_tensor(t.name, q, raw_shape=q.shape, raw_dtype=GGMLQuantizationType.Q8_0)
-        else:
-            w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+    def quantised(name: str, data, kind):
+        if name != "blk.0.attn_norm.weight":
+            return data, kind
+        values = np.asarray(data, dtype=np.float32).reshape(1, -1)
+        return quantize(values, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
+
+    rewrite_gguf(tmp_path / "m.gguf", tmp_path / "q.gguf", tensor=quantised)
     with pytest.raises(GgufFormatError, match="cannot be taken off") as info:
         open_model(tmp_path / "q.gguf")
     assert info.value.field == "type"

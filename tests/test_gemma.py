@@ -91,26 +91,13 @@ def src_names(tiny) -> list[str]:
 def _norms_plus_one(src: Path, dst: Path) -> Path:
     """``src`` with 1 added to every norm weight (as a converter unaware that llama.cpp's
     convention already holds it would), everything else byte for byte."""
-    from gguf import GGUFReader, GGUFWriter
 
-    r = GGUFReader(src)
-    w = GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        w.add_key_value(
-            name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None
-        )
-    for t in r.tensors:
-        data = np.asarray(t.data)
-        if t.name.endswith("norm.weight"):
-            data = (data + 1).astype(np.float32)
-        w.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
+    def plus_one(name: str, data, kind):
+        if name.endswith("norm.weight"):
+            return (np.asarray(data) + 1).astype(np.float32), kind
+        return data, kind
+
+    return rewrite_gguf(src, dst, tensor=plus_one)
 
 
 def test_a_residual_that_does_not_fit_its_tensor_is_refused(tiny_factory, tmp_path):
@@ -122,23 +109,12 @@ def test_a_residual_that_does_not_fit_its_tensor_is_refused(tiny_factory, tmp_pa
         got = m.tensors["model.layers.0.input_layernorm.weight"].to_float32()
     want = tiny.model.model.layers[0].input_layernorm.weight.detach().numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=2.5e-7)
-    from gguf import GGUFReader, GGUFWriter
+    from gguf import GGUFReader
 
-    r = GGUFReader(tmp_path / "m.gguf")
-    w = GGUFWriter(str(tmp_path / "bad.gguf"), "gemma3")
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        value = f.contents()
-        if name == "aprlib.norm_residual.blk.0.attn_norm.weight":
-            value = value[:-1]
-        w.add_key_value(name, value, f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
-    for t in r.tensors:
-        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    key = "aprlib.norm_residual.blk.0.attn_norm.weight"
+    field = GGUFReader(tmp_path / "m.gguf").fields[key]
+    short = (field.contents()[:-1], field.types[0], field.types[-1])
+    rewrite_gguf(tmp_path / "m.gguf", tmp_path / "bad.gguf", add={key: short})
     with (
         pytest.raises(GgufFormatError, match="float32 values expected") as info,
         open_model(tmp_path / "bad.gguf") as m,

@@ -133,6 +133,14 @@ def point_map_data(arch: str, qkv_bias: bool | None = None) -> dict[str, Any]:
     points += [
         _entry("ffn_inp-{layer}", layer + "resid.attn", HIDDEN),
         _entry("ffn_norm-{layer}", layer + "ffn_norm", HIDDEN),
+        *_mlp_and_head(layer),
+    ]
+    return {"engine": ENGINE, "points": points}
+
+
+def _mlp_and_head(layer: str) -> list[dict[str, Any]]:
+    """The MLP's points from its gate on, and the head's: named alike in every graph mapped."""
+    return [
         _entry("ffn_gate-{layer}", layer + "mlp.gate", INTER),
         _entry("ffn_up-{layer}", layer + "mlp.up", INTER),
         _entry("ffn_swiglu-{layer}", layer + "mlp.swiglu", INTER),
@@ -141,7 +149,6 @@ def point_map_data(arch: str, qkv_bias: bool | None = None) -> dict[str, Any]:
         _entry("result_norm", "final_norm", HIDDEN),
         _entry("result_output", "logits", "ne[vocab, tokens]"),
     ]
-    return {"engine": ENGINE, "points": points}
 
 
 def _olmo2_map() -> dict[str, Any]:
@@ -167,13 +174,7 @@ def _olmo2_map() -> dict[str, Any]:
         _entry("kqv_out-{layer}", layer + "attn.out", FLAT_HEADS),
         _entry("attn_post_norm-{layer}", layer + "attn.post_norm", HIDDEN),
         _entry("ffn_inp-{layer}", layer + "resid.attn", HIDDEN),
-        _entry("ffn_gate-{layer}", layer + "mlp.gate", INTER),
-        _entry("ffn_up-{layer}", layer + "mlp.up", INTER),
-        _entry("ffn_swiglu-{layer}", layer + "mlp.swiglu", INTER),
-        _entry("ffn_out-{layer}", layer + "mlp.down", HIDDEN),
-        _entry("l_out-{layer}", layer + "resid.mlp", HIDDEN),
-        _entry("result_norm", "final_norm", HIDDEN),
-        _entry("result_output", "logits", "ne[vocab, tokens]"),
+        *_mlp_and_head(layer),
     ]
     return {"engine": ENGINE, "points": points}
 

@@ -410,28 +410,6 @@ def _qk_norm_skipped(real: Any) -> Any:
     return rms_norm
 
 
-for _id, _title, _make in (
-    (
-        "qk-norm-over-projection",
-        "Qwen3 q/k norm over the projection, not each head",
-        _qk_norm_over_projection,
-    ),
-    ("qk-norm-skipped", "Qwen3 q/k norm skipped", _qk_norm_skipped),
-):
-    register(
-        Defect(
-            _id,
-            _title,
-            "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
-            FORWARD,
-            fmt=None,
-            patch=_ops_patch("rms_norm", _make),
-            right_falsifiers=FORWARD,
-            requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
-        )
-    )
-
-
 def _offset_dropped(real: Any) -> Any:
     """Gemma's RMSNorm computed as every other family's: w, not 1 + w."""
 
@@ -482,43 +460,6 @@ def _embed_scale_dropped(mp: Any) -> None:
             mp.setitem(families.FAMILIES, name, dataclasses.replace(family, embed_scale=False))
 
 
-for _id, _title, _method, _make in (
-    ("norm-offset-dropped", "Gemma RMSNorm by w, not 1 + w", "rms_norm", _offset_dropped),
-    ("norm-offset-twice", "Gemma RMSNorm by 2 + w (the +1 twice)", "rms_norm", _offset_twice),
-    ("gelu-erf-for-tanh", "exact GELU where the config says tanh", "geglu", _gelu_erf),
-    (
-        "attn-softcap-dropped",
-        "Gemma 2 attention scores uncapped",
-        "attention",
-        _attn_softcap_dropped,
-    ),
-):
-    register(
-        Defect(
-            _id,
-            _title,
-            "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
-            FORWARD,
-            fmt=None,
-            patch=_ops_patch(_method, _make),
-            right_falsifiers=FORWARD,
-            requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
-        )
-    )
-register(
-    Defect(
-        "embed-scale-dropped",
-        "Gemma embeddings not scaled by sqrt(hidden)",
-        "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
-        FORWARD,
-        fmt=None,
-        patch=_embed_scale_dropped,
-        right_falsifiers=FORWARD,
-        requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
-    )
-)
-
-
 def _window_off_by_one(real: Any) -> Any:
     """A sliding window that keeps one key too many (``j >= i - window``)."""
 
@@ -546,32 +487,61 @@ def _qk_norm_per_head(real: Any) -> Any:
     return qk_norm
 
 
-register(
-    Defect(
+#: the DESIGN row every family-specific forward defect belongs to
+FAMILY_ROW = "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)"
+
+for _id, _title, _patch in (
+    (
+        "qk-norm-over-projection",
+        "Qwen3 q/k norm over the projection, not each head",
+        _ops_patch("rms_norm", _qk_norm_over_projection),
+    ),
+    ("qk-norm-skipped", "Qwen3 q/k norm skipped", _ops_patch("rms_norm", _qk_norm_skipped)),
+    (
         "qk-norm-per-head",
         "OLMo 2 q/k norm per head, not over the projection",
-        "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
-        FORWARD,
-        fmt=None,
-        patch=_ops_patch("qk_norm", _qk_norm_per_head),
-        right_falsifiers=FORWARD,
-        requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
-    )
-)
-
-
-for _id, _title, _make in (
-    ("window-off-by-one", "sliding window one key too wide", _window_off_by_one),
-    ("window-ignored", "sliding window ignored (full causal attention)", _window_ignored),
+        _ops_patch("qk_norm", _qk_norm_per_head),
+    ),
+    (
+        "norm-offset-dropped",
+        "Gemma RMSNorm by w, not 1 + w",
+        _ops_patch("rms_norm", _offset_dropped),
+    ),
+    (
+        "norm-offset-twice",
+        "Gemma RMSNorm by 2 + w (the +1 twice)",
+        _ops_patch("rms_norm", _offset_twice),
+    ),
+    (
+        "gelu-erf-for-tanh",
+        "exact GELU where the config says tanh",
+        _ops_patch("geglu", _gelu_erf),
+    ),
+    (
+        "attn-softcap-dropped",
+        "Gemma 2 attention scores uncapped",
+        _ops_patch("attention", _attn_softcap_dropped),
+    ),
+    ("embed-scale-dropped", "Gemma embeddings not scaled by sqrt(hidden)", _embed_scale_dropped),
+    (
+        "window-off-by-one",
+        "sliding window one key too wide",
+        _ops_patch("attention", _window_off_by_one),
+    ),
+    (
+        "window-ignored",
+        "sliding window ignored (full causal attention)",
+        _ops_patch("attention", _window_ignored),
+    ),
 ):
     register(
         Defect(
             _id,
             _title,
-            "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
+            FAMILY_ROW,
             FORWARD,
             fmt=None,
-            patch=_ops_patch("attention", _make),
+            patch=_patch,
             right_falsifiers=FORWARD,
             requires=("aprlib.forward.model:Ops", "aprlib.forward.model:Transformer"),
         )
