@@ -527,3 +527,24 @@ def test_a_file_rewritten_before_the_first_forward_is_file_changed(tiny_qwen2, t
     os.utime(file, ns=(0, file.stat().st_mtime_ns + 10**9))
     with pytest.raises(FileChangedError), torch.no_grad():
         net(torch.tensor(TOKENS))
+
+
+def test_the_last_reference_dropped_on_the_reader_thread_releases_without_joining_itself():
+    """CI saw ``RuntimeError: cannot join current thread`` from the finalizer: a net's
+    last reference was dropped by its own prefetch on the reader thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aprlib.forward import weights
+
+    reader = ThreadPoolExecutor(1, thread_name_prefix=weights.READER_THREAD)
+    errors: list[BaseException] = []
+
+    def release_here() -> None:
+        try:
+            weights._release(reader, [])
+        except BaseException as exc:  # what the finalizer would have swallowed
+            errors.append(exc)
+
+    reader.submit(release_here).result(timeout=10)
+    assert errors == []
+    reader.shutdown(wait=True)

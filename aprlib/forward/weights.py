@@ -18,6 +18,7 @@ GIL), so reading the file and computing overlap.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 import zlib
 from collections.abc import Callable, Iterator
@@ -47,6 +48,8 @@ DecoderLayer = nn.Module
 #: the output head is multiplied this many float32 bytes of rows at a time, held or streamed
 #: (the same blocks on both paths keep their logits bit-identical)
 HEAD_BLOCK_BYTES = 64 << 20
+#: the name (prefix) of a streamed source's reader thread
+READER_THREAD = "apr-stream"
 #: what a process holds before any weight: the interpreter, torch, the activations of a
 #: short prompt (measured: 0.33-0.45 GB on the 0.5B and 7B shapes)
 BASELINE_BYTES = 600 << 20
@@ -290,7 +293,7 @@ class StreamedWeights:
         raw_size = max((sum(t.nbytes for t in ts.values()) for ts in self._layers), default=0)
         self._raw = [np.empty(raw_size, np.uint8), np.empty(raw_size, np.uint8)]
         self._pending: tuple[int, Future[None]] | None = None
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="apr-stream")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix=READER_THREAD)
         self._head_buffer: tuple[np.ndarray, Tensor] | None = None
         self._verified: set[str] = set()  # checksummed tensors whose CRC32 held once
         #: CRC32 of each tensor's stored bytes as they stream past, when a caller asks
@@ -491,7 +494,11 @@ class StreamedWeights:
 
 
 def _release(reader: ThreadPoolExecutor, files: list[FileSource]) -> None:
-    reader.shutdown(wait=True)
+    """Stop the reader and close the files. The last reference may be dropped on the reader
+    thread itself (a prefetch holding the source when its net is collected): it cannot
+    join itself, and it is running the last task, so it only asks the pool to stop."""
+    on_reader = threading.current_thread().name.startswith(READER_THREAD)
+    reader.shutdown(wait=not on_reader)
     for src in files:
         src.close()
 
