@@ -114,6 +114,14 @@ class Family:
         """The ``general.architecture`` a GGUF of this family is written with."""
         return self.gguf_name or self.name
 
+    def config_default(self, key: str, fallback: object = None) -> object:
+        """``key``'s value in the family's transformers config class (``config_defaults``)."""
+        return dict(self.config_defaults).get(key, fallback)
+
+    def llama_cpp_default(self, key: str) -> object:
+        """What llama.cpp takes for ``key`` when a GGUF lacks it (``llama_cpp_defaults``)."""
+        return dict(self.llama_cpp_defaults).get(key)
+
 
 QWEN2 = Family(
     "qwen2",

@@ -126,6 +126,13 @@ class ModelConfig:
 SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types names
 
 
+def pattern_types(every: int, layers: int) -> list[str]:
+    """A window pattern as a type per layer: of every ``every`` layers the last is full, the
+    rest windowed (transformers' ``sliding_window_pattern``, llama.cpp's period form of
+    ``sliding_window_pattern``; 0, as llama.cpp reads it, windows every layer)."""
+    return [SLIDING if every == 0 or (i + 1) % every else FULL for i in range(layers)]
+
+
 def canonical_window(
     window: Any, layer_types: Any, num_layers: Any
 ) -> tuple[Any, tuple[Any, ...] | None]:
@@ -608,9 +615,7 @@ def from_hf(config: dict[str, Any]) -> ModelConfig:
         num_attention_heads=int(config["num_attention_heads"]),
         num_key_value_heads=int(config.get("num_key_value_heads", config["num_attention_heads"])),
         rms_norm_eps=float(
-            config.get(
-                "rms_norm_eps", dict(FAMILIES[arch].config_defaults).get("rms_norm_eps", 1e-6)
-            )
+            config.get("rms_norm_eps", FAMILIES[arch].config_default("rms_norm_eps", 1e-6))
         ),
         rope_theta=float(rope_theta),
         max_position_embeddings=int(
@@ -709,7 +714,7 @@ def hf_window_keys(cfg: ModelConfig) -> dict[str, Any]:
     if window == "pattern":  # every layer's type, stated (no pattern to infer it from)
         types = [SLIDING if cfg.layer_window(i) else FULL for i in range(cfg.num_hidden_layers)]
         # no sliding layer: the class still wants a window (no layer reads it)
-        unread = dict(cfg.family.config_defaults).get("sliding_window")
+        unread = cfg.family.config_default("sliding_window")
         return {"sliding_window": cfg.sliding_window or unread, "layer_types": types}
     out: dict[str, Any] = {"use_sliding_window": cfg.sliding_window is not None}
     if cfg.sliding_window is None:
@@ -844,10 +849,9 @@ def hf_gemma_fields(config: dict[str, Any], family: Family) -> dict[str, Any]:
     3's keeps ``attn_logit_softcapping`` without applying it."""
     if not family.query_scale:
         return {}
-    defaults = dict(family.config_defaults)
 
     def get(key: str) -> Any:
-        return config.get(key, defaults.get(key))
+        return config.get(key, family.config_default(key))
 
     out: dict[str, Any] = {
         "query_pre_attn_scalar": get("query_pre_attn_scalar"),
@@ -876,7 +880,7 @@ def hf_window(config: dict[str, Any], family: Family) -> dict[str, Any]:
     config holds. A window left out is the class's default (4096)."""
     if family.window is None:
         return {"sliding_window": None, "layer_types": None}
-    window = config.get("sliding_window", dict(family.config_defaults).get("sliding_window"))
+    window = config.get("sliding_window", family.config_default("sliding_window"))
     layers = config["num_hidden_layers"]
     types: Any = None
     if family.window == "pattern":
@@ -887,7 +891,7 @@ def hf_window(config: dict[str, Any], family: Family) -> dict[str, Any]:
                 every = config.get("sliding_window_pattern", every)
             if isinstance(every, bool) or not isinstance(every, int) or every < 1:
                 raise ConfigValueError("sliding_window_pattern", every, "must be an integer >= 1")
-            types = [SLIDING if (i + 1) % every else FULL for i in range(layers)]
+            types = pattern_types(every, layers)
     elif family.window == "per_layer":
         types = config.get("layer_types")
         if not config.get("use_sliding_window", False):
@@ -927,7 +931,7 @@ def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.sliding_window is not None:
         kv[f"{arch}.attention.sliding_window"] = cfg.sliding_window
     elif cfg.family.window == "pattern":  # no layer windowed: said, or llama.cpp defaults one
-        unread = dict(cfg.family.config_defaults).get("sliding_window", 4096)
+        unread = cfg.family.config_default("sliding_window", 4096)
         kv[f"{arch}.attention.sliding_window"] = unread
     if cfg.layer_types is not None or cfg.family.window == "pattern":
         # llama.cpp's key, true for each windowed layer; stated for a pattern family even
@@ -1145,7 +1149,7 @@ def _gguf_window(kv: dict[str, Any], arch: str, family: Family) -> dict[str, Any
     window left out is its default where it has one (Gemma 2: 4096)."""
     window = kv.get(f"{arch}.attention.sliding_window")
     if window is None:
-        window = dict(family.llama_cpp_defaults).get("sliding_window")
+        window = family.llama_cpp_default("sliding_window")
     if window is None:
         return {}
     if family.window is None:
@@ -1164,7 +1168,7 @@ def _gguf_window(kv: dict[str, Any], arch: str, family: Family) -> dict[str, Any
         return {"sliding_window": _integral(window)}  # block_count is named elsewhere
     if isinstance(pattern, int) and not isinstance(pattern, bool) and 0 <= pattern < 1 << 32:
         # the period form: of every ``pattern`` layers the last is full (0: all windowed)
-        pattern = [pattern == 0 or i % pattern < pattern - 1 for i in range(layers)]
+        pattern = [kind == SLIDING for kind in pattern_types(pattern, layers)]
     if (
         not isinstance(pattern, list)
         or len(pattern) != layers

@@ -456,8 +456,10 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
         cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         if cap:  # Gemma 2: ForCausalLM caps the head's output after the module returns
             handles.append(layout.lm_head.register_forward_hook(capped(float(cap))))
-            derived["logits"] = f"lm_head's output through {cap:g}·tanh(x / {cap:g}), as "
-            derived["logits"] += "the model's forward applies it after the module"
+            derived["logits"] = (
+                f"lm_head's output through {cap:g}·tanh(x / {cap:g}), as the model's forward "
+                "applies it after the module"
+            )
         else:
             on_output(layout.lm_head, "logits")
 
