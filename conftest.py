@@ -32,6 +32,10 @@ TINY = dict(
 )
 
 
+#: a tiny mixture of experts: every layer sparse, each token to 2 of 4 experts
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Every verdict names the llama.cpp build that produced it: its version is in the
     evidence's host block already; this adds the CPU features it was built for and sees,
@@ -68,8 +72,17 @@ class TinyModel:
         return self.folder / "model.safetensors"
 
     def state(self) -> dict[str, Any]:
-        """Parameter values as float32 numpy arrays, by HF name (the independent oracle)."""
-        return {k: v.detach().float().numpy() for k, v in self.model.state_dict().items()}
+        """Parameter values as float32 numpy arrays, by HF name (the independent oracle);
+        a mixture's experts as transformers saves them (read back with ``safetensors``),
+        one tensor per expert, where transformers 5 stacks them in memory."""
+        state = self.model.state_dict()
+        if any(".experts." in k for k in state):
+            from safetensors.torch import load_file
+
+            state = load_file(str(self.folder / "model.safetensors"))
+            if self.tied:
+                state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
 def hf_classes() -> dict[str, tuple[Any, Any]]:
@@ -85,10 +98,14 @@ def hf_classes() -> dict[str, tuple[Any, Any]]:
         MistralForCausalLM,
         Olmo2Config,
         Olmo2ForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
         Qwen3Config,
         Qwen3ForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
     )
 
     return {
@@ -97,9 +114,20 @@ def hf_classes() -> dict[str, tuple[Any, Any]]:
         "mistral": (MistralConfig, MistralForCausalLM),  # a sliding window on every layer
         "qwen3": (Qwen3Config, Qwen3ForCausalLM),  # q/k RMSNorm per head
         "olmo2": (Olmo2Config, Olmo2ForCausalLM),  # norms after; q/k norm over the projection
+        "phi3": (Phi3Config, Phi3ForCausalLM),  # fused qkv_proj and gate_up_proj
+        "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),  # a router and experts
         "gemma2": (Gemma2Config, Gemma2ForCausalLM),  # (1 + w) norms, soft-caps, windows
         "gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM),  # (1 + w) norms, GELU, windows
     }
+
+
+def eager_experts(model: Any) -> Any:
+    """A mixture's experts computed by transformers' own loop over them (``eager``, the
+    modeling file's code), not its default grouped matmul, which raises "strides should be
+    multiple of 16 bytes" for expert widths a tiny model has: the oracle must run."""
+    if hasattr(model.config, "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+    return model
 
 
 def build_tiny(
@@ -114,11 +142,15 @@ def build_tiny(
 
     config_cls, model_cls = hf_classes()[architecture]
     values = {**TINY, **overrides}
-    if architecture in ("qwen3", "mistral", "gemma2", "gemma3_text"):  # defaults of 128, 256
+    if architecture == "qwen3_moe":  # its class's 128 experts of 768: a few small ones
+        values = {**MOE, **values}
+    if architecture in ("qwen3", "qwen3_moe", "mistral", "gemma2", "gemma3_text"):  # 128, 256
         values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+    if architecture == "phi3":  # its class defaults to Phi-3's ids (32000) past a tiny vocab
+        values = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **values}
     config = config_cls(**values, tie_word_embeddings=tied)
     torch.manual_seed(seed)
-    model = model_cls(config).eval()
+    model = eager_experts(model_cls(config).eval())
     with torch.no_grad():
         for name, p in model.named_parameters():
             # random everywhere; norms around 1 with spread, so a dropped norm shows

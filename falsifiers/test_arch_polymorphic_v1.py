@@ -48,11 +48,21 @@ def check_mismatch_named(tiny, work: Path, changes: dict, expected: list[str]) -
 
 @pytest.mark.falsifies("FALSIFY-ARCH-001")
 @pytest.mark.parametrize(
-    "arch", ["qwen2", "llama", "mistral", "qwen3", "olmo2", "gemma2", "gemma3_text"]
+    "arch",
+    ["qwen2", "llama", "mistral", "qwen3", "olmo2", "gemma2", "gemma3_text", "phi3", "qwen3_moe"],
 )
 @pytest.mark.parametrize("edit", sorted(EDITS))
 def test_mismatched_config_names_every_field(tiny_factory, tmp_path, arch, edit):
     changes, expected = EDITS[edit]
+    if arch == "qwen3_moe" and "intermediate_size" in changes:  # no dense MLP: the experts'
+        changes = {**changes, "moe_intermediate_size": changes["intermediate_size"]}
+        expected = [
+            e.replace(
+                "intermediate_size: config 128, weights 160",
+                "moe_intermediate_size: config 128, weights 48",
+            )
+            for e in expected
+        ]
     check_mismatch_named(tiny_factory(arch, tied=False), tmp_path, changes, expected)
 
 
@@ -100,6 +110,10 @@ QWEN_LAYER_TYPES = {
         ("olmo2", True, {}),
         ("gemma2", True, {"sliding_window": 4, "final_logit_softcapping": 5.0}),
         ("gemma3_text", False, {"sliding_window": 3, "sliding_window_pattern": 2}),
+        ("phi3", False, {"sliding_window": 4}),
+        ("phi3", True, {}),
+        ("qwen3_moe", False, {}),
+        ("qwen3_moe", True, {"mlp_only_layers": [1], "norm_topk_prob": False}),
     ],
     ids=lambda v: "window" if v in (QWEN_WINDOW, QWEN_LAYER_TYPES) else None,
 )

@@ -1,11 +1,12 @@
 """Falsifiers of forward-parity-hf-v1: our reference forward equals transformers'.
 
 The oracle is transformers' own implementation of each family (Qwen2, Llama, Mistral, Qwen3,
-OLMo 2, Gemma 2, Gemma 3), fed the same random weights (every tensor random, norms and
-biases too). Hypothesis draws the structure: heads, kv heads, head size, FFN width, layers,
-vocab, tie, biases, rope base and scaling, sliding windows (Mistral's on every layer, Qwen's
-from ``max_window_layers`` or per ``layer_types``, Gemma's by pattern or per layer, often
-shorter than the tokens), Gemma's query scale and soft-caps, tokens.
+OLMo 2, Gemma 2, Gemma 3, Phi-3, Qwen3-MoE), fed the same random weights (every tensor
+random, norms and biases too). Hypothesis draws the structure: heads, kv heads, head size,
+FFN width, layers, vocab, tie, biases, rope base and scaling, sliding windows (Mistral's and
+Phi-3's on every layer, Qwen's from ``max_window_layers`` or per ``layer_types``, Gemma's by
+pattern or per layer, often shorter than the tokens), Gemma's query scale and soft-caps, a
+mixture's experts (count, per token, width, renormalised or not, dense layers), tokens.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Spec:
 
 @st.composite
 def specs(draw: st.DrawFn) -> Spec:
-    arch = draw(st.sampled_from(["qwen2", "llama", "mistral", "qwen3", "olmo2", *GEMMAS]))
+    families = ["qwen2", "llama", "mistral", "qwen3", "olmo2", *GEMMAS, "phi3", "qwen3_moe"]
+    arch = draw(st.sampled_from(families))
     n_kv = draw(st.sampled_from([1, 2, 3]))
     n_heads = n_kv * draw(st.sampled_from([1, 2, 4]))
     head_dim = draw(st.sampled_from([4, 8, 16]))
@@ -82,17 +84,24 @@ def specs(draw: st.DrawFn) -> Spec:
         rope["factor"] = draw(st.sampled_from([2.0, 4.0]))
         hf["max_position_embeddings"] = draw(st.sampled_from([4, 8, 64]))  # outgrown or not
     hf["rope_parameters"] = rope
+    if arch == "phi3":  # its class takes longrope or none (longrope: refused, not drawn)
+        hf.update(rope_parameters={"rope_type": "default", "rope_theta": theta})
+        hf["max_position_embeddings"] = 64
     if arch == "llama":
         hf["attention_bias"] = draw(st.booleans())
         hf["mlp_bias"] = draw(st.booleans())
-    if arch in ("qwen3", "olmo2"):  # no MLP bias; their attention bias covers o_proj
+    if arch == "qwen3_moe":
+        draw_experts(draw, hf)
+    if arch in ("qwen3", "olmo2", "qwen3_moe"):  # no MLP bias; attention bias covers o_proj
         hf["attention_bias"] = draw(st.booleans())
     window = draw(st.one_of(st.none(), st.integers(1, 12)))
     if arch in GEMMAS:
         draw_gemma(draw, arch, hf)
-    elif arch == "mistral":
+    elif arch in ("mistral", "phi3"):  # on every layer
         hf["sliding_window"] = window
-    elif arch in ("qwen2", "qwen3") and window is not None:
+    if arch == "phi3":  # its class's ids (32000) would be past the vocab
+        hf.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    elif arch in ("qwen2", "qwen3", "qwen3_moe") and window is not None:
         layers = hf["num_hidden_layers"]
         hf.update(use_sliding_window=True, sliding_window=window)
         if draw(st.booleans()):
@@ -106,6 +115,25 @@ def specs(draw: st.DrawFn) -> Spec:
 
 
 GEMMAS = ("gemma2", "gemma3_text")
+
+
+def draw_experts(draw: st.DrawFn, hf: dict[str, Any]) -> None:
+    """A mixture: how many experts, how many run per token (all of them, or one), their
+    width, whether the k weights are renormalised, and which layers stay dense (listed
+    in ``mlp_only_layers`` or off ``decoder_sparse_step``)."""
+    experts = draw(st.integers(1, 6))
+    hf.update(
+        num_experts=experts,
+        num_experts_per_tok=draw(st.integers(1, experts)),
+        moe_intermediate_size=draw(st.integers(4, 40)),
+        norm_topk_prob=draw(st.booleans()),
+    )
+    layers = hf["num_hidden_layers"]
+    dense = draw(st.sampled_from(["none", "listed", "step"]))
+    if dense == "listed":
+        hf["mlp_only_layers"] = draw(st.lists(st.integers(0, layers - 1), unique=True))
+    elif dense == "step":
+        hf["decoder_sparse_step"] = draw(st.integers(1, 2))
 
 
 def draw_gemma(draw: st.DrawFn, arch: str, hf: dict[str, Any]) -> None:
@@ -135,11 +163,11 @@ def draw_gemma(draw: st.DrawFn, arch: str, hf: dict[str, Any]) -> None:
 
 def hf_model(spec: Spec) -> torch.nn.Module:
     """transformers' model with every parameter random (norms around 1, with spread)."""
-    from conftest import hf_classes
+    from conftest import eager_experts, hf_classes
 
     config_cls, model_cls = hf_classes()[spec.architecture]
     torch.manual_seed(spec.seed)
-    model = model_cls(config_cls(**spec.hf)).eval()
+    model = eager_experts(model_cls(config_cls(**spec.hf)).eval())
     with torch.no_grad():
         for name, p in model.named_parameters():
             base = 1.0 if "norm" in name else 0.0
@@ -148,14 +176,31 @@ def hf_model(spec: Spec) -> torch.nn.Module:
 
 
 def ours_from(model: torch.nn.Module, ops: Ops | None = None) -> Transformer:
-    """Our Transformer built from transformers' config.json and its state dict (copied)."""
+    """Our Transformer built from transformers' config.json and its state dict (copied;
+    a mixture of experts as transformers saves it, one tensor per expert, where in memory
+    transformers 5 stacks them)."""
     cfg = from_hf({**model.config.to_dict(), "architectures": model.config.architectures})
     net = Transformer(cfg, ops)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = saved_state(model)
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     net.load_state_dict(state, strict=True, assign=True)
     return net.eval()
+
+
+def saved_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors transformers writes for ``model`` (its own save, so its own conversion
+    of in-memory stacked experts into the published one-tensor-per-expert names)."""
+    state = model.state_dict()
+    if not any(".experts." in name for name in state):
+        return {k: v.detach().clone() for k, v in state.items()}
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return load_file(str(Path(folder) / "model.safetensors"))
 
 
 def parity(spec: Spec, ops: Ops | None = None) -> float:
@@ -325,6 +370,50 @@ FIXED = {
         15,
         9,
     ),
+    "phi3-fused-gqa-window": Spec(  # k and v, gate and up: same sizes, so a swap is silent
+        "phi3",
+        dict(
+            vocab_size=84,
+            hidden_size=48,
+            intermediate_size=56,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            sliding_window=7,
+            tie_word_embeddings=False,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        2,
+        17,
+        11,
+    ),
+    "qwen3-moe-dense-layer": Spec(  # two of five experts per token; layer 1 dense
+        "qwen3_moe",
+        dict(
+            vocab_size=78,
+            hidden_size=48,
+            intermediate_size=60,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            num_experts=5,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            norm_topk_prob=True,
+            mlp_only_layers=[1],
+            tie_word_embeddings=False,
+        ),
+        2,
+        16,
+        13,
+    ),
     "gemma3-sandwich-local-rope": Spec(
         "gemma3_text",
         dict(
@@ -402,8 +491,14 @@ def check_generation_and_loss(spec: Spec) -> None:
     tokens = torch.randint(0, spec.hf["vocab_size"], (1, 7), generator=gen)
     ours = net.generate(tokens, 12)
     with torch.no_grad():
+        # the mask stated: generate would infer one from pad_token_id, masking a prompt's 0s
         theirs = model.generate(
-            tokens, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
         )
         full = net(ours[:, :-1]).argmax(-1)[:, tokens.shape[1] - 1 :]
         hf_logits = model(ours[:, :-1]).logits  # the forward loss runs (dynamic rope: same length)

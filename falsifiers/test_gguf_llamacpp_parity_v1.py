@@ -12,6 +12,7 @@ import pytest
 from aprlib import DType, Ops, OracleCrashed, model_from_arrays, open_model, write_model
 from aprlib.cli.main import main as apr
 from aprlib.formats.dtypes import from_float32
+from aprlib.formats.output import ROUTER_SUFFIX
 from aprlib.forward.logits import (
     DTYPE_GATES,
     Gates,
@@ -32,15 +33,20 @@ GELU_TABLE_GATES = Gates(max_kl=1e-6, min_top1=1.0, max_nmse=1e-6)
 #: Gemma's queries scaled by 1/sqrt(head_dim) (llama.cpp derives the scale from the model's
 #: size; a config that says otherwise gets a convert note), Gemma 2's head the embedding
 GEMMA_SCALE = {"query_pre_attn_scalar": WIDE["hidden_size"] // 4}  # head_dim of 4 heads
-FAMILY_TINY = {"gemma2": {"tied": True, **GEMMA_SCALE}, "gemma3_text": GEMMA_SCALE}
+FAMILY_TINY = {
+    "gemma2": {"tied": True, **GEMMA_SCALE},
+    "gemma3_text": GEMMA_SCALE,
+    "qwen3_moe": {"moe_intermediate_size": 256},  # experts' down rows: whole Q4_K blocks
+}
 
 
 def gguf_in(src: Path, dst: Path, dtype: DType) -> Path:
-    """2-D weights in ``dtype``, 1-D (norms, biases) in F32, as llama.cpp's converter writes."""
+    """2-D weights in ``dtype``, 1-D (norms, biases) and a mixture's router in F32, as
+    llama.cpp's converter writes."""
     with open_model(src) as model:
         arrays = {}
         for t in model:
-            d = dtype if len(t.shape) == 2 else DType.F32
+            d = dtype if len(t.shape) == 2 and not t.name.endswith(ROUTER_SUFFIX) else DType.F32
             arrays[t.name] = (d, t.shape, from_float32(t.to_float32(), d))
         write_model(model_from_arrays(arrays, model.config), dst)
     return dst
@@ -76,7 +82,17 @@ def check_parity(tiny, work: Path, dtype: DType) -> dict[str, float]:
     return out
 
 
-FAMILIES = ["qwen2", "llama", "mistral", "qwen3", "olmo2", "gemma2", "gemma3_text"]
+FAMILIES = [
+    "qwen2",
+    "llama",
+    "mistral",
+    "qwen3",
+    "olmo2",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "qwen3_moe",
+]
 
 
 def wide_tiny(tiny_factory, arch: str, **more: Any) -> Any:
@@ -151,11 +167,11 @@ def test_f32_gguf_with_rope_scaling_in_llamacpp_equals_reference(tmp_path, arch,
 
 @pytest.mark.falsifies("FALSIFY-LLAMACPP-002")
 @pytest.mark.parametrize("dtype", [DType.BF16, DType.Q8_0, DType.Q4_K], ids=lambda d: d.name)
-@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3", "phi3", "qwen3_moe"])
 def test_quantised_gguf_in_llamacpp_within_dtype_bound(
     tiny_factory, tmp_path, arch, dtype, evidence
 ):
-    evidence.record(**check_parity(tiny_factory(arch, **WIDE), tmp_path, dtype))
+    evidence.record(**check_parity(wide_tiny(tiny_factory, arch), tmp_path, dtype))
 
 
 def llamacpp_runs(gguf: Path, tokens: list[int]) -> np.ndarray:
@@ -183,9 +199,53 @@ def check_half_precision_convert(tiny, work: Path) -> dict[str, float]:
     assert apr(["convert", str(tiny.safetensors), str(gguf)]) == 0
     reference = reference_logits(tiny.safetensors, tokens)
     theirs = llamacpp_runs(gguf, tokens)
-    c = compare_logits(reference, theirs, tokens, tokens, DTYPE_GATES["bf16"])
+    ties = routing_ties(tiny.safetensors, tokens, BF16_STEP)
+    assert len(ties) <= len(tokens) // 10, f"{len(ties)} of {len(tokens)} tokens route on a tie"
+    keep = [i for i in range(len(tokens)) if i not in ties]
+    kept = [tokens[i] for i in keep]
+    c = compare_logits(reference[keep], theirs[keep], kept, kept, DTYPE_GATES["bf16"])
     assert c.verdict == "PASS", f"{tiny.dtype}: failed {c.failed}: {c.gates}"
-    return {"kl_mean": c.kl_mean, "top1": c.top1, "nmse": c.nmse}
+    return {"kl_mean": c.kl_mean, "top1": c.top1, "nmse": c.nmse, "routing_ties": len(ties)}
+
+
+#: BF16's rounding step: the relative error of an activation llama.cpp rounds to BF16
+BF16_STEP = 2.0**-8
+
+
+def routing_ties(src: Path, tokens: list[int], step: float) -> list[int]:
+    """Positions where a mixture's router, in the float32 reference, separates its k-th
+    from its (k+1)-th expert by less than ``step`` of its largest logit in some layer: at
+    that precision the choice is not the model's to make (a bf16 Qwen3-MoE had one such
+    token, logit margin 7e-4 of 3.5; llama.cpp took the other expert, KL 2.3e-3 over 40
+    tokens, 6e-5 without it). Empty for a model without experts."""
+    import torch
+
+    from aprlib import Transformer
+    from aprlib.forward import model
+
+    net = Transformer.from_file(src)
+    if not net.config.family.moe:
+        return []
+    real, seen = model.route, []
+
+    def spy(logits, k, renormalise):
+        seen.append((logits.detach().float(), k))
+        return real(logits, k, renormalise)
+
+    model.route = spy
+    try:
+        with torch.no_grad():
+            net(torch.tensor([tokens]))
+    finally:
+        model.route = real
+    ties: set[int] = set()
+    for logits, k in seen:
+        if k >= logits.shape[-1]:
+            continue  # every expert runs: no choice to tie
+        top = logits.topk(k + 1, dim=-1).values
+        margin = top[:, k - 1] - top[:, k]
+        ties |= set((margin < step * logits.abs().max()).nonzero().flatten().tolist())
+    return sorted(ties)
 
 
 @pytest.mark.falsifies("FALSIFY-LLAMACPP-003")

@@ -100,6 +100,9 @@ PRE = {
     "qwen3": "qwen2",
     "olmo2": "llama-bpe",
     "gemma3_text": "llama-bpe",  # its converter takes a BPE tokenizer.json without tokenizer.model
+    "phi3": "llama-bpe",  # as GPT2Tokenizer (Phi-4's way), not its tokenizer.model
+    "qwen3_moe": "qwen2",
+    "gemma2": "default",  # SentencePiece: its converter reads tokenizer.model
 }
 
 
@@ -116,13 +119,23 @@ def converter_vocab(pre: str) -> int:
 def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
     """llama.cpp's GGUF of an HF folder: opens, diffs clean (quantisation noise within its
     bound where it quantised), and goes back to APR and safetensors losslessly."""
-    folder, _ = hf_folder_with_tokenizer(tiny, PRE[arch], work)
+    if arch == "gemma2":  # Gemma's SentencePiece tokenizer, as the family ships it
+        from falsifiers.test_tokenizer_fidelity_v1 import FLAVOURS, hf_folder_with_spm
+
+        folder, _ = hf_folder_with_spm(tiny, FLAVOURS["gemma"], work)
+    else:
+        folder, _ = hf_folder_with_tokenizer(tiny, PRE[arch], work)
     if arch == "gemma3_text":  # the fixture's BPE, read as itself: transformers' Gemma
         config = folder / "tokenizer_config.json"  # tokenizer class would add <unk>, <mask>
         config.write_text(
             json.dumps(
                 {**json.loads(config.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}
             )
+        )
+    if arch == "phi3":  # its converter reads tokenizer.model unless the class is GPT-2's
+        config = folder / "tokenizer_config.json"
+        config.write_text(
+            json.dumps({**json.loads(config.read_text()), "tokenizer_class": "GPT2Tokenizer"})
         )
     gguf = convert_hf_to_gguf(folder, work / f"llama-cpp-{outtype}.gguf", PRE[arch], outtype)
     with open_model(folder) as hf, open_model(gguf) as theirs:
@@ -154,6 +167,9 @@ def check_llama_cpp_gguf(tiny, arch: str, outtype: str, work: Path) -> str:
         ("mistral", "f32"),
         ("olmo2", "f32"),
         ("gemma3_text", "f32"),
+        ("phi3", "f32"),
+        ("qwen3_moe", "f32"),
+        ("gemma2", "f32"),
         ("qwen2", "q8_0"),
         ("llama", "bf16"),
         ("qwen3", "q8_0"),
@@ -163,14 +179,19 @@ def test_llama_cpp_converter_output_opens_diffs_clean_and_converts_back(
     tiny_factory, tmp_path, arch, outtype, evidence
 ):
     # a Mistral without a window: llama.cpp's converter drops one (tests/test_sliding_window)
-    window = {"sliding_window": None} if arch == "mistral" else {}
+    window = {"sliding_window": None} if arch in ("mistral", "phi3") else {}
     vocab, dtype = VOCAB, "float32"
     if arch == "gemma3_text":
         # Gemma ships in bf16: its converter's norm + 1 is then exact in float32 and our
         # reader's - 1 gives transformers' w back bit for bit; and the converter cuts the
         # embedding to the tokenizer's entries, so the model has exactly that many rows
         dtype, vocab = "bfloat16", converter_vocab(PRE[arch])
-    if arch == "gemma3_text":  # its published scale: llama.cpp derives 1/sqrt(head_dim)
+    if arch == "gemma2":  # bf16 as above; the SentencePiece fixture's vocabulary; tied,
+        # as llama.cpp's gemma2 graph has no output tensor
+        from falsifiers.test_tokenizer_fidelity_v1 import SPM_VOCAB
+
+        dtype, vocab, window["tied"] = "bfloat16", SPM_VOCAB, True
+    if arch in ("gemma3_text", "gemma2"):  # published scale: llama.cpp derives 1/sqrt(head_dim)
         window["query_pre_attn_scalar"] = 16
     tiny = tiny_factory(arch, vocab_size=vocab, dtype=dtype, **window)
     evidence.record(diagnosis=check_llama_cpp_gguf(tiny, arch, outtype, tmp_path)[:300])

@@ -256,13 +256,13 @@ def test_issue_rope_scalings_in_gguf_aprlib_key_are_one_typed_line(tiny, tmp_pat
             "llama.attention.layer_norm_rms_epsilon",
             "rms_norm_eps is 0.0:",
         ),
-        (
-            {"llama.attention.sliding_window": (0, GGUFValueType.UINT32)},
+        (  # 0 is llama.cpp's converters' "no window" (tests/test_phi3.py); past 2**30 is not
+            {"llama.attention.sliding_window": (1 << 31, GGUFValueType.UINT32)},
             "llama.attention.sliding_window",
-            "sliding_window is 0:",
+            "sliding_window is 2147483648:",
         ),
     ],
-    ids=["linear-nan", "yarn-context-0", "theta-inf", "eps-0", "window-0"],
+    ids=["linear-nan", "yarn-context-0", "theta-inf", "eps-0", "window-2**31"],
 )
 def test_bad_values_in_llama_cpp_gguf_keys_are_one_typed_line(
     tiny, tmp_path, capsys, values, field, said

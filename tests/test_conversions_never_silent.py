@@ -77,8 +77,8 @@ def test_a_shard_missing_without_an_index_is_refused_by_name(sharded, tmp_path, 
 def test_an_unsupported_gguf_architecture_is_named_not_a_tensor(tmp_path, capsys):
     from gguf import GGUFWriter
 
-    path = tmp_path / "phi3.gguf"
-    writer = GGUFWriter(str(path), "phi3")
+    path = tmp_path / "phi2.gguf"
+    writer = GGUFWriter(str(path), "phi2")
     writer.add_block_count(1)
     writer.add_tensor("blk.0.attn_qkv.weight", np.ones((24, 8), dtype=np.float32))
     writer.write_header_to_file()
@@ -88,24 +88,24 @@ def test_an_unsupported_gguf_architecture_is_named_not_a_tensor(tmp_path, capsys
     with pytest.raises(GgufFormatError) as caught:
         open_model(path)
     assert caught.value.field == "general.architecture"
-    assert "'phi3' is not supported; supported: qwen2, llama" in str(caught.value)
+    assert "'phi2' is not supported; supported: qwen2, llama" in str(caught.value)
     capsys.readouterr()
     assert apr(["convert", str(path), str(tmp_path / "out.apr")]) == 1
     err = capsys.readouterr().err
-    assert "general.architecture 'phi3'" in err and "attn_qkv" not in err
+    assert "general.architecture 'phi2'" in err and "attn_qkv" not in err
     # inspect lists any file it can parse (seen 6), and says why nothing else runs it
     assert apr(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "blk.0.attn_qkv.weight" in out
-    assert "unsupported:" in out and "general.architecture 'phi3'" in out
+    assert "unsupported:" in out and "general.architecture 'phi2'" in out
 
 
 def test_inspect_lists_an_unsupported_hf_folder(tmp_path, capsys):
-    """Seen 6: a folder of a family we cannot run (Phi-3 here; Qwen3, then OLMo 2 when
-    this test was written) was refused by `apr inspect` instead of listed."""
-    from transformers import Phi3Config, Phi3ForCausalLM
+    """Seen 6: a folder of a family we cannot run (Phi-2 here; Qwen3, OLMo 2, then Phi-3
+    when this test was written) was refused by `apr inspect` instead of listed."""
+    from transformers import PhiConfig, PhiForCausalLM
 
-    config = Phi3Config(
+    config = PhiConfig(
         pad_token_id=0,
         vocab_size=64,
         hidden_size=32,
@@ -114,16 +114,16 @@ def test_inspect_lists_an_unsupported_hf_folder(tmp_path, capsys):
         num_attention_heads=4,
         num_key_value_heads=2,
     )
-    model = Phi3ForCausalLM(config)
-    model.save_pretrained(tmp_path / "phi3")
+    model = PhiForCausalLM(config)
+    model.save_pretrained(tmp_path / "phi")
     capsys.readouterr()
-    assert apr(["inspect", str(tmp_path / "phi3"), "--json"]) == 0
+    assert apr(["inspect", str(tmp_path / "phi"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     names = {t["name"] for t in info["tensors"]}
     assert names == set(model.state_dict())
-    assert "model_type='phi3'" in info["unsupported"] and info["config"] is None
-    assert apr(["convert", str(tmp_path / "phi3"), str(tmp_path / "phi3.gguf")]) == 1
-    assert "unsupported architecture (model_type='phi3'" in capsys.readouterr().err
+    assert "model_type='phi'" in info["unsupported"] and info["config"] is None
+    assert apr(["convert", str(tmp_path / "phi"), str(tmp_path / "phi.gguf")]) == 1
+    assert "unsupported architecture (model_type='phi'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

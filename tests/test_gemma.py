@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from aprlib import GgufFormatError, convert, diff_models, open_model
 from aprlib.cli.main import main as apr
-from aprlib.forward.hf_capture import capture_hf, reference_from_hf, reference_points
 from falsifiers.test_gguf_real_files_v1 import rewrite_gguf
+from tests.family_checks import check_capture_matches_reference, check_every_format_and_back
 
 TOKENS = [3, 17, 42, 5, 88, 1, 60, 29, 11, 70, 2]
 GEMMA3 = {"sliding_window": 4, "query_pre_attn_scalar": 16, "sliding_window_pattern": 2}
@@ -128,34 +127,13 @@ def test_the_config_survives_every_format_and_transformers_loads_it_back(
     tiny_factory, tmp_path, arch
 ):
     tiny = tiny_factory(arch, tied=arch == "gemma2", **(GEMMA3 if arch != "gemma2" else GEMMA2))
-    convert(tiny.folder, tmp_path / "m.gguf")
-    convert(tmp_path / "m.gguf", tmp_path / "m.apr")
-    (tmp_path / "back").mkdir()
-    convert(tmp_path / "m.apr", tmp_path / "back" / "model.safetensors")
-    with open_model(tiny.folder) as src:
-        for path in (tmp_path / "m.gguf", tmp_path / "m.apr", tmp_path / "back"):
-            with open_model(path) as m:
-                assert m.config == src.config, path.name
-                assert diff_models(src, m).clean, path.name
-    from transformers import AutoModelForCausalLM
-
-    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
-    with torch.no_grad():
-        ours = back(torch.tensor([TOKENS])).logits
-        theirs = tiny.model(torch.tensor([TOKENS])).logits
-    assert float((ours - theirs).abs().max()) < 1e-5
+    check_every_format_and_back(tiny, tmp_path, TOKENS)
 
 
 @pytest.mark.parametrize("arch", ["gemma3_text", "gemma2"])
 def test_transformers_modules_give_every_point_of_the_reference(tiny_factory, arch):
     tiny = tiny_factory(arch, tied=True, **(GEMMA3 if arch != "gemma2" else GEMMA2))
-    cap = capture_hf(tiny.model, TOKENS)
-    ref = reference_points(reference_from_hf(tiny.model), TOKENS)
-    assert cap.absent == [] and list(cap.points) == list(ref)
-    for name, want in ref.items():
-        got = cap.points[name]
-        assert got.shape == want.shape, name
-        assert float((got - want).abs().max()) <= 2e-5 * float(want.abs().max()), name
+    check_capture_matches_reference(tiny.model, TOKENS)
 
 
 def test_convert_says_what_llama_cpp_computes_otherwise(tiny_factory, tmp_path, capsys):

@@ -17,9 +17,9 @@ import torch
 
 from aprlib import bisect_module, convert, model_from_arrays, open_model, write_model
 from aprlib.cli.main import main as apr
-from aprlib.forward.hf_capture import capture_hf, reference_from_hf, reference_points
 from aprlib.forward.model import capture_graph
 from falsifiers.llamacpp_oracle import require_llama_cpp
+from tests.family_checks import check_capture_matches_reference
 
 TOKENS = [3, 17, 42, 5, 88, 1, 60, 29, 11]
 
@@ -35,14 +35,7 @@ def test_its_points_are_after_the_norms_it_has():
 
 
 def test_transformers_modules_give_every_point_of_the_reference(tiny_factory):
-    model = tiny_factory("olmo2").model
-    cap = capture_hf(model, TOKENS)
-    ref = reference_points(reference_from_hf(model), TOKENS)
-    assert cap.absent == [] and list(cap.points) == list(ref)
-    for name, want in ref.items():
-        got = cap.points[name]
-        assert got.shape == want.shape, name
-        assert float((got - want).abs().max()) <= 2e-5 * float(want.abs().max()), name
+    check_capture_matches_reference(tiny_factory("olmo2").model, TOKENS)
 
 
 def test_a_patched_k_norm_per_head_is_named_at_its_point(tiny_factory):

@@ -31,6 +31,7 @@ from aprlib.compare.report import (
     Pair,
     describe,
 )
+from aprlib.config.families import GATE_UP_ORDER, GATE_UP_PROJ, QKV_ORDER, QKV_PROJ
 from aprlib.formats import layout
 from aprlib.formats.dtypes import DType, to_float32
 from aprlib.formats.io import Tensor
@@ -49,10 +50,14 @@ def classify(
     heads: tuple[int, ...] = (),
     dtype_counts: tuple[dict[DType, int], dict[DType, int]] = ({}, {}),
     config_dtypes: tuple[DType | None, DType | None] = (None, None),
+    fused_rows: tuple[int, ...] = (),
 ) -> Pair:
     """``dtype_counts``: how many tensors of each dtype A's and B's files hold, the file's
     own testimony on which tag of a mislabelled tensor is the odd one; ``config_dtypes``:
-    each side's config ``torch_dtype``, its testimony on the same."""
+    each side's config ``torch_dtype``, its testimony on the same; ``fused_rows``: where
+    the tensor is a fused projection, the rows of each of its parts as the config says
+    (``qkv_proj``: q, k, v; ``gate_up_proj``: gate, up), so rows that moved as exactly
+    those parts are named by them."""
     pair = Pair(ta.name, "", describe(ta), describe(tb))
     if ta.dtype == tb.dtype and ta.shape == tb.shape and pairscan.bytes_equal(ta, tb):
         pair.tag = IDENTICAL
@@ -111,7 +116,7 @@ def classify(
     if explained:
         pair.tag, pair.detail = explained
         return pair
-    permutation = _permutation(ta, tb, heads, stats)
+    permutation = _permutation(ta, tb, heads, stats, fused_rows)
     if permutation:
         pair.tag, pair.detail = PERMUTED, permutation
         return pair
@@ -376,7 +381,11 @@ def _row_keys(t: Tensor, raw_bytes: bool = False) -> list[int]:
 
 
 def _permutation(
-    ta: Tensor, tb: Tensor, heads: tuple[int, ...], stats: dict[str, Any] | None = None
+    ta: Tensor,
+    tb: Tensor,
+    heads: tuple[int, ...],
+    stats: dict[str, Any] | None = None,
+    fused_rows: tuple[int, ...] = (),
 ) -> str:
     if not ta.shape or ta.shape[0] < 2:
         return ""
@@ -402,4 +411,37 @@ def _permutation(
                     f"(n_head={h}); B has HF's half-rotation order"
                 )
     moved = int((order != identity).sum())
-    return f"rows reordered: {moved} of {len(order)} rows moved"
+    blocks = exchanged_blocks(ta.name, order, fused_rows)
+    return blocks or f"rows reordered: {moved} of {len(order)} rows moved"
+
+
+#: a fused projection's parts (``families.QKV_ORDER``/``GATE_UP_ORDER``) by tensor name
+_FUSED_PARTS = {QKV_PROJ + ".weight": QKV_ORDER, GATE_UP_PROJ + ".weight": GATE_UP_ORDER}
+
+
+def exchanged_blocks(name: str, order: np.ndarray, fused_rows: tuple[int, ...] = ()) -> str:
+    """Whole blocks of rows in another order (B row r is A row ``order[r]``), said in
+    words: the parts of a fused projection by name where every block is exactly a run of
+    its parts (``fused_rows``: each part's rows, from the config), else the row ranges
+    where every block is more than one row. "" where a row moved singly, or the rows moved
+    in more than four blocks."""
+    starts = [0, *(np.flatnonzero(np.diff(order) != 1) + 1).tolist()]
+    runs = [
+        (int(order[s]), int(e - s)) for s, e in zip(starts, [*starts[1:], len(order)], strict=True)
+    ]
+    parts = next((p for key, p in _FUSED_PARTS.items() if name.endswith("." + key)), None)
+    if parts and len(fused_rows) == len(parts) and sum(fused_rows) == len(order):
+        bounds = np.cumsum([0, *fused_rows]).tolist()  # where each part starts in A, and the end
+        held: list[str] = []
+        for start, n in runs:  # each block a whole number of parts, from a part's first row
+            if start not in bounds or start + n not in bounds:
+                held = []
+                break
+            held += [parts[i] for i in range(bounds.index(start), bounds.index(start + n))]
+        if held and len(runs) > 1:
+            said = ", ".join(held)
+            return f"fused parts in another order: B holds {said} where A holds {', '.join(parts)}"
+    if not 2 <= len(runs) <= 4 or any(n < 2 for _, n in runs):
+        return ""
+    said = ", ".join(f"A's rows {start}-{start + n - 1}" for start, n in runs)
+    return f"blocks of rows in another order: B holds {said}"

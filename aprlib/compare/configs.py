@@ -36,6 +36,11 @@ CONFIG_FIELDS = (
     "attn_logit_softcapping",
     "final_logit_softcapping",
     "rope_local_theta",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "dense_layers",
 )
 
 

@@ -39,6 +39,7 @@ from aprlib.compare.report import (
     describe,
 )
 from aprlib.compare.workers import default_workers, in_order
+from aprlib.config.families import GATE_UP_PROJ, QKV_PROJ
 from aprlib.formats.dtypes import DType
 from aprlib.formats.io import Model, Tensor
 from aprlib.formats.tokenizer import compare_tokenizers
@@ -89,7 +90,7 @@ def diff_models(
         if tb is None:
             return Pair(name, MISSING, describe(ta), None, "only in A")
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are findings, not noise
-            pair = classify(ta, tb, tol, heads, counts, said)
+            pair = classify(ta, tb, tol, heads, counts, said, fused_rows(name, a, b))
         if values and pair.tag not in CLEAN:
             pair.values = {"a": first_values(ta), "b": first_values(tb)}
         a.drop_pages()
@@ -113,6 +114,23 @@ def diff_models(
     )
 
 
+def fused_rows(name: str, a: Model, b: Model) -> tuple[int, ...]:
+    """The rows of each part of a fused projection, in order, where ``name`` is one and the
+    configs say (and agree): ``qkv_proj`` q, k, v (heads x head_dim, then kv heads x
+    head_dim twice), ``gate_up_proj`` gate, up (intermediate_size each); () otherwise."""
+    said: set[tuple[int, ...]] = set()
+    for cfg in (a.config, b.config):
+        if cfg is None:
+            continue
+        head = cfg.attention_head_dim
+        if name.endswith("." + QKV_PROJ + ".weight"):
+            kv = cfg.num_key_value_heads * head
+            said.add((cfg.num_attention_heads * head, kv, kv))
+        elif name.endswith("." + GATE_UP_PROJ + ".weight"):
+            said.add((cfg.intermediate_size, cfg.intermediate_size))
+    return said.pop() if len(said) == 1 else ()
+
+
 def _mark_swaps(a: Model, b: Model, pairs: list[Pair]) -> list[str]:
     """Retag as SWAPPED the pairs whose B values are another name's A values; returns the
     moves in words (``model.layers.1.* <-> model.layers.2.*``)."""
@@ -131,9 +149,14 @@ def _mark_swaps(a: Model, b: Model, pairs: list[Pair]) -> list[str]:
             p.tag, p.detail = SWAPPED, f"B's {p.name} holds A's {moves[p.name]}"
             p.stats = {}
     sizes: dict[int, int] = defaultdict(int)
+    experts: dict[tuple[int, int], int] = defaultdict(int)
     for p in pairs:
-        if m := re.match(r"^model\.layers\.(\d+)\.", p.name):
+        if m := re.match(r"^model\.layers\.(\d+)\.(?:mlp\.experts\.(\d+)\.)?", p.name):
             sizes[int(m.group(1))] += 1
+            if m.group(2) is not None:
+                experts[(int(m.group(1)), int(m.group(2)))] += 1
+    if experts:  # tensors per expert: which experts traded all of theirs, and how many
+        return swaps.describe(moves, dict(sizes), dict(experts))
     return swaps.describe(moves, dict(sizes))
 
 

@@ -8,10 +8,11 @@ each field back from the weights themselves and names every field that disagrees
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from aprlib.config.families import GATE_UP_PROJ, QKV_PROJ
 from aprlib.config.modelconfig import ModelConfig
 from aprlib.errors import ShapeMismatchError
 from aprlib.formats.modelfile import EMBED, LM_HEAD
@@ -45,7 +46,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{n}."
         for norm in norms:
             out[p + f"{norm}.weight"] = (h,)
-        for proj, rows in (("q", q), ("k", kv), ("v", kv)):
+        if cfg.family.fused:  # Phi-3: q, k, v one projection (no bias)
+            out[p + QKV_PROJ + ".weight"] = (q + 2 * kv, h)
+        for proj, rows in () if cfg.family.fused else (("q", q), ("k", kv), ("v", kv)):
             out[p + f"self_attn.{proj}_proj.weight"] = (rows, h)
             if cfg.qkv_bias:
                 out[p + f"self_attn.{proj}_proj.bias"] = (rows,)
@@ -58,12 +61,30 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         out[p + "self_attn.o_proj.weight"] = (h, q)
         if cfg.o_proj_bias:
             out[p + "self_attn.o_proj.bias"] = (h,)
-        out[p + "mlp.gate_proj.weight"] = (i, h)
-        out[p + "mlp.up_proj.weight"] = (i, h)
+        if cfg.layer_moe(n):  # a router and the experts, each a SwiGLU MLP
+            out.update(expert_shapes(cfg, p))
+            continue
+        if cfg.family.fused:  # Phi-3: gate and up one projection
+            out[p + GATE_UP_PROJ + ".weight"] = (2 * i, h)
+        else:
+            out[p + "mlp.gate_proj.weight"] = (i, h)
+            out[p + "mlp.up_proj.weight"] = (i, h)
         out[p + "mlp.down_proj.weight"] = (h, i)
         if cfg.mlp_bias:
             for proj, rows in (("gate", i), ("up", i), ("down", h)):
                 out[p + f"mlp.{proj}_proj.bias"] = (rows,)
+    return out
+
+
+def expert_shapes(cfg: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
+    """A sparse layer's MLP tensors (``p``: ``model.layers.N.``): the router's rows, one
+    per expert, and each expert's gate, up and down projections."""
+    h, i, experts = cfg.hidden_size, cfg.moe_intermediate_size or 0, cfg.num_experts or 0
+    out: dict[str, tuple[int, ...]] = {p + "mlp.gate.weight": (experts, h)}
+    for e in range(experts):
+        out[p + f"mlp.experts.{e}.gate_proj.weight"] = (i, h)
+        out[p + f"mlp.experts.{e}.up_proj.weight"] = (i, h)
+        out[p + f"mlp.experts.{e}.down_proj.weight"] = (h, i)
     return out
 
 
@@ -135,6 +156,8 @@ def contradictions(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> l
     }
     for layer in layers:
         p = f"model.layers.{layer}."
+        fused_contradictions(cfg, shapes, p, said, add)
+        expert_contradictions(cfg, shapes, p, said, add)
         for suffix, (field, rows) in rows_of.items():
             shape = shapes.get(p + suffix)
             if field in said or not shape or len(shape) != 2 or shape[0] == rows:
@@ -174,6 +197,8 @@ def contradictions(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> l
                     p + name + ".bias",
                     f"{field}={ours} but {p}{name}.weight {'has' if has else 'has no'} bias",
                 )
+    if cfg.family.moe and layers:
+        dense_layer_contradictions(cfg, shapes, layers, add)
     if not cfg.tie_word_embeddings and LM_HEAD not in shapes and embed is not None:
         add(
             "tie_word_embeddings",
@@ -194,6 +219,96 @@ def contradictions(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> l
             f"{EMBED}; drop the copy or untie the config)",
         )
     return found
+
+
+def fused_contradictions(
+    cfg: ModelConfig,
+    shapes: Mapping[str, tuple[int, ...]],
+    p: str,
+    said: set[str],
+    add: Callable[[str, object, object, str, str], None],
+) -> None:
+    """What a fused layer's projections say (Phi-3): ``qkv_proj``'s rows are q's heads and
+    twice k's (o_proj's columns testify to q's, so the rest are k/v heads), ``gate_up_proj``'s
+    twice the intermediate size. Unfused layers have neither tensor: nothing to say."""
+    d, heads = cfg.attention_head_dim, cfg.num_attention_heads
+    qkv = shapes.get(p + QKV_PROJ + ".weight")
+    want = (heads + 2 * cfg.num_key_value_heads) * d
+    if qkv and len(qkv) == 2 and qkv[0] != want and "num_key_value_heads" not in said:
+        rest, step = qkv[0] - heads * d, 2 * d
+        kv: object = rest // step if rest > 0 and rest % step == 0 else f"{qkv[0]} rows"
+        add(
+            "num_key_value_heads",
+            cfg.num_key_value_heads,
+            kv,
+            p + QKV_PROJ + ".weight",
+            f"num_key_value_heads={cfg.num_key_value_heads} but qkv_proj has {qkv[0]} rows "
+            f"(q: {heads} heads x {d}, then k and v: {kv} heads each)",
+        )
+    gate_up = shapes.get(p + GATE_UP_PROJ + ".weight")
+    want = 2 * cfg.intermediate_size
+    if gate_up and len(gate_up) == 2 and gate_up[0] != want and "intermediate_size" not in said:
+        add(
+            "intermediate_size",
+            cfg.intermediate_size,
+            gate_up[0] / 2 if gate_up[0] % 2 else gate_up[0] // 2,
+            p + GATE_UP_PROJ + ".weight",
+            f"intermediate_size={cfg.intermediate_size} but gate_up_proj has {gate_up[0]} "
+            "rows (gate, then up)",
+        )
+
+
+def expert_contradictions(
+    cfg: ModelConfig,
+    shapes: Mapping[str, tuple[int, ...]],
+    p: str,
+    said: set[str],
+    add: Callable[[str, object, object, str, str], None],
+) -> None:
+    """What a sparse layer says: the router has a row per expert, an expert's gate a row
+    per intermediate unit. A layer without a router says nothing here."""
+    router = shapes.get(p + "mlp.gate.weight")
+    if router and len(router) == 2 and router[0] != cfg.num_experts:
+        add(
+            "num_experts",
+            cfg.num_experts,
+            router[0],
+            p + "mlp.gate.weight",
+            f"num_experts={cfg.num_experts} but the router mlp.gate has {router[0]} rows",
+        )
+    gate = shapes.get(p + "mlp.experts.0.gate_proj.weight")
+    i = cfg.moe_intermediate_size
+    if gate and len(gate) == 2 and gate[0] != i and "moe_intermediate_size" not in said:
+        add(
+            "moe_intermediate_size",
+            i,
+            gate[0],
+            p + "mlp.experts.0.gate_proj.weight",
+            f"moe_intermediate_size={i} but expert 0's gate_proj has {gate[0]} rows",
+        )
+
+
+def dense_layer_contradictions(
+    cfg: ModelConfig,
+    shapes: Mapping[str, tuple[int, ...]],
+    layers: list[int],
+    add: Callable[[str, object, object, str, str], None],
+) -> None:
+    """Which layers of a mixture are dense, by the weights: a layer with a router is sparse,
+    one with ``mlp.down_proj`` dense; the config's ``mlp_only_layers`` (with
+    ``decoder_sparse_step``) must name exactly the dense ones."""
+    said = [i for i in layers if not cfg.layer_moe(i)]
+    held = [i for i in layers if f"model.layers.{i}.mlp.down_proj.weight" in shapes]
+    if said != held:
+        first = next(i for i in layers if (i in said) != (i in held))
+        kind = "a dense MLP" if first in held else "a router and experts"
+        add(
+            "mlp_only_layers",
+            said,
+            held,
+            f"model.layers.{first}.mlp",
+            f"mlp_only_layers={said} but layer {first} holds {kind}",
+        )
 
 
 def field_mismatches(

@@ -10,7 +10,17 @@ ops it adds. In the spirit of gguf-py's ``constants.py``: names and facts, no be
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+#: a fused projection's parts, in the order of its rows (Phi-3's ``qkv_proj`` and
+#: ``gate_up_proj``, transformers' ``Phi3Attention`` and ``Phi3MLP``; llama.cpp's
+#: ``build_qkv`` views and ``ggml_swiglu``, which gates with the first half)
+QKV_ORDER = ("q", "k", "v")
+GATE_UP_ORDER = ("gate", "up")
+#: the fused tensors' names in a layer (HF; llama.cpp's are the family's ``gguf_names``)
+QKV_PROJ = "self_attn.qkv_proj"
+GATE_UP_PROJ = "mlp.gate_up_proj"
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,9 @@ class Family:
     #: how a config's ``sliding_window`` applies: "every" layer when set (Mistral),
     #: "per_layer" as ``use_sliding_window``, ``max_window_layers`` and ``layer_types`` say
     #: (Qwen2, Qwen3), "pattern" on the layers ``layer_types`` or ``sliding_window_pattern``
-    #: name (Gemma 3); None: transformers' class has no window and ignores the key (Llama)
+    #: name (Gemma 3); "flag" on every layer, only with ``use_sliding_window`` (Qwen3-MoE,
+    #: whose class reads neither ``layer_types`` nor ``max_window_layers``); None:
+    #: transformers' class has no window and ignores the key (Llama)
     window: str | None = None
     #: ``max_window_layers`` when a config leaves it out ("per_layer" families)
     max_window_layers: int = 28
@@ -108,6 +120,18 @@ class Family:
     #: the shared map (``formats.layout``): OLMo 2's ``post_attention_layernorm`` is
     #: llama.cpp's ``post_attention_norm``, not ``ffn_norm``
     gguf_names: tuple[tuple[str, str], ...] = ()
+    #: q, k and v are one projection (``self_attn.qkv_proj``: ``QKV_ORDER``'s rows one after
+    #: the other) and gate and up another (``mlp.gate_up_proj``: ``GATE_UP_ORDER``), as
+    #: Phi-3 stores them; llama.cpp keeps both fused (``attn_qkv``, ``ffn_up`` of
+    #: 2 x intermediate rows) and splits them in its graph
+    fused: bool = False
+    #: the MLP of a sparse layer is a mixture of experts (``mlp.gate`` routes each token to
+    #: ``num_experts_per_tok`` of ``num_experts`` SwiGLU experts ``mlp.experts.E.*``),
+    #: which llama.cpp stores stacked (``ffn_{gate,up,down}_exps``, ``ffn_gate_inp``)
+    moe: bool = False
+    #: (config rope type, what the family's transformers config reads it as): Phi-3's
+    #: class rewrites its legacy "su" and "yarn" (short and long factors) to longrope
+    rope_type_aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def gguf_architecture(self) -> str:
@@ -261,8 +285,50 @@ GEMMA2 = Family(
     ),
 )
 
+#: Phi-3: Llama's forward with q/k/v and gate/up each one fused projection, no biases, a
+#: window on every layer when the config sets one (Phi-3-mini: 2047), which llama.cpp's
+#: phi3 graph turns off ("Phi SWA is currently disabled")
+PHI3 = Family(
+    "phi3",
+    "Phi3ForCausalLM",
+    attention_bias=False,
+    o_proj_bias=False,
+    max_positions=4096,
+    fixed_qkv_bias=True,
+    window="every",
+    fused=True,
+    rope_type_aliases=(("su", "longrope"), ("yarn", "longrope")),
+    gguf_names=(
+        ("attn_qkv.weight", QKV_PROJ + ".weight"),
+        ("ffn_up.weight", GATE_UP_PROJ + ".weight"),
+    ),
+    config_defaults=(("rms_norm_eps", 1e-5), ("pad_token_id", 32000)),
+)
+
+#: Qwen3-MoE: Qwen3's attention; each sparse layer's MLP routes a token to the top k of
+#: its experts by softmax, their weights renormalised when ``norm_topk_prob`` (which
+#: llama.cpp's qwen3moe graph always does); layers in ``mlp_only_layers`` (or off the
+#: ``decoder_sparse_step``) keep a dense MLP, which llama.cpp's graph cannot load
+QWEN3_MOE = dataclasses.replace(
+    QWEN3,
+    name="qwen3_moe",
+    hf_class="Qwen3MoeForCausalLM",
+    gguf_name="qwen3moe",
+    moe=True,
+    window="flag",
+    gguf_names=(("ffn_gate_inp.weight", "mlp.gate.weight"),),
+    config_defaults=(
+        ("sliding_window", 4096),
+        ("num_experts", 128),
+        ("num_experts_per_tok", 8),
+        ("moe_intermediate_size", 768),
+        ("norm_topk_prob", False),
+        ("decoder_sparse_step", 1),
+    ),
+)
+
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (QWEN2, LLAMA, MISTRAL, QWEN3, OLMO2, GEMMA2, GEMMA3)
+    f.name: f for f in (QWEN2, LLAMA, MISTRAL, QWEN3, OLMO2, GEMMA2, GEMMA3, PHI3, QWEN3_MOE)
 }
 #: GGUF ``general.architecture`` names this library reads, in the families' order
 GGUF_ARCHITECTURES = tuple(dict.fromkeys(f.gguf_architecture for f in FAMILIES.values()))

@@ -56,6 +56,17 @@ class ModelConfig:
     #: RoPE base of the sliding layers, which turn without scaling (Gemma 3); None: every
     #: layer turns with ``rope_theta`` and ``rope_scaling``
     rope_local_theta: float | None = None
+    #: a mixture of experts (``Family.moe``): experts in a sparse layer, experts each token
+    #: runs, each expert's intermediate size, whether the k weights are renormalised to
+    #: sum to 1; None where the family has no experts
+    num_experts: int | None = None
+    num_experts_per_tok: int | None = None
+    moe_intermediate_size: int | None = None
+    norm_topk_prob: bool | None = None
+    #: layers whose MLP is dense (``intermediate_size``) in a mixture-of-experts model:
+    #: transformers' ``mlp_only_layers`` and the layers off its ``decoder_sparse_step``,
+    #: in one form; None: every layer sparse
+    dense_layers: tuple[int, ...] | None = None
     #: normalised: rope_type ("llama3", "yarn", "linear", ...), factor, and where present
     #: low_freq_factor, high_freq_factor, original_max_position_embeddings
     rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
@@ -88,6 +99,10 @@ class ModelConfig:
         """What q·kᵀ is multiplied by before the softmax."""
         return float(self.query_pre_attn_scalar or self.attention_head_dim) ** -0.5
 
+    def layer_moe(self, layer: int) -> bool:
+        """Whether ``layer``'s MLP is a mixture of experts."""
+        return self.family.moe and (self.dense_layers is None or layer not in self.dense_layers)
+
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of ``layer`` (None: it attends to every earlier position)."""
         if self.layer_types is not None and self.layer_types[layer] != SLIDING:
@@ -118,8 +133,9 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        if isinstance(values.get("layer_types"), list):  # JSON has no tuples
-            values["layer_types"] = tuple(values["layer_types"])
+        for name in ("layer_types", "dense_layers"):  # JSON has no tuples
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -167,6 +183,9 @@ FIELDS: tuple[tuple[str, str, str | None], ...] = (
     ("bos_token_id", "bos_token_id", "tokenizer.ggml.bos_token_id"),
     ("eos_token_id", "eos_token_id", "tokenizer.ggml.eos_token_id"),
     ("torch_dtype", "torch_dtype", "aprlib.torch_dtype"),  # llama.cpp ignores it
+    ("num_experts", "num_experts", "{arch}.expert_count"),
+    ("num_experts_per_tok", "num_experts_per_tok", "{arch}.expert_used_count"),
+    ("moe_intermediate_size", "moe_intermediate_size", "{arch}.expert_feed_forward_length"),
 )
 
 
@@ -214,6 +233,9 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "bos_token_id": (0, (1 << 22) - 1),
     "eos_token_id": (0, (1 << 22) - 1),
     "sliding_window": (1, 1 << 30),
+    "num_experts": (1, 1 << 16),
+    "num_experts_per_tok": (1, 1 << 16),
+    "moe_intermediate_size": (1, 1 << 22),
 }
 REQUIRED_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
 POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
@@ -239,6 +261,36 @@ def _check_int(name: str, value: Any, optional: bool) -> None:
     low, high = INT_LIMITS[name]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigValueError(name, value, f"must be an integer in [{low}, {high}]")
+
+
+#: the fields a mixture-of-experts family needs and every other family leaves None
+MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
+
+
+def check_experts(cfg: ModelConfig) -> None:
+    """A mixture of experts states its experts (and runs no more per token than it has);
+    a family without experts has none: a "llama" GGUF with ``expert_count`` is a Mixtral,
+    which the dense forward would run without its experts."""
+    stated = [name for name in MOE_FIELDS if getattr(cfg, name) is not None]
+    if not cfg.family.moe:
+        if stated:
+            raise UnsupportedArchitecture(
+                f"{cfg.architecture} with {stated[0]}={getattr(cfg, stated[0])}: a mixture of "
+                f"experts under {cfg.architecture}'s name (Mixtral-style) is not supported",
+                stated[0],
+            )
+        return
+    missing = [name for name in MOE_FIELDS if name not in stated]
+    if missing:
+        raise ConfigValueError(missing[0], None, f"a {cfg.architecture} model needs it")
+    experts, used = cfg.num_experts, cfg.num_experts_per_tok
+    if used is not None and experts is not None and used > experts:
+        raise ConfigValueError("num_experts_per_tok", used, f"must be <= num_experts {experts}")
+    dense = cfg.dense_layers
+    if dense is not None and not all(_is_int(i) and 0 <= i < cfg.num_hidden_layers for i in dense):
+        raise ConfigValueError(
+            "mlp_only_layers", list(dense), f"must be layer indices below {cfg.num_hidden_layers}"
+        )
 
 
 def _check_heads(heads: Any, kv_heads: Any, hidden: Any, head_dim: Any) -> None:
@@ -394,7 +446,8 @@ def check_physical(
     in code passes here; the readers turn it into their typed error."""
     for name in INT_LIMITS:
         optional = name in ("head_dim", "bos_token_id", "eos_token_id", "sliding_window")
-        _check_int(name, getattr(cfg, name), optional)
+        _check_int(name, getattr(cfg, name), optional or name in MOE_FIELDS)
+    check_experts(cfg)
     _check_heads(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, cfg.head_dim)
     head = cfg.attention_head_dim
     if head % 2:
@@ -692,6 +745,10 @@ def to_hf(cfg: ModelConfig) -> dict[str, Any]:
     out.update(hf_window_keys(cfg))
     if cfg.rope_scaling is not None:
         out["rope_scaling"] = dict(cfg.rope_scaling)
+        original = cfg.rope_scaling.get("original_max_position_embeddings")
+        if original is not None and cfg.rope_scaling["rope_type"] in _ORIGINAL_CONTEXT_TYPES:
+            # transformers reads the top-level key first (Phi-3's class defaults it to 4096)
+            out["original_max_position_embeddings"] = original
     if cfg.family.query_scale:  # Gemma's keys
         out.update(
             query_pre_attn_scalar=cfg.query_pre_attn_scalar,
@@ -700,6 +757,15 @@ def to_hf(cfg: ModelConfig) -> dict[str, Any]:
         )
     if cfg.family.local_rope:
         out["rope_local_base_freq"] = cfg.rope_local_theta
+    if cfg.family.moe:
+        out.update(
+            norm_topk_prob=cfg.norm_topk_prob,
+            decoder_sparse_step=1,
+            mlp_only_layers=list(cfg.dense_layers or ()),
+        )
+    pad = cfg.family.config_default("pad_token_id")
+    if isinstance(pad, int) and pad >= cfg.vocab_size:  # the class's default (Phi-3: 32000)
+        out["pad_token_id"] = None  # would name no row: transformers refuses to build it
     return out
 
 
@@ -711,6 +777,11 @@ def hf_window_keys(cfg: ModelConfig) -> dict[str, Any]:
         return {}
     if window == "every":
         return {"sliding_window": cfg.sliding_window}
+    if window == "flag":  # Qwen3-MoE: every layer, when use_sliding_window says so
+        flag = {"use_sliding_window": cfg.sliding_window is not None}
+        return (
+            flag if cfg.sliding_window is None else {**flag, "sliding_window": cfg.sliding_window}
+        )
     if window == "pattern":  # every layer's type, stated (no pattern to infer it from)
         types = [SLIDING if cfg.layer_window(i) else FULL for i in range(cfg.num_hidden_layers)]
         # no sliding layer: the class still wants a window (no layer reads it)
@@ -744,6 +815,7 @@ def to_gguf_kv(cfg: ModelConfig) -> dict[str, Any]:
 
 def from_gguf_kv(kv: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
     """Inverse of ``to_gguf_kv``; GGUF has no tie flag: a missing ``output.weight`` ties."""
+    kv = _window_zero_dropped(kv)
     check_config_values(kv, "gguf")
     arch = kv.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -821,6 +893,9 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
     """
     bias = config.get("attention_bias")
     scaling = normalise_rope_scaling(config.get("rope_scaling") or config.get("rope_parameters"))
+    family = FAMILIES[arch]
+    if scaling is not None and scaling["rope_type"] in dict(family.rope_type_aliases):
+        scaling["rope_type"] = dict(family.rope_type_aliases)[scaling["rope_type"]]
     original = config.get("original_max_position_embeddings")
     if (
         scaling is not None
@@ -828,7 +903,6 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
         and scaling["rope_type"] in _ORIGINAL_CONTEXT_TYPES
     ):
         scaling["original_max_position_embeddings"] = original
-    family = FAMILIES[arch]
     if config.get("use_bidirectional_attention"):
         raise UnsupportedArchitecture(
             "use_bidirectional_attention: true (an encoder's mask) is not a causal decoder"
@@ -840,6 +914,36 @@ def hf_extras(config: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
         "rope_scaling": scaling,
         **hf_window(config, family),
         **hf_gemma_fields(config, family),
+        **hf_moe_fields(config, family),
+    }
+
+
+def hf_moe_fields(config: dict[str, Any], family: Family) -> dict[str, Any]:
+    """The experts of a mixture-of-experts config, as transformers' class reads them (its
+    defaults where a key is left out); the dense layers in one form: those in
+    ``mlp_only_layers`` and those off ``decoder_sparse_step``."""
+    if not family.moe:
+        return {}
+
+    def get(key: str) -> Any:
+        return config.get(key, family.config_default(key))
+
+    layers = config.get("num_hidden_layers")
+    step = get("decoder_sparse_step")
+    only = get("mlp_only_layers") or []
+    if not _is_int(step) or step < 1:
+        raise ConfigValueError("decoder_sparse_step", step, "must be an integer >= 1")
+    if not isinstance(only, list):
+        raise ConfigValueError("mlp_only_layers", only, "must be a list of layer indices")
+    count = layers if isinstance(layers, int) else 0
+    dense = sorted({*only, *(i for i in range(count) if (i + 1) % step)})
+    return {
+        # transformers 5 saves Qwen3-MoE's num_experts as num_local_experts (Mixtral's key)
+        "num_experts": config.get("num_experts", get("num_local_experts") or get("num_experts")),
+        "num_experts_per_tok": get("num_experts_per_tok"),
+        "moe_intermediate_size": get("moe_intermediate_size"),
+        "norm_topk_prob": bool(get("norm_topk_prob")),
+        "dense_layers": tuple(dense) or None,
     }
 
 
@@ -892,6 +996,8 @@ def hf_window(config: dict[str, Any], family: Family) -> dict[str, Any]:
             if isinstance(every, bool) or not isinstance(every, int) or every < 1:
                 raise ConfigValueError("sliding_window_pattern", every, "must be an integer >= 1")
             types = pattern_types(every, layers)
+    elif family.window == "flag" and not config.get("use_sliding_window", False):
+        return {"sliding_window": None, "layer_types": None}  # Qwen3-MoE: every layer or none
     elif family.window == "per_layer":
         types = config.get("layer_types")
         if not config.get("use_sliding_window", False):
@@ -950,6 +1056,10 @@ def gguf_extras(cfg: ModelConfig) -> dict[str, Any]:
         kv[SOFTCAPS_OFF] = off
     if cfg.query_pre_attn_scalar is not None:  # llama.cpp derives its own (see the gaps)
         kv["aprlib.query_pre_attn_scalar"] = cfg.query_pre_attn_scalar
+    if cfg.norm_topk_prob is not None:
+        kv[f"{arch}.expert_weights_norm"] = cfg.norm_topk_prob
+    if cfg.dense_layers is not None:  # llama.cpp has no key: its graph makes every layer sparse
+        kv["aprlib.dense_layers"] = list(cfg.dense_layers)
     scaling = cfg.rope_scaling
     if scaling is not None:
         if scaling["rope_type"] in GGUF_ROPE_SCALING_TYPES:
@@ -1056,6 +1166,11 @@ def llama_cpp_rope_gaps(cfg: ModelConfig) -> list[str]:
         ]
     if kind in ("linear", "llama3"):
         return []
+    if kind == "longrope":  # llama.cpp's phi3 graph reads factor tensors aprlib does not write
+        return [
+            "rope_scaling longrope: aprlib does not write llama.cpp's rope_factors_long/short "
+            "tensors, so llama.cpp rotates this file unscaled"
+        ]
     return [f"rope_scaling {kind} has no llama.cpp equivalent: llama.cpp rotates unscaled"]
 
 
@@ -1120,6 +1235,17 @@ def llama_cpp_graph_gaps(cfg: ModelConfig) -> list[str]:
             "has no sliding-window mask; it agrees with the source only up to "
             f"{cfg.sliding_window} tokens"
         )
+    if family.moe and cfg.norm_topk_prob is False:
+        gaps.append(
+            f"norm_topk_prob false: llama.cpp's {arch} graph renormalises the "
+            f"{cfg.num_experts_per_tok} routing weights of every token to sum to 1"
+        )
+    if family.moe and cfg.dense_layers is not None:
+        gaps.append(
+            f"mlp_only_layers {list(cfg.dense_layers)}: llama.cpp's {arch} graph makes every "
+            "layer a mixture of experts; it will refuse this file (a dense layer has no "
+            "ffn_gate_inp)"
+        )
     return gaps
 
 
@@ -1141,6 +1267,17 @@ def _llama_cpp_meaning(family: Family, values: dict[str, Any]) -> dict[str, Any]
                 hidden // heads if wide else values.get("head_dim") or hidden // heads
             )
     return out
+
+
+def _window_zero_dropped(kv: dict[str, Any]) -> dict[str, Any]:
+    """``kv`` without a ``sliding_window`` of 0: llama.cpp's phi3 converter writes 0 for "no
+    window" (its comment: "use zero value of sliding_window to distinguish Phi-4"), and
+    llama.cpp windows only where the value is above 0."""
+    arch = kv.get("general.architecture")
+    key = f"{arch}.attention.sliding_window"
+    if isinstance(arch, str) and type(kv.get(key)) is int and kv[key] == 0:
+        return {k: v for k, v in kv.items() if k != key}
+    return kv
 
 
 def _gguf_window(kv: dict[str, Any], arch: str, family: Family) -> dict[str, Any]:
@@ -1175,7 +1312,7 @@ def _gguf_window(kv: dict[str, Any], arch: str, family: Family) -> dict[str, Any
         or not all(isinstance(on, bool) for on in pattern)
     ):
         raise ConfigError(f"{key} must be a bool per layer ({layers}) or a period", "layer_types")
-    if family.window == "every" and not all(pattern):
+    if family.window in ("every", "flag") and not all(pattern):
         raise ConfigError(
             f"{key} leaves layers unwindowed: {family.name} windows every layer", "layer_types"
         )
@@ -1207,6 +1344,16 @@ def extras_from_gguf_kv(kv: dict[str, Any], arch: str, family: Family) -> dict[s
         if key in kv:
             value = kv[key]
             out[name] = float(str(np.float32(value))) if isinstance(value, float) else value
+    if family.moe:  # llama.cpp's qwen3moe graph renormalises whatever the key says
+        norm = kv.get(f"{arch}.expert_weights_norm", True)
+        if not isinstance(norm, bool):
+            raise ConfigValueError("norm_topk_prob", norm, "must be a bool")
+        out["norm_topk_prob"] = norm
+        dense = kv.get("aprlib.dense_layers")
+        if dense is not None:
+            if not isinstance(dense, list):
+                raise ConfigValueError("mlp_only_layers", dense, "must be a list of layer indices")
+            out["dense_layers"] = tuple(dense) or None
     off = kv.get(SOFTCAPS_OFF)
     for name in off if isinstance(off, list) else []:
         if name in ("attn_logit_softcapping", "final_logit_softcapping"):

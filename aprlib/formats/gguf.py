@@ -77,6 +77,8 @@ _MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_INFO = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 #: tensors llama.cpp derives from the config (no HF name): checked or read into the config
 DERIVED = frozenset({ROPE_FREQS})
+#: llama.cpp's longrope factors (``phi3.cpp``'s ``rope_factors_long``/``_short``)
+LONGROPE_FACTORS = frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})
 
 
 class _Head:
@@ -378,8 +380,16 @@ def _place(
     name with no canonical one is kept as it is; ``arch``: whose names)."""
     placed: dict[str, _Placed] = {}
     for name, ne, ttype, offset in infos:
+        if name in LONGROPE_FACTORS and not keep_names:
+            raise GgufFormatError(
+                path,
+                "longrope's frequency factors (Phi-3's long-context models): the reference "
+                "forward has no longrope, so this file cannot be run as it is",
+                tensor=name,
+            )
+        stack = layout.experts_of(name, 0) is not None  # sliced per expert by the reader
         canonical = layout.gguf_to_hf(name, arch) or (
-            name if name in DERIVED or keep_names else None
+            name if name in DERIVED or keep_names or stack else None
         )
         if canonical is None:
             raise GgufFormatError(path, "no canonical name for this tensor", tensor=name)
@@ -463,6 +473,10 @@ def open_gguf(path: Path, mapped: bool = False, any_architecture: bool = False) 
         raise
 
 
+#: keys of the tokenizer (its vocabulary, and the chat templates llama.cpp keeps beside it)
+TOKENIZER_KEYS = ("tokenizer.ggml.", "tokenizer.chat_template")
+
+
 def _open(path: Path, src: FileSource, any_architecture: bool = False) -> Model:
     head = _Head(src)
     fields, infos, data_start = head.parse()
@@ -470,7 +484,7 @@ def _open(path: Path, src: FileSource, any_architecture: bool = False) -> Model:
     kv: dict[str, Any] = {}
     tokenizer: dict[str, Any] = {}
     for name, value in fields.items():
-        (tokenizer if name.startswith("tokenizer.ggml.") else kv)[name] = value
+        (tokenizer if name.startswith(TOKENIZER_KEYS) else kv)[name] = value
     for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
         if key in tokenizer:
             kv[key] = tokenizer[key]
@@ -511,6 +525,10 @@ def _open(path: Path, src: FileSource, any_architecture: bool = False) -> Model:
     offset = config.family.norm_offset
     tensors: dict[str, Tensor] = {}
     for p in placed:
+        stack = layout.experts_of(p.name, config.num_experts or 0)
+        if stack is not None:  # llama.cpp's experts, stacked: one tensor per expert
+            tensors.update(_expert_slices(path, src, data_start, p, stack))
+            continue
         if offset and norm_offset.is_offset_norm(p.canonical):  # Gemma: stored w + 1
             if p.dtype not in (DType.F32, DType.F16, DType.BF16):
                 raise GgufFormatError(
@@ -561,6 +579,41 @@ def _open(path: Path, src: FileSource, any_architecture: bool = False) -> Model:
         tensors[p.canonical] = Tensor(p.canonical, p.dtype, p.shape, p.name, read)
     maps = [src.map] if src.map is not None else []
     return Model(path, "gguf", tensors, config, kv, tokenizer or None, [src.close], maps)
+
+
+def _expert_slices(
+    path: Path, src: FileSource, data_start: int, p: _Placed, names: list[str]
+) -> dict[str, Tensor]:
+    """The experts of a stacked GGUF tensor (logical [experts, out, in]) as one tensor each
+    under its HF name: expert e's bytes lie whole at e times one expert's size (ggml's
+    slowest dimension), so each is read, and copied file to file, on its own."""
+    if not names:
+        raise GgufFormatError(
+            path, "an expert stack in a model whose config has no experts", tensor=p.name
+        )
+    if len(p.shape) != 3 or p.shape[0] != len(names):
+        raise GgufFormatError(
+            path,
+            f"shape {list(p.shape)} is not {len(names)} experts of [out, in] (expert_count "
+            f"{len(names)})",
+            tensor=p.name,
+            field="ne",
+        )
+    shape = p.shape[1:]
+    size = nbytes(p.dtype, shape)
+    out = {}
+    for e, name in enumerate(names):
+        where = data_start + p.offset + e * size
+        out[name] = Tensor(
+            name,
+            p.dtype,
+            shape,
+            f"{p.name}[{e}]",
+            functools.partial(src.read, where, size, tensor=p.name, field="data"),
+            span=(path, where),
+            span_file=src.identity,
+        )
+    return out
 
 
 def _norm_residual(path: Path, kv: dict[str, Any], p: _Placed) -> np.ndarray | None:
@@ -730,8 +783,12 @@ WIDENED_KEY = "aprlib.widened_vectors"
 def gguf_dtype(t: Tensor, out: DType) -> DType:
     """The dtype a tensor takes in a GGUF: vectors in F16/BF16 are widened to F32 (exact),
     as llama.cpp's own converter writes every 1-D tensor; its CPU backend has no F16/BF16
-    kernel for the element-wise ops that apply norms and biases, and aborts the process."""
-    if len(t.shape) <= 1 and out in (DType.F16, DType.BF16):
+    kernel for the element-wise ops that apply norms and biases, and aborts the process.
+    So is a mixture's router, which its converter writes F32: in BF16 llama.cpp rounds the
+    activations it multiplies to BF16 too, and a router's near ties then pick other experts
+    (a bf16 Qwen3-MoE: KL 2.3e-3 against the reference, over the bf16 bound)."""
+    widen = len(t.shape) <= 1 or t.name.endswith(output.ROUTER_SUFFIX)
+    if widen and out in (DType.F16, DType.BF16):
         return DType.F32
     return out
 
@@ -752,23 +809,37 @@ def write_gguf(
             f"{model.path}: GGUF needs the architecture config "
             "(config.json beside the safetensors file)"
         )
-    plan = []
+    plan: list[tuple[str, list[Tensor], DType]] = []
+    stacks: dict[str, list[Tensor]] = {}  # a GGUF expert stack -> its experts, in order
     widened = []
     shifted: dict[str, np.ndarray] = {}  # HF name -> encoded w + offset (Gemma's norms)
     residuals: dict[str, list[float]] = {}
     for t in tensors:
-        name = layout.hf_to_gguf(t.name, cfg.gguf_architecture)
+        expert = layout.expert_of(t.name)
+        name = expert[0] if expert else layout.hf_to_gguf(t.name, cfg.gguf_architecture)
         if name is None:
             raise ConversionError(f"{model.path}: no GGUF name for tensor {t.name!r}")
         requested = output.output_dtype(t, dtype)
         out = gguf_dtype(t, requested) if report.llama_cpp_vectors else requested
         if out != requested:
             widened.append(f"{t.name}={requested.name}")
-        plan.append((name, t, out))
+        if expert is not None:  # llama.cpp stacks a layer's experts: one tensor
+            if name not in stacks:
+                stacks[name] = []
+                plan.append((name, stacks[name], out))
+            stacks[name].append(t)
+            continue
+        plan.append((name, [t], out))
         if cfg.family.norm_offset and norm_offset.is_offset_norm(t.name):
             shifted[t.name], residual = _shifted(model, t, out, cfg.family.norm_offset)
             if residual.any():
                 residuals[norm_offset.RESIDUAL_KEY.format(name=name)] = residual.tolist()
+    for parts in stacks.values():  # files list experts 0, 1, 10, 11, ..., 2: by index
+        parts.sort(key=lambda t: (layout.expert_of(t.name) or ("", 0))[1])
+    plan = [
+        (name, parts, _stack_dtype(model, name, parts, dtype, report) if name in stacks else out)
+        for name, parts, out in plan
+    ]
     try:
         rope_freqs = rope_freqs_tensor(cfg)
     except RopeFreqsError as exc:
@@ -790,12 +861,13 @@ def write_gguf(
             writer.add_tensor_info(
                 ROPE_FREQS, rope_freqs.shape, rope_freqs.dtype, rope_freqs.nbytes
             )
-        for name, t, out in plan:
+        for name, parts, out in plan:
+            shape = _stacked_shape(model, name, parts, out, stacks)
             writer.add_tensor_info(
                 name,
-                layout.gguf_writer_byte_shape(t.shape, out),
+                layout.gguf_writer_byte_shape(shape, out),
                 np.dtype(np.uint8),
-                nbytes(out, t.shape),
+                nbytes(out, shape),
                 raw_dtype=GGMLQuantizationType(int(out)),
             )
         writer.write_header_to_file()
@@ -806,9 +878,57 @@ def write_gguf(
         writer.close()
     if widened:
         report.notes.append(
-            f"{len(widened)} F16/BF16 vectors (norms, biases) written as F32, exactly: "
+            f"{len(widened)} F16/BF16 vectors (norms, biases) and routers written as F32, "
+            "exactly: "
             "llama.cpp computes them in F32 and aborts on half-precision ones"
         )
+
+
+def _stack_dtype(
+    model: Model, name: str, parts: list[Tensor], dtype: DType | None, report: output.ConvertReport
+) -> DType:
+    """The one dtype a stack of experts is written in: the one they all take; experts
+    stored in different float dtypes are stacked in F32 (exact for each) and said so,
+    never narrowed to the first one's."""
+    outs = {output.output_dtype(t, dtype) for t in parts}
+    if len(outs) == 1:
+        return outs.pop()
+    if all(not d.info.quantized for d in outs):
+        report.notes.append(
+            f"{name}: its experts are stored as {'/'.join(sorted(d.name for d in outs))}; "
+            "llama.cpp stacks them as one tensor, written F32 (exact for each)"
+        )
+        return DType.F32
+    raise ConversionError(
+        f"{model.path}: {name}: its experts are stored as "
+        f"{'/'.join(sorted(d.name for d in outs))}; llama.cpp stacks them as one tensor of "
+        "one type (convert with --dtype to choose it)"
+    )
+
+
+def _stacked_shape(
+    model: Model, name: str, parts: list[Tensor], out: DType, stacks: dict[str, list[Tensor]]
+) -> tuple[int, ...]:
+    """The logical shape of a GGUF tensor: one part's, or, for a stack of experts,
+    [experts, out, in]; a stack must hold experts 0..n-1 (sorted), all one shape, all
+    written in one dtype (llama.cpp reads the stack as one tensor)."""
+    if name not in stacks:
+        return parts[0].shape
+    have = [(layout.expert_of(t.name) or ("", -1))[1] for t in parts]
+    experts = model.config.num_experts if model.config else None
+    missing = sorted(set(range(experts or len(parts))) - set(have))
+    if missing:
+        raise ConversionError(
+            f"{model.path}: {name}: expert {missing[0]} of {experts} is missing; llama.cpp "
+            "stacks experts 0..n-1 as one tensor"
+        )
+    for t in parts:
+        if t.shape != parts[0].shape or nbytes(out, t.shape) != nbytes(out, parts[0].shape):
+            raise ConversionError(
+                f"{model.path}: {t.name}: shape {list(t.shape)} differs from expert 0's "
+                f"{list(parts[0].shape)}; llama.cpp stacks them as one tensor"
+            )
+    return (len(parts), *parts[0].shape)
 
 
 def _shifted(model: Model, t: Tensor, out: DType, offset: float) -> tuple[np.ndarray, np.ndarray]:
@@ -828,7 +948,7 @@ def _shifted(model: Model, t: Tensor, out: DType, offset: float) -> tuple[np.nda
 
 def _write_data(
     writer: Any,
-    plan: list[tuple[str, Tensor, DType]],
+    plan: list[tuple[str, list[Tensor], DType]],
     rope_freqs: np.ndarray | None,
     cfg: ModelConfig,
     report: output.ConvertReport,
@@ -848,27 +968,45 @@ def _write_data(
     permute = cfg.architecture in layout.PERMUTED_QK_ARCHS
     copier = output.SpanCopier(fd)
     try:
-        for _, t, out in plan:
-            heads = (
-                layout.qk_heads(t.name, cfg.num_attention_heads, cfg.num_key_value_heads)
-                if permute
-                else None
-            )
-            size = nbytes(out, t.shape)
-            if t.name in shifted:  # Gemma's norms: w + 1, encoded already
-                output.pwrite_all(fd, shifted[t.name], pos)
-            elif heads is not None or not copier.copy_unchanged(t, out, pos):
-                data = np.ascontiguousarray(output.encode(t, out))
-                if heads is not None:
-                    data = layout.permute_qk(data.reshape(t.shape[0], -1), heads)
-                if data.nbytes != size:
-                    raise ValueError(f"tensor {t.name!r}: {data.nbytes} bytes, expected {size}")
-                output.pwrite_all(fd, data, pos)
-            pos += _pad(size, align)
-            report.advance(t.name, size, progress)
+        for _, parts, out in plan:
+            for t in parts:  # a stack's experts back to back, each whole
+                size = nbytes(out, t.shape)
+                _write_tensor(fd, copier, t, out, pos, permute, cfg, shifted)
+                pos += size
+                report.advance(t.name, size, progress)
+            pos = _pad(pos, align)
     finally:
         copier.close()
     os.ftruncate(fd, pos)  # the padding after the last tensor, as GGUFWriter writes it
+
+
+def _write_tensor(
+    fd: int,
+    copier: output.SpanCopier,
+    t: Tensor,
+    out: DType,
+    pos: int,
+    permute: bool,
+    cfg: ModelConfig,
+    shifted: dict[str, np.ndarray],
+) -> None:
+    """One tensor's bytes at ``pos``: Gemma's shifted norm as encoded, q/k rows permuted for
+    llama.cpp's pairwise RoPE, else copied file to file where unchanged, else encoded."""
+    heads = (
+        layout.qk_heads(t.name, cfg.num_attention_heads, cfg.num_key_value_heads)
+        if permute
+        else None
+    )
+    size = nbytes(out, t.shape)
+    if t.name in shifted:  # Gemma's norms: w + 1, encoded already
+        output.pwrite_all(fd, shifted[t.name], pos)
+    elif heads is not None or not copier.copy_unchanged(t, out, pos):
+        data = np.ascontiguousarray(output.encode(t, out))
+        if heads is not None:
+            data = layout.permute_qk(data.reshape(t.shape[0], -1), heads)
+        if data.nbytes != size:
+            raise ValueError(f"tensor {t.name!r}: {data.nbytes} bytes, expected {size}")
+        output.pwrite_all(fd, data, pos)
 
 
 def _pad(n: int, align: int) -> int:

@@ -85,6 +85,37 @@ def hf_to_gguf(name: str, arch: str | None = None) -> str | None:
     return None
 
 
+#: llama.cpp's stacked expert tensors (one per layer, logical [experts, out, in]) → each
+#: expert's HF projection (``model.layers.N.mlp.experts.E.<proj>``), as its converter
+#: stacks them (``Qwen2MoeModel.modify_tensors``)
+EXPERT_STACKS = {
+    "ffn_gate_exps.weight": "gate_proj.weight",
+    "ffn_up_exps.weight": "up_proj.weight",
+    "ffn_down_exps.weight": "down_proj.weight",
+}
+_STACK_OF = {hf: g for g, hf in EXPERT_STACKS.items()}
+_HF_EXPERT_RE = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(\w+\.weight)$")
+
+
+def expert_of(name: str) -> tuple[str, int] | None:
+    """``model.layers.3.mlp.experts.5.up_proj.weight`` → (``blk.3.ffn_up_exps.weight``, 5):
+    the GGUF stack an expert's projection is one slice of; None for any other tensor."""
+    m = _HF_EXPERT_RE.match(name)
+    if m is None or m.group(3) not in _STACK_OF:
+        return None
+    return f"blk.{m.group(1)}.{_STACK_OF[m.group(3)]}", int(m.group(2))
+
+
+def experts_of(name: str, experts: int) -> list[str] | None:
+    """The HF names of a GGUF expert stack's slices, in order; None where ``name`` is not
+    a stack."""
+    m = _GGUF_BLOCK_RE.match(name)
+    if m is None or m.group(2) not in EXPERT_STACKS:
+        return None
+    part = EXPERT_STACKS[m.group(2)]
+    return [f"model.layers.{m.group(1)}.mlp.experts.{e}.{part}" for e in range(experts)]
+
+
 def gguf_shape_to_logical(ne: tuple[int, ...]) -> tuple[int, ...]:
     """GGUF ``ne[]`` (fastest dimension first) → row-major ``[out, in]``."""
     return tuple(reversed([int(d) for d in ne]))

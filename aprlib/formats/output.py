@@ -55,13 +55,23 @@ class ConvertReport:
         progress(name, self.bytes_written)
 
 
+#: a mixture of experts' router (``model.layers.N.mlp.gate.weight``; a dense MLP's gate is
+#: ``mlp.gate_proj``): llama.cpp never quantises it ("do not quantize expert gating
+#: tensors", ``llama-quant.cpp``; its converter writes it F32), since a router rounded
+#: moves which experts a token runs
+ROUTER_SUFFIX = ".mlp.gate.weight"
+
+
 def output_dtype(t: Tensor, requested: DType | None) -> DType:
     """The dtype ``t`` is written in. Vectors (norms, biases) stay as they are, as in
-    llama.cpp. A matrix whose rows are not whole blocks of the requested quantisation
-    falls back as llama.cpp's ``llama_tensor_get_type`` does: a K-quant to a 32-element
-    block type (llama.cpp's Q5_0 for Q4_K; Q8_0 is the one aprlib writes), else F16."""
+    llama.cpp, and so does a mixture's router (F32 where its source is quantised). A
+    matrix whose rows are not whole blocks of the requested quantisation falls back as
+    llama.cpp's ``llama_tensor_get_type`` does: a K-quant to a 32-element block type
+    (llama.cpp's Q5_0 for Q4_K; Q8_0 is the one aprlib writes), else F16."""
     if requested is None or requested == t.dtype:
         return t.dtype
+    if t.name.endswith(ROUTER_SUFFIX):
+        return DType.F32 if t.dtype.info.quantized else t.dtype
     info = requested.info
     if info.quantized and len(t.shape) != 2:
         return t.dtype if not t.dtype.info.quantized else DType.F32
@@ -80,14 +90,14 @@ def quant_fallbacks(tensors: list[Tensor], requested: DType | None) -> list[dict
     for t in tensors:
         got = output_dtype(t, requested)
         if len(t.shape) == 2 and got != requested and t.dtype != requested:
+            why = (
+                "the router of a mixture of experts: llama.cpp never quantises it"
+                if t.name.endswith(ROUTER_SUFFIX)
+                else f"rows of {t.shape[-1]} elements are not whole "
+                f"{requested.info.block_elements}-element blocks"
+            )
             out.append(
-                {
-                    "tensor": t.name,
-                    "requested": requested.name,
-                    "written": got.name,
-                    "why": f"rows of {t.shape[-1]} elements are not whole "
-                    f"{requested.info.block_elements}-element blocks",
-                }
+                {"tensor": t.name, "requested": requested.name, "written": got.name, "why": why}
             )
     return out
 

@@ -73,7 +73,7 @@ from typing import Any
 import torch
 
 from aprlib.forward.gates import EXPECT
-from aprlib.forward.model import Ops, Transformer, as_reference64, points_of
+from aprlib.forward.model import ACTIVATIONS, Ops, Transformer, as_reference64, points_of
 
 #: per --expect: (compute dtype of the clean run or None for the side's own, matmul-input blocks)
 ARITHMETIC: dict[str, tuple[torch.dtype | None, str | None]] = {
@@ -444,13 +444,32 @@ class RoundedOps(Ops):
     """The reference arithmetic with every matmul's input rounded to int8 blocks, as
     llama.cpp's CPU kernels quantise activations for Q8_0 (``q8_0``: blocks of 32, an f16
     scale) and K-quant weights (``q8_K``: blocks of 256, an f32 scale): the clean run an
-    engine over quantised weights is expected to stay near."""
+    engine over quantised weights is expected to stay near. ``gelu="f16_table"``: GELU
+    read from llama.cpp's F16 table (``gelu_f16_table``)."""
 
-    def __init__(self, blocks: str) -> None:
+    def __init__(self, blocks: str | None, gelu: str | None = None) -> None:
         self.blocks = blocks
+        self.gelu = gelu
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        return super().linear(round_blocks(x, self.blocks), weight, bias)
+        if self.blocks is not None:
+            x = round_blocks(x, self.blocks)
+        return super().linear(x, weight, bias)
+
+    def geglu(self, gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh"):
+        if self.gelu is None:
+            return super().geglu(gate, up, approximate)
+        return gelu_f16_table(gate, approximate) * up
+
+
+def gelu_f16_table(gate: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+    """GELU as llama.cpp's CPU backend computes it: the F16 table entry (the float32 GELU
+    of each F16 value, rounded to F16) at the F16-rounded input; inputs at or beyond ±10
+    taken as 0 or themselves (``ggml_vec_geglu_f32``)."""
+    at = gate.to(torch.float16).to(torch.float32)
+    table = torch.nn.functional.gelu(at, approximate=approximate).to(torch.float16)
+    out = torch.where(gate >= 10, gate, torch.where(gate <= -10, 0.0, table.to(gate.dtype)))
+    return out.to(gate.dtype)
 
 
 def round_blocks(x: torch.Tensor, blocks: str) -> torch.Tensor:
@@ -548,6 +567,7 @@ class Run:
     dtype: str = ""  # clean runs: compute dtype
     blocks: str | None = None  # clean runs: matmul inputs rounded to these blocks
     rounded: str | None = None  # clean runs: weights rounded as this --expect stores them
+    gelu: str | None = None  # clean runs: "f16_table", GELU as llama.cpp's CPU computes it
 
 
 @dataclass(frozen=True)
@@ -563,7 +583,17 @@ def _clean(side: Side, weights: str, rounded: str | None = None) -> Run:
     """The clean run a side is judged against: its ``--expect`` arithmetic (or its own
     compute dtype) on the reference ``Ops`` over ``weights``."""
     dtype, blocks = ARITHMETIC[side.expect] if side.expect else (side.dtype, None)
-    return Run("clean", weights, str(dtype).removeprefix("torch."), blocks, rounded)
+    gelu = "f16_table" if _gelu_table(side) else None
+    return Run("clean", weights, str(dtype).removeprefix("torch."), blocks, rounded, gelu)
+
+
+def _gelu_table(side: Side) -> bool:
+    """llama.cpp's CPU GELU reads an F16 table at the F16-rounded gate
+    (``ggml_vec_geglu_f32`` under ``GGML_GELU_FP16``): ~3e-4 relative at a GELU-gated
+    MLP's output, far above float32 rounding, so its side's clean run computes GELU the
+    same way (a GELU family only: a SiLU side keeps sharing the trusted run)."""
+    act = ACTIVATIONS.get(side.net.config.hidden_act, ("", ""))[0]
+    return side.engine == "llama.cpp" and act == "geglu"
 
 
 def _rounding(side: Side) -> str | None:
@@ -607,9 +637,10 @@ def _build(run: Run, nets: dict[str, Transformer]) -> Transformer:
     if run.rounded:
         net = round_weights(net, run.rounded)
     dtype = getattr(torch, run.dtype)
-    if run.blocks is None and type(net.ops) is Ops and _weights_dtype(net) == dtype:
+    plain = run.blocks is None and run.gelu is None
+    if plain and type(net.ops) is Ops and _weights_dtype(net) == dtype:
         return net
-    ops = RoundedOps(run.blocks) if run.blocks else Ops()
+    ops = Ops() if plain else RoundedOps(run.blocks, run.gelu)
     return net.with_weights(lambda _, w: w.to(dtype), ops)
 
 
@@ -807,6 +838,8 @@ def _describe(run: Run, sides: dict[str, Side]) -> str:
         text += f" rounded to {run.rounded}"
     if run.blocks:
         text += f", matmul inputs in {run.blocks} blocks"
+    if run.gelu:
+        text += ", GELU from llama.cpp's F16 table"
     return text
 
 

@@ -36,7 +36,16 @@ if TYPE_CHECKING:
 
 DUMP_VERSION = "1"
 SCOPES = ("all", "last")
-DIM_NAMES = ("batch", "tokens", "hidden", "heads", "head_dim", "intermediate", "vocab")
+DIM_NAMES = (
+    "batch",
+    "tokens",
+    "hidden",
+    "heads",
+    "head_dim",
+    "intermediate",
+    "vocab",
+    "experts",
+)
 #: attn.{q,k,v}.<these> are [tokens, heads, head_dim]
 HEADED = ("pre_bias", "post_bias", "norm", "rope")
 
@@ -59,6 +68,8 @@ def canonical_dims(point: str) -> tuple[str, ...]:
         return ("tokens", "intermediate")
     if leaf == "logits":
         return ("tokens", "vocab")
+    if leaf == "mlp.router":  # a mixture's router: a logit per expert
+        return ("tokens", "experts")
     return ("tokens", "hidden")
 
 
@@ -73,6 +84,7 @@ def dim_sizes(point: str, config: ModelConfig, n_tokens: int) -> dict[str, int]:
         "head_dim": config.attention_head_dim,
         "intermediate": config.intermediate_size,
         "vocab": config.vocab_size,
+        "experts": config.num_experts or 0,
     }
 
 

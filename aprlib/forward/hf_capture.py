@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aprlib.config.families import GATE_UP_ORDER, QKV_ORDER
 from aprlib.config.modelconfig import from_hf, hf_cannot_say, to_hf
-from aprlib.forward.model import Transformer, capture_graph
+from aprlib.forward.model import Transformer, capture_graph, split_fused
 
 #: the attention-function override is process-wide (transformers keeps one registry), so
 #: one capture runs at a time; other models' calls pass through the override untouched
@@ -50,17 +51,20 @@ _CAPTURE_LOCK = threading.Lock()
 
 #: per layer: module path under ``model.model.layers.N`` -> what the spec needs from it
 #: (and its two norms: ``PRE_NORMS`` or, OLMo 2, ``POST_NORMS``)
-LAYER_MODULES = (
-    "self_attn",
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
+LAYER_MODULES = ("self_attn", "self_attn.o_proj", "mlp")
+#: q, k and v by whether the family fuses them (``Family.fused``: Phi-3's ``qkv_proj``,
+#: split after its product as the model does)
+PROJECTIONS = {
+    False: ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    True: ("self_attn.qkv_proj",),
+}
+#: a layer's MLP modules by its kind: dense, fused (Phi-3's ``gate_up_proj``), or a
+#: mixture of experts (a router ``gate`` and ``experts``: Qwen3-MoE)
+MLP_MODULES = {
+    "dense": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    "fused": ("mlp.gate_up_proj", "mlp.down_proj"),
+    "experts": ("mlp.gate", "mlp.experts"),
+}
 #: a layer's norm modules by where its family puts them (``Family.norms``)
 NORMS = {
     "pre": ("input_layernorm", "post_attention_layernorm"),
@@ -165,6 +169,8 @@ class Layout:
     qk_norm: bool = False  # every attention has q_norm and k_norm modules (Qwen3)
     norms: str = "pre"  # where the norms sit: "pre", "post" (OLMo 2), "sandwich" (Gemma)
     qk_heads_first: bool = False  # the q/k norms' output is [B, H, T, D] (Gemma 3)
+    fused: bool = False  # q/k/v and gate/up are one projection each (Phi-3)
+    moe_layers: frozenset[int] = frozenset()  # layers whose MLP is a mixture of experts
 
 
 def find_layout(model: nn.Module) -> Layout:
@@ -200,8 +206,15 @@ def find_layout(model: nn.Module) -> Layout:
         missing.append("model.layers (a ModuleList)")
         layers = None
     norms = _norms_of(layers or [])
+    fused = bool(layers) and isinstance(getattr(layers[0].self_attn, "qkv_proj", None), nn.Module)
+    moe = frozenset(
+        i
+        for i, layer in enumerate(layers or ())
+        if isinstance(getattr(getattr(layer, "mlp", None), "experts", None), nn.Module)
+    )
     for i, layer in enumerate(layers or ()):
-        for path in (*LAYER_MODULES, *NORMS[norms]):
+        mlp = MLP_MODULES["experts" if i in moe else "fused" if fused else "dense"]
+        for path in (*LAYER_MODULES, *PROJECTIONS[fused], *mlp, *NORMS[norms]):
             get(layer, path, f"model.layers.{i}.{path}")
     config = getattr(model, "config", None)
     heads: Any = getattr(config, "num_attention_heads", None)
@@ -230,6 +243,8 @@ def find_layout(model: nn.Module) -> Layout:
         qk_norm,
         norms,
         heads_first,
+        fused,
+        moe,
     )
 
 
@@ -355,7 +370,7 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
     or raises. ``HFLayoutError`` names the module paths a model lacks.
     """
     layout = find_layout(model)
-    graph = list(capture_graph(len(layout.layers), layout.qk_norm, layout.norms))
+    graph = list(capture_graph(len(layout.layers), layout.qk_norm, layout.norms, layout.moe_layers))
     raw: dict[str, Tensor] = {}
     derived: dict[str, str] = {}
     why: dict[str, str] = {}
@@ -406,6 +421,48 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
 
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
 
+    def on_fused_qkv(module: nn.Module, p: str) -> None:
+        """q, k and v cut from one product (Phi-3's ``qkv_proj``), in ``QKV_ORDER``."""
+
+        def hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            y = main_output(output)
+            d = y.shape[-1] // (layout.heads + 2 * layout.kv_heads)
+            sizes = (layout.heads * d, layout.kv_heads * d, layout.kv_heads * d)
+            with torch.no_grad():
+                product = pre_bias(m, first_tensor(args, kwargs))
+            befores = split_fused(product, sizes) if product is not None else (None,) * 3
+            for which, after, before in zip(QKV_ORDER, split_fused(y, sizes), befores, strict=True):
+                if before is None:
+                    why[f"{p}attn.{which}.pre_bias"] = (
+                        "qkv_proj has no float weight [out, in] to multiply its input by"
+                    )
+                else:
+                    keep(f"{p}attn.{which}.pre_bias", before)
+                keep(f"{p}attn.{which}.post_bias", after)
+
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+
+    def on_fused_gate_up(module: nn.Module, p: str) -> None:
+        """gate and up, the halves of one product (Phi-3's ``gate_up_proj``)."""
+
+        def hook(_m: nn.Module, _args: Any, output: Any) -> None:
+            y = main_output(output)
+            half = y.shape[-1] // 2
+            for which, part in zip(GATE_UP_ORDER, split_fused(y, (half, half)), strict=True):
+                keep(f"{p}mlp.{which}", part)
+
+        handles.append(module.register_forward_hook(hook))
+
+    def on_router(module: nn.Module, p: str) -> None:
+        """The router's logits, one per expert: transformers' router flattens the batch to
+        [B*T, experts] and returns (logits, weights, experts chosen)."""
+
+        def hook(_m: nn.Module, _args: Any, output: Any) -> None:
+            logits = main_output(output)
+            keep(p + "mlp.router", logits.reshape(1, -1, logits.shape[-1]))
+
+        handles.append(module.register_forward_hook(hook))
+
     layer_of: dict[int, int] = {}
 
     def register() -> None:
@@ -417,12 +474,17 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
             layer_of[id(attn)] = i
             if layout.norms != "post":
                 on_output(layer.input_layernorm, p + "attn_norm")
+            if layout.fused:
+                on_fused_qkv(attn.qkv_proj, p)
             for which in "qkv":
-                on_projection(getattr(attn, f"{which}_proj"), p, which)
+                proj = "qkv_proj" if layout.fused else f"{which}_proj"
+                if not layout.fused:
+                    on_projection(getattr(attn, proj), p, which)
                 derived[f"{p}attn.{which}.pre_bias"] = (
-                    f"F.linear({which}_proj's input, {which}_proj.weight): HF adds the bias inside "
+                    f"F.linear({proj}'s input, {proj}.weight): HF adds the bias inside "
                     "the Linear, so the product before it is recomputed from the module's own "
                     "input and weight"
+                    + (f" ({which}'s rows of the product)" if layout.fused else "")
                 )
             if layout.qk_norm:
                 on_output(attn.q_norm, p + "attn.q.norm", layout.qk_heads_first)
@@ -439,10 +501,17 @@ def capture_hf(model: nn.Module, tokens: Sequence[int], scores: bool = True) -> 
             if layout.norms == "sandwich":
                 on_input(layer.pre_feedforward_layernorm, p + "resid.attn")
                 on_output(layer.pre_feedforward_layernorm, p + "ffn_norm")
-            on_output(mlp.gate_proj, p + "mlp.gate")
-            on_output(mlp.up_proj, p + "mlp.up")
-            on_input(mlp.down_proj, p + "mlp.swiglu")
-            on_output(mlp.down_proj, p + "mlp.down")
+            if i in layout.moe_layers:  # the router's logits, the experts' weighted sum
+                on_router(mlp.gate, p)
+                on_output(mlp, p + "mlp.down")
+            else:
+                if layout.fused:
+                    on_fused_gate_up(mlp.gate_up_proj, p)
+                else:
+                    on_output(mlp.gate_proj, p + "mlp.gate")
+                    on_output(mlp.up_proj, p + "mlp.up")
+                on_input(mlp.down_proj, p + "mlp.swiglu")
+                on_output(mlp.down_proj, p + "mlp.down")
             if layout.norms != "pre":
                 on_output(layer.post_feedforward_layernorm, p + "mlp.post_norm")
             on_output(layer, p + "resid.mlp")
@@ -562,7 +631,7 @@ def reference_from_hf(
     cfg = from_hf(config.to_dict())
     net = Transformer(cfg)
     expected = list(net.state_dict())
-    state = model.state_dict()
+    state = unstacked_experts(model.state_dict())
     missing = [k for k in expected if k not in state]
     if missing:
         raise HFLayoutError(
@@ -572,6 +641,52 @@ def reference_from_hf(
     weights = {k: state[k].detach().to(device=target, dtype=dtype, copy=True) for k in expected}
     net.load_state_dict(weights, strict=True, assign=True)
     return net.eval()
+
+
+#: transformers 5 holds a mixture's experts stacked in memory (``Qwen3MoeExperts``): gate
+#: and up of every expert in one [experts, 2 x width, hidden] tensor (gate first, as its
+#: forward's ``chunk(2)`` reads it), down in one [experts, hidden, width]; files hold them
+#: one tensor per expert (``mlp.experts.E.{gate,up,down}_proj.weight``), as it saves them
+STACKED = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+
+
+def unstacked_experts(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with transformers' in-memory expert stacks as the per-expert tensors a
+    file holds (views); every other tensor as it is."""
+    out: dict[str, Tensor] = {}
+    for name, value in state.items():
+        prefix = name.removesuffix(STACKED[0]).removesuffix(STACKED[1])
+        if name.endswith(STACKED[0]):
+            for e, (gate, up) in enumerate(v.chunk(2, dim=0) for v in value):
+                out[f"{prefix}mlp.experts.{e}.gate_proj.weight"] = gate
+                out[f"{prefix}mlp.experts.{e}.up_proj.weight"] = up
+        elif name.endswith(STACKED[1]):
+            for e, down in enumerate(value):
+                out[f"{prefix}mlp.experts.{e}.down_proj.weight"] = down
+        else:
+            out[name] = value
+    return out
+
+
+def stacked_experts(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of ``unstacked_experts``: per-expert tensors stacked as transformers 5
+    holds them in memory."""
+    out: dict[str, Tensor] = {}
+    groups: dict[str, dict[int, dict[str, Tensor]]] = {}
+    for name, value in state.items():
+        head, sep, tail = name.partition("mlp.experts.")
+        index, _, part = tail.partition(".")
+        if not sep or not index.isdigit():
+            out[name] = value
+            continue
+        groups.setdefault(head, {}).setdefault(int(index), {})[part] = value
+    for head, experts in groups.items():
+        ordered = [experts[e] for e in sorted(experts)]
+        out[head + STACKED[0]] = torch.stack(
+            [torch.cat([x["gate_proj.weight"], x["up_proj.weight"]]) for x in ordered]
+        )
+        out[head + STACKED[1]] = torch.stack([x["down_proj.weight"] for x in ordered])
+    return out
 
 
 def hf_model_from(net: Transformer) -> nn.Module:
@@ -593,7 +708,11 @@ def hf_model_from(net: Transformer) -> nn.Module:
     weight = net.model.embed_tokens.weight
     config = AutoConfig.for_model(hf.pop("model_type"), **hf)
     model = AutoModelForCausalLM.from_config(config, dtype=weight.dtype).eval()
+    if hasattr(model.config, "_experts_implementation"):  # its own loop, at any width
+        model.config._experts_implementation = "eager"
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if any(k.endswith(STACKED[0]) for k in model.state_dict()):
+        state = stacked_experts(state)
     result = model.load_state_dict(state, strict=False)
     missing = [
         k for k in result.missing_keys if not (cfg.tie_word_embeddings and k == "lm_head.weight")

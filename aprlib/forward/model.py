@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aprlib.compare.shapes import check_weights_match
+from aprlib.config.families import QKV_ORDER
 from aprlib.config.modelconfig import ConfigError, ModelConfig, yarn_attention_factor, yarn_factor
 from aprlib.errors import ModelFileError
 from aprlib.formats.io import LM_HEAD, Model, open_model
@@ -295,8 +296,30 @@ def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tupl
 # --- capture points ------------------------------------------------------------------------
 
 
+def split_fused(y: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """A fused projection's output cut into its parts, in the order its rows hold them
+    (``families.QKV_ORDER``: q, k, v; ``GATE_UP_ORDER``: gate, up). Views, not copies.
+    Under GQA k and v are the same size, and so are gate and up: parts taken in the wrong
+    order run without a shape error, which is why this is one function with one order."""
+    return tuple(y.split(list(sizes), dim=-1))
+
+
+def route(logits: Tensor, k: int, renormalise: bool) -> tuple[Tensor, Tensor]:
+    """(weights, experts) of each token: the top ``k`` of the softmax over the router's
+    logits (in float32), renormalised to sum to 1 when the config says so, in the logits'
+    dtype. One function, so the routing a defect gets wrong is this."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    weights, chosen = torch.topk(probs, k, dim=-1)
+    if renormalise:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights.to(logits.dtype), chosen
+
+
 def capture_graph(
-    num_layers: int, qk_norm: bool = False, norms: str = "pre"
+    num_layers: int,
+    qk_norm: bool = False,
+    norms: str = "pre",
+    moe_layers: frozenset[int] = frozenset(),
 ) -> dict[str, tuple[str, ...]]:
     """Every capture point in the order it fires, mapped to the points it is computed from.
 
@@ -306,7 +329,10 @@ def capture_graph(
     ``qk_norm``: the family normalises q and k before RoPE (``attn.{q,k}.norm``, Qwen3).
     ``norms``: where the family's norms sit (``Family.norms``): "pre" before attention and
     the MLP (``attn_norm``, ``ffn_norm``); "post" after them (``attn.post_norm``,
-    ``mlp.post_norm``, OLMo 2); "sandwich" both (Gemma).
+    ``mlp.post_norm``, OLMo 2); "sandwich" both (Gemma). ``moe_layers``: layers whose
+    MLP is a mixture of experts: its router's logits (``mlp.router``, one per expert) and
+    the weighted sum of the chosen experts (``mlp.down``) are its points; one expert's
+    output covers only the tokens routed to it, so it is no point.
     """
     before, after = norms in ("pre", "sandwich"), norms in ("post", "sandwich")
     graph: dict[str, tuple[str, ...]] = {"embed": ()}
@@ -339,10 +365,14 @@ def capture_graph(
         if before:
             graph[p + "ffn_norm"] = (p + "resid.attn",)
             mlp_in = p + "ffn_norm"
-        graph[p + "mlp.gate"] = (mlp_in,)
-        graph[p + "mlp.up"] = (mlp_in,)
-        graph[p + "mlp.swiglu"] = (p + "mlp.gate", p + "mlp.up")
-        graph[p + "mlp.down"] = (p + "mlp.swiglu",)
+        if i in moe_layers:
+            graph[p + "mlp.router"] = (mlp_in,)
+            graph[p + "mlp.down"] = (mlp_in, p + "mlp.router")
+        else:
+            graph[p + "mlp.gate"] = (mlp_in,)
+            graph[p + "mlp.up"] = (mlp_in,)
+            graph[p + "mlp.swiglu"] = (p + "mlp.gate", p + "mlp.up")
+            graph[p + "mlp.down"] = (p + "mlp.swiglu",)
         mlp_out = p + "mlp.down"
         if after:
             graph[p + "mlp.post_norm"] = (mlp_out,)
@@ -356,7 +386,8 @@ def capture_graph(
 
 def points_of(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
     """``capture_graph`` of a model of ``cfg`` (its layers, its family's extra points)."""
-    return capture_graph(cfg.num_hidden_layers, cfg.qk_norm is not None, cfg.family.norms)
+    moe = frozenset(i for i in range(cfg.num_hidden_layers) if cfg.layer_moe(i))
+    return capture_graph(cfg.num_hidden_layers, cfg.qk_norm is not None, cfg.family.norms, moe)
 
 
 class CaptureError(RuntimeError):
@@ -381,9 +412,12 @@ class Attention(nn.Module):
         super().__init__()
         h, d = cfg.hidden_size, cfg.attention_head_dim
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
-        self.q_proj = _linear(h, self.n_heads * d, cfg.qkv_bias)
-        self.k_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
-        self.v_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
+        if cfg.family.fused:  # Phi-3: q, k, v rows of one projection
+            self.qkv_proj = _linear(h, (self.n_heads + 2 * self.n_kv) * d, False)
+        else:
+            self.q_proj = _linear(h, self.n_heads * d, cfg.qkv_bias)
+            self.k_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
+            self.v_proj = _linear(h, self.n_kv * d, cfg.qkv_bias)
         self.o_proj = _linear(self.n_heads * d, h, cfg.o_proj_bias)
         if cfg.qk_norm == "head":  # Qwen3: RMSNorm over each head of q and of k
             self.q_norm = RMSNorm(d)
@@ -397,9 +431,33 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = _linear(h, i, b)
-        self.up_proj = _linear(h, i, b)
+        if cfg.family.fused:  # Phi-3: gate, then up, rows of one projection
+            self.gate_up_proj = _linear(h, 2 * i, b)
+        else:
+            self.gate_proj = _linear(h, i, b)
+            self.up_proj = _linear(h, i, b)
         self.down_proj = _linear(i, h, b)
+
+
+class Expert(nn.Module):
+    """One expert of a mixture: a SwiGLU MLP of ``moe_intermediate_size``, no biases."""
+
+    def __init__(self, h: int, i: int) -> None:
+        super().__init__()
+        self.gate_proj = _linear(h, i, False)
+        self.up_proj = _linear(h, i, False)
+        self.down_proj = _linear(i, h, False)
+
+
+class SparseMLP(nn.Module):
+    """A mixture of experts under HF's names: the router ``gate`` (a row per expert) and
+    ``experts.E``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        experts, i = cfg.num_experts or 0, cfg.moe_intermediate_size or 0
+        self.gate = _linear(cfg.hidden_size, experts, False)
+        self.experts = nn.ModuleList(Expert(cfg.hidden_size, i) for _ in range(experts))
 
 
 class DecoderLayer(nn.Module):
@@ -407,7 +465,7 @@ class DecoderLayer(nn.Module):
     and the norm of attention's output in a "post" or "sandwich" one (OLMo 2, Gemma, whose
     norm before the MLP is ``pre_feedforward_layernorm``): HF's names, every way."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         norms = cfg.family.norms
         if norms in ("pre", "sandwich"):
@@ -416,7 +474,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size)
         if norms == "sandwich":
             self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size)
-        self.mlp = MLP(cfg)
+        # a mixture's layer or a dense one: each read by the forward by its own names
+        self.mlp: Any = SparseMLP(cfg) if cfg.layer_moe(layer) else MLP(cfg)
         if norms in ("post", "sandwich"):
             self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size)
 
@@ -430,7 +489,7 @@ class Body(nn.Module):
         # torch._dynamo (a second per load, half of a cold `apr` command's start)
         shape = (cfg.vocab_size, cfg.hidden_size)
         self.embed_tokens = nn.Embedding(*shape, _weight=torch.empty(shape, device="meta"))
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size)
 
 
@@ -716,17 +775,12 @@ class Transformer(nn.Module):
             h = self._norm(x, layer.input_layernorm.weight)
             yield p + "attn_norm", h
         heads = {}
-        for name, proj, n in (
-            ("q", attn.q_proj, attn.n_heads),
-            ("k", attn.k_proj, attn.n_kv),
-            ("v", attn.v_proj, attn.n_kv),
-        ):
-            y = ops.linear(h, proj.weight)
+        for name, y, bias in self._qkv(h, attn):
             yield p + f"attn.{name}.pre_bias", y
-            if proj.bias is not None:
-                y = ops.add_bias(y, proj.bias)
+            if bias is not None:
+                y = ops.add_bias(y, bias)
             yield p + f"attn.{name}.post_bias", y
-            heads[name] = y.view(b, t, n, attn.head_dim)  # [B, T, H, D]
+            heads[name] = y.view(b, t, -1, attn.head_dim)  # [B, T, H, D]
         if cfg.qk_norm is not None:  # per head (Qwen3) or over the projection (OLMo 2)
             offset = {"offset": cfg.family.norm_offset} if cfg.family.norm_offset else {}
             for name, norm in (("q", attn.q_norm), ("k", attn.k_norm)):
@@ -763,14 +817,12 @@ class Transformer(nn.Module):
             pre_mlp = layer.pre_feedforward_layernorm if after else layer.post_attention_layernorm
             h = self._norm(x, pre_mlp.weight)
             yield p + "ffn_norm", h
-        gate = ops.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
-        yield p + "mlp.gate", gate
-        up = ops.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
-        yield p + "mlp.up", up
-        method, approximate = ACTIVATIONS[cfg.hidden_act]
-        s = ops.swiglu(gate, up) if method == "swiglu" else ops.geglu(gate, up, approximate)
-        yield p + "mlp.swiglu", s
-        down = ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
+        if cfg.layer_moe(i):
+            router = ops.linear(h, mlp.gate.weight)
+            yield p + "mlp.router", router
+            down = self._mixture(h, router, mlp)
+        else:
+            down = yield from self._dense_mlp(p, h, mlp)
         yield p + "mlp.down", down
         if after:
             down = self._norm(down, layer.post_feedforward_layernorm.weight)
@@ -779,6 +831,60 @@ class Transformer(nn.Module):
         self.weights.check_holding(i, stamp)  # a streamed layer still this one's, throughout
         yield p + "resid.mlp", x
         return x
+
+    def _dense_mlp(
+        self, p: str, h: Tensor, mlp: Any
+    ) -> Generator[tuple[str, Tensor], None, Tensor]:
+        """A dense MLP's points up to its down projection, which it returns."""
+        cfg, ops = self.config, self.ops
+        if cfg.family.fused:  # Phi-3: one product, split after (as transformers does)
+            gate, up = split_fused(
+                ops.linear(h, mlp.gate_up_proj.weight), (cfg.intermediate_size,) * 2
+            )
+        else:
+            gate = ops.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
+            up = ops.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
+        yield p + "mlp.gate", gate
+        yield p + "mlp.up", up
+        method, approximate = ACTIVATIONS[cfg.hidden_act]
+        s = ops.swiglu(gate, up) if method == "swiglu" else ops.geglu(gate, up, approximate)
+        yield p + "mlp.swiglu", s
+        return ops.linear(s, mlp.down_proj.weight, mlp.down_proj.bias)
+
+    def _mixture(self, h: Tensor, router: Tensor, mlp: Any) -> Tensor:
+        """The chosen experts' outputs weighted and summed, as transformers' Qwen3-MoE
+        computes them: softmax over the router's logits in float32, the top k, renormalised
+        when ``norm_topk_prob``, cast back; each expert runs on the tokens routed to it,
+        and a token's outputs are added in the experts' order."""
+        cfg, ops = self.config, self.ops
+        b, t, hidden = h.shape
+        x, logits = h.reshape(-1, hidden), router.reshape(b * t, -1)
+        weights, chosen = route(logits, cfg.num_experts_per_tok or 0, bool(cfg.norm_topk_prob))
+        out = torch.zeros_like(x)
+        for e in chosen.unique().tolist():
+            token, slot = torch.where(chosen == e)
+            expert = mlp.experts[e]
+            y = x[token]
+            s = ops.swiglu(
+                ops.linear(y, expert.gate_proj.weight), ops.linear(y, expert.up_proj.weight)
+            )
+            y = ops.linear(s, expert.down_proj.weight) * weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out.view(b, t, hidden)
+
+    def _qkv(self, h: Tensor, attn: Attention) -> list[tuple[str, Tensor, Tensor | None]]:
+        """(name, projection before its bias, the bias) of q, k and v: three products, or
+        one fused product split after it (Phi-3, as transformers computes it)."""
+        ops = self.ops
+        if self.config.family.fused:
+            q, kv = attn.n_heads * attn.head_dim, attn.n_kv * attn.head_dim
+            parts = split_fused(ops.linear(h, attn.qkv_proj.weight), (q, kv, kv))
+            return [(name, y, None) for name, y in zip(QKV_ORDER, parts, strict=True)]
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        return [
+            (name, ops.linear(h, proj.weight), proj.bias)
+            for name, proj in zip(QKV_ORDER, projections, strict=True)
+        ]
 
     def _attention_options(self, layer: int, keys: int) -> dict[str, Any]:
         """The keywords ``Ops.attention`` gets for ``layer``: only those that change its

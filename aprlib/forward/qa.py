@@ -226,6 +226,14 @@ def parity_gate(model: Any, reference: np.ndarray, tokens: list[int], work: Path
             f"not checked: {exc} (no verdict on the model)",
             {"oracle_error": type(exc).__name__, "signal": getattr(exc.signal, "name", None)},
         )
+    except ValueError as exc:  # llama.cpp refused the file: its graph lacks what it holds
+        return Gate(
+            "backend_parity",
+            "SKIP",
+            f"not checked: llama.cpp refused the file: {_refusal(model, exc)} "
+            "(no verdict on the model)",
+            {"oracle_error": type(exc).__name__, "llama_cpp": str(exc)},
+        )
     c = compare_logits(reference, theirs, tokens, tokens, gates)
     return Gate(
         "backend_parity",
@@ -234,6 +242,17 @@ def parity_gate(model: Any, reference: np.ndarray, tokens: list[int], work: Path
         f"NMSE {c.nmse:.3g}" + (f"; failed {', '.join(c.failed)}" if c.failed else ""),
         {"kl_mean": c.kl_mean, "top1": c.top1, "nmse": c.nmse, "dtype": worst},
     )
+
+
+def _refusal(model: Any, exc: ValueError) -> str:
+    """Why llama.cpp refused the GGUF copy: the config's own note that its graph "will
+    refuse" such a file (``llama_cpp_graph_gaps``) where there is one, else its message."""
+    from aprlib.config.modelconfig import llama_cpp_graph_gaps
+
+    cfg = getattr(model, "config", None)
+    notes = llama_cpp_graph_gaps(cfg) if cfg is not None else []
+    refusing = [n for n in notes if "will refuse" in n]
+    return "; ".join(refusing) if refusing else str(exc)
 
 
 def run_qa(

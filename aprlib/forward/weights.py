@@ -259,13 +259,14 @@ class StreamedWeights:
     def __init__(
         self,
         model: Model,
-        make_layer: Callable[[ModelConfig], DecoderLayer],
+        make_layer: Callable[[ModelConfig, int], DecoderLayer],
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         on_layer: Callable[[int], None] | None = None,
     ) -> None:
-        """``make_layer``: the forward's layer module for a config (``model.DecoderLayer``),
-        built once on the meta device and filled from the file layer after layer."""
+        """``make_layer``: the forward's layer module for a config's layer i
+        (``model.DecoderLayer``), built once per kind of layer (a mixture's sparse and dense
+        layers differ) on the meta device and filled from the file layer after layer."""
         cfg = model.config
         assert cfg is not None
         self.model, self.config, self.dtype, self.device = model, cfg, dtype, torch.device(device)
@@ -276,12 +277,7 @@ class StreamedWeights:
             if i is not None:
                 self._layers[i][name.split(".", 3)[3]] = t
         self.make_layer = make_layer
-        self._module = make_layer(cfg)
-        state = {
-            k: torch.empty(t.shape, dtype=dtype, device=self.device)
-            for k, t in self._layers[0].items()
-        }  # every layer has these shapes: check_weights_match held the file to its config
-        self._module.load_state_dict(state, strict=True, assign=True)
+        self._modules: dict[bool, DecoderLayer] = {}
         self._held: int | None = None
         self.loads = 0  # layers read into the buffers so far (the stamp forwards check)
         # every file the weights lie in, open now: a rewrite from here on is seen
@@ -315,16 +311,31 @@ class StreamedWeights:
         values = self._rows(t, wanted)
         return values.to(device=self.device, dtype=self.dtype), index.to(self.device)
 
+    def _module(self, i: int) -> DecoderLayer:
+        """The buffers layer ``i`` is read into: one module per kind of layer, made at its
+        first use with the shapes of that layer (every layer of a kind has them:
+        ``check_weights_match`` held the file to its config)."""
+        kind = self.config.layer_moe(i)
+        if kind not in self._modules:
+            module = self.make_layer(self.config, i)
+            state = {
+                k: torch.empty(t.shape, dtype=self.dtype, device=self.device)
+                for k, t in self._layers[i].items()
+            }
+            module.load_state_dict(state, strict=True, assign=True)
+            self._modules[kind] = module
+        return self._modules[kind]
+
     def layer(self, i: int) -> DecoderLayer:
         if self._held == i:
-            return self._module
+            return self._module(i)
         self._held = None  # until every buffer holds layer i
         self.loads += 1
         raw = self._take(i)
         if i + 1 < len(self._layers):
             self._start(i + 1)
         with torch.no_grad():
-            params = dict(self._module.named_parameters())
+            params = dict(self._module(i).named_parameters())
             offset = 0
             for key, t in self._layers[i].items():
                 target = params[key]
@@ -338,7 +349,7 @@ class StreamedWeights:
         self._held = i
         for report in ([self.on_layer] if self.on_layer else []) + layer_progress:
             report(i)
-        return self._module
+        return self._module(i)
 
     def final_norm(self) -> Tensor:
         t = self.model.tensors["model.norm.weight"]
@@ -528,7 +539,11 @@ class DerivedWeights:
     def __init__(self, base: StreamedWeights, transform: Transform) -> None:
         self.base, self.transform = base, transform
         self.config = base.config
-        self._module = base.make_layer(base.config)
+        self._modules = {
+            kind: base.make_layer(base.config, i)
+            for i in range(base.config.num_hidden_layers)
+            for kind in (base.config.layer_moe(i),)
+        }
         self._held: int | None = None
         self._base_loads = -1
         self.loads = 0
@@ -543,10 +558,11 @@ class DerivedWeights:
         if self._held != i or self._base_loads != self.base.loads:
             prefix = f"model.layers.{i}."
             state = {k: self.transform(prefix + k, v) for k, v in source.state_dict().items()}
-            self._module.load_state_dict(state, strict=True, assign=True)
+            module = self._modules[self.config.layer_moe(i)]
+            module.load_state_dict(state, strict=True, assign=True)
             self._held, self._base_loads = i, self.base.loads
             self.loads += 1
-        return self._module
+        return self._modules[self.config.layer_moe(i)]
 
     def final_norm(self) -> Tensor:
         return self.transform("model.norm.weight", self.base.final_norm())

@@ -460,6 +460,29 @@ def _embed_scale_dropped(mp: Any) -> None:
             mp.setitem(families.FAMILIES, name, dataclasses.replace(family, embed_scale=False))
 
 
+def _fused_split_swapped(mp: Any) -> None:
+    """Phi-3's fused projections cut in the wrong order: k and v, gate and up exchanged
+    (equal sizes under GQA and always for gate/up, so nothing fails on a shape)."""
+    from aprlib.forward import model
+
+    real = model.split_fused
+
+    def split(y: Any, sizes: tuple[int, ...]) -> tuple[Any, ...]:
+        parts = real(y, sizes)
+        return (*parts[:-2], parts[-1], parts[-2])
+
+    mp.setattr(model, "split_fused", split)
+
+
+def _routing_unrenormalised(mp: Any) -> None:
+    """A mixture's top-k routing weights left as softmax probabilities where the config
+    says to renormalise them (``norm_topk_prob``)."""
+    from aprlib.forward import model
+
+    real = model.route
+    mp.setattr(model, "route", lambda logits, k, _renormalise: real(logits, k, False))
+
+
 def _window_off_by_one(real: Any) -> Any:
     """A sliding window that keeps one key too many (``j >= i - window``)."""
 
@@ -488,7 +511,10 @@ def _qk_norm_per_head(real: Any) -> Any:
 
 
 #: the DESIGN row every family-specific forward defect belongs to
-FAMILY_ROW = "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)"
+FAMILY_ROW = (
+    "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split, "
+    "expert routing)"
+)
 
 for _id, _title, _patch in (
     (
@@ -523,6 +549,16 @@ for _id, _title, _patch in (
         _ops_patch("attention", _attn_softcap_dropped),
     ),
     ("embed-scale-dropped", "Gemma embeddings not scaled by sqrt(hidden)", _embed_scale_dropped),
+    (
+        "moe-routing-unrenormalised",
+        "Qwen3-MoE top-k routing weights not renormalised to sum to 1",
+        _routing_unrenormalised,
+    ),
+    (
+        "fused-split-swapped",
+        "Phi-3 qkv_proj split q, v, k and gate_up_proj split up, gate",
+        _fused_split_swapped,
+    ),
     (
         "window-off-by-one",
         "sliding window one key too wide",

@@ -31,7 +31,8 @@ DESIGN_ROWS = (
     "tokenizer differs across formats",
     "partial run erases a refutation",
     # beyond DESIGN §7: what the families of issue 25 add (one row, one entry per op)
-    "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split)",
+    "family-specific op wrong (q/k norm scope, norm offset, window, soft-cap, fused split, "
+    "expert routing)",
 )
 
 #: arrays of a model file: name -> (dtype, shape, raw bytes as uint8)
