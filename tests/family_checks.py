@@ -64,3 +64,14 @@ def diff_of_edited_gguf(
     capsys.readouterr()
     assert apr(["diff", str(tiny.folder), str(work / "bad.gguf"), "--json"]) == 1
     return json.loads(capsys.readouterr().out)
+
+
+def llama_cpp_bisect_json(
+    folder: Path, gguf: Path, tokens: list[int], capsys: Any
+) -> tuple[int, dict[str, Any]]:
+    """``apr bisect FOLDER GGUF --backend-b llama.cpp --json``: its exit code and report."""
+    capsys.readouterr()
+    ids = ",".join(map(str, tokens))
+    args = ["bisect", str(folder), str(gguf), "--backend-b", "llama.cpp", "--tokens", ids]
+    code = apr([*args, "--json"])
+    return code, json.loads(capsys.readouterr().out)

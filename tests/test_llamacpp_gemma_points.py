@@ -23,12 +23,12 @@ import pytest
 import torch
 
 from aprlib import convert
-from aprlib.cli.main import main as apr
 from aprlib.forward import llamacpp
 from aprlib.forward import llamacpp_points as lp
 from aprlib.forward.model import Ops, Transformer
 from falsifiers.llamacpp_oracle import require_llama_cpp
 from falsifiers.test_gguf_real_files_v1 import rewrite_gguf
+from tests.family_checks import llama_cpp_bisect_json
 from tests.test_llamacpp_capture import mapped_points, relative
 
 TOKENS = [3, 17, 42, 5, 88, 1, 60, 29, 11, 70, 2]
@@ -216,11 +216,7 @@ def test_the_map_data_for_gemma() -> None:
 
 
 def bisect_json(folder: Path, gguf: Path, capsys: Any) -> tuple[int, dict[str, Any]]:
-    capsys.readouterr()
-    tokens = ",".join(map(str, TOKENS))
-    args = ["bisect", str(folder), str(gguf), "--backend-b", "llama.cpp", "--tokens", tokens]
-    code = apr([*args, "--json"])
-    return code, json.loads(capsys.readouterr().out)
+    return llama_cpp_bisect_json(folder, gguf, TOKENS, capsys)
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHS))

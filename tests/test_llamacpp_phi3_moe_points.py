@@ -18,7 +18,6 @@ fails: "error loading model vocabulary: unordered_map::at").
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Callable
@@ -29,12 +28,12 @@ import numpy as np
 import pytest
 
 from aprlib import convert
-from aprlib.cli.main import main as apr
 from aprlib.forward import llamacpp
 from aprlib.forward import llamacpp_points as lp
 from aprlib.forward.model import capture_graph
 from falsifiers.llamacpp_oracle import require_llama_cpp
 from falsifiers.test_gguf_real_files_v1 import rewrite_gguf
+from tests.family_checks import llama_cpp_bisect_json
 from tests.test_llamacpp_capture import mapped_points, relative
 from tests.test_llamacpp_gemma_points import nmse, reference
 
@@ -166,11 +165,7 @@ def test_the_map_data_for_phi3_and_qwen3moe() -> None:
 
 
 def bisect_json(folder: Path, gguf: Path, capsys: Any) -> tuple[int, dict[str, Any]]:
-    capsys.readouterr()
-    tokens = ",".join(map(str, TOKENS))
-    args = ["bisect", str(folder), str(gguf), "--backend-b", "llama.cpp", "--tokens", tokens]
-    code = apr([*args, "--json"])
-    return code, json.loads(capsys.readouterr().out)
+    return llama_cpp_bisect_json(folder, gguf, TOKENS, capsys)
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHS))

@@ -112,7 +112,7 @@ DEFAULT_QKV_BIAS = {
 #: archs whose graph names q and k after their per-head RMSNorm (``src/models/qwen3.cpp``:
 #: ``Qcur_normed``/``Kcur_normed``, between the reshape and RoPE; ``nth`` of ``Qcur`` as
 #: in qwen2 and llama)
-QK_NORMED = ("qwen3", "qwen3moe")
+QK_NORMED = ("qwen3", "qwen3moe", "gemma3")
 #: archs whose GGUF q/k rows are permuted for llama.cpp's normal (pair-interleaved) RoPE
 INTERLEAVED_ROPE = ("llama",)
 
@@ -162,12 +162,14 @@ def point_map_data(arch: str, qkv_bias: bool | None = None) -> dict[str, Any]:
     return {"engine": ENGINE, "points": points}
 
 
-def _embed_and_attention(arch: str, bias: bool) -> list[dict[str, Any]]:
+def _embed_and_attention(arch: str, bias: bool, embed: str = "embd") -> list[dict[str, Any]]:
     """The points up to ``kqv_out`` of a graph that calls ``build_qkv`` on separate q/k/v
-    weights (llama, qwen2, qwen3, qwen3moe): named alike, ``nth`` set by the bias."""
+    weights (llama, qwen2, qwen3, qwen3moe, gemma2, gemma3): named alike, ``nth`` set by
+    the bias; ``embed``: the name of the embedding as the layers get it (Gemma's scaled
+    ``inp_scaled``)."""
     layer = "layers.{layer}."
     points = [
-        _entry("embd", "embed", HIDDEN),
+        _entry(embed, "embed", HIDDEN),
         _entry("attn_norm-{layer}", layer + "attn_norm", HIDDEN),
     ]
     for proj, name in (("q", "Qcur"), ("k", "Kcur"), ("v", "Vcur")):
@@ -260,22 +262,8 @@ def _gemma_map(arch: str, bias: bool) -> dict[str, Any]:
     whatever ``query_pre_attn_scalar`` says: a model where they differ diverges at
     ``kqv_out``, correctly."""
     layer = "layers.{layer}."
-    points = [
-        _entry("inp_scaled", "embed", HIDDEN),
-        _entry("attn_norm-{layer}", layer + "attn_norm", HIDDEN),
-    ]
-    for proj, name in (("q", "Qcur"), ("k", "Kcur"), ("v", "Vcur")):
-        attn = f"{layer}attn.{proj}."
-        points.append(_entry(name + "-{layer}", attn + "pre_bias", FLAT_HEADS, 1))
-        points.append(
-            _entry(name + "-{layer}", attn + "post_bias", FLAT_HEADS if bias else HEADS, 2)
-        )
-        if proj != "v" and arch == "gemma3":
-            points.append(_entry(name + "_normed-{layer}", attn + "norm", HEADS))
-        if proj != "v":
-            points.append(_entry(name + "-{layer}", attn + "rope", HEADS, 4 if bias else 3))
+    points = _embed_and_attention(arch, bias, embed="inp_scaled")
     points += [
-        _entry("kqv_out-{layer}", layer + "attn.out", FLAT_HEADS),
         _entry("attn_post_norm-{layer}", layer + "attn.post_norm", HIDDEN),
         _entry("sa_out-{layer}", layer + "resid.attn", HIDDEN),
         _entry("ffn_norm-{layer}", layer + "ffn_norm", HIDDEN),
