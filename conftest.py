@@ -121,15 +121,6 @@ def hf_classes() -> dict[str, tuple[Any, Any]]:
     }
 
 
-def eager_experts(model: Any) -> Any:
-    """A mixture's experts computed by transformers' own loop over them (``eager``, the
-    modeling file's code), not its default grouped matmul, which raises "strides should be
-    multiple of 16 bytes" for expert widths a tiny model has: the oracle must run."""
-    if hasattr(model.config, "_experts_implementation"):
-        model.config._experts_implementation = "eager"
-    return model
-
-
 def build_tiny(
     folder: Path,
     architecture: str = "qwen2",
@@ -150,6 +141,8 @@ def build_tiny(
         values = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **values}
     config = config_cls(**values, tie_word_embeddings=tied)
     torch.manual_seed(seed)
+    from aprlib.forward.hf_capture import eager_experts
+
     model = eager_experts(model_cls(config).eval())
     with torch.no_grad():
         for name, p in model.named_parameters():

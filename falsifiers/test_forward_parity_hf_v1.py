@@ -163,7 +163,8 @@ def draw_gemma(draw: st.DrawFn, arch: str, hf: dict[str, Any]) -> None:
 
 def hf_model(spec: Spec) -> torch.nn.Module:
     """transformers' model with every parameter random (norms around 1, with spread)."""
-    from conftest import eager_experts, hf_classes
+    from aprlib.forward.hf_capture import eager_experts
+    from conftest import hf_classes
 
     config_cls, model_cls = hf_classes()[spec.architecture]
     torch.manual_seed(spec.seed)

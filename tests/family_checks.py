@@ -12,7 +12,12 @@ import torch
 
 from aprlib import convert, diff_models, open_model
 from aprlib.cli.main import main as apr
-from aprlib.forward.hf_capture import capture_hf, reference_from_hf, reference_points
+from aprlib.forward.hf_capture import (
+    capture_hf,
+    eager_experts,
+    reference_from_hf,
+    reference_points,
+)
 
 
 def check_capture_matches_reference(model: Any, tokens: list[int]) -> dict[str, Any]:
@@ -43,9 +48,8 @@ def check_every_format_and_back(tiny: Any, work: Path, tokens: list[int]) -> Any
             with open_model(path) as m:
                 assert m.config == src.config, path.name
                 assert diff_models(src, m).clean, path.name
-    back = AutoModelForCausalLM.from_pretrained(work / "back", dtype=torch.float32).eval()
-    if hasattr(back.config, "_experts_implementation"):  # transformers' own expert loop
-        back.config._experts_implementation = "eager"
+    back = eager_experts(AutoModelForCausalLM.from_pretrained(work / "back", dtype=torch.float32))
+    back.eval()
     with torch.no_grad():
         ours = back(torch.tensor([tokens])).logits
         theirs = tiny.model(torch.tensor([tokens])).logits

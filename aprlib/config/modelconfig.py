@@ -939,7 +939,8 @@ def hf_moe_fields(config: dict[str, Any], family: Family) -> dict[str, Any]:
     dense = sorted({*only, *(i for i in range(count) if (i + 1) % step)})
     return {
         # transformers 5 saves Qwen3-MoE's num_experts as num_local_experts (Mixtral's key)
-        "num_experts": config.get("num_experts", get("num_local_experts") or get("num_experts")),
+        "num_experts": config.get("num_experts", config.get("num_local_experts"))
+        or family.config_default("num_experts"),
         "num_experts_per_tok": get("num_experts_per_tok"),
         "moe_intermediate_size": get("moe_intermediate_size"),
         "norm_topk_prob": bool(get("norm_topk_prob")),

@@ -215,14 +215,7 @@ def _write(
     report.fallbacks = quant_fallbacks(tensors, dtype)
     if report.fallbacks:
         written = sorted({f["written"] for f in report.fallbacks})
-        whys = sorted(
-            {
-                "rows not whole blocks"
-                if "blocks" in f["why"]
-                else "routers of a mixture of experts, never quantised"
-                for f in report.fallbacks
-            }
-        )
+        whys = sorted({f["reason"] for f in report.fallbacks})
         report.notes.append(
             f"{len(report.fallbacks)} tensors cannot be {dtype.name if dtype else ''} "
             f"({'; '.join(whys)}) and were written as {'/'.join(written)} instead, as "

@@ -90,14 +90,23 @@ def quant_fallbacks(tensors: list[Tensor], requested: DType | None) -> list[dict
     for t in tensors:
         got = output_dtype(t, requested)
         if len(t.shape) == 2 and got != requested and t.dtype != requested:
-            why = (
-                "the router of a mixture of experts: llama.cpp never quantises it"
-                if t.name.endswith(ROUTER_SUFFIX)
-                else f"rows of {t.shape[-1]} elements are not whole "
-                f"{requested.info.block_elements}-element blocks"
-            )
+            if t.name.endswith(ROUTER_SUFFIX):
+                reason = "routers of a mixture of experts, never quantised"
+                why = "the router of a mixture of experts: llama.cpp never quantises it"
+            else:
+                reason = "rows not whole blocks"
+                why = (
+                    f"rows of {t.shape[-1]} elements are not whole "
+                    f"{requested.info.block_elements}-element blocks"
+                )
             out.append(
-                {"tensor": t.name, "requested": requested.name, "written": got.name, "why": why}
+                {
+                    "tensor": t.name,
+                    "requested": requested.name,
+                    "written": got.name,
+                    "why": why,
+                    "reason": reason,  # the kind of fallback, for a one-line note
+                }
             )
     return out
 

@@ -879,19 +879,27 @@ def spm_from_hf(
         tokens.append(text)
         values.append(value)
     scheme = prepend_scheme(data, path)
-    out: dict[str, Any] = {
-        PREFIX + "model": "llama",
-        PREFIX + "pre": "default",
-        PREFIX + "tokens": tokens,
-        PREFIX + "scores": values,
-        PREFIX + "token_type": types,
-        PREFIX + "add_space_prefix": scheme != "never",
-    }
+    out = llama_vocab(tokens, values, types, add_space_prefix=scheme != "never")
     if scheme in ("always", "first"):
         out[PREPEND_KEY] = scheme  # what llama.cpp cannot run: kept for the notes and to_hf
     if isinstance(unk, str) and unk in ids:
         out[PREFIX + "unknown_token_id"] = ids[unk]
     return out, ids
+
+
+def llama_vocab(
+    tokens: list[str], scores: list[float], types: list[int], add_space_prefix: bool
+) -> dict[str, Any]:
+    """llama.cpp's SentencePiece vocabulary ("llama") as GGUF keys, from either source
+    (tokenizer.json's BPE with byte fallback, or tokenizer.model)."""
+    return {
+        PREFIX + "model": "llama",
+        PREFIX + "pre": "default",
+        PREFIX + "tokens": tokens,
+        PREFIX + "scores": scores,
+        PREFIX + "token_type": types,
+        PREFIX + "add_space_prefix": add_space_prefix,
+    }
 
 
 def _kind(text: str | None, added: dict[str, Any], unk: Any) -> int:
@@ -1018,14 +1026,7 @@ def read_model_file(path: Path, vocab_size: int | None) -> dict[str, Any]:
             else NORMAL
         )
     pieces = sp.encode("a", out_type=str)
-    out: dict[str, Any] = {
-        PREFIX + "model": "llama",
-        PREFIX + "pre": "default",
-        PREFIX + "tokens": tokens,
-        PREFIX + "scores": values,
-        PREFIX + "token_type": types,
-        PREFIX + "add_space_prefix": bool(pieces) and pieces[0].startswith(SPACE),
-    }
+    out = llama_vocab(tokens, values, types, bool(pieces) and pieces[0].startswith(SPACE))
     for key, value in (
         ("bos_token_id", sp.bos_id()),
         ("eos_token_id", sp.eos_id()),

@@ -650,6 +650,15 @@ def reference_from_hf(
 STACKED = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 
+def eager_experts(model: Any) -> Any:
+    """A transformers mixture computing its experts with the modeling file's own loop
+    (``eager``), not its default grouped matmul, which raises "strides should be multiple
+    of 16 bytes" at the expert widths of small models; a model without experts as it is."""
+    if hasattr(getattr(model, "config", None), "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+    return model
+
+
 def unstacked_experts(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``state`` with transformers' in-memory expert stacks as the per-expert tensors a
     file holds (views); every other tensor as it is."""
@@ -708,8 +717,7 @@ def hf_model_from(net: Transformer) -> nn.Module:
     weight = net.model.embed_tokens.weight
     config = AutoConfig.for_model(hf.pop("model_type"), **hf)
     model = AutoModelForCausalLM.from_config(config, dtype=weight.dtype).eval()
-    if hasattr(model.config, "_experts_implementation"):  # its own loop, at any width
-        model.config._experts_implementation = "eager"
+    eager_experts(model)
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     if any(k.endswith(STACKED[0]) for k in model.state_dict()):
         state = stacked_experts(state)

@@ -515,10 +515,10 @@ class KVCache:
 
 
 class Transformer(nn.Module):
-    """A decoder of any family in ``aprlib.config.families`` (Qwen2, Llama, Mistral, Qwen3;
-    sliding windows per layer); parameters are built on the meta device and filled by
-    ``from_file`` or ``load_state_dict(..., assign=True)`` (or, streamed, never held:
-    ``from_file(stream=True)``).
+    """A decoder of any family in ``aprlib.config.families`` (Qwen2, Llama, Mistral, Qwen3,
+    OLMo 2, Gemma 2 and 3, Phi-3, Qwen3-MoE; sliding windows per layer); parameters are
+    built on the meta device and filled by ``from_file`` or ``load_state_dict(...,
+    assign=True)`` (or, streamed, never held: ``from_file(stream=True)``).
 
     A tied model has no ``lm_head`` parameter: the head is the embedding, by construction.
     """

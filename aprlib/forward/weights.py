@@ -539,11 +539,7 @@ class DerivedWeights:
     def __init__(self, base: StreamedWeights, transform: Transform) -> None:
         self.base, self.transform = base, transform
         self.config = base.config
-        self._modules = {
-            kind: base.make_layer(base.config, i)
-            for i in range(base.config.num_hidden_layers)
-            for kind in (base.config.layer_moe(i),)
-        }
+        self._modules: dict[bool, DecoderLayer] = {}  # one per kind of layer, as the base
         self._held: int | None = None
         self._base_loads = -1
         self.loads = 0
@@ -558,8 +554,10 @@ class DerivedWeights:
         if self._held != i or self._base_loads != self.base.loads:
             prefix = f"model.layers.{i}."
             state = {k: self.transform(prefix + k, v) for k, v in source.state_dict().items()}
-            module = self._modules[self.config.layer_moe(i)]
-            module.load_state_dict(state, strict=True, assign=True)
+            kind = self.config.layer_moe(i)
+            if kind not in self._modules:
+                self._modules[kind] = self.base.make_layer(self.config, i)
+            self._modules[kind].load_state_dict(state, strict=True, assign=True)
             self._held, self._base_loads = i, self.base.loads
             self.loads += 1
         return self._modules[self.config.layer_moe(i)]
